@@ -1,0 +1,86 @@
+//! Messages: the user form a space sends, the kernel form in a queue, and
+//! the form a receiver gets back with rights renamed into its space.
+
+use super::{PortId, PortName};
+
+/// The kind of a right once it is in transit or in a space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RightKind {
+    /// `MACH_PORT_RIGHT_RECEIVE`
+    Receive,
+    /// `MACH_PORT_RIGHT_SEND`
+    Send,
+    /// `MACH_PORT_RIGHT_SEND_ONCE`
+    SendOnce,
+    /// `MACH_PORT_RIGHT_DEAD_NAME`
+    DeadName,
+}
+
+/// `mach_msg_type_name_t`: what sending does with a right the sender names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Disposition {
+    /// `MACH_MSG_TYPE_MOVE_RECEIVE`
+    MoveReceive,
+    /// `MACH_MSG_TYPE_MOVE_SEND`
+    MoveSend,
+    /// `MACH_MSG_TYPE_MOVE_SEND_ONCE`
+    MoveSendOnce,
+    /// `MACH_MSG_TYPE_COPY_SEND`
+    CopySend,
+    /// `MACH_MSG_TYPE_MAKE_SEND`
+    MakeSend,
+    /// `MACH_MSG_TYPE_MAKE_SEND_ONCE`
+    MakeSendOnce,
+}
+
+/// A message as a task sends it: names in the sender's space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserMessage {
+    pub dest: PortName,
+    pub dest_disposition: Disposition,
+    pub reply: Option<(PortName, Disposition)>,
+    /// `msgh_id`
+    pub id: u32,
+    /// Inline data.
+    pub data: Vec<u8>,
+    /// Port rights carried in the body.
+    pub rights: Vec<(PortName, Disposition)>,
+}
+
+impl UserMessage {
+    /// A message to `dest` (copy-send) with data and no rights.
+    pub fn new(dest: PortName, id: u32, data: Vec<u8>) -> UserMessage {
+        UserMessage { dest, dest_disposition: Disposition::CopySend, reply: None, id, data, rights: Vec::new() }
+    }
+}
+
+/// A message inside the kernel: rights are ports, already counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KMessage {
+    pub dest: PortId,
+    /// The right the sender used for `dest`, consumed at delivery
+    /// (`None` for messages the kernel sends with no right of its own).
+    pub dest_right: Option<RightKind>,
+    pub reply: Option<(PortId, RightKind)>,
+    pub id: u32,
+    pub data: Vec<u8>,
+    pub rights: Vec<(PortId, RightKind)>,
+}
+
+impl KMessage {
+    /// A kernel notification to a send-once right.
+    pub fn notification(dest: PortId, id: u32, data: Vec<u8>) -> KMessage {
+        KMessage { dest, dest_right: Some(RightKind::SendOnce), reply: None, id, data, rights: Vec::new() }
+    }
+}
+
+/// A message as its receiver sees it: rights renamed into its space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// The port (member of a set, or the port itself) it arrived on.
+    pub local: PortName,
+    pub id: u32,
+    pub data: Vec<u8>,
+    pub reply: Option<PortName>,
+    pub rights: Vec<(PortName, RightKind)>,
+}

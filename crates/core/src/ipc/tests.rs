@@ -1,0 +1,1 @@
+#[test] fn placeholder_removed_by_helper() {}

@@ -1,0 +1,204 @@
+//! Basic VM types: protections, addresses, offsets, and the Mach error codes.
+//!
+//! Addresses and offsets are newtypes so that a task address can never be
+//! passed where an object offset is meant. Every arithmetic helper is
+//! checked: an overflow is an error (`KERN_INVALID_ARGUMENT`), never a wrap.
+
+use bitflags::bitflags;
+use std::fmt;
+
+/// The machine-independent page size. The soft MMU uses it as its hardware
+/// page size; the Linux host uses the host's 4 KiB pages.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// `log2(PAGE_SIZE)`.
+pub const PAGE_SHIFT: u32 = 12;
+
+bitflags! {
+    /// `vm_prot_t`: what a mapping, a proxy window or a pager lock allows.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+    pub struct VmProt: u32 {
+        /// `VM_PROT_READ`
+        const READ = 1;
+        /// `VM_PROT_WRITE`
+        const WRITE = 2;
+        /// `VM_PROT_EXECUTE`
+        const EXECUTE = 4;
+        /// `VM_PROT_DEFAULT` (read and write)
+        const DEFAULT = Self::READ.bits() | Self::WRITE.bits();
+        /// `VM_PROT_ALL`
+        const ALL = Self::READ.bits() | Self::WRITE.bits() | Self::EXECUTE.bits();
+    }
+}
+
+impl VmProt {
+    /// `VM_PROT_NONE`
+    pub const NONE: VmProt = VmProt::empty();
+
+    /// Decodes a protection received from a task or pager. Unknown bits are
+    /// a `KERN_INVALID_ARGUMENT`, not silently dropped.
+    pub fn from_raw(bits: u32) -> Result<VmProt> {
+        VmProt::from_bits(bits).ok_or(KernError::InvalidArgument)
+    }
+}
+
+/// `vm_inherit_t`: what a child task gets of a map entry at `task_create`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VmInherit {
+    /// `VM_INHERIT_SHARE`: the child maps the same memory.
+    Share,
+    /// `VM_INHERIT_COPY`: the child gets a copy-on-write snapshot.
+    Copy,
+    /// `VM_INHERIT_NONE`: the child gets a hole.
+    None,
+}
+
+impl VmInherit {
+    /// Mach's default inheritance for new entries.
+    pub const DEFAULT: VmInherit = VmInherit::Copy;
+}
+
+macro_rules! checked_newtype {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        pub struct $name(pub u64);
+
+        impl $name {
+            /// `self + len`, or `KERN_INVALID_ARGUMENT` on overflow.
+            pub fn checked_add(self, len: u64) -> Result<$name> {
+                self.0.checked_add(len).map($name).ok_or(KernError::InvalidArgument)
+            }
+            /// `self - other`, or `KERN_INVALID_ARGUMENT` if `other > self`.
+            pub fn checked_sub(self, other: $name) -> Result<u64> {
+                self.0.checked_sub(other.0).ok_or(KernError::InvalidArgument)
+            }
+            /// Is this a multiple of the page size?
+            pub fn is_page_aligned(self) -> bool {
+                self.0 % PAGE_SIZE == 0
+            }
+            /// Rounded down to a page boundary.
+            pub fn trunc_page(self) -> $name {
+                $name(self.0 & !(PAGE_SIZE - 1))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:#x})", stringify!($name), self.0)
+            }
+        }
+    };
+}
+
+checked_newtype!(
+    /// `vm_address_t`: an address in a task's address space.
+    VmAddr
+);
+checked_newtype!(
+    /// `vm_offset_t` used as a memory object offset.
+    VmOffset
+);
+
+/// Rounds `len` up to whole pages; `KERN_INVALID_ARGUMENT` on overflow.
+pub fn round_page(len: u64) -> Result<u64> {
+    len.checked_add(PAGE_SIZE - 1)
+        .map(|v| v & !(PAGE_SIZE - 1))
+        .ok_or(KernError::InvalidArgument)
+}
+
+/// Is `v` a multiple of the page size?
+pub fn page_aligned(v: u64) -> bool {
+    v % PAGE_SIZE == 0
+}
+
+/// The Mach return codes a call can fail with. `KERN_SUCCESS` is `Ok`.
+///
+/// Each variant displays as its Mach name, so a Hurd developer reading a
+/// log sees `KERN_PROTECTION_FAILURE`, not a Rust path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum KernError {
+    #[error("KERN_INVALID_ADDRESS")]
+    InvalidAddress,
+    #[error("KERN_PROTECTION_FAILURE")]
+    ProtectionFailure,
+    #[error("KERN_NO_SPACE")]
+    NoSpace,
+    #[error("KERN_INVALID_ARGUMENT")]
+    InvalidArgument,
+    #[error("KERN_FAILURE")]
+    Failure,
+    #[error("KERN_RESOURCE_SHORTAGE")]
+    ResourceShortage,
+    #[error("KERN_NOT_RECEIVER")]
+    NotReceiver,
+    #[error("KERN_NO_ACCESS")]
+    NoAccess,
+    #[error("KERN_MEMORY_FAILURE")]
+    MemoryFailure,
+    #[error("KERN_MEMORY_ERROR")]
+    MemoryError,
+    #[error("KERN_NOT_IN_SET")]
+    NotInSet,
+    #[error("KERN_NAME_EXISTS")]
+    NameExists,
+    #[error("KERN_ABORTED")]
+    Aborted,
+    #[error("KERN_INVALID_NAME")]
+    InvalidName,
+    #[error("KERN_INVALID_TASK")]
+    InvalidTask,
+    #[error("KERN_INVALID_RIGHT")]
+    InvalidRight,
+    #[error("KERN_INVALID_VALUE")]
+    InvalidValue,
+    #[error("KERN_UREFS_OVERFLOW")]
+    UrefsOverflow,
+    #[error("KERN_INVALID_CAPABILITY")]
+    InvalidCapability,
+    #[error("KERN_NOT_SUPPORTED")]
+    NotSupported,
+    #[error("KERN_TERMINATED")]
+    Terminated,
+    #[error("MACH_SEND_INVALID_DEST")]
+    SendInvalidDest,
+    #[error("MACH_SEND_INVALID_RIGHT")]
+    SendInvalidRight,
+    #[error("MACH_SEND_INVALID_REPLY")]
+    SendInvalidReply,
+    #[error("MACH_RCV_INVALID_NAME")]
+    RcvInvalidName,
+    #[error("MACH_RCV_PORT_DIED")]
+    RcvPortDied,
+    #[error("MACH_RCV_TIMED_OUT")]
+    RcvTimedOut,
+    #[error("MIG_BAD_ID")]
+    MigBadId,
+    #[error("MIG_BAD_ARGUMENTS")]
+    MigBadArguments,
+}
+
+impl KernError {
+    /// The Mach name, e.g. `"KERN_PROTECTION_FAILURE"`.
+    pub fn mach_name(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// `kern_return_t` as a Rust result.
+pub type Result<T, E = KernError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_arithmetic_never_wraps() {
+        assert_eq!(VmAddr(u64::MAX).checked_add(1), Err(KernError::InvalidArgument));
+        assert_eq!(VmOffset(5).checked_sub(VmOffset(6)), Err(KernError::InvalidArgument));
+        assert_eq!(round_page(u64::MAX), Err(KernError::InvalidArgument));
+        assert_eq!(round_page(1), Ok(PAGE_SIZE));
+        assert_eq!(VmProt::from_raw(8), Err(KernError::InvalidArgument));
+        assert_eq!(KernError::ProtectionFailure.mach_name(), "KERN_PROTECTION_FAILURE");
+    }
+}

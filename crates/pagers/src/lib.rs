@@ -1,0 +1,1 @@
+//! User-space pagers for machvm.
