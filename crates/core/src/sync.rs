@@ -57,11 +57,7 @@ impl Condvar {
         self.0.wait(guard).unwrap_or_else(|e| e.into_inner())
     }
     /// As `wait`, giving up after `timeout`; the flag says whether it timed out.
-    pub fn wait_timeout<'a, T>(
-        &self,
-        guard: MutexGuard<'a, T>,
-        timeout: Duration,
-    ) -> (MutexGuard<'a, T>, bool) {
+    pub fn wait_timeout<'a, T>(&self, guard: MutexGuard<'a, T>, timeout: Duration) -> (MutexGuard<'a, T>, bool) {
         let (g, r) = self.0.wait_timeout(guard, timeout).unwrap_or_else(|e| e.into_inner());
         (g, r.timed_out())
     }

@@ -102,9 +102,7 @@ checked_newtype!(
 
 /// Rounds `len` up to whole pages; `KERN_INVALID_ARGUMENT` on overflow.
 pub fn round_page(len: u64) -> Result<u64> {
-    len.checked_add(PAGE_SIZE - 1)
-        .map(|v| v & !(PAGE_SIZE - 1))
-        .ok_or(KernError::InvalidArgument)
+    len.checked_add(PAGE_SIZE - 1).map(|v| v & !(PAGE_SIZE - 1)).ok_or(KernError::InvalidArgument)
 }
 
 /// Is `v` a multiple of the page size?
@@ -182,6 +180,82 @@ impl KernError {
     /// The Mach name, e.g. `"KERN_PROTECTION_FAILURE"`.
     pub fn mach_name(&self) -> String {
         self.to_string()
+    }
+
+    /// Mach's numeric `kern_return_t` for the error (as carried in a
+    /// message such as `data_error` or `supply_completed`).
+    pub fn code(&self) -> u32 {
+        use KernError::*;
+        match self {
+            InvalidAddress => 1,
+            ProtectionFailure => 2,
+            NoSpace => 3,
+            InvalidArgument => 4,
+            Failure => 5,
+            ResourceShortage => 6,
+            NotReceiver => 7,
+            NoAccess => 8,
+            MemoryFailure => 9,
+            MemoryError => 10,
+            NotInSet => 12,
+            NameExists => 13,
+            Aborted => 14,
+            InvalidName => 15,
+            InvalidTask => 16,
+            InvalidRight => 17,
+            InvalidValue => 18,
+            UrefsOverflow => 19,
+            InvalidCapability => 20,
+            NotSupported => 46,
+            Terminated => 37,
+            SendInvalidDest => 0x1000_0003,
+            SendInvalidRight => 0x1000_0007,
+            SendInvalidReply => 0x1000_0009,
+            RcvInvalidName => 0x1000_4002,
+            RcvPortDied => 0x1000_4009,
+            RcvTimedOut => 0x1000_4003,
+            MigBadId => 303u32.wrapping_neg(),
+            MigBadArguments => 304u32.wrapping_neg(),
+        }
+    }
+
+    /// The error for a numeric code; unknown codes read as `KERN_FAILURE`.
+    pub fn from_code(code: u32) -> KernError {
+        use KernError::*;
+        [
+            InvalidAddress,
+            ProtectionFailure,
+            NoSpace,
+            InvalidArgument,
+            Failure,
+            ResourceShortage,
+            NotReceiver,
+            NoAccess,
+            MemoryFailure,
+            MemoryError,
+            NotInSet,
+            NameExists,
+            Aborted,
+            InvalidName,
+            InvalidTask,
+            InvalidRight,
+            InvalidValue,
+            UrefsOverflow,
+            InvalidCapability,
+            NotSupported,
+            Terminated,
+            SendInvalidDest,
+            SendInvalidRight,
+            SendInvalidReply,
+            RcvInvalidName,
+            RcvPortDied,
+            RcvTimedOut,
+            MigBadId,
+            MigBadArguments,
+        ]
+        .into_iter()
+        .find(|e| e.code() == code)
+        .unwrap_or(Failure)
     }
 }
 

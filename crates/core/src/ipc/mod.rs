@@ -157,7 +157,9 @@ impl Ipc {
     /// Destroys a space, releasing every right it holds (its receive rights
     /// die, its send rights are released).
     pub fn space_destroy(&mut self, space: SpaceId) {
-        let Some(sp) = self.spaces.remove(&space) else { return };
+        let Some(sp) = self.spaces.remove(&space) else {
+            return;
+        };
         for (_, e) in sp.entries {
             self.release_entry(e);
         }
@@ -166,9 +168,9 @@ impl Ipc {
     fn release_entry(&mut self, e: Entry) {
         let Some(port) = e.port else { return };
         if e.receive {
+            // The receiver's own send urefs were never counted in srights.
             self.port_destroy(port);
-        }
-        if e.send_urefs > 0 {
+        } else if e.send_urefs > 0 {
             self.release_send(port);
         }
         if e.send_once {
@@ -181,12 +183,7 @@ impl Ipc {
     }
 
     fn entry(&self, space: SpaceId, name: PortName) -> Result<&Entry> {
-        self.spaces
-            .get(&space)
-            .ok_or(KernError::InvalidTask)?
-            .entries
-            .get(&name)
-            .ok_or(KernError::InvalidName)
+        self.spaces.get(&space).ok_or(KernError::InvalidTask)?.entries.get(&name).ok_or(KernError::InvalidName)
     }
 
     /// `mach_port_type` and more: what `name` denotes in `space`.
@@ -256,6 +253,12 @@ impl Ipc {
         self.new_port(Receiver::Kernel)
     }
 
+    /// A port whose receive right the kernel is about to send in a message
+    /// (`memory_object_create` hands the default pager a new port).
+    pub fn port_allocate_in_transit(&mut self) -> PortId {
+        self.new_port(Receiver::InTransit)
+    }
+
     /// `mach_port_allocate(MACH_PORT_RIGHT_PORT_SET)`.
     pub fn pset_allocate(&mut self, space: SpaceId) -> Result<PortName> {
         let sp = self.space(space)?;
@@ -287,13 +290,12 @@ impl Ipc {
     }
 
     fn leave_pset(&mut self, space: SpaceId, port: PortId) {
-        let Some(p) = self.ports.get_mut(&port) else { return };
+        let Some(p) = self.ports.get_mut(&port) else {
+            return;
+        };
         let Some(set) = p.pset.take() else { return };
-        if let Some(members) = self
-            .spaces
-            .get_mut(&space)
-            .and_then(|sp| sp.entries.get_mut(&set))
-            .and_then(|e| e.members.as_mut())
+        if let Some(members) =
+            self.spaces.get_mut(&space).and_then(|sp| sp.entries.get_mut(&set)).and_then(|e| e.members.as_mut())
         {
             members.retain(|&m| m != port);
         }
@@ -328,7 +330,9 @@ impl Ipc {
     /// Releases one send right (`ipc_port_release_send`). The last one
     /// triggers the no-senders notification.
     pub fn release_send(&mut self, port: PortId) {
-        let Some(p) = self.ports.get_mut(&port) else { return };
+        let Some(p) = self.ports.get_mut(&port) else {
+            return;
+        };
         p.srights = p.srights.saturating_sub(1);
         if p.srights > 0 || p.receiver == Receiver::Dead {
             return;
@@ -352,7 +356,9 @@ impl Ipc {
 
     /// Destroys a receive right: the port dies.
     pub fn port_destroy(&mut self, port: PortId) {
-        let Some(p) = self.ports.get_mut(&port) else { return };
+        let Some(p) = self.ports.get_mut(&port) else {
+            return;
+        };
         if p.receiver == Receiver::Dead {
             return;
         }
@@ -371,6 +377,7 @@ impl Ipc {
             }
         }
         let p = self.ports.get_mut(&port).expect("port checked above");
+        let former = p.receiver;
         p.receiver = Receiver::Dead;
         let queue = std::mem::take(&mut p.queue);
         let requests = std::mem::take(&mut p.deadname_requests);
@@ -381,14 +388,25 @@ impl Ipc {
         if let Some(n) = nosenders {
             self.release_send_once(n);
         }
-        // Every send right held in a space becomes a dead name.
-        for space in self.spaces.values_mut() {
+        // Every send right held in a space becomes a dead name, which
+        // holds no send right.
+        let mut released = 0;
+        for (&id, space) in self.spaces.iter_mut() {
             if let Some(name) = space.by_port.get(&port).copied() {
                 if let Some(e) = space.entries.get_mut(&name) {
-                    e.dead_urefs = e.send_urefs;
-                    e.send_urefs = 0;
+                    if e.send_urefs > 0 {
+                        e.dead_urefs = e.send_urefs;
+                        e.send_urefs = 0;
+                        // The receiver's own send right was never counted.
+                        if former != Receiver::Space(id) {
+                            released += 1;
+                        }
+                    }
                 }
             }
+        }
+        if let Some(p) = self.ports.get_mut(&port) {
+            p.srights = p.srights.saturating_sub(released);
         }
         for (_space, name, notify) in requests {
             let msg = KMessage::notification(notify, MACH_NOTIFY_DEAD_NAME, name.0.to_le_bytes().to_vec());
@@ -434,7 +452,7 @@ impl Ipc {
     }
 
     /// `mach_port_mod_refs` for send rights and dead names (and `-1` on a
-    /// receive right, which destroys it).
+    /// receive or send-once right, which destroys it).
     pub fn mod_refs(&mut self, space: SpaceId, name: PortName, right: RightKind, delta: i32) -> Result<()> {
         let e = self.entry(space, name)?.clone();
         let port = e.port;
@@ -476,14 +494,23 @@ impl Ipc {
                         sp.by_port.remove(&p);
                     }
                 }
-                if emptied && right == RightKind::Send {
+                if emptied && right == RightKind::Send && !e.receive {
                     if let Some(p) = port {
                         self.release_send(p);
                     }
                 }
                 Ok(())
             }
-            RightKind::SendOnce => Err(KernError::InvalidValue),
+            RightKind::SendOnce => {
+                if !e.send_once {
+                    return Err(KernError::InvalidRight);
+                }
+                match delta {
+                    0 => Ok(()),
+                    -1 => self.name_destroy(space, name),
+                    _ => Err(KernError::InvalidValue),
+                }
+            }
         }
     }
 
@@ -519,7 +546,11 @@ impl Ipc {
                     let p = self.ports.get_mut(&port).expect("looked up above");
                     let n = p.nosenders.take().expect("just set");
                     let mscount = p.mscount;
-                    let _ = self.kernel_send(KMessage::notification(n, MACH_NOTIFY_NO_SENDERS, mscount.to_le_bytes().to_vec()));
+                    let _ = self.kernel_send(KMessage::notification(
+                        n,
+                        MACH_NOTIFY_NO_SENDERS,
+                        mscount.to_le_bytes().to_vec(),
+                    ));
                 }
             }
             NotifyKind::DeadName => {
@@ -528,9 +559,17 @@ impl Ipc {
                 }
                 self.ports.get_mut(&notify_port).ok_or(KernError::InvalidName)?.sorights += 1;
                 if e.dead_urefs > 0 || !self.port_alive(port) {
-                    let _ = self.kernel_send(KMessage::notification(notify_port, MACH_NOTIFY_DEAD_NAME, name.0.to_le_bytes().to_vec()));
+                    let _ = self.kernel_send(KMessage::notification(
+                        notify_port,
+                        MACH_NOTIFY_DEAD_NAME,
+                        name.0.to_le_bytes().to_vec(),
+                    ));
                 } else {
-                    self.ports.get_mut(&port).ok_or(KernError::InvalidName)?.deadname_requests.push((space, name, notify_port));
+                    self.ports.get_mut(&port).ok_or(KernError::InvalidName)?.deadname_requests.push((
+                        space,
+                        name,
+                        notify_port,
+                    ));
                 }
             }
         }
@@ -542,6 +581,11 @@ impl Ipc {
     /// Checks that `copyin` would succeed, changing nothing.
     fn check_copyin(&self, space: SpaceId, name: PortName, disp: Disposition) -> Result<()> {
         let e = self.entry(space, name).map_err(|_| KernError::InvalidName)?;
+        Self::entry_allows(e, disp)
+    }
+
+    /// Does the entry hold the right `disp` takes or makes?
+    fn entry_allows(e: &Entry, disp: Disposition) -> Result<()> {
         let ok = match disp {
             Disposition::MoveReceive | Disposition::MakeSend | Disposition::MakeSendOnce => e.receive,
             Disposition::MoveSend | Disposition::CopySend => e.send_urefs > 0,
@@ -554,6 +598,70 @@ impl Ipc {
         } else {
             Err(KernError::InvalidRight)
         }
+    }
+
+    /// Checks that every right of `msg` can be copied in, in the order
+    /// `send` copies them in (destination, reply, body), each seeing what
+    /// the ones before it took away. Changes nothing.
+    fn check_send(&self, space: SpaceId, msg: &UserMessage) -> Result<()> {
+        let mut left = HashMap::new();
+        if msg.dest_disposition == Disposition::MoveReceive {
+            return Err(KernError::SendInvalidDest);
+        }
+        let dest = self
+            .sim_copyin(space, &mut left, msg.dest, msg.dest_disposition)
+            .map_err(|_| KernError::SendInvalidDest)?;
+        if !self.port_alive(dest) {
+            return Err(KernError::SendInvalidDest);
+        }
+        if let Some((n, d)) = msg.reply {
+            if d == Disposition::MoveReceive {
+                return Err(KernError::SendInvalidReply);
+            }
+            self.sim_copyin(space, &mut left, n, d).map_err(|_| KernError::SendInvalidReply)?;
+        }
+        for &(n, d) in &msg.rights {
+            let port = self.sim_copyin(space, &mut left, n, d).map_err(|_| KernError::SendInvalidRight)?;
+            // A receive right queued on its own port could never be received.
+            if d == Disposition::MoveReceive && port == dest {
+                return Err(KernError::SendInvalidRight);
+            }
+        }
+        Ok(())
+    }
+
+    /// `copyin` on a scratch copy of the space's entries (`left`: what each
+    /// name still holds, `None` once it is gone).
+    fn sim_copyin(
+        &self,
+        space: SpaceId,
+        left: &mut HashMap<PortName, Option<Entry>>,
+        name: PortName,
+        disp: Disposition,
+    ) -> Result<PortId> {
+        let slot = match left.entry(name) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(self.entry(space, name).ok().cloned()),
+        };
+        let e = slot.as_mut().ok_or(KernError::InvalidName)?;
+        Self::entry_allows(e, disp)?;
+        let port = e.port.ok_or(KernError::InvalidRight)?;
+        let gone = match disp {
+            Disposition::MoveSend => {
+                e.send_urefs -= 1;
+                e.send_urefs == 0 && !e.receive
+            }
+            Disposition::MoveSendOnce => true,
+            Disposition::MoveReceive => {
+                e.receive = false;
+                e.send_urefs == 0
+            }
+            Disposition::CopySend | Disposition::MakeSend | Disposition::MakeSendOnce => false,
+        };
+        if gone {
+            *slot = None;
+        }
+        Ok(port)
     }
 
     /// Takes a right out of a space for a message or a kernel call.
@@ -576,13 +684,14 @@ impl Ipc {
             }
             Disposition::MoveSend => {
                 // The space's send right travels on: srights is unchanged
-                // unless the space keeps other urefs.
+                // unless the space keeps other urefs, or is the receiver
+                // (whose own send right was not counted).
                 let sp = self.space(space)?;
                 let ent = sp.entries.get_mut(&name).ok_or(KernError::InvalidName)?;
                 ent.send_urefs -= 1;
-                if ent.send_urefs > 0 {
+                if ent.send_urefs > 0 || ent.receive {
                     self.kernel_copy_send(port);
-                } else if !ent.receive {
+                } else {
                     sp.entries.remove(&name);
                     sp.by_port.remove(&port);
                 }
@@ -598,11 +707,17 @@ impl Ipc {
                 let sp = self.space(space)?;
                 let ent = sp.entries.get_mut(&name).ok_or(KernError::InvalidName)?;
                 ent.receive = false;
-                if ent.send_urefs == 0 {
+                let keeps_send = ent.send_urefs > 0;
+                if !keeps_send {
                     sp.entries.remove(&name);
                     sp.by_port.remove(&port);
                 }
-                self.ports.get_mut(&port).ok_or(KernError::InvalidName)?.receiver = Receiver::InTransit;
+                let p = self.ports.get_mut(&port).ok_or(KernError::InvalidName)?;
+                p.receiver = Receiver::InTransit;
+                if keeps_send {
+                    // No longer the receiver's: the space's send right counts now.
+                    p.srights += 1;
+                }
                 Ok((port, RightKind::Receive))
             }
         }
@@ -621,17 +736,18 @@ impl Ipc {
                 let sp = self.spaces.get_mut(&space).expect("checked");
                 if let Some(name) = sp.by_port.get(&port).copied() {
                     let e = sp.entries.get_mut(&name).expect("by_port is consistent");
+                    let mut merged = false;
                     if alive && kind == RightKind::Send {
-                        let had = e.send_urefs > 0 || e.receive;
+                        merged = e.send_urefs > 0 || e.receive;
                         e.send_urefs = e.send_urefs.saturating_add(1).min(UREFS_MAX);
-                        if had {
-                            // Merged into the right the space already counts.
-                            if let Some(p) = self.ports.get_mut(&port) {
-                                p.srights = p.srights.saturating_sub(1);
-                            }
-                        }
                     } else {
-                        e.dead_urefs += 1;
+                        e.dead_urefs = e.dead_urefs.saturating_add(1).min(UREFS_MAX);
+                    }
+                    // Merged into the right the space already counts (or
+                    // the receiver's, which is not counted), or turned
+                    // into a dead name: the right in transit is gone.
+                    if merged || (!alive && kind == RightKind::Send) {
+                        self.release_send(port);
                     }
                     return Ok(name);
                 }
@@ -644,6 +760,10 @@ impl Ipc {
                 }
                 sp.entries.insert(name, e);
                 sp.by_port.insert(port, name);
+                if !alive && kind == RightKind::Send {
+                    // A dead name holds no send right.
+                    self.release_send(port);
+                }
                 Ok(name)
             }
             RightKind::SendOnce => {
@@ -654,16 +774,12 @@ impl Ipc {
             }
             RightKind::Receive => {
                 let sp = self.spaces.get_mut(&space).expect("checked");
+                let mut had_send = false;
                 let name = match sp.by_port.get(&port).copied() {
                     Some(n) => {
                         let e = sp.entries.get_mut(&n).expect("consistent");
                         e.receive = true;
-                        // The space's send right is now held by the receiver.
-                        if e.send_urefs > 0 {
-                            if let Some(p) = self.ports.get_mut(&port) {
-                                p.srights = p.srights.saturating_sub(1);
-                            }
-                        }
+                        had_send = e.send_urefs > 0;
                         n
                     }
                     None => {
@@ -675,6 +791,11 @@ impl Ipc {
                 };
                 if let Some(p) = self.ports.get_mut(&port) {
                     p.receiver = Receiver::Space(space);
+                }
+                if had_send {
+                    // The space's send right is now held by the receiver,
+                    // which is not counted: maybe nobody else sends.
+                    self.release_send(port);
                 }
                 Ok(name)
             }
@@ -712,48 +833,7 @@ impl Ipc {
     /// caller, which is the kernel, to handle.
     pub fn send(&mut self, space: SpaceId, msg: UserMessage) -> Result<Option<KMessage>> {
         // Decode: every right must be there before anything moves.
-        self.check_copyin(space, msg.dest, msg.dest_disposition).map_err(|_| KernError::SendInvalidDest)?;
-        if !matches!(msg.dest_disposition, Disposition::CopySend | Disposition::MakeSend | Disposition::MoveSendOnce | Disposition::MoveSend | Disposition::MakeSendOnce) {
-            return Err(KernError::SendInvalidDest);
-        }
-        if let Some((n, d)) = msg.reply {
-            self.check_copyin(space, n, d).map_err(|_| KernError::SendInvalidReply)?;
-            if matches!(d, Disposition::MoveReceive) {
-                return Err(KernError::SendInvalidReply);
-            }
-        }
-        let mut receives = Vec::new();
-        for &(n, d) in &msg.rights {
-            self.check_copyin(space, n, d).map_err(|_| KernError::SendInvalidRight)?;
-            if d == Disposition::MoveReceive {
-                if receives.contains(&n) || n == msg.dest {
-                    return Err(KernError::SendInvalidRight);
-                }
-                receives.push(n);
-            }
-        }
-        // Moving the same send-once right twice cannot be satisfied.
-        let mut once = Vec::new();
-        for (n, d) in msg.rights.iter().chain(msg.reply.iter()).copied().chain(std::iter::once((msg.dest, msg.dest_disposition))) {
-            if d == Disposition::MoveSendOnce {
-                if once.contains(&n) {
-                    return Err(KernError::SendInvalidRight);
-                }
-                once.push(n);
-            }
-        }
-        // Enough user references for every MoveSend of one name.
-        let mut moves: HashMap<PortName, u32> = HashMap::new();
-        for (n, d) in msg.rights.iter().chain(msg.reply.iter()).copied().chain(std::iter::once((msg.dest, msg.dest_disposition))) {
-            if d == Disposition::MoveSend {
-                *moves.entry(n).or_default() += 1;
-            }
-        }
-        for (n, c) in moves {
-            if self.entry(space, n)?.send_urefs < c {
-                return Err(KernError::SendInvalidRight);
-            }
-        }
+        self.check_send(space, &msg)?;
         // Invoke: these cannot fail now.
         let (dest, dkind) = self.copyin(space, msg.dest, msg.dest_disposition)?;
         let reply = match msg.reply {
@@ -841,7 +921,9 @@ impl Ipc {
 
     /// Does the port (or set) named `name` have a message waiting?
     pub fn has_message(&self, space: SpaceId, name: PortName) -> bool {
-        let Ok(e) = self.entry(space, name) else { return false };
+        let Ok(e) = self.entry(space, name) else {
+            return false;
+        };
         let nonempty = |p: &PortId| self.ports.get(p).is_some_and(|pp| !pp.queue.is_empty());
         match &e.members {
             Some(m) => m.iter().any(nonempty),

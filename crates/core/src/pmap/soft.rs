@@ -164,8 +164,7 @@ impl Pmap for SoftMachine {
         let removed: Vec<(u64, Pte)> = self
             .with_table(pmap, |t| {
                 if (range.end - range.start) as usize > t.ptes.len() {
-                    let vpns: Vec<u64> =
-                        t.ptes.keys().copied().filter(|v| range.contains(v)).collect();
+                    let vpns: Vec<u64> = t.ptes.keys().copied().filter(|v| range.contains(v)).collect();
                     vpns.into_iter().filter_map(|v| t.ptes.remove(&v).map(|p| (v, p))).collect()
                 } else {
                     range.clone().filter_map(|v| t.ptes.remove(&v).map(|p| (v, p))).collect()
@@ -231,8 +230,7 @@ impl Pmap for SoftMachine {
     }
 
     fn extract(&self, pmap: PmapId, va: VmAddr) -> Option<(Frame, VmProt)> {
-        self.with_table(pmap, |t| t.ptes.get(&(va.0 >> PAGE_SHIFT)).map(|p| (p.frame, p.prot)))
-            .flatten()
+        self.with_table(pmap, |t| t.ptes.get(&(va.0 >> PAGE_SHIFT)).map(|p| (p.frame, p.prot))).flatten()
     }
 }
 

@@ -1,0 +1,141 @@
+//! Task threads touching memory: loads, stores and instruction fetches go
+//! through the MMU exactly as hardware accesses would, and a miss becomes a
+//! call to the fault path.
+//!
+//! ```text
+//!  read/write/execute ──► Machine::access ──ok──► done
+//!                              │ HwFault
+//!                              ▼
+//!                        vm_fault (kernel lock) ──Done──► retry the access
+//!                              │ Wait: deliver data_request, sleep (lock released)
+//!                              └──────────────────────────► fault again
+//! ```
+
+use super::{Kernel, TaskId};
+use crate::pmap::Access;
+use crate::types::{KernError, Result, VmAddr, VmProt, PAGE_SIZE};
+use crate::vm::fault::{fault_locked, FaultOutcome};
+
+/// After this many faults that each claimed success, an access that still
+/// misses gives up (the page is being stolen faster than it can be used).
+const ACCESS_RETRIES: u32 = 10_000;
+
+impl Kernel {
+    /// `vm_fault`: makes the page at `va` accessible for `access`, waiting
+    /// for its pager if need be.
+    ///
+    /// Errors: `KERN_INVALID_ADDRESS` (no entry), `KERN_PROTECTION_FAILURE`
+    /// (the entry or the proxy forbids the access), `KERN_MEMORY_ERROR`
+    /// (the pager failed the page or died, or the proxy was revoked),
+    /// `KERN_RESOURCE_SHORTAGE` (no page could be reclaimed),
+    /// `KERN_INVALID_TASK`.
+    pub fn vm_fault(&self, task: TaskId, va: VmAddr, access: VmProt) -> Result<()> {
+        let mut st = self.lock();
+        loop {
+            let s = &mut *st;
+            let Some(t) = s.tasks.get_mut(&task.id) else {
+                self.unlock(st);
+                return Err(KernError::InvalidTask);
+            };
+            match fault_locked(&mut s.vm, &mut t.map, t.pmap, &s.proxies, va.0, access) {
+                FaultOutcome::Done => {
+                    self.unlock(st);
+                    return Ok(());
+                }
+                FaultOutcome::Error(e) => {
+                    self.unlock(st);
+                    return Err(e);
+                }
+                FaultOutcome::Wait => {
+                    st.settle();
+                    if std::mem::take(&mut st.msg_event) {
+                        self.msg_cv.notify_all();
+                    }
+                    if std::mem::take(&mut st.page_event) {
+                        self.page_cv.notify_all();
+                    }
+                    st = self.page_cv.wait(st);
+                }
+            }
+        }
+    }
+
+    fn access_page(&self, task: TaskId, va: VmAddr, mut access: Access<'_>) -> Result<()> {
+        for _ in 0..ACCESS_RETRIES {
+            let again = match &mut access {
+                Access::Load(b) => Access::Load(b),
+                Access::Store(d) => Access::Store(d),
+                Access::Execute => Access::Execute,
+            };
+            match self.machine.access(task.pmap, va, again) {
+                Ok(()) => return Ok(()),
+                Err(fault) => self.vm_fault(task, fault.va, fault.access)?,
+            }
+        }
+        Err(KernError::MemoryFailure)
+    }
+
+    /// A task thread loads `buf.len()` bytes from `addr`.
+    ///
+    /// Errors: as [`Kernel::vm_fault`]; bytes before the failing page have
+    /// been read, as on hardware. `KERN_INVALID_ADDRESS` if the range wraps.
+    pub fn read(&self, task: TaskId, addr: VmAddr, buf: &mut [u8]) -> Result<()> {
+        addr.checked_add(buf.len() as u64).map_err(|_| KernError::InvalidAddress)?;
+        let mut at = addr.0;
+        for chunk in split_pages(addr.0, buf) {
+            self.access_page(task, VmAddr(at), Access::Load(chunk))?;
+            at = (at | (PAGE_SIZE - 1)) + 1;
+        }
+        Ok(())
+    }
+
+    /// A task thread stores `data` at `addr`.
+    ///
+    /// Errors: as [`Kernel::read`]; bytes before the failing page have been
+    /// stored.
+    pub fn write(&self, task: TaskId, addr: VmAddr, data: &[u8]) -> Result<()> {
+        addr.checked_add(data.len() as u64).map_err(|_| KernError::InvalidAddress)?;
+        let mut at = addr.0;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(rest.len());
+            self.access_page(task, VmAddr(at), Access::Store(&rest[..n]))?;
+            rest = &rest[n..];
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// A task thread fetches an instruction at `addr` (checks execute
+    /// permission, faulting the page in).
+    pub fn execute(&self, task: TaskId, addr: VmAddr) -> Result<()> {
+        self.access_page(task, addr, Access::Execute)
+    }
+
+    /// Reads a little-endian `u64` (convenience for workloads and tests).
+    pub fn read_u64(&self, task: TaskId, addr: VmAddr) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.read(task, addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes a little-endian `u64`.
+    pub fn write_u64(&self, task: TaskId, addr: VmAddr, v: u64) -> Result<()> {
+        self.write(task, addr, &v.to_le_bytes())
+    }
+}
+
+/// Splits a buffer at page boundaries of the addresses it covers.
+fn split_pages(addr: u64, buf: &mut [u8]) -> Vec<&mut [u8]> {
+    let mut out = Vec::new();
+    let mut rest = buf;
+    let mut at = addr;
+    while !rest.is_empty() {
+        let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(rest.len());
+        let (a, b) = rest.split_at_mut(n);
+        out.push(a);
+        rest = b;
+        at += n as u64;
+    }
+    out
+}

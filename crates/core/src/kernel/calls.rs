@@ -1,0 +1,549 @@
+//! The VM calls a task makes on an address space: `task_create`,
+//! `vm_allocate`, `vm_map`, `vm_deallocate`, `vm_protect`, `vm_inherit`,
+//! `vm_region`, `vm_read`, `vm_write`, `vm_copy`.
+//!
+//! Each checks everything first (decode) and only then changes the map
+//! (invoke), so a call that fails has changed nothing.
+
+use super::{KObject, KState, Kernel, TaskId, TaskState};
+use crate::ipc::PortName;
+use crate::types::{KernError, Result, VmAddr, VmInherit, VmOffset, VmProt, PAGE_SIZE};
+use crate::vm::map::{nonzero_pages, MapEntry, VmMap};
+use crate::vm::object::{ObjectId, Provider, VmObject};
+use crate::vm::ViewResolver;
+use std::sync::Arc;
+
+/// The arguments of `vm_map`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapRequest {
+    /// Where to map (a hint ignored when `anywhere`).
+    pub address: VmAddr,
+    pub size: u64,
+    /// Alignment mask: the address is a multiple of `mask + 1`.
+    pub mask: u64,
+    pub anywhere: bool,
+    /// A memory object (send right) or proxy; `None` is zero-filled memory.
+    pub object: Option<PortName>,
+    pub offset: VmOffset,
+    /// Map a copy-on-write snapshot rather than the object itself.
+    pub copy: bool,
+    pub cur: VmProt,
+    pub max: VmProt,
+    pub inherit: VmInherit,
+}
+
+impl MapRequest {
+    /// `size` bytes anywhere, of `object` (or zero-fill), read/write.
+    pub fn anywhere(size: u64, object: Option<PortName>) -> MapRequest {
+        MapRequest {
+            address: VmAddr(0),
+            size,
+            mask: 0,
+            anywhere: true,
+            object,
+            offset: VmOffset(0),
+            copy: false,
+            cur: VmProt::DEFAULT,
+            max: VmProt::ALL,
+            inherit: VmInherit::DEFAULT,
+        }
+    }
+    pub fn at(mut self, address: VmAddr) -> Self {
+        self.address = address;
+        self.anywhere = false;
+        self
+    }
+    pub fn offset(mut self, offset: u64) -> Self {
+        self.offset = VmOffset(offset);
+        self
+    }
+    pub fn prot(mut self, cur: VmProt, max: VmProt) -> Self {
+        self.cur = cur;
+        self.max = max;
+        self
+    }
+    pub fn copy(mut self, copy: bool) -> Self {
+        self.copy = copy;
+        self
+    }
+    pub fn inherit(mut self, inherit: VmInherit) -> Self {
+        self.inherit = inherit;
+        self
+    }
+    pub fn mask(mut self, mask: u64) -> Self {
+        self.mask = mask;
+        self
+    }
+}
+
+/// What `vm_region` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionInfo {
+    pub start: VmAddr,
+    pub size: u64,
+    pub cur: VmProt,
+    pub max: VmProt,
+    pub inherit: VmInherit,
+    pub offset: VmOffset,
+    /// The memory is shared with another mapping (not private).
+    pub shared: bool,
+}
+
+/// One entry `vm_map` will insert, relative to the mapped address.
+#[derive(Debug)]
+pub(crate) struct Piece {
+    pub rel: u64,
+    pub len: u64,
+    pub object: Option<ObjectId>,
+    pub offset: u64,
+    pub cur: VmProt,
+    pub max: VmProt,
+    pub needs_copy: bool,
+    pub via: Vec<u64>,
+}
+
+impl Kernel {
+    /// `task_create(parent, inherit_memory)`: a new task. With a parent,
+    /// each of the parent's entries is shared, copied (copy-on-write) or
+    /// left out, as its inheritance says.
+    ///
+    /// Errors: `KERN_INVALID_TASK` (no such parent).
+    pub fn task_create(&self, parent: Option<TaskId>) -> Result<TaskId> {
+        self.with(|st| {
+            if let Some(p) = parent {
+                st.task(p)?;
+            }
+            let pmap = st.vm.machine.create();
+            let space = st.ipc.space_create();
+            let id = st.new_task_id(pmap);
+            let mut map = VmMap::default();
+            if let Some(p) = parent {
+                st.fork_map(p, &mut map);
+            }
+            st.tasks.insert(id.id, TaskState { space, map, pmap });
+            Ok(id)
+        })
+    }
+
+    /// `task_terminate`: unmaps everything and destroys the task's rights.
+    ///
+    /// Errors: `KERN_INVALID_TASK`.
+    pub fn task_terminate(&self, task: TaskId) -> Result<()> {
+        self.with(|st| {
+            let t = st.tasks.remove(&task.id).ok_or(KernError::InvalidTask)?;
+            let (min, max) = (t.map.min(), t.map.max());
+            let mut map = t.map;
+            for e in map.remove_range(min, max) {
+                if let Some(o) = e.object {
+                    st.vm.object_deallocate(o);
+                }
+            }
+            st.vm.machine.destroy(t.pmap);
+            st.ipc.space_destroy(t.space);
+            Ok(())
+        })
+    }
+
+    /// `vm_allocate`: zero-filled memory, read/write.
+    ///
+    /// Errors: as [`Kernel::vm_map`].
+    pub fn vm_allocate(&self, task: TaskId, address: VmAddr, size: u64, anywhere: bool) -> Result<VmAddr> {
+        let mut r = MapRequest::anywhere(size, None);
+        r.address = address;
+        r.anywhere = anywhere;
+        self.vm_map(task, r)
+    }
+
+    /// `vm_map`: maps a memory object, a proxy, or zero-filled memory.
+    ///
+    /// The protections are checked `cur ⊆ max`. Through a proxy, the
+    /// request must lie inside the proxy's windows, and `cur`/`max` are
+    /// masked by each window's protection (a read-only proxy mapped
+    /// `READ|WRITE`/`ALL` maps read-only). A request spanning several
+    /// windows becomes one entry per window. A copy mapping needs only
+    /// read permission; the copy is private and may be written.
+    ///
+    /// Errors: `KERN_INVALID_ARGUMENT` (zero size, unaligned address or
+    /// offset, bad mask, `cur` above `max`, overflow, a range outside the
+    /// proxy's windows, a port that is no memory object),
+    /// `KERN_NO_SPACE` (no room, or the fixed range is in use),
+    /// `KERN_INVALID_ADDRESS` (fixed range outside the map),
+    /// `KERN_INVALID_NAME` / `KERN_INVALID_RIGHT` (the object name),
+    /// `KERN_PROTECTION_FAILURE` (a copy of a window without read),
+    /// `KERN_INVALID_CAPABILITY` (the proxy was revoked),
+    /// `KERN_INVALID_TASK`.
+    pub fn vm_map(&self, task: TaskId, r: MapRequest) -> Result<VmAddr> {
+        self.with(|st| st.vm_map(task, r))
+    }
+
+    /// `vm_deallocate`: unmaps `[address, address + size)`; holes in the
+    /// range are fine.
+    ///
+    /// Errors: `KERN_INVALID_ARGUMENT` (unaligned, overflow),
+    /// `KERN_INVALID_ADDRESS` (outside the map), `KERN_INVALID_TASK`.
+    pub fn vm_deallocate(&self, task: TaskId, address: VmAddr, size: u64) -> Result<()> {
+        self.with(|st| {
+            if size == 0 {
+                st.task(task)?;
+                return Ok(());
+            }
+            let end = st.task(task)?.map.check_range(address, size)?;
+            st.unmap(task, address.0, end);
+            Ok(())
+        })
+    }
+
+    /// `vm_protect`: sets the current protection (or, with `set_max`, lowers
+    /// the maximum, and the current with it) over a fully mapped range.
+    ///
+    /// Errors: `KERN_PROTECTION_FAILURE` (current above maximum, or a new
+    /// maximum above the old one), `KERN_INVALID_ADDRESS` (a hole in the
+    /// range), `KERN_INVALID_ARGUMENT` (unaligned, overflow, bad bits),
+    /// `KERN_INVALID_TASK`.
+    pub fn vm_protect(&self, task: TaskId, address: VmAddr, size: u64, set_max: bool, prot: VmProt) -> Result<()> {
+        self.with(|st| {
+            let t = st.task(task)?;
+            let end = t.map.check_range(address, nonzero_pages(size)?)?;
+            if !t.map.is_covered(address.0, end) {
+                return Err(KernError::InvalidAddress);
+            }
+            for e in t.map.overlapping(address.0, end) {
+                if !e.max.contains(prot) {
+                    return Err(KernError::ProtectionFailure);
+                }
+            }
+            let pmap = t.pmap;
+            st.clip_range(task, address.0, end);
+            let t = st.task_mut(task).expect("checked");
+            t.map.for_each_in_mut(address.0, end, |e| {
+                if set_max {
+                    e.max = prot;
+                    e.cur &= prot;
+                } else {
+                    e.cur = prot;
+                }
+            });
+            let entries: Vec<(u64, u64, VmProt)> =
+                t.map.overlapping(address.0, end).map(|e| (e.start, e.end, e.cur)).collect();
+            for (s, e, cur) in entries {
+                st.vm.machine.protect(pmap, VmAddr(s), VmAddr(e), cur);
+            }
+            Ok(())
+        })
+    }
+
+    /// `vm_inherit`: sets what children get of the range at `task_create`.
+    ///
+    /// Errors: `KERN_INVALID_ARGUMENT` (unaligned, overflow),
+    /// `KERN_INVALID_ADDRESS` (outside the map), `KERN_INVALID_TASK`.
+    pub fn vm_inherit(&self, task: TaskId, address: VmAddr, size: u64, inherit: VmInherit) -> Result<()> {
+        self.with(|st| {
+            let end = st.task(task)?.map.check_range(address, nonzero_pages(size)?)?;
+            st.clip_range(task, address.0, end);
+            st.task_mut(task)?.map.for_each_in_mut(address.0, end, |e| e.inherit = inherit);
+            Ok(())
+        })
+    }
+
+    /// `vm_region`: the entry containing `address`, or the first one
+    /// above it.
+    ///
+    /// Errors: `KERN_INVALID_ADDRESS` (nothing at or above), `KERN_INVALID_TASK`.
+    pub fn vm_region(&self, task: TaskId, address: VmAddr) -> Result<RegionInfo> {
+        self.with(|st| {
+            let t = st.task(task)?;
+            let e = t.map.lookup_or_next(address.0).ok_or(KernError::InvalidAddress)?;
+            let shared = e.object.is_some_and(|o| st.vm.objects.get(&o).is_some_and(|o| o.refs > 1 || !o.temporary))
+                && !e.needs_copy;
+            Ok(RegionInfo {
+                start: VmAddr(e.start),
+                size: e.len(),
+                cur: e.cur,
+                max: e.max,
+                inherit: e.inherit,
+                offset: VmOffset(e.offset),
+                shared,
+            })
+        })
+    }
+
+    /// `vm_read`: a copy of `size` bytes of the task's memory.
+    ///
+    /// Errors: `KERN_INVALID_ADDRESS` (a hole, or the range wraps),
+    /// `KERN_PROTECTION_FAILURE` (not readable), `KERN_MEMORY_ERROR`,
+    /// `KERN_INVALID_TASK`.
+    pub fn vm_read(&self, task: TaskId, address: VmAddr, size: u64) -> Result<Vec<u8>> {
+        self.check_access(task, address, size, VmProt::READ)?;
+        let mut buf = vec![0u8; usize::try_from(size).map_err(|_| KernError::InvalidArgument)?];
+        self.read(task, address, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// `vm_write`: stores `data` into the task's memory. Nothing is written
+    /// unless the whole range is mapped writable.
+    ///
+    /// Errors: as [`Kernel::vm_read`], with write permission.
+    pub fn vm_write(&self, task: TaskId, address: VmAddr, data: &[u8]) -> Result<()> {
+        self.check_access(task, address, data.len() as u64, VmProt::WRITE)?;
+        self.write(task, address, data)
+    }
+
+    /// `vm_copy`: copies `size` bytes from `source` to `dest` in one task.
+    /// Both ranges are checked before anything is written.
+    ///
+    /// Errors: as [`Kernel::vm_read`] and [`Kernel::vm_write`].
+    pub fn vm_copy(&self, task: TaskId, source: VmAddr, size: u64, dest: VmAddr) -> Result<()> {
+        self.check_access(task, dest, size, VmProt::WRITE)?;
+        let data = self.vm_read(task, source, size)?;
+        self.write(task, dest, &data)
+    }
+
+    /// Is `[address, address + size)` mapped with `want` allowed throughout?
+    fn check_access(&self, task: TaskId, address: VmAddr, size: u64, want: VmProt) -> Result<()> {
+        self.with(|st| {
+            let end = address.checked_add(size).map_err(|_| KernError::InvalidAddress)?.0;
+            let t = st.task(task)?;
+            if size == 0 {
+                return Ok(());
+            }
+            if !t.map.is_covered(address.0, end) {
+                return Err(KernError::InvalidAddress);
+            }
+            if t.map.overlapping(address.0, end).any(|e| !e.cur.contains(want)) {
+                return Err(KernError::ProtectionFailure);
+            }
+            Ok(())
+        })
+    }
+}
+
+impl KState {
+    pub(crate) fn vm_map(&mut self, task: TaskId, r: MapRequest) -> Result<VmAddr> {
+        // Decode.
+        let size = nonzero_pages(r.size)?;
+        if !r.offset.is_page_aligned() || !r.cur.difference(r.max).is_empty() {
+            return Err(KernError::InvalidArgument);
+        }
+        let mask = r.mask | (PAGE_SIZE - 1);
+        if mask.checked_add(1).is_none_or(|a| !a.is_power_of_two()) {
+            return Err(KernError::InvalidArgument);
+        }
+        r.offset.checked_add(size)?;
+        let t = self.task(task)?;
+        let space = t.space;
+        let address = if r.anywhere {
+            t.map.find_space(size, mask)?
+        } else {
+            if r.address.0 & mask != 0 {
+                return Err(KernError::InvalidArgument);
+            }
+            let end = r.address.checked_add(size)?.0;
+            if r.address.0 < t.map.min() || end > t.map.max() {
+                return Err(KernError::InvalidAddress);
+            }
+            if !t.map.is_free(r.address.0, end) {
+                return Err(KernError::NoSpace);
+            }
+            r.address.0
+        };
+        let pieces = match r.object {
+            None => vec![Piece {
+                rel: 0,
+                len: size,
+                object: None,
+                offset: 0,
+                cur: r.cur,
+                max: r.max,
+                needs_copy: false,
+                via: Vec::new(),
+            }],
+            Some(name) => {
+                let port = self.ipc.port_of(space, name)?;
+                match self.kobject(port) {
+                    Some(KObject::Proxy(p)) => self.proxy_pieces(p, r.offset.0, size, r.copy, r.cur, r.max)?,
+                    Some(_) => return Err(KernError::InvalidArgument),
+                    None => {
+                        // Invoke starts here for plain objects: bind, and
+                        // snapshot if a copy was asked for.
+                        let o = self.bind(port);
+                        let (object, needs_copy) = if r.copy { (self.copy_of(o), true) } else { (o, false) };
+                        vec![Piece {
+                            rel: 0,
+                            len: size,
+                            object: Some(object),
+                            offset: r.offset.0,
+                            cur: r.cur,
+                            max: r.max,
+                            needs_copy,
+                            via: Vec::new(),
+                        }]
+                    }
+                }
+            }
+        };
+        // Invoke.
+        let t = self.task_mut(task).expect("checked");
+        for p in pieces {
+            t.map.insert(MapEntry {
+                start: address + p.rel,
+                end: address + p.rel + p.len,
+                object: p.object,
+                offset: p.offset,
+                cur: p.cur,
+                max: p.max,
+                inherit: r.inherit,
+                needs_copy: p.needs_copy,
+                via: Arc::from(p.via),
+            });
+        }
+        Ok(VmAddr(address))
+    }
+
+    /// A copy-on-write snapshot of `object` (consuming the caller's
+    /// reference on it, returning one on the copy).
+    pub(crate) fn copy_of(&mut self, object: ObjectId) -> ObjectId {
+        let c = self.vm.copy_delayed(object);
+        self.vm.object_deallocate(object);
+        c
+    }
+
+    /// Splits `[offset, offset + len)` of `object` through paging-proxy
+    /// views down to real objects: `(relative start, length, object,
+    /// offset, allowed, via)` pieces. `KERN_MEMORY_ERROR` if a view is
+    /// revoked or has a gap.
+    pub(crate) fn flatten(
+        &self,
+        object: ObjectId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64, ObjectId, u64, VmProt, Vec<u64>)>> {
+        let mut out = Vec::new();
+        let mut todo = vec![(0u64, len, object, offset, VmProt::ALL, Vec::new())];
+        while let Some((rel, len, obj, off, prot, via)) = todo.pop() {
+            let Some(&proxy) = self.proxies.view_of.get(&obj) else {
+                out.push((rel, len, obj, off, prot, via));
+                continue;
+            };
+            let px = self.proxies.get(proxy)?;
+            let pieces =
+                crate::memory_object::proxy::cover(&px.windows, off, len).map_err(|_| KernError::MemoryError)?;
+            let mut at = rel;
+            for (w, within, plen) in pieces {
+                let mut v = via.clone();
+                v.push(proxy);
+                let (inner, ioff, _) = self.proxies.resolve(proxy, w.offset + within)?;
+                todo.push((at, plen, inner, ioff, prot & w.prot, v));
+                at += plen;
+            }
+        }
+        out.sort_by_key(|p| p.0);
+        Ok(out)
+    }
+
+    /// Makes `addr` and `end` entry boundaries, taking the extra object
+    /// references clipping creates.
+    pub(crate) fn clip_range(&mut self, task: TaskId, addr: u64, end: u64) {
+        let Ok(t) = self.task_mut(task) else { return };
+        let a = t.map.clip(addr);
+        let b = t.map.clip(end);
+        for o in [a, b].into_iter().flatten() {
+            self.vm.object_reference(o);
+        }
+    }
+
+    /// Removes `[start, end)` from the task's map and MMU.
+    pub(crate) fn unmap(&mut self, task: TaskId, start: u64, end: u64) {
+        self.clip_range(task, start, end);
+        let Ok(t) = self.task_mut(task) else { return };
+        let removed = t.map.remove_range(start, end);
+        let pmap = t.pmap;
+        self.vm.pmap_remove_range(pmap, start, end);
+        for e in removed {
+            if let Some(o) = e.object {
+                self.vm.object_deallocate(o);
+            }
+        }
+    }
+
+    /// Builds the child's map at `task_create` from the parent's entries.
+    fn fork_map(&mut self, parent: TaskId, child: &mut VmMap) {
+        let entries: Vec<MapEntry> = self.task(parent).expect("checked").map.iter().cloned().collect();
+        for e in entries {
+            match e.inherit {
+                VmInherit::None => {}
+                VmInherit::Share => {
+                    let object = self.share_entry(parent, e.start);
+                    let pe = self.task(parent).expect("checked").map.lookup(e.start).expect("exists").clone();
+                    self.vm.object_reference(object);
+                    child.insert(MapEntry { object: Some(object), ..pe });
+                }
+                VmInherit::Copy => match e.object {
+                    None => child.insert(e.clone()),
+                    Some(o) if matches!(self.vm.object(o).provider, Provider::View(_)) => {
+                        // A copy of memory seen through a paging proxy is a
+                        // snapshot of what is behind it, still subject to
+                        // the proxy's revocation.
+                        match self.flatten(o, e.offset, e.len()) {
+                            Ok(pieces) => {
+                                for (rel, len, obj, off, prot, via) in pieces {
+                                    self.vm.object_reference(obj);
+                                    let c = self.copy_of(obj);
+                                    let mut via: Vec<u64> = via;
+                                    via.extend(e.via.iter().copied());
+                                    child.insert(MapEntry {
+                                        start: e.start + rel,
+                                        end: e.start + rel + len,
+                                        object: Some(c),
+                                        offset: off,
+                                        cur: e.cur & (prot | VmProt::WRITE),
+                                        max: e.max & (prot | VmProt::WRITE),
+                                        needs_copy: true,
+                                        via: Arc::from(via),
+                                        ..e.clone()
+                                    });
+                                }
+                            }
+                            // Revoked: the child inherits an entry that
+                            // faults exactly as the parent's does.
+                            Err(_) => {
+                                self.vm.object_reference(o);
+                                child.insert(MapEntry { needs_copy: true, ..e.clone() });
+                            }
+                        }
+                    }
+                    Some(o) => {
+                        self.vm.object_reference(o);
+                        let c = self.copy_of(o);
+                        child.insert(MapEntry { object: Some(c), needs_copy: true, ..e.clone() });
+                    }
+                },
+            }
+        }
+    }
+
+    /// Prepares a parent entry to be shared: its object must exist and be
+    /// its own (a pending copy-on-write is resolved now).
+    pub(crate) fn share_entry(&mut self, task: TaskId, start: u64) -> ObjectId {
+        let KState { vm, tasks, .. } = self;
+        let t = tasks.get_mut(&task.id).expect("checked");
+        let e = t.map.lookup_mut(start).expect("exists");
+        let o = match e.object {
+            Some(o) => o,
+            None => {
+                let o = vm.object_insert(VmObject::temporary(e.offset + e.len()));
+                e.object = Some(o);
+                o
+            }
+        };
+        if e.needs_copy {
+            let mut s = VmObject::temporary(e.len());
+            s.shadow = Some((o, e.offset));
+            let s = vm.object_insert(s);
+            e.object = Some(s);
+            e.offset = 0;
+            e.needs_copy = false;
+            return s;
+        }
+        o
+    }
+}

@@ -1,0 +1,185 @@
+//! The IPC calls tasks (and pagers, which are tasks) make: ports, rights,
+//! port sets, notifications, `mach_msg`. Messages to kernel objects are
+//! handled here, in the sender's thread, as Mach's kernel server does.
+
+use super::{KObject, Kernel, TaskId};
+use crate::ipc::{Disposition, NameInfo, NotifyKind, PortName, ReceivedMessage, RightKind, UserMessage};
+use crate::sync::Guard;
+use crate::types::{KernError, Result};
+use std::time::{Duration, Instant};
+
+impl Kernel {
+    /// `mach_port_allocate(MACH_PORT_RIGHT_RECEIVE)`.
+    ///
+    /// Errors: `KERN_INVALID_TASK`.
+    pub fn port_allocate(&self, task: TaskId) -> Result<PortName> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            st.ipc.port_allocate(space)
+        })
+    }
+
+    /// `mach_port_allocate(MACH_PORT_RIGHT_PORT_SET)`.
+    pub fn port_set_allocate(&self, task: TaskId) -> Result<PortName> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            st.ipc.pset_allocate(space)
+        })
+    }
+
+    /// `mach_port_move_member`.
+    ///
+    /// Errors: `KERN_INVALID_NAME`, `KERN_INVALID_RIGHT`, `KERN_INVALID_TASK`.
+    pub fn port_move_member(&self, task: TaskId, member: PortName, set: Option<PortName>) -> Result<()> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            st.ipc.move_member(space, member, set)
+        })
+    }
+
+    /// `mach_port_insert_right` with `MACH_MSG_TYPE_MAKE_SEND`: the holder
+    /// of a receive right adds a send right under the same name.
+    pub fn port_make_send(&self, task: TaskId, name: PortName) -> Result<()> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            let (port, kind) = st.ipc.copyin(space, name, Disposition::MakeSend)?;
+            st.ipc.copyout(space, port, kind).map(|_| ())
+        })
+    }
+
+    /// Gives `to` a right taken from `from`'s space with `disposition`, as
+    /// sending it in a message would; returns its name in `to`.
+    ///
+    /// Errors: `KERN_INVALID_NAME`, `KERN_INVALID_RIGHT`,
+    /// `KERN_INVALID_CAPABILITY` (a dead name), `KERN_INVALID_TASK`.
+    pub fn port_transfer(
+        &self,
+        from: TaskId,
+        name: PortName,
+        disposition: Disposition,
+        to: TaskId,
+    ) -> Result<PortName> {
+        self.with(|st| {
+            let src = st.task(from)?.space;
+            let dst = st.task(to)?.space;
+            let (port, kind) = st.ipc.copyin(src, name, disposition)?;
+            st.ipc.copyout(dst, port, kind)
+        })
+    }
+
+    /// `mach_port_deallocate`.
+    ///
+    /// Errors: `KERN_INVALID_NAME`, `KERN_INVALID_RIGHT`, `KERN_INVALID_TASK`.
+    pub fn port_deallocate(&self, task: TaskId, name: PortName) -> Result<()> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            st.ipc.deallocate(space, name)
+        })
+    }
+
+    /// `mach_port_destroy`.
+    pub fn port_destroy(&self, task: TaskId, name: PortName) -> Result<()> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            st.ipc.name_destroy(space, name)
+        })
+    }
+
+    /// `mach_port_mod_refs`.
+    ///
+    /// Errors: `KERN_INVALID_NAME`, `KERN_INVALID_RIGHT`,
+    /// `KERN_INVALID_VALUE`, `KERN_UREFS_OVERFLOW`, `KERN_INVALID_TASK`.
+    pub fn port_mod_refs(&self, task: TaskId, name: PortName, right: RightKind, delta: i32) -> Result<()> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            st.ipc.mod_refs(space, name, right, delta)
+        })
+    }
+
+    /// `mach_port_type` and reference counts.
+    pub fn port_lookup(&self, task: TaskId, name: PortName) -> Result<NameInfo> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            st.ipc.lookup(space, name)
+        })
+    }
+
+    /// `mach_port_request_notification` (no-senders or dead-name), sent to
+    /// the receive right `notify` in the same space.
+    pub fn port_request_notification(
+        &self,
+        task: TaskId,
+        name: PortName,
+        kind: NotifyKind,
+        notify: PortName,
+    ) -> Result<()> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            st.ipc.request_notification(space, name, kind, notify)
+        })
+    }
+
+    /// `mach_msg(MACH_SEND_MSG)`. A message to a kernel object is handled
+    /// at once: control ports take the EMMI; proxies and revoke rights take
+    /// no messages (`MIG_BAD_ID`), and a forged notification to them is
+    /// refused the same way and changes nothing.
+    ///
+    /// Errors: `MACH_SEND_INVALID_DEST`, `MACH_SEND_INVALID_RIGHT`,
+    /// `MACH_SEND_INVALID_REPLY`, `MIG_BAD_ID`, `MIG_BAD_ARGUMENTS`, and the
+    /// error of an EMMI call that failed its checks; `KERN_INVALID_TASK`.
+    pub fn msg_send(&self, task: TaskId, msg: UserMessage) -> Result<()> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            let Some(kmsg) = st.ipc.send(space, msg)? else {
+                return Ok(());
+            };
+            match st.kobject(kmsg.dest) {
+                Some(KObject::Control(object)) => st.control_message(object, kmsg),
+                Some(KObject::Proxy(_)) | Some(KObject::ProxyRevoke(_)) | None => {
+                    st.ipc.destroy_message(kmsg);
+                    Err(KernError::MigBadId)
+                }
+            }
+        })
+    }
+
+    /// `mach_msg(MACH_RCV_MSG)` on a receive right or port set, waiting at
+    /// most `timeout` (forever if `None`).
+    ///
+    /// Errors: `MACH_RCV_INVALID_NAME`, `MACH_RCV_TIMED_OUT`, `KERN_INVALID_TASK`.
+    pub fn msg_receive(&self, task: TaskId, name: PortName, timeout: Option<Duration>) -> Result<ReceivedMessage> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st: Guard<'_, _> = self.lock();
+        loop {
+            let space = match st.task(task) {
+                Ok(t) => t.space,
+                Err(e) => {
+                    self.unlock(st);
+                    return Err(e);
+                }
+            };
+            match st.ipc.try_receive(space, name) {
+                Ok(Some(m)) => {
+                    self.unlock(st);
+                    return Ok(m);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.unlock(st);
+                    return Err(e);
+                }
+            }
+            match deadline {
+                None => st = self.msg_cv.wait(st),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        self.unlock(st);
+                        return Err(KernError::RcvTimedOut);
+                    }
+                    st = self.msg_cv.wait_timeout(st, d - now).0;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! The kernel: one lock over IPC, VM and memory-object state, the calls
+//! tasks and pagers make, and the glue that turns VM requests into EMMI
+//! messages.
+//!
+//! Every call follows the same shape:
+//!
+//! 1. take the kernel lock;
+//! 2. **decode**: check every argument against the caller's rights and the
+//!    current state, changing nothing (a bad call loses nothing);
+//! 3. **invoke**: change state; steps here cannot fail;
+//! 4. [`KState::settle`]: deliver the messages the VM asked for, react to
+//!    IPC events (no-senders, dead ports), wake sleepers;
+//! 5. drop the lock. A thread that must wait for a pager sleeps on a
+//!    condition variable, which releases the lock while it sleeps.
+//!
+//! Locking: `Kernel::st` protects everything but the MMU, which has its own
+//! locks and is taken only *after* the kernel lock (or alone, on the task
+//! access fast path).
+
+mod access;
+pub(crate) mod calls;
+mod ipc_calls;
+
+pub use calls::{MapRequest, RegionInfo};
+
+use crate::ipc::{Disposition, Ipc, IpcEvent, KMessage, PortId, PortName, SpaceId};
+use crate::memory_object::emmi::KernelToPager;
+use crate::memory_object::proxy::{ProxyTable, ProxyVersion};
+use crate::pmap::soft::SoftMachine;
+use crate::pmap::{Machine, PmapId};
+use crate::sync::{Arc, Condvar, Guard, Mutex};
+use crate::types::{KernError, Result, PAGE_SIZE};
+use crate::vm::map::VmMap;
+use crate::vm::object::{ObjectId, Provider, VmObject};
+use crate::vm::{PagerOp, Vm, VmStats};
+use std::collections::{BTreeMap, HashMap};
+
+/// Settings fixed at boot.
+#[derive(Clone, Debug)]
+pub struct KernelConfig {
+    /// Physical pages of the machine.
+    pub phys_pages: usize,
+    /// Pageout keeps resident pages at or below this.
+    pub resident_limit: usize,
+    /// Which implementation `memory_object_create_proxy` uses by default.
+    pub proxy_version: ProxyVersion,
+    /// Pages asked of a pager per fault until it sets its own cluster size.
+    pub cluster_pages: u32,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        KernelConfig {
+            phys_pages: 1 << 16,
+            resident_limit: 1 << 16,
+            proxy_version: ProxyVersion::Paging,
+            cluster_pages: 8,
+        }
+    }
+}
+
+/// A task: an address space, an IPC space and the MMU tables behind them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId {
+    pub(crate) id: u32,
+    pub(crate) pmap: PmapId,
+}
+
+impl TaskId {
+    /// The task's number (for reports).
+    pub fn number(&self) -> u32 {
+        self.id
+    }
+}
+
+/// The kernel objects a port can stand for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KObject {
+    /// A memory object's control port (pagers send EMMI calls here).
+    Control(ObjectId),
+    /// A proxy memory object.
+    Proxy(u64),
+    /// The right to revoke a proxy.
+    ProxyRevoke(u64),
+}
+
+#[derive(Debug)]
+pub(crate) struct TaskState {
+    pub space: SpaceId,
+    pub map: VmMap,
+    pub pmap: PmapId,
+}
+
+/// An external object's ports: the pager's memory object port (the kernel
+/// holds one send right) and the kernel's control port for it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Binding {
+    pub port: PortId,
+    pub control: PortId,
+}
+
+/// Message counts by kind, both directions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    pub vm: VmStats,
+    /// Kernel → pager messages, by EMMI name.
+    pub to_pagers: BTreeMap<&'static str, u64>,
+    /// Pager → kernel messages, by EMMI name.
+    pub from_pagers: BTreeMap<&'static str, u64>,
+    /// Pages resident now.
+    pub resident: usize,
+    pub resident_limit: usize,
+    pub objects: usize,
+    pub proxies: usize,
+}
+
+impl KernelStats {
+    /// How many kernel → pager messages of this kind were sent.
+    pub fn sent(&self, kind: &str) -> u64 {
+        self.to_pagers.get(kind).copied().unwrap_or(0)
+    }
+    /// How many pager → kernel messages of this kind were received.
+    pub fn received(&self, kind: &str) -> u64 {
+        self.from_pagers.get(kind).copied().unwrap_or(0)
+    }
+}
+
+/// Everything the kernel lock protects.
+#[derive(Debug)]
+pub(crate) struct KState {
+    pub ipc: Ipc,
+    pub vm: Vm,
+    pub tasks: HashMap<u32, TaskState>,
+    next_task: u32,
+    pub kobjects: HashMap<PortId, KObject>,
+    /// Memory object port (a pager's) → its VM object.
+    pub port_objects: HashMap<PortId, ObjectId>,
+    /// External object → its ports.
+    pub bindings: HashMap<ObjectId, Binding>,
+    pub proxies: ProxyTable,
+    pub default_pager: Option<PortId>,
+    pub stats: KernelStats,
+    pub config: KernelConfig,
+    /// Something a sleeping fault may wait for happened.
+    pub page_event: bool,
+    /// A message was queued.
+    pub msg_event: bool,
+}
+
+/// The kernel. Share it between threads with `Arc`.
+pub struct Kernel {
+    st: Mutex<KState>,
+    /// Faults waiting for a page, an unlock, or a pager's `ready`.
+    page_cv: Condvar,
+    /// Receivers waiting for a message.
+    msg_cv: Condvar,
+    machine: Arc<dyn Machine>,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel").finish_non_exhaustive()
+    }
+}
+
+impl Kernel {
+    /// Boots a kernel on the software MMU.
+    pub fn new(config: KernelConfig) -> Arc<Kernel> {
+        let machine = Arc::new(SoftMachine::new(config.phys_pages));
+        Kernel::with_machine(config, machine)
+    }
+
+    /// Boots a kernel on any machine backend.
+    pub fn with_machine(config: KernelConfig, machine: Arc<dyn Machine>) -> Arc<Kernel> {
+        let vm = Vm::new(machine.clone(), config.resident_limit);
+        Arc::new(Kernel {
+            st: Mutex::new(KState {
+                ipc: Ipc::new(),
+                vm,
+                tasks: HashMap::new(),
+                next_task: 0,
+                kobjects: HashMap::new(),
+                port_objects: HashMap::new(),
+                bindings: HashMap::new(),
+                proxies: ProxyTable::default(),
+                default_pager: None,
+                stats: KernelStats::default(),
+                config,
+                page_event: false,
+                msg_event: false,
+            }),
+            page_cv: Condvar::new(),
+            msg_cv: Condvar::new(),
+            machine,
+        })
+    }
+
+    /// The machine the kernel runs on.
+    pub fn machine(&self) -> &Arc<dyn Machine> {
+        &self.machine
+    }
+
+    pub(crate) fn lock(&self) -> Guard<'_, KState> {
+        self.st.lock()
+    }
+
+    /// Settles the state after a call and wakes whoever must wake.
+    pub(crate) fn unlock(&self, mut st: Guard<'_, KState>) {
+        st.settle();
+        let (page, msg) = (std::mem::take(&mut st.page_event), std::mem::take(&mut st.msg_event));
+        drop(st);
+        if page {
+            self.page_cv.notify_all();
+        }
+        if msg {
+            self.msg_cv.notify_all();
+        }
+    }
+
+    /// Runs `f` under the kernel lock, then settles.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut KState) -> T) -> T {
+        let mut st = self.lock();
+        let r = f(&mut st);
+        self.unlock(st);
+        r
+    }
+
+    /// Counters: faults, pager messages by kind, residency.
+    pub fn stats(&self) -> KernelStats {
+        self.with(|st| {
+            let mut s = st.stats.clone();
+            s.vm = st.vm.stats.clone();
+            s.resident = st.vm.resident;
+            s.resident_limit = st.vm.resident_limit;
+            s.objects = st.vm.objects.len();
+            s.proxies = st.proxies.proxies.len();
+            s
+        })
+    }
+
+    /// Changes the resident-page limit (pageout runs at once if needed).
+    pub fn set_resident_limit(&self, limit: usize) {
+        self.with(|st| {
+            st.vm.resident_limit = limit.clamp(1, st.vm.machine.frame_count());
+            if st.vm.resident > st.vm.resident_limit {
+                let n = st.vm.resident - st.vm.resident_limit;
+                st.vm.pageout(n);
+            }
+        })
+    }
+
+    /// `vm_set_default_memory_manager`: `name` (a send right in `task`'s
+    /// space) becomes the default pager, which gets a
+    /// `memory_object_create` for each anonymous object it must page.
+    ///
+    /// Errors: `KERN_INVALID_TASK`, `KERN_INVALID_NAME`, `KERN_INVALID_RIGHT`.
+    pub fn set_default_memory_manager(&self, task: TaskId, name: PortName) -> Result<()> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            let (port, _) = st.ipc.copyin(space, name, Disposition::CopySend).or_else(|e| {
+                if e == KernError::InvalidRight {
+                    st.ipc.copyin(space, name, Disposition::MakeSend)
+                } else {
+                    Err(e)
+                }
+            })?;
+            if let Some(old) = st.default_pager.replace(port) {
+                st.ipc.release_send(old);
+            }
+            st.vm.default_pager = true;
+            Ok(())
+        })
+    }
+}
+
+impl KState {
+    pub fn task(&self, task: TaskId) -> Result<&TaskState> {
+        self.tasks.get(&task.id).ok_or(KernError::InvalidTask)
+    }
+
+    pub fn task_mut(&mut self, task: TaskId) -> Result<&mut TaskState> {
+        self.tasks.get_mut(&task.id).ok_or(KernError::InvalidTask)
+    }
+
+    pub fn new_task_id(&mut self, pmap: PmapId) -> TaskId {
+        self.next_task += 1;
+        TaskId { id: self.next_task, pmap }
+    }
+
+    fn count_to(&mut self, kind: &'static str) {
+        *self.stats.to_pagers.entry(kind).or_default() += 1;
+    }
+
+    pub fn count_from(&mut self, kind: &'static str) {
+        *self.stats.from_pagers.entry(kind).or_default() += 1;
+    }
+
+    /// Delivers the VM's outbox and reacts to IPC events until both are
+    /// empty (each can produce the other).
+    pub fn settle(&mut self) {
+        loop {
+            let ops = std::mem::take(&mut self.vm.outbox);
+            let events = self.ipc.drain_events();
+            if ops.is_empty() && events.is_empty() {
+                return;
+            }
+            for op in ops {
+                self.deliver(op);
+            }
+            for e in events {
+                self.on_event(e);
+            }
+        }
+    }
+
+    /// Sends a kernel → pager message on `object`'s memory object port.
+    fn send_to_pager(&mut self, object: ObjectId, m: KernelToPager, kind: &'static str) {
+        let Some(b) = self.bindings.get(&object).copied() else {
+            return;
+        };
+        let (id, data) = m.encode();
+        let msg = KMessage { dest: b.port, dest_right: None, reply: None, id, data, rights: Vec::new() };
+        self.count_to(kind);
+        if self.ipc.kernel_send(msg).is_err() {
+            self.vm.pager_died(object);
+            self.page_event = true;
+        }
+    }
+
+    fn deliver(&mut self, op: PagerOp) {
+        match op {
+            PagerOp::DataRequest { object, offset, length, access } => {
+                self.send_to_pager(object, KernelToPager::DataRequest { offset, length, access }, "data_request")
+            }
+            PagerOp::DataUnlock { object, offset, length, access } => {
+                self.send_to_pager(object, KernelToPager::DataUnlock { offset, length, access }, "data_unlock")
+            }
+            PagerOp::DataReturn { object, offset, data, dirty, kernel_copy } => self.send_to_pager(
+                object,
+                KernelToPager::DataReturn { offset, data, dirty, kernel_copy },
+                "data_return",
+            ),
+            PagerOp::CreateDefault { object, size } => self.create_default(object, size),
+            PagerOp::Terminated { object, provider } => match provider {
+                Provider::External => {
+                    self.send_to_pager(object, KernelToPager::Terminate, "terminate");
+                    self.unbind(object);
+                }
+                Provider::View(proxy) => {
+                    self.proxies.view_of.remove(&object);
+                    if let Some(p) = self.proxies.proxies.get_mut(&proxy) {
+                        p.view = None;
+                    }
+                    self.proxy_maybe_free(proxy);
+                }
+                Provider::None => {}
+            },
+        }
+    }
+
+    /// Hands an anonymous object to the default pager
+    /// (`memory_object_create`): a new memory object port whose receive
+    /// right goes to the default pager, and a control port for it.
+    fn create_default(&mut self, object: ObjectId, size: u64) {
+        let Some(dp) = self.default_pager else { return };
+        let port = self.ipc.port_allocate_in_transit();
+        self.ipc.kernel_make_send(port); // the kernel's reference
+        let control = self.control_port(object);
+        self.ipc.kernel_make_send(control); // the pager's
+        self.bindings.insert(object, Binding { port, control });
+        self.port_objects.insert(port, object);
+        let (id, data) = KernelToPager::Create { size }.encode();
+        let msg = KMessage {
+            dest: dp,
+            dest_right: None,
+            reply: None,
+            id,
+            data,
+            rights: vec![(port, crate::ipc::RightKind::Receive), (control, crate::ipc::RightKind::Send)],
+        };
+        self.count_to("create");
+        if self.ipc.kernel_send(msg).is_err() {
+            self.vm.pager_died(object);
+            self.page_event = true;
+        }
+    }
+
+    /// A new control port for `object` (a kernel object).
+    pub fn control_port(&mut self, object: ObjectId) -> PortId {
+        let control = self.ipc.port_allocate_kernel();
+        self.kobjects.insert(control, KObject::Control(object));
+        control
+    }
+
+    /// Binds a pager's memory object port to a VM object (creating it and
+    /// sending `memory_object_init` the first time). Takes an object
+    /// reference for the caller.
+    pub fn bind(&mut self, port: PortId) -> ObjectId {
+        if let Some(&o) = self.port_objects.get(&port) {
+            self.vm.object_reference(o);
+            return o;
+        }
+        let object = self.vm.object_insert(VmObject::external(self.config.cluster_pages));
+        let control = self.control_port(object);
+        self.ipc.kernel_make_send(control); // travels in init
+        self.ipc.kernel_copy_send(port); // the kernel's reference
+        self.bindings.insert(object, Binding { port, control });
+        self.port_objects.insert(port, object);
+        let (id, data) = KernelToPager::Init { page_size: PAGE_SIZE }.encode();
+        let msg = KMessage {
+            dest: port,
+            dest_right: None,
+            reply: None,
+            id,
+            data,
+            rights: vec![(control, crate::ipc::RightKind::Send)],
+        };
+        self.count_to("init");
+        if self.ipc.kernel_send(msg).is_err() {
+            self.vm.pager_died(object);
+        }
+        object
+    }
+
+    fn unbind(&mut self, object: ObjectId) {
+        let Some(b) = self.bindings.remove(&object) else {
+            return;
+        };
+        self.port_objects.remove(&b.port);
+        self.ipc.release_send(b.port);
+        self.kobjects.remove(&b.control);
+        self.ipc.port_destroy(b.control);
+    }
+
+    fn on_event(&mut self, e: IpcEvent) {
+        match e {
+            IpcEvent::Queued(_) => self.msg_event = true,
+            IpcEvent::PortDied(port) => {
+                self.msg_event = true;
+                if let Some(&object) = self.port_objects.get(&port) {
+                    if self.bindings.get(&object).is_some_and(|b| b.port == port) {
+                        self.vm.pager_died(object);
+                        self.page_event = true;
+                    }
+                }
+                if self.default_pager == Some(port) {
+                    self.default_pager = None;
+                    self.vm.default_pager = false;
+                    self.ipc.release_send(port);
+                }
+                self.ipc.reap(port);
+            }
+            IpcEvent::NoSenders(port) => match self.kobjects.get(&port).copied() {
+                Some(KObject::Proxy(p)) => {
+                    self.kobjects.remove(&port);
+                    self.ipc.port_destroy(port);
+                    let mut view = None;
+                    if let Some(px) = self.proxies.proxies.get_mut(&p) {
+                        px.port_dead = true;
+                        view = px.view;
+                    }
+                    // The proxy's own reference on its view: mappings keep
+                    // the view (and so the proxy) alive past this point.
+                    if let Some(v) = view {
+                        self.vm.object_deallocate(v);
+                    }
+                    self.proxy_maybe_free(p);
+                }
+                Some(KObject::ProxyRevoke(p)) => {
+                    self.kobjects.remove(&port);
+                    self.ipc.port_destroy(port);
+                    self.proxy_maybe_free(p);
+                }
+                Some(KObject::Control(_)) | None => {}
+            },
+        }
+    }
+
+    /// Frees a proxy nobody can name or map any more, releasing its
+    /// references on the objects it windows.
+    pub fn proxy_maybe_free(&mut self, p: u64) {
+        let Some(px) = self.proxies.proxies.get(&p) else {
+            return;
+        };
+        let revoke_alive = self.kobjects.contains_key(&px.revoke_port);
+        if !px.port_dead || revoke_alive || px.view.is_some() {
+            return;
+        }
+        let px = self.proxies.proxies.remove(&p).expect("checked");
+        for w in px.windows {
+            self.vm.object_deallocate(w.target);
+        }
+    }
+
+    /// Is this port a kernel object (one that takes no memory-object role)?
+    pub fn kobject(&self, port: PortId) -> Option<KObject> {
+        self.kobjects.get(&port).copied()
+    }
+}

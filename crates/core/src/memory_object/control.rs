@@ -1,0 +1,168 @@
+//! The kernel side of the EMMI: what happens when a pager's message
+//! arrives on a control port.
+//!
+//! 1. Decode the message (`emmi::PagerToKernel::decode`); a malformed one
+//!    is refused with `MIG_BAD_ARGUMENTS` and changes nothing.
+//! 2. Check ranges: offsets and sizes page-aligned, sums without overflow,
+//!    data whole pages (`KERN_INVALID_ARGUMENT` otherwise).
+//! 3. Apply it to the VM object page by page (`vm::paging`), then wake the
+//!    faults that wait on the object.
+//! 4. Answer on the reply port if the pager named one.
+
+use super::emmi::{KernelReply, PagerToKernel};
+use crate::ipc::{KMessage, PortId, RightKind};
+use crate::kernel::KState;
+use crate::types::{page_aligned, KernError, Result, PAGE_SIZE};
+use crate::vm::object::ObjectId;
+
+/// The most pages one `change_attributes` may ask per fault.
+pub const MAX_CLUSTER_PAGES: u32 = 256;
+
+fn check_range(offset: u64, size: u64) -> Result<()> {
+    if !page_aligned(offset) || !page_aligned(size) || size == 0 {
+        return Err(KernError::InvalidArgument);
+    }
+    offset.checked_add(size).map(|_| ()).ok_or(KernError::InvalidArgument)
+}
+
+impl KState {
+    /// Handles one message sent to `object`'s control port.
+    pub(crate) fn control_message(&mut self, object: ObjectId, kmsg: KMessage) -> Result<()> {
+        let reply = kmsg.reply;
+        let decoded = PagerToKernel::decode(kmsg.id, &kmsg.data);
+        // The rights in the body are not used by any EMMI call.
+        let body = KMessage { reply: None, ..kmsg };
+        self.ipc.destroy_message(body);
+        let m = match decoded {
+            Ok(m) => m,
+            Err(e) => {
+                self.drop_reply(reply);
+                return Err(e);
+            }
+        };
+        if !self.vm.objects.contains_key(&object) {
+            self.drop_reply(reply);
+            return Err(KernError::InvalidArgument);
+        }
+        self.page_event = true;
+        match m {
+            PagerToKernel::Ready { may_cache, copy_strategy } => {
+                self.count_from("ready");
+                let o = self.vm.object_mut(object);
+                o.ready = true;
+                o.may_cache = may_cache;
+                o.copy_strategy = copy_strategy;
+                self.drop_reply(reply);
+                Ok(())
+            }
+            PagerToKernel::ChangeAttributes { may_cache, copy_strategy, cluster_pages } => {
+                self.count_from("change_attributes");
+                if cluster_pages == 0 || cluster_pages > MAX_CLUSTER_PAGES {
+                    self.drop_reply(reply);
+                    return Err(KernError::InvalidArgument);
+                }
+                let o = self.vm.object_mut(object);
+                o.ready = true;
+                o.may_cache = may_cache;
+                o.copy_strategy = copy_strategy;
+                o.cluster_pages = cluster_pages;
+                self.reply(reply, KernelReply::ChangeCompleted { may_cache, copy_strategy });
+                Ok(())
+            }
+            PagerToKernel::DataSupply { offset, data, lock, precious } => {
+                self.count_from("data_supply");
+                let length = data.len() as u64;
+                if let Err(e) = check_range(offset, length) {
+                    self.reply(
+                        reply,
+                        KernelReply::SupplyCompleted { offset, length, result: Some(e), error_offset: offset },
+                    );
+                    return Err(e);
+                }
+                let mut result = None;
+                let mut error_offset = 0;
+                for (i, page) in data.chunks_exact(PAGE_SIZE as usize).enumerate() {
+                    let off = offset + i as u64 * PAGE_SIZE;
+                    if let Err(e) = self.vm.data_supply(object, off, page, lock, precious) {
+                        result = Some(e);
+                        error_offset = off;
+                        break;
+                    }
+                }
+                self.reply(reply, KernelReply::SupplyCompleted { offset, length, result, error_offset });
+                result.map_or(Ok(()), Err)
+            }
+            PagerToKernel::DataUnavailable { offset, size } => {
+                self.count_from("data_unavailable");
+                self.drop_reply(reply);
+                check_range(offset, size)?;
+                for off in (offset..offset + size).step_by(PAGE_SIZE as usize) {
+                    if self.vm.object(object).pages.get(&off).is_some_and(|p| p.busy && p.frame.is_none()) {
+                        self.vm.data_unavailable(object, off)?;
+                    }
+                }
+                Ok(())
+            }
+            PagerToKernel::DataError { offset, size, reason: _ } => {
+                self.count_from("data_error");
+                self.drop_reply(reply);
+                check_range(offset, size)?;
+                for off in (offset..offset + size).step_by(PAGE_SIZE as usize) {
+                    if self.vm.object(object).pages.get(&off).is_some_and(|p| p.busy && p.frame.is_none()) {
+                        self.vm.data_error(object, off);
+                    }
+                }
+                Ok(())
+            }
+            PagerToKernel::LockRequest { offset, size, should_return, should_flush, lock } => {
+                self.count_from("lock_request");
+                if let Err(e) = check_range(offset, size) {
+                    self.drop_reply(reply);
+                    return Err(e);
+                }
+                self.vm.lock_request(object, offset, size, should_return, should_flush, lock);
+                self.reply(reply, KernelReply::LockCompleted { offset, length: size });
+                Ok(())
+            }
+            PagerToKernel::GetAttributes => {
+                self.count_from("get_attributes");
+                if reply.is_none() {
+                    return Err(KernError::SendInvalidReply);
+                }
+                let o = self.vm.object(object);
+                let a = KernelReply::Attributes {
+                    ready: o.ready,
+                    may_cache: o.may_cache,
+                    copy_strategy: o.copy_strategy,
+                    cluster_pages: o.cluster_pages,
+                };
+                self.reply(reply, a);
+                Ok(())
+            }
+            PagerToKernel::Destroy { reason: _ } => {
+                self.count_from("destroy");
+                self.drop_reply(reply);
+                self.vm.pager_died(object);
+                let offsets: Vec<u64> = self.vm.object(object).pages.keys().copied().collect();
+                for off in offsets {
+                    self.vm.page_evict(object, off, false);
+                }
+                self.vm.pager_died(object);
+                Ok(())
+            }
+        }
+    }
+
+    fn reply(&mut self, reply: Option<(PortId, RightKind)>, m: KernelReply) {
+        let Some((port, kind)) = reply else { return };
+        let (id, data) = m.encode();
+        let msg = KMessage { dest: port, dest_right: Some(kind), reply: None, id, data, rights: Vec::new() };
+        let _ = self.ipc.kernel_send(msg);
+    }
+
+    fn drop_reply(&mut self, reply: Option<(PortId, RightKind)>) {
+        if let Some((port, kind)) = reply {
+            self.ipc.release_right(port, kind);
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The proxy calls: `memory_object_create_proxy`,
+//! `vm_region_create_proxy`, `memory_object_proxy_revoke`,
+//! `memory_object_proxy_info`, and the `vm_map` half that turns a mapping
+//! of a proxy into map entries.
+
+use super::compose::{compose, cover, Request, Source, Window};
+use super::{Proxy, ProxyId, ProxyInfo, ProxyVersion};
+use crate::ipc::{PortId, PortName, RightKind, SpaceId};
+use crate::kernel::{KObject, KState, Kernel, TaskId};
+use crate::types::{KernError, Result, VmAddr, VmProt};
+use crate::vm::map::nonzero_pages;
+use crate::vm::object::{ObjectId, VmObject};
+
+/// The rights a proxy's creator gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyRights {
+    /// A send right to the proxy: pass it on, `vm_map` it.
+    pub proxy: PortName,
+    /// A send right that revokes the proxy (paging proxies).
+    pub revoke: PortName,
+}
+
+/// A window target before the call has committed: a memory object port
+/// not bound yet, or an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Port(PortId),
+    Object(ObjectId),
+}
+
+/// One entry `vm_map` of a proxy will make, planned before any state
+/// changes.
+struct Plan {
+    len: u64,
+    object: ObjectId,
+    offset: u64,
+    cur: VmProt,
+    max: VmProt,
+    copy: bool,
+    via: Vec<u64>,
+}
+
+impl Kernel {
+    /// `memory_object_create_proxy(task, max_protection, objects, offsets,
+    /// starts, lens)`: a proxy showing bytes `[starts[i], starts[i] +
+    /// lens[i])` of `objects[i]` at `offsets[i]`, granting at most
+    /// `max_protection`. Objects may be proxies; protections intersect
+    /// along the chain. Uses the kernel's configured version.
+    ///
+    /// Errors: `KERN_INVALID_ARGUMENT` (array lengths differ or are zero,
+    /// unaligned or zero-length windows, overflow, overlapping windows, a
+    /// range outside an inner proxy's windows, a port that is no memory
+    /// object), `KERN_INVALID_NAME` / `KERN_INVALID_RIGHT` (an object name),
+    /// `KERN_INVALID_CAPABILITY` (an inner proxy was revoked),
+    /// `KERN_INVALID_TASK`.
+    pub fn memory_object_create_proxy(
+        &self,
+        task: TaskId,
+        max_protection: VmProt,
+        objects: &[PortName],
+        offsets: &[u64],
+        starts: &[u64],
+        lens: &[u64],
+    ) -> Result<ProxyRights> {
+        let version = self.with(|st| st.config.proxy_version);
+        self.memory_object_create_proxy_version(task, max_protection, objects, offsets, starts, lens, version)
+    }
+
+    /// As [`Kernel::memory_object_create_proxy`], choosing the version.
+    #[allow(clippy::too_many_arguments)]
+    pub fn memory_object_create_proxy_version(
+        &self,
+        task: TaskId,
+        max_protection: VmProt,
+        objects: &[PortName],
+        offsets: &[u64],
+        starts: &[u64],
+        lens: &[u64],
+        version: ProxyVersion,
+    ) -> Result<ProxyRights> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            let n = objects.len();
+            if n == 0 || offsets.len() != n || starts.len() != n || lens.len() != n {
+                return Err(KernError::InvalidArgument);
+            }
+            let mut requests = Vec::with_capacity(n);
+            for i in 0..n {
+                let port = st.ipc.port_of(space, objects[i])?;
+                let source = match st.kobject(port) {
+                    Some(KObject::Proxy(p)) => {
+                        if st.proxies.chain_revoked(p) {
+                            return Err(KernError::InvalidCapability);
+                        }
+                        let px = st.proxies.get(p)?;
+                        Source::Proxy {
+                            version: px.version,
+                            windows: px.windows.iter().map(|w| w.with_target(Target::Object(w.target))).collect(),
+                            view: px.view.map(Target::Object),
+                        }
+                    }
+                    Some(_) => return Err(KernError::InvalidArgument),
+                    None => Source::Object(Target::Port(port)),
+                };
+                requests.push(Request { source, offset: offsets[i], start: starts[i], len: lens[i] });
+            }
+            let windows = compose(max_protection, &requests)?;
+            // Invoke: every window holds a reference on its target.
+            let windows = windows
+                .into_iter()
+                .map(|w| {
+                    let target = match w.target {
+                        Target::Port(p) => st.bind(p),
+                        Target::Object(o) => {
+                            st.vm.object_reference(o);
+                            o
+                        }
+                    };
+                    w.with_target(target)
+                })
+                .collect();
+            Ok(st.proxy_create(space, version, windows))
+        })
+    }
+
+    /// `vm_region_create_proxy(task, address, max_protection, len)`: a
+    /// proxy of the memory mapped at `[address, address + len)` in `task`,
+    /// granting at most `max_protection` and never more than each entry's
+    /// maximum. Holes become gaps between windows; partial entries give
+    /// partial windows; anonymous memory not yet touched gets its object
+    /// now; a copy-on-write entry gets its private copy now, so the proxy
+    /// and the task see the same memory from then on.
+    ///
+    /// Errors: `KERN_INVALID_ARGUMENT` (unaligned, zero, overflow),
+    /// `KERN_INVALID_ADDRESS` (nothing mapped in the range, or outside the
+    /// map), `KERN_PROTECTION_FAILURE` (no entry grants any of
+    /// `max_protection`), `KERN_INVALID_TASK`.
+    pub fn vm_region_create_proxy(
+        &self,
+        task: TaskId,
+        address: VmAddr,
+        max_protection: VmProt,
+        len: u64,
+    ) -> Result<ProxyRights> {
+        self.with(|st| {
+            let t = st.task(task)?;
+            let space = t.space;
+            let end = t.map.check_range(address, nonzero_pages(len)?)?;
+            let spans: Vec<(u64, u64, u64)> = t
+                .map
+                .overlapping(address.0, end)
+                .filter(|e| !(max_protection & e.max).is_empty())
+                .map(|e| (e.start, e.start.max(address.0), e.end.min(end)))
+                .collect();
+            if t.map.overlapping(address.0, end).next().is_none() {
+                return Err(KernError::InvalidAddress);
+            }
+            if spans.is_empty() {
+                return Err(KernError::ProtectionFailure);
+            }
+            let mut windows = Vec::with_capacity(spans.len());
+            for (entry_start, s, e) in spans {
+                let object = st.share_entry(task, entry_start);
+                st.vm.object_reference(object);
+                let entry = st.task(task).expect("checked").map.lookup(s).expect("exists");
+                windows.push(Window {
+                    offset: s - address.0,
+                    len: e - s,
+                    target: object,
+                    start: entry.offset_of(s),
+                    prot: max_protection & entry.max,
+                });
+            }
+            let version = st.config.proxy_version;
+            Ok(st.proxy_create(space, version, windows))
+        })
+    }
+
+    /// `memory_object_proxy_revoke(revoke_right)`: every mapping made
+    /// through the proxy (or through a proxy built on it) loses its
+    /// translations at once, and its later faults fail with
+    /// `KERN_MEMORY_ERROR`; new `vm_map`s and proxies of it fail with
+    /// `KERN_INVALID_CAPABILITY`. Revoking twice is harmless.
+    ///
+    /// Errors: `KERN_INVALID_ARGUMENT` (not a revoke right),
+    /// `KERN_NOT_SUPPORTED` (a mapping proxy: its mappings are ordinary
+    /// mappings of the underlying objects, so only a paging proxy can be
+    /// revoked), `KERN_INVALID_NAME` / `KERN_INVALID_RIGHT`,
+    /// `KERN_INVALID_TASK`.
+    pub fn memory_object_proxy_revoke(&self, task: TaskId, revoke: PortName) -> Result<()> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            let port = st.ipc.port_of(space, revoke)?;
+            let Some(KObject::ProxyRevoke(p)) = st.kobject(port) else {
+                return Err(KernError::InvalidArgument);
+            };
+            let px = st.proxies.proxies.get_mut(&p).ok_or(KernError::InvalidArgument)?;
+            if px.version == ProxyVersion::Mapping {
+                return Err(KernError::NotSupported);
+            }
+            px.revoked = true;
+            for t in st.tasks.values() {
+                for e in t.map.iter().filter(|e| e.via.contains(&p)) {
+                    st.vm.machine.remove(t.pmap, VmAddr(e.start), VmAddr(e.end));
+                }
+            }
+            st.page_event = true;
+            Ok(())
+        })
+    }
+
+    /// `memory_object_proxy_info`: what the proxy named `proxy` grants.
+    ///
+    /// Errors: `KERN_INVALID_ARGUMENT` (not a proxy), `KERN_INVALID_NAME`,
+    /// `KERN_INVALID_RIGHT`, `KERN_INVALID_TASK`.
+    pub fn memory_object_proxy_info(&self, task: TaskId, proxy: PortName) -> Result<ProxyInfo> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            let port = st.ipc.port_of(space, proxy)?;
+            match st.kobject(port) {
+                Some(KObject::Proxy(p)) => st.proxies.info(p),
+                _ => Err(KernError::InvalidArgument),
+            }
+        })
+    }
+}
+
+impl KState {
+    /// Makes the proxy's ports and (paging) view; the windows' references
+    /// are already taken. Cannot fail.
+    fn proxy_create(&mut self, space: SpaceId, version: ProxyVersion, windows: Vec<Window<ObjectId>>) -> ProxyRights {
+        let port = self.ipc.port_allocate_kernel();
+        let revoke_port = self.ipc.port_allocate_kernel();
+        let size = windows.last().map_or(0, |w| w.end());
+        let next = self.proxies.next_id();
+        let view = (version == ProxyVersion::Paging).then(|| self.vm.object_insert(VmObject::view(next, size)));
+        let p =
+            self.proxies.insert(Proxy { version, windows, revoked: false, port, revoke_port, view, port_dead: false });
+        debug_assert_eq!(p, next);
+        self.kobjects.insert(port, KObject::Proxy(p));
+        self.kobjects.insert(revoke_port, KObject::ProxyRevoke(p));
+        self.ipc.kernel_make_send(port);
+        self.ipc.kernel_make_send(revoke_port);
+        let proxy = self.ipc.copyout(space, port, RightKind::Send).expect("space checked by caller");
+        let revoke = self.ipc.copyout(space, revoke_port, RightKind::Send).expect("space checked by caller");
+        ProxyRights { proxy, revoke }
+    }
+
+    /// The entries `vm_map` makes for `[offset, offset + size)` of proxy
+    /// `p`: checked completely first, then references taken.
+    pub(crate) fn proxy_pieces(
+        &mut self,
+        p: ProxyId,
+        offset: u64,
+        size: u64,
+        copy: bool,
+        cur: VmProt,
+        max: VmProt,
+    ) -> Result<Vec<crate::kernel::calls::Piece>> {
+        if self.proxies.chain_revoked(p) {
+            return Err(KernError::InvalidCapability);
+        }
+        let px = self.proxies.get(p)?;
+        let mut plans = Vec::new();
+        for (w, within, len) in cover(&px.windows, offset, size)? {
+            let (object, off, via) = match (px.version, px.view) {
+                (ProxyVersion::Paging, Some(view)) => (view, w.offset + within, self.proxies.chain(p)),
+                _ => (w.target, w.start + within, self.proxies.via_object(w.target)),
+            };
+            if !copy {
+                plans.push(Plan { len, object, offset: off, cur: cur & w.prot, max: max & w.prot, copy, via });
+                continue;
+            }
+            // A copy needs read permission only; the copy itself is
+            // private, so it may be written.
+            if !w.prot.contains(VmProt::READ) {
+                return Err(KernError::ProtectionFailure);
+            }
+            let allowed = w.prot | VmProt::WRITE;
+            for (_, flen, fobj, foff, _, fvia) in self.flatten(object, off, len)? {
+                let mut v = via.clone();
+                v.extend(fvia.into_iter().filter(|x| !via.contains(x)));
+                plans.push(Plan {
+                    len: flen,
+                    object: fobj,
+                    offset: foff,
+                    cur: cur & allowed,
+                    max: max & allowed,
+                    copy,
+                    via: v,
+                });
+            }
+        }
+        // Invoke.
+        let mut rel = 0;
+        let mut pieces = Vec::with_capacity(plans.len());
+        for plan in plans {
+            self.vm.object_reference(plan.object);
+            let object = if plan.copy { self.copy_of(plan.object) } else { plan.object };
+            pieces.push(crate::kernel::calls::Piece {
+                rel,
+                len: plan.len,
+                object: Some(object),
+                offset: plan.offset,
+                cur: plan.cur,
+                max: plan.max,
+                needs_copy: plan.copy,
+                via: plan.via,
+            });
+            rel += plan.len;
+        }
+        Ok(pieces)
+    }
+}

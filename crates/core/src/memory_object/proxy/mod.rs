@@ -1,0 +1,188 @@
+//! Proxy memory objects: weaker capabilities to the same memory.
+//!
+//! A proxy is a list of **windows**. Window *i* says: `len` bytes of
+//! `target` from `start` appear at `offset` in the proxy, and allow at most
+//! `prot`.
+//!
+//! ```text
+//!  proxy offsets   0        w0.offset      w0.offset+len   w1.offset
+//!                  |  (no window)  |=== w0 ===|  (none)  |=== w1 ===|
+//!                                    │                      │
+//!  target objects          objA[start, start+len)    objB[start, ...)
+//! ```
+//!
+//! Two versions sit behind one interface (`memory_object_create_proxy`):
+//!
+//! - **Mapping proxy** ([`ProxyVersion::Mapping`]): a kernel object no one
+//!   can send to. `vm_map` validates the request against the windows and
+//!   maps the *targets* directly, with protections masked by the windows.
+//! - **Paging proxy** ([`ProxyVersion::Paging`]): a memory object whose
+//!   pager is the kernel. `vm_map` maps its *view object*; each fault on the
+//!   view is validated against the windows ([`ProxyTable`] implements the
+//!   VM's `ViewResolver`) and forwarded to the target, whose page (one
+//!   frame, asked of the real pager once) is then mapped. Revocation works
+//!   because every access goes through the proxy.
+//!
+//! Composition (a proxy of a proxy) is decided here, once, at creation:
+//! windows over a mapping proxy are translated to that proxy's targets;
+//! windows over a paging proxy target its view (so its revocation still
+//! bites). Either way the protection is the **intersection** along the
+//! chain and the range must lie inside the inner proxy's windows: no chain
+//! can grant more than its innermost object allows.
+
+mod calls;
+pub mod compose;
+
+use crate::ipc::PortId;
+use crate::types::{KernError, Result, VmProt};
+use crate::vm::object::ObjectId;
+use crate::vm::ViewResolver;
+use std::collections::HashMap;
+
+pub use calls::ProxyRights;
+pub use compose::{compose, cover, Source, Window};
+
+/// Which implementation backs a proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProxyVersion {
+    /// `vm_map` maps the underlying objects with reduced maximum protection.
+    Mapping,
+    /// The kernel pages the proxy, validating and forwarding every request.
+    Paging,
+}
+
+/// Names a proxy.
+pub type ProxyId = u64;
+
+/// A live proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    pub version: ProxyVersion,
+    /// Sorted by offset, never overlapping.
+    pub windows: Vec<Window<ObjectId>>,
+    pub revoked: bool,
+    /// The proxy's own port (a kernel object).
+    pub port: PortId,
+    /// The revoke right's port (a kernel object).
+    pub revoke_port: PortId,
+    /// The paging proxy's view object.
+    pub view: Option<ObjectId>,
+    /// The proxy port lost its last sender.
+    pub port_dead: bool,
+}
+
+/// What an introspection call reports about a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowInfo {
+    pub offset: u64,
+    pub len: u64,
+    pub start: u64,
+    pub prot: VmProt,
+    /// The target is another (paging) proxy rather than a real object.
+    pub target_is_proxy: bool,
+}
+
+/// `memory_object_proxy_info`: what a proxy grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyInfo {
+    pub version: ProxyVersion,
+    /// The union of what the windows allow.
+    pub protection: VmProt,
+    pub windows: Vec<WindowInfo>,
+    pub revoked: bool,
+}
+
+/// Every proxy in the kernel.
+#[derive(Debug, Default)]
+pub struct ProxyTable {
+    pub proxies: HashMap<ProxyId, Proxy>,
+    next: ProxyId,
+    /// The proxy whose view each view object is.
+    pub view_of: HashMap<ObjectId, ProxyId>,
+}
+
+impl ProxyTable {
+    /// The id the next `insert` will return.
+    pub fn next_id(&self) -> ProxyId {
+        self.next + 1
+    }
+
+    pub fn insert(&mut self, p: Proxy) -> ProxyId {
+        self.next += 1;
+        if let Some(v) = p.view {
+            self.view_of.insert(v, self.next);
+        }
+        self.proxies.insert(self.next, p);
+        self.next
+    }
+
+    pub fn get(&self, id: ProxyId) -> Result<&Proxy> {
+        self.proxies.get(&id).ok_or(KernError::InvalidArgument)
+    }
+
+    /// Is this proxy, or any paging proxy it reaches, revoked?
+    pub fn chain_revoked(&self, id: ProxyId) -> bool {
+        self.chain(id).iter().any(|p| self.proxies.get(p).is_some_and(|p| p.revoked))
+    }
+
+    /// The paging proxies reachable from `id` (itself included if paging).
+    pub fn chain(&self, id: ProxyId) -> Vec<ProxyId> {
+        let mut out = Vec::new();
+        let mut todo = vec![id];
+        while let Some(p) = todo.pop() {
+            let Some(px) = self.proxies.get(&p) else {
+                continue;
+            };
+            if px.version == ProxyVersion::Paging && !out.contains(&p) {
+                out.push(p);
+            }
+            for w in &px.windows {
+                if let Some(&inner) = self.view_of.get(&w.target) {
+                    todo.push(inner);
+                }
+            }
+        }
+        out
+    }
+
+    /// The paging proxies a mapping of `object` goes through.
+    pub fn via_object(&self, object: ObjectId) -> Vec<ProxyId> {
+        self.view_of.get(&object).map_or_else(Vec::new, |&p| self.chain(p))
+    }
+
+    /// Introspection.
+    pub fn info(&self, id: ProxyId) -> Result<ProxyInfo> {
+        let p = self.get(id)?;
+        Ok(ProxyInfo {
+            version: p.version,
+            protection: p.windows.iter().fold(VmProt::NONE, |a, w| a | w.prot),
+            windows: p
+                .windows
+                .iter()
+                .map(|w| WindowInfo {
+                    offset: w.offset,
+                    len: w.len,
+                    start: w.start,
+                    prot: w.prot,
+                    target_is_proxy: self.view_of.contains_key(&w.target),
+                })
+                .collect(),
+            revoked: self.chain_revoked(id),
+        })
+    }
+}
+
+impl ViewResolver for ProxyTable {
+    fn resolve(&self, view: u64, offset: u64) -> Result<(ObjectId, u64, VmProt)> {
+        let p = self.proxies.get(&view).ok_or(KernError::MemoryError)?;
+        if p.revoked {
+            return Err(KernError::MemoryError);
+        }
+        let w = compose::window_at(&p.windows, offset).ok_or(KernError::MemoryError)?;
+        Ok((w.target, w.start + (offset - w.offset), w.prot))
+    }
+
+    fn revoked(&self, proxy: u64) -> bool {
+        self.proxies.get(&proxy).is_some_and(|p| p.revoked)
+    }
+}

@@ -1,0 +1,257 @@
+//! The fault path.
+//!
+//! A task thread's access missed in the MMU; `fault_locked` makes the page
+//! resident and mapped, or says why it cannot. It runs with the kernel lock
+//! held and **never waits**: when the page is not there yet it asks the
+//! provider (appending to `Vm::outbox`) and returns [`FaultOutcome::Wait`];
+//! the caller delivers the outbox, sleeps with the lock released, and
+//! retries from the top (GNU Mach's `VM_FAULT_RETRY`, Zircon's
+//! `ZX_ERR_SHOULD_WAIT`).
+//!
+//! The walk, for an access at `va`:
+//!
+//! 1. Find the map entry (`KERN_INVALID_ADDRESS`), check the access against
+//!    its current protection (`KERN_PROTECTION_FAILURE`) and against the
+//!    paging proxies it was made through (revoked: `KERN_MEMORY_ERROR`).
+//! 2. A write to a copy-on-write entry first gives the entry a private
+//!    shadow object.
+//! 3. Walk the object chain from the entry's object:
+//!    - a paging proxy's view translates the offset into the object behind
+//!      it and narrows the protection (the kernel as pager validating the
+//!      request); a view is transparent, so a write lands in the real object;
+//!    - a resident page ends the walk (busy: wait; error: `KERN_MEMORY_ERROR`);
+//!    - an object whose pager has the page gets a `data_request` for a
+//!      cluster of absent pages, and the fault waits;
+//!    - otherwise go on to the shadow; at the bottom, zero-fill the page in
+//!      the first object.
+//! 4. A write to a page found below the first object copies it up; a write
+//!    to an object with a copy object pushes the old contents into the copy
+//!    first; pager locks send a `data_unlock` and wait.
+//! 5. Enter the translation with the narrowed protection.
+
+use super::map::VmMap;
+use super::object::{ObjectId, Page, Provider, VmObject};
+use super::{PagerOp, ViewResolver, Vm};
+use crate::pmap::{Frame, PmapId};
+use crate::types::{KernError, Result, VmAddr, VmProt, PAGE_SIZE};
+
+/// What a fault came to.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultOutcome {
+    /// The page is mapped; retry the access.
+    Done,
+    /// A provider was asked (or is being asked) for the page: drop the lock,
+    /// wait for a page event, and fault again.
+    Wait,
+    /// The access cannot succeed.
+    Error(KernError),
+}
+
+impl From<KernError> for FaultOutcome {
+    fn from(e: KernError) -> Self {
+        FaultOutcome::Error(e)
+    }
+}
+
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return FaultOutcome::Error(e),
+        }
+    };
+}
+
+/// Handles a fault on `va` for `access` in `map` (whose MMU tables are
+/// `pmap`). Caller holds the kernel lock; see the module comment.
+pub fn fault_locked(
+    vm: &mut Vm,
+    map: &mut VmMap,
+    pmap: PmapId,
+    views: &dyn ViewResolver,
+    va: u64,
+    access: VmProt,
+) -> FaultOutcome {
+    vm.stats.faults += 1;
+    let page_va = va & !(PAGE_SIZE - 1);
+
+    // 1. The entry and its rights.
+    let Some(entry) = map.lookup_mut(page_va) else {
+        return FaultOutcome::Error(KernError::InvalidAddress);
+    };
+    if !entry.cur.contains(access) {
+        return FaultOutcome::Error(KernError::ProtectionFailure);
+    }
+    if entry.via.iter().any(|&p| views.revoked(p)) {
+        return FaultOutcome::Error(KernError::MemoryError);
+    }
+
+    // 2. The entry's object, made private on the first write.
+    let obj = match entry.object {
+        Some(o) => o,
+        None => {
+            let o = vm.object_insert(VmObject::temporary(entry.offset + entry.len()));
+            entry.object = Some(o);
+            o
+        }
+    };
+    if entry.needs_copy && access.contains(VmProt::WRITE) {
+        let mut s = VmObject::temporary(entry.len());
+        s.shadow = Some((obj, entry.offset)); // takes over the entry's reference
+        entry.object = Some(vm.object_insert(s));
+        entry.offset = 0;
+        entry.needs_copy = false;
+    }
+    let obj = entry.object.expect("set above");
+    let off = entry.offset_of(page_va);
+    let needs_copy = entry.needs_copy;
+    let mut limit = entry.cur;
+
+    // 3. Walk the chain.
+    let (mut first, mut first_off) = (obj, off);
+    let (mut cur, mut cur_off) = (obj, off);
+    let (pobj, poff, mut frame) = loop {
+        let o = vm.object(cur);
+        if let Provider::View(proxy) = o.provider {
+            let (inner, ioff, allowed) = tri!(views.resolve(proxy, cur_off));
+            if !allowed.contains(access) {
+                return FaultOutcome::Error(KernError::ProtectionFailure);
+            }
+            limit &= allowed;
+            if cur == first {
+                (first, first_off) = (inner, ioff);
+            }
+            (cur, cur_off) = (inner, ioff);
+            continue;
+        }
+        if let Some(p) = o.pages.get(&cur_off) {
+            if p.busy {
+                return FaultOutcome::Wait;
+            }
+            if p.error {
+                return FaultOutcome::Error(KernError::MemoryError);
+            }
+            break (cur, cur_off, p.frame.expect("resident page has a frame"));
+        }
+        if o.pager_has(cur_off) {
+            if o.pager_dead {
+                return FaultOutcome::Error(KernError::MemoryError);
+            }
+            if o.ready {
+                request_cluster(vm, cur, cur_off, access);
+            }
+            return FaultOutcome::Wait;
+        }
+        if let Some((s, soff)) = o.shadow {
+            (cur, cur_off) = (s, cur_off + soff);
+            continue;
+        }
+        let f = tri!(vm.page_zero_fill(first, first_off));
+        break (first, first_off, f);
+    };
+
+    // 4. Copy-on-write, copy objects, pager locks.
+    let mut prot = limit;
+    if needs_copy {
+        prot.remove(VmProt::WRITE);
+    }
+    let wants_write = access.contains(VmProt::WRITE);
+    // Copying a page up only reads the page below.
+    let page_access = if pobj != first && wants_write { (access - VmProt::WRITE) | VmProt::READ } else { access };
+    {
+        let p = vm.object_mut(pobj).pages.get_mut(&poff).expect("found above");
+        let locked = p.lock & page_access;
+        if !locked.is_empty() {
+            if !p.unlock_pending.contains(locked) {
+                p.unlock_pending |= locked;
+                vm.outbox.push(PagerOp::DataUnlock { object: pobj, offset: poff, length: PAGE_SIZE, access: locked });
+            }
+            return FaultOutcome::Wait;
+        }
+        prot -= p.lock;
+    }
+    if copy_lacks(vm, first, first_off) {
+        if wants_write {
+            tri!(pinned(vm, pobj, poff, |vm| push_to_copy(vm, first, first_off, frame)));
+        } else {
+            prot.remove(VmProt::WRITE);
+        }
+    }
+    if pobj != first {
+        if wants_write {
+            let nf = tri!(pinned(vm, pobj, poff, |vm| vm.frame_alloc()));
+            vm.machine.copy(frame, nf);
+            vm.page_insert(first, first_off, Page { dirty: true, ..Page::resident(nf) });
+            vm.stats.cow_copies += 1;
+            frame = nf;
+        } else {
+            prot.remove(VmProt::WRITE);
+        }
+    }
+
+    // 5. Map it.
+    debug_assert!(prot.contains(access));
+    vm.machine.enter(pmap, VmAddr(page_va), frame, prot);
+    if wants_write {
+        if let Some(p) = vm.object_mut(first).pages.get_mut(&first_off) {
+            p.dirty = true;
+        }
+    }
+    FaultOutcome::Done
+}
+
+/// Does `object` have a copy object that does not yet hold its own version
+/// of the page at `offset`?
+fn copy_lacks(vm: &Vm, object: ObjectId, offset: u64) -> bool {
+    let Some(c) = vm.object(object).copy else {
+        return false;
+    };
+    let c = vm.object(c);
+    !c.pages.contains_key(&offset) && !c.paged_out.contains(&offset)
+}
+
+/// Pushes the current contents of `object`'s page at `offset` (in `frame`)
+/// into its copy object, before the page changes.
+fn push_to_copy(vm: &mut Vm, object: ObjectId, offset: u64, frame: Frame) -> Result<()> {
+    let c = vm.object(object).copy.expect("caller checked");
+    let nf = vm.frame_alloc()?;
+    vm.machine.copy(frame, nf);
+    vm.page_insert(c, offset, Page { dirty: true, ..Page::resident(nf) });
+    vm.stats.copy_pushes += 1;
+    Ok(())
+}
+
+/// Runs `f` with the page at `(object, offset)` marked busy, so that a
+/// pageout triggered by a frame allocation inside `f` cannot take it.
+fn pinned<T>(vm: &mut Vm, object: ObjectId, offset: u64, f: impl FnOnce(&mut Vm) -> T) -> T {
+    let was = std::mem::replace(&mut vm.object_mut(object).pages.get_mut(&offset).expect("pinned page").busy, true);
+    let r = f(vm);
+    if let Some(p) = vm.object_mut(object).pages.get_mut(&offset) {
+        p.busy = was;
+    }
+    r
+}
+
+/// Asks the pager of `object` for the cluster of absent pages around
+/// `offset`: placeholders go in, one `data_request` goes out.
+fn request_cluster(vm: &mut Vm, object: ObjectId, offset: u64, access: VmProt) {
+    let o = vm.object(object);
+    let cluster = u64::from(o.cluster_pages.max(1)) * PAGE_SIZE;
+    let base = offset - offset % cluster;
+    let wanted = |o: &VmObject, off: u64| off < o.size && !o.pages.contains_key(&off) && o.pager_has(off);
+    let mut start = offset;
+    while start > base && wanted(o, start - PAGE_SIZE) {
+        start -= PAGE_SIZE;
+    }
+    let mut end = offset + PAGE_SIZE;
+    while end < base + cluster && wanted(o, end) {
+        end += PAGE_SIZE;
+    }
+    let o = vm.object_mut(object);
+    for off in (start..end).step_by(PAGE_SIZE as usize) {
+        o.pages.insert(off, Page::requested());
+    }
+    vm.stats.pages_requested += (end - start) / PAGE_SIZE;
+    vm.outbox.push(PagerOp::DataRequest { object, offset: start, length: end - start, access });
+}

@@ -1,0 +1,68 @@
+//! Pageout: keeping resident pages under the configured limit.
+//!
+//! Candidates come off a FIFO queue with a second chance for pages the MMU
+//! saw referenced (a clock, in effect). For each victim:
+//!
+//! 1. every translation of its frame is removed (`page_protect(NONE)`),
+//!    so no task can change it while it is written back;
+//! 2. a dirty or precious page goes to its pager in a `data_return`
+//!    (anonymous pages to the default pager, which is attached to the
+//!    object on its first pageout); the message carries a copy of the data,
+//!    so the frame is free as soon as the message is queued, and a later
+//!    `data_request` for the page is queued behind it — no data is lost;
+//! 3. a clean page is simply dropped: its pager (or zero fill) has it.
+//!
+//! Anonymous memory with no default pager registered is never reclaimed.
+
+use super::object::Provider;
+use super::{PagerOp, Vm};
+
+impl Vm {
+    /// Reclaims up to `want` frames; returns how many it freed.
+    pub fn pageout(&mut self, want: usize) -> usize {
+        let mut freed = 0;
+        let mut budget = self.queue_len() * 2 + 8;
+        while freed < want && budget > 0 {
+            budget -= 1;
+            let Some((object, offset)) = self.queue_pop() else {
+                break;
+            };
+            let Some(o) = self.objects.get(&object) else {
+                continue;
+            };
+            let Some(p) = o.pages.get(&offset) else {
+                continue;
+            };
+            let Some(frame) = p.frame else { continue };
+            if p.busy {
+                self.queue_push(object, offset);
+                continue;
+            }
+            if self.machine.is_referenced(frame) {
+                self.machine.clear_reference(frame);
+                self.queue_push(object, offset);
+                continue;
+            }
+            let dirty = self.page_is_dirty(p);
+            if o.temporary && dirty {
+                if !self.default_pager {
+                    self.queue_push(object, offset);
+                    continue;
+                }
+                if o.provider == Provider::None {
+                    let size = o.size;
+                    let o = self.object_mut(object);
+                    o.provider = Provider::External;
+                    o.ready = true;
+                    self.outbox.push(PagerOp::CreateDefault { object, size });
+                }
+                self.object_mut(object).paged_out.insert(offset);
+            }
+            self.page_evict(object, offset, true);
+            self.stats.pageouts += 1;
+            freed += 1;
+        }
+        self.stats.pages_reclaimed += freed as u64;
+        freed
+    }
+}

@@ -1,0 +1,188 @@
+//! What pagers do to objects: the VM half of the EMMI's pager-to-kernel
+//! calls, already decoded and checked by `crate::memory_object`. Each
+//! routine here works page by page and cannot be misled by a pager: pages
+//! it did not ask for are accepted only where nothing is resident, and a
+//! page already resident is never overwritten by a supply.
+
+use super::object::{ObjectId, Page};
+use super::{PagerOp, Vm};
+use crate::types::{KernError, Result, VmProt, PAGE_SIZE};
+
+/// `memory_object_return_t`: which pages a `lock_request` sends back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReturnPolicy {
+    /// `MEMORY_OBJECT_RETURN_NONE`
+    None,
+    /// `MEMORY_OBJECT_RETURN_DIRTY`
+    Dirty,
+    /// `MEMORY_OBJECT_RETURN_ALL` (dirty and precious)
+    All,
+}
+
+impl Vm {
+    /// `memory_object_data_supply` for one page. Returns whether the page
+    /// was taken (false: something was already resident there).
+    pub fn data_supply(
+        &mut self,
+        object: ObjectId,
+        offset: u64,
+        data: &[u8],
+        lock: VmProt,
+        precious: bool,
+    ) -> Result<bool> {
+        debug_assert_eq!(data.len() as u64, PAGE_SIZE);
+        let o = self.objects.get(&object).ok_or(KernError::InvalidArgument)?;
+        if let Some(p) = o.pages.get(&offset) {
+            if p.frame.is_some() {
+                return Ok(false);
+            }
+        }
+        let frame = match self.frame_alloc() {
+            Ok(f) => f,
+            Err(e) => {
+                self.fail_placeholder(object, offset);
+                return Err(e);
+            }
+        };
+        self.machine.write(frame, 0, data);
+        self.page_insert(object, offset, Page { lock, precious, ..Page::resident(frame) });
+        Ok(true)
+    }
+
+    /// `memory_object_data_unavailable` for one page: zero fill.
+    pub fn data_unavailable(&mut self, object: ObjectId, offset: u64) -> Result<bool> {
+        let o = self.objects.get(&object).ok_or(KernError::InvalidArgument)?;
+        if o.pages.get(&offset).is_some_and(|p| p.frame.is_some()) {
+            return Ok(false);
+        }
+        if let Err(e) = self.page_zero_fill(object, offset) {
+            self.fail_placeholder(object, offset);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// `memory_object_data_error` for one page: waiting faults fail.
+    pub fn data_error(&mut self, object: ObjectId, offset: u64) {
+        self.fail_placeholder(object, offset);
+    }
+
+    fn fail_placeholder(&mut self, object: ObjectId, offset: u64) {
+        if let Some(o) = self.objects.get_mut(&object) {
+            match o.pages.get_mut(&offset) {
+                Some(p) if p.frame.is_none() => {
+                    p.busy = false;
+                    p.error = true;
+                }
+                Some(_) => {}
+                None => {
+                    o.pages.insert(offset, Page { error: true, ..Page::default() });
+                }
+            }
+        }
+    }
+
+    /// `memory_object_lock_request` over `[offset, offset + size)`.
+    pub fn lock_request(
+        &mut self,
+        object: ObjectId,
+        offset: u64,
+        size: u64,
+        should_return: ReturnPolicy,
+        should_flush: bool,
+        lock: VmProt,
+    ) {
+        let Some(o) = self.objects.get(&object) else {
+            return;
+        };
+        let end = offset.saturating_add(size);
+        let offsets: Vec<u64> = o.pages.range(offset..end).map(|(&k, _)| k).collect();
+        for off in offsets {
+            let o = self.object_mut(object);
+            let p = o.pages.get_mut(&off).expect("listed above");
+            let Some(frame) = p.frame else {
+                // An error page is forgotten by a flush, so the next fault
+                // asks again; a busy one is left to its request.
+                if should_flush && p.error {
+                    o.pages.remove(&off);
+                }
+                continue;
+            };
+            if p.busy {
+                continue;
+            }
+            let precious = p.precious;
+            let dirty = p.dirty || self.machine.is_modified(frame);
+            let give = match should_return {
+                ReturnPolicy::None => false,
+                ReturnPolicy::Dirty => dirty,
+                ReturnPolicy::All => dirty || precious,
+            };
+            if give {
+                // Stop writers first, then copy out a stable page.
+                self.machine
+                    .page_protect(frame, if should_flush { VmProt::NONE } else { VmProt::READ | VmProt::EXECUTE });
+                let data = self.page_bytes(frame);
+                self.outbox.push(PagerOp::DataReturn { object, offset: off, data, dirty, kernel_copy: !should_flush });
+                self.stats.pages_returned += 1;
+                self.machine.clear_modify(frame);
+                let p = self.object_mut(object).pages.get_mut(&off).expect("listed above");
+                p.dirty = false;
+                p.precious = false;
+            }
+            if should_flush {
+                self.page_evict(object, off, false);
+                continue;
+            }
+            let p = self.object_mut(object).pages.get_mut(&off).expect("listed above");
+            p.lock = lock;
+            p.unlock_pending &= lock;
+            if !lock.is_empty() {
+                self.machine.page_protect(frame, VmProt::ALL - lock);
+            }
+        }
+    }
+
+    /// The pager of `object` died or destroyed it: every page still being
+    /// asked for fails, and so will every future request.
+    pub fn pager_died(&mut self, object: ObjectId) {
+        let Some(o) = self.objects.get_mut(&object) else {
+            return;
+        };
+        o.pager_dead = true;
+        o.ready = true;
+        for p in o.pages.values_mut() {
+            if p.frame.is_none() {
+                p.busy = false;
+                p.error = true;
+            }
+        }
+    }
+
+    /// Makes a copy-on-write snapshot of `object` (Mach's delayed copy):
+    /// a new copy object that shadows it. Until a page of the original is
+    /// about to change, the copy sees it through the shadow link; before it
+    /// changes, the fault path pushes the old contents into the copy. An
+    /// older copy now sees the original through the new one. Returns the
+    /// copy, with one reference for the caller.
+    pub fn copy_delayed(&mut self, object: ObjectId) -> ObjectId {
+        let size = self.object(object).size;
+        let mut c = super::object::VmObject::temporary(size);
+        c.shadow = Some((object, 0));
+        let c = self.object_insert(c);
+        self.object_reference(object); // the copy's shadow link
+        if let Some(old) = self.object(object).copy {
+            // old → c → object
+            self.object_mut(old).shadow = Some((c, 0));
+            self.object_reference(c);
+            self.object_mut(object).refs -= 1;
+        }
+        self.object_mut(object).copy = Some(c);
+        // Writers of the original must fault so that pushes happen.
+        let frames: Vec<_> = self.object(object).pages.values().filter_map(|p| p.frame).collect();
+        for f in frames {
+            self.machine.page_protect(f, VmProt::READ | VmProt::EXECUTE);
+        }
+        c
+    }
+}
