@@ -1,0 +1,191 @@
+//! A pager's side of the EMMI: a pager task with a port set of memory
+//! objects, typed receive, and one method per pager → kernel call.
+//!
+//! It is also the scripted test pager: every step is a method call, so a
+//! pager interleaving reads as a straight-line test:
+//!
+//! ```text
+//!   let req = pager.expect_request(timeout)?;   // wait for data_request
+//!   pager.supply(req.object, req.offset, &data)?;  // answer it
+//!   pager.error(object, offset, PAGE_SIZE)?;       // or fail it
+//! ```
+
+use machvm_core::ipc::{Disposition, PortName, UserMessage};
+use machvm_core::memory_object::emmi::{KernelReply, KernelToPager, PagerToKernel};
+use machvm_core::vm::object::CopyStrategy;
+use machvm_core::vm::paging::ReturnPolicy;
+use machvm_core::{KernError, Kernel, Result, TaskId, VmProt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One message from the kernel, decoded, with the memory object it is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The memory object port (in the pager's space) the message came on.
+    pub object: PortName,
+    pub msg: KernelToPager,
+}
+
+/// A pager task and the memory objects it serves.
+#[derive(Debug)]
+pub struct PagerConn {
+    pub kernel: Arc<Kernel>,
+    pub task: TaskId,
+    set: PortName,
+    /// Memory object → control port (from `init` / `create`).
+    controls: HashMap<PortName, PortName>,
+    /// Objects handed over by `memory_object_create` (default pager).
+    pub created: Vec<PortName>,
+}
+
+impl PagerConn {
+    /// A new pager task with an empty port set.
+    pub fn new(kernel: Arc<Kernel>) -> Result<PagerConn> {
+        let task = kernel.task_create(None)?;
+        let set = kernel.port_set_allocate(task)?;
+        Ok(PagerConn { kernel, task, set, controls: HashMap::new(), created: Vec::new() })
+    }
+
+    /// A new memory object this pager serves: a receive right in the set,
+    /// and a send right under the same name to give to clients.
+    pub fn new_object(&mut self) -> Result<PortName> {
+        let name = self.kernel.port_allocate(self.task)?;
+        self.kernel.port_make_send(self.task, name)?;
+        self.kernel.port_move_member(self.task, name, Some(self.set))?;
+        Ok(name)
+    }
+
+    /// Gives `task` a send right to the memory object; returns its name.
+    pub fn give(&self, object: PortName, task: TaskId) -> Result<PortName> {
+        self.kernel.port_transfer(self.task, object, Disposition::MakeSend, task)
+    }
+
+    /// The next kernel message, within `timeout` (`None`: wait forever).
+    /// `init` and `create` are recorded (control ports) and returned too.
+    pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Request> {
+        let m = self.kernel.msg_receive(self.task, self.set, timeout)?;
+        let msg = KernelToPager::decode(m.id, &m.data)?;
+        let mut object = m.local;
+        match &msg {
+            KernelToPager::Init { .. } => {
+                let control = m.rights.first().ok_or(KernError::MigBadArguments)?.0;
+                self.controls.insert(object, control);
+            }
+            KernelToPager::Create { .. } => {
+                let [(new, _), (control, _)] = m.rights[..] else { return Err(KernError::MigBadArguments) };
+                self.kernel.port_move_member(self.task, new, Some(self.set))?;
+                self.controls.insert(new, control);
+                self.created.push(new);
+                object = new;
+            }
+            KernelToPager::Terminate => {
+                if let Some(c) = self.controls.remove(&object) {
+                    let _ = self.kernel.port_deallocate(self.task, c);
+                }
+            }
+            _ => {}
+        }
+        Ok(Request { object, msg })
+    }
+
+    /// Receives until a `data_request` arrives, answering `init` with
+    /// `ready` on the way. Other messages are an error (`KERN_FAILURE`).
+    pub fn expect_request(&mut self, timeout: Duration) -> Result<(PortName, u64, u64, VmProt)> {
+        loop {
+            let r = self.recv(Some(timeout))?;
+            match r.msg {
+                KernelToPager::Init { .. } => self.ready(r.object)?,
+                KernelToPager::DataRequest { offset, length, access } => return Ok((r.object, offset, length, access)),
+                _ => return Err(KernError::Failure),
+            }
+        }
+    }
+
+    fn control(&self, object: PortName) -> Result<PortName> {
+        self.controls.get(&object).copied().ok_or(KernError::InvalidName)
+    }
+
+    /// Sends a pager → kernel call on `object`'s control port.
+    pub fn call(&self, object: PortName, m: PagerToKernel) -> Result<()> {
+        let (id, data) = m.encode();
+        self.kernel.msg_send(self.task, UserMessage::new(self.control(object)?, id, data))
+    }
+
+    /// Sends a call with a reply port and waits for the kernel's answer.
+    pub fn call_with_reply(&self, object: PortName, m: PagerToKernel) -> Result<KernelReply> {
+        let reply = self.kernel.port_allocate(self.task)?;
+        let (id, data) = m.encode();
+        let mut msg = UserMessage::new(self.control(object)?, id, data);
+        msg.reply = Some((reply, Disposition::MakeSendOnce));
+        let sent = self.kernel.msg_send(self.task, msg);
+        let answer = sent.and_then(|()| self.kernel.msg_receive(self.task, reply, Some(Duration::from_secs(10))));
+        let _ = self.kernel.port_destroy(self.task, reply);
+        let answer = answer?;
+        KernelReply::decode(answer.id, &answer.data)
+    }
+
+    /// `memory_object_ready` (may cache, delayed copy).
+    pub fn ready(&self, object: PortName) -> Result<()> {
+        self.call(object, PagerToKernel::Ready { may_cache: true, copy_strategy: CopyStrategy::Delay })
+    }
+
+    /// `memory_object_change_attributes` with a cluster size.
+    pub fn set_cluster(&self, object: PortName, cluster_pages: u32) -> Result<()> {
+        self.call(
+            object,
+            PagerToKernel::ChangeAttributes { may_cache: true, copy_strategy: CopyStrategy::Delay, cluster_pages },
+        )
+    }
+
+    /// `memory_object_data_supply` (unlocked, not precious).
+    pub fn supply(&self, object: PortName, offset: u64, data: &[u8]) -> Result<()> {
+        self.call(
+            object,
+            PagerToKernel::DataSupply { offset, data: data.to_vec(), lock: VmProt::NONE, precious: false },
+        )
+    }
+
+    /// `memory_object_data_supply` with a lock value and precious flag.
+    pub fn supply_with(&self, object: PortName, offset: u64, data: &[u8], lock: VmProt, precious: bool) -> Result<()> {
+        self.call(object, PagerToKernel::DataSupply { offset, data: data.to_vec(), lock, precious })
+    }
+
+    /// `memory_object_data_unavailable`: zero fill.
+    pub fn unavailable(&self, object: PortName, offset: u64, size: u64) -> Result<()> {
+        self.call(object, PagerToKernel::DataUnavailable { offset, size })
+    }
+
+    /// `memory_object_data_error`.
+    pub fn error(&self, object: PortName, offset: u64, size: u64) -> Result<()> {
+        self.call(object, PagerToKernel::DataError { offset, size, reason: KernError::MemoryError })
+    }
+
+    /// `memory_object_lock_request`, waiting for `lock_completed`.
+    pub fn lock_request(
+        &self,
+        object: PortName,
+        offset: u64,
+        size: u64,
+        should_return: ReturnPolicy,
+        should_flush: bool,
+        lock: VmProt,
+    ) -> Result<()> {
+        match self
+            .call_with_reply(object, PagerToKernel::LockRequest { offset, size, should_return, should_flush, lock })?
+        {
+            KernelReply::LockCompleted { .. } => Ok(()),
+            _ => Err(KernError::Failure),
+        }
+    }
+
+    /// `memory_object_destroy`.
+    pub fn destroy(&self, object: PortName) -> Result<()> {
+        self.call(object, PagerToKernel::Destroy { reason: KernError::Terminated })
+    }
+
+    /// Kills the pager: its task ends, its ports die.
+    pub fn die(self) -> Result<()> {
+        self.kernel.task_terminate(self.task)
+    }
+}

@@ -1,0 +1,274 @@
+//! The pager server loop and the stores pagers keep their data in.
+//!
+//! [`serve`] answers the kernel for any [`Backing`]:
+//!
+//! 1. `init`: `ready`, with the backing's cluster size;
+//! 2. `data_request`: read each page; runs of pages with data go back in
+//!    one `data_supply`, pages without data as `data_unavailable` (zero
+//!    fill), read errors as `data_error`;
+//! 3. `data_unlock`: granted (a `lock_request` that clears the lock);
+//! 4. `data_return`: written to the backing;
+//! 5. `terminate`: the backing forgets the object.
+//!
+//! It returns when the pager's task is gone (its receive fails).
+
+use crate::conn::PagerConn;
+use machvm_core::ipc::PortName;
+use machvm_core::memory_object::emmi::KernelToPager;
+use machvm_core::vm::paging::ReturnPolicy;
+use machvm_core::{KernError, VmProt, PAGE_SIZE};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Where a pager keeps the pages it serves.
+pub trait Backing: Send {
+    /// Fills `buf` (one page) with the page at `offset` of `object`;
+    /// `Ok(false)` if there is no such data (the kernel zero-fills).
+    fn read(&mut self, object: PortName, offset: u64, buf: &mut [u8]) -> io::Result<bool>;
+    /// Stores a page the kernel returned.
+    fn write(&mut self, object: PortName, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// The kernel is done with `object`.
+    fn terminate(&mut self, _object: PortName) {}
+    /// Pages the kernel should ask for per fault.
+    fn cluster_pages(&self) -> u32 {
+        1
+    }
+}
+
+/// What a pager did, counted as it goes (shared with whoever watches).
+#[derive(Debug, Default)]
+pub struct PagerStats {
+    pub requests: AtomicU64,
+    pub pages_supplied: AtomicU64,
+    pub pages_unavailable: AtomicU64,
+    pub pages_returned: AtomicU64,
+    pub unlocks: AtomicU64,
+    pub errors: AtomicU64,
+    pub terminates: AtomicU64,
+}
+
+impl PagerStats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Serves kernel messages until the pager's task is terminated.
+pub fn serve(conn: &mut PagerConn, backing: &mut dyn Backing, stats: &Arc<PagerStats>) {
+    let page = PAGE_SIZE as usize;
+    loop {
+        let r = match conn.recv(None) {
+            Ok(r) => r,
+            Err(KernError::MigBadId) | Err(KernError::MigBadArguments) => continue,
+            Err(_) => return,
+        };
+        let obj = r.object;
+        // A failed answer (the object terminated meanwhile) is not the
+        // pager's problem: the kernel no longer waits for it.
+        let _ = match r.msg {
+            KernelToPager::Init { .. } => {
+                let cluster = backing.cluster_pages();
+                conn.ready(obj).and_then(|()| if cluster > 1 { conn.set_cluster(obj, cluster) } else { Ok(()) })
+            }
+            KernelToPager::Create { .. } => Ok(()),
+            KernelToPager::DataRequest { offset, length, .. } => {
+                bump(&stats.requests, 1);
+                let mut run: Vec<u8> = Vec::new();
+                let mut run_start = offset;
+                let mut buf = vec![0u8; page];
+                let mut result = Ok(());
+                for off in (offset..offset.saturating_add(length)).step_by(page) {
+                    match backing.read(obj, off, &mut buf) {
+                        Ok(true) => {
+                            if run.is_empty() {
+                                run_start = off;
+                            }
+                            run.extend_from_slice(&buf);
+                            bump(&stats.pages_supplied, 1);
+                        }
+                        other => {
+                            if !run.is_empty() {
+                                result = result.and(conn.supply(obj, run_start, &run));
+                                run.clear();
+                            }
+                            if other.is_ok() {
+                                bump(&stats.pages_unavailable, 1);
+                                result = result.and(conn.unavailable(obj, off, PAGE_SIZE));
+                            } else {
+                                bump(&stats.errors, 1);
+                                result = result.and(conn.error(obj, off, PAGE_SIZE));
+                            }
+                        }
+                    }
+                }
+                if !run.is_empty() {
+                    result = result.and(conn.supply(obj, run_start, &run));
+                }
+                result
+            }
+            KernelToPager::DataUnlock { offset, length, .. } => {
+                bump(&stats.unlocks, 1);
+                conn.lock_request(obj, offset, length, ReturnPolicy::None, false, VmProt::NONE)
+            }
+            KernelToPager::DataReturn { offset, data, .. } => {
+                bump(&stats.pages_returned, (data.len() / page) as u64);
+                for (i, p) in data.chunks(page).enumerate() {
+                    if backing.write(obj, offset + (i * page) as u64, p).is_err() {
+                        bump(&stats.errors, 1);
+                    }
+                }
+                Ok(())
+            }
+            KernelToPager::Terminate => {
+                bump(&stats.terminates, 1);
+                backing.terminate(obj);
+                Ok(())
+            }
+        };
+    }
+}
+
+/// Pages kept in memory: a pager whose objects start as zeroes and keep
+/// whatever the kernel returns (the in-process zero-fill pager).
+#[derive(Debug, Default)]
+pub struct MemBacking {
+    pages: HashMap<(PortName, u64), Vec<u8>>,
+}
+
+impl Backing for MemBacking {
+    fn read(&mut self, object: PortName, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        match self.pages.get(&(object, offset)) {
+            Some(p) => {
+                buf.copy_from_slice(p);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+    fn write(&mut self, object: PortName, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.pages.insert((object, offset), data.to_vec());
+        Ok(())
+    }
+    fn terminate(&mut self, object: PortName) {
+        self.pages.retain(|(o, _), _| *o != object);
+    }
+}
+
+/// Real files: each memory object is a file; pages past its end read as
+/// zeroes, returned pages are written back within its length.
+#[derive(Debug, Default)]
+pub struct FileBacking {
+    files: HashMap<PortName, (File, u64)>,
+    cluster: u32,
+}
+
+impl FileBacking {
+    /// A file backing asking the kernel for `cluster` pages per fault.
+    pub fn new(cluster: u32) -> FileBacking {
+        FileBacking { files: HashMap::new(), cluster: cluster.max(1) }
+    }
+
+    /// Serves `file` (opened read/write, or read-only if returns are not
+    /// expected) as `object`.
+    pub fn add(&mut self, object: PortName, file: File) -> io::Result<()> {
+        let len = file.metadata()?.len();
+        self.files.insert(object, (file, len));
+        Ok(())
+    }
+}
+
+impl Backing for FileBacking {
+    fn read(&mut self, object: PortName, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        let (f, len) = self.files.get(&object).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        if offset >= *len {
+            return Ok(false);
+        }
+        let n = ((*len - offset) as usize).min(buf.len());
+        // pread(fd, buf, n, offset)
+        f.read_exact_at(&mut buf[..n], offset)?;
+        buf[n..].fill(0);
+        Ok(true)
+    }
+
+    fn write(&mut self, object: PortName, offset: u64, data: &[u8]) -> io::Result<()> {
+        let (f, len) = self.files.get(&object).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        if offset >= *len {
+            return Ok(());
+        }
+        let n = ((*len - offset) as usize).min(data.len());
+        // pwrite(fd, data, n, offset)
+        f.write_all_at(&data[..n], offset)
+    }
+
+    fn terminate(&mut self, object: PortName) {
+        if let Some((f, _)) = self.files.get(&object) {
+            let _ = f.sync_data();
+        }
+    }
+
+    fn cluster_pages(&self) -> u32 {
+        self.cluster
+    }
+}
+
+/// A swap file: the default pager's backing store. Pages live in slots of
+/// the file; a slot is allocated on first return and freed with its object.
+#[derive(Debug)]
+pub struct SwapBacking {
+    file: File,
+    slots: HashMap<(PortName, u64), u64>,
+    free: Vec<u64>,
+    next: u64,
+}
+
+impl SwapBacking {
+    /// A swap store in `file` (created or truncated by the caller).
+    pub fn new(file: File) -> SwapBacking {
+        SwapBacking { file, slots: HashMap::new(), free: Vec::new(), next: 0 }
+    }
+
+    /// Slots in use.
+    pub fn slots_used(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+impl Backing for SwapBacking {
+    fn read(&mut self, object: PortName, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        let Some(&slot) = self.slots.get(&(object, offset)) else { return Ok(false) };
+        self.file.read_exact_at(buf, slot * PAGE_SIZE)?;
+        Ok(true)
+    }
+
+    fn write(&mut self, object: PortName, offset: u64, data: &[u8]) -> io::Result<()> {
+        let slot = match self.slots.get(&(object, offset)) {
+            Some(&s) => s,
+            None => {
+                let s = self.free.pop().unwrap_or_else(|| {
+                    self.next += 1;
+                    self.next - 1
+                });
+                self.slots.insert((object, offset), s);
+                s
+            }
+        };
+        self.file.write_all_at(data, slot * PAGE_SIZE)
+    }
+
+    fn terminate(&mut self, object: PortName) {
+        let gone: Vec<_> = self.slots.keys().filter(|(o, _)| *o == object).copied().collect();
+        for k in gone {
+            if let Some(s) = self.slots.remove(&k) {
+                self.free.push(s);
+            }
+        }
+    }
+}
