@@ -140,6 +140,11 @@ impl Kernel {
             }
             st.vm.machine.destroy(t.pmap);
             st.ipc.space_destroy(t.space);
+            // The task's threads blocked in a receive (even on a port set
+            // with no member, where no port dies) or in a fault must wake
+            // to see that the task is gone.
+            st.msg_event = true;
+            st.page_event = true;
             Ok(())
         })
     }
@@ -164,8 +169,9 @@ impl Kernel {
     /// read permission; the copy is private and may be written.
     ///
     /// Errors: `KERN_INVALID_ARGUMENT` (zero size, unaligned address or
-    /// offset, bad mask, `cur` above `max`, overflow, a range outside the
-    /// proxy's windows, a port that is no memory object),
+    /// offset, bad mask, unknown protection bits, `cur` above `max`,
+    /// overflow, a range outside the proxy's windows, a port that is no
+    /// memory object),
     /// `KERN_NO_SPACE` (no room, or the fixed range is in use),
     /// `KERN_INVALID_ADDRESS` (fixed range outside the map),
     /// `KERN_INVALID_NAME` / `KERN_INVALID_RIGHT` (the object name),
@@ -203,6 +209,7 @@ impl Kernel {
     pub fn vm_protect(&self, task: TaskId, address: VmAddr, size: u64, set_max: bool, prot: VmProt) -> Result<()> {
         self.with(|st| {
             let t = st.task(task)?;
+            VmProt::from_raw(prot.bits())?;
             let end = t.map.check_range(address, nonzero_pages(size)?)?;
             if !t.map.is_covered(address.0, end) {
                 return Err(KernError::InvalidAddress);
@@ -280,22 +287,37 @@ impl Kernel {
     }
 
     /// `vm_write`: stores `data` into the task's memory. Nothing is written
-    /// unless the whole range is mapped writable.
+    /// unless the whole range is mapped writable and every page of it can
+    /// be faulted in for writing (a page its pager fails writes nothing).
     ///
     /// Errors: as [`Kernel::vm_read`], with write permission.
     pub fn vm_write(&self, task: TaskId, address: VmAddr, data: &[u8]) -> Result<()> {
         self.check_access(task, address, data.len() as u64, VmProt::WRITE)?;
+        self.fault_in(task, address, data.len() as u64, VmProt::WRITE)?;
         self.write(task, address, data)
     }
 
     /// `vm_copy`: copies `size` bytes from `source` to `dest` in one task.
-    /// Both ranges are checked before anything is written.
+    /// Both ranges are checked, the source read and the destination
+    /// faulted in for writing, before anything is written.
     ///
     /// Errors: as [`Kernel::vm_read`] and [`Kernel::vm_write`].
     pub fn vm_copy(&self, task: TaskId, source: VmAddr, size: u64, dest: VmAddr) -> Result<()> {
         self.check_access(task, dest, size, VmProt::WRITE)?;
         let data = self.vm_read(task, source, size)?;
+        self.fault_in(task, dest, size, VmProt::WRITE)?;
         self.write(task, dest, &data)
+    }
+
+    /// Faults every page of `[address, address + size)` in for `access`
+    /// (the range was checked by `check_access`).
+    fn fault_in(&self, task: TaskId, address: VmAddr, size: u64, access: VmProt) -> Result<()> {
+        let mut page = address.trunc_page().0;
+        while page < address.0 + size {
+            self.vm_fault(task, VmAddr(page), access)?;
+            page += PAGE_SIZE;
+        }
+        Ok(())
     }
 
     /// Is `[address, address + size)` mapped with `want` allowed throughout?
@@ -321,6 +343,7 @@ impl KState {
     pub(crate) fn vm_map(&mut self, task: TaskId, r: MapRequest) -> Result<VmAddr> {
         // Decode.
         let size = nonzero_pages(r.size)?;
+        VmProt::from_raw(r.max.bits())?;
         if !r.offset.is_page_aligned() || !r.cur.difference(r.max).is_empty() {
             return Err(KernError::InvalidArgument);
         }

@@ -476,19 +476,25 @@ impl KState {
         }
     }
 
-    /// Frees a proxy nobody can name or map any more, releasing its
-    /// references on the objects it windows.
+    /// Lets go of what a proxy holds once nobody can map through it any
+    /// more (its port is dead and its view unmapped): the references on
+    /// its windows' objects are released at once. The small record itself
+    /// stays while the revoke right lives (revoking must still reach copy
+    /// mappings made through it) and forever once revoked (so that those
+    /// mappings stay dead).
     pub fn proxy_maybe_free(&mut self, p: u64) {
-        let Some(px) = self.proxies.proxies.get(&p) else {
+        let Some(px) = self.proxies.proxies.get_mut(&p) else {
             return;
         };
-        let revoke_alive = self.kobjects.contains_key(&px.revoke_port);
-        if !px.port_dead || revoke_alive || px.view.is_some() {
+        if !px.port_dead || px.view.is_some() {
             return;
         }
-        let px = self.proxies.proxies.remove(&p).expect("checked");
-        for w in px.windows {
+        for w in std::mem::take(&mut px.windows) {
             self.vm.object_deallocate(w.target);
+        }
+        let (revoke_port, revoked) = (px.revoke_port, px.revoked);
+        if !revoked && !self.kobjects.contains_key(&revoke_port) {
+            self.proxies.proxies.remove(&p);
         }
     }
 

@@ -96,10 +96,8 @@ impl KState {
                 self.count_from("data_unavailable");
                 self.drop_reply(reply);
                 check_range(offset, size)?;
-                for off in (offset..offset + size).step_by(PAGE_SIZE as usize) {
-                    if self.vm.object(object).pages.get(&off).is_some_and(|p| p.busy && p.frame.is_none()) {
-                        self.vm.data_unavailable(object, off)?;
-                    }
+                for off in self.awaited(object, offset, size) {
+                    self.vm.data_unavailable(object, off)?;
                 }
                 Ok(())
             }
@@ -107,10 +105,8 @@ impl KState {
                 self.count_from("data_error");
                 self.drop_reply(reply);
                 check_range(offset, size)?;
-                for off in (offset..offset + size).step_by(PAGE_SIZE as usize) {
-                    if self.vm.object(object).pages.get(&off).is_some_and(|p| p.busy && p.frame.is_none()) {
-                        self.vm.data_error(object, off);
-                    }
+                for off in self.awaited(object, offset, size) {
+                    self.vm.data_error(object, off);
                 }
                 Ok(())
             }
@@ -151,6 +147,14 @@ impl KState {
                 Ok(())
             }
         }
+    }
+
+    /// Pages in `[offset, offset + size)` still waiting for their data.
+    /// Walks the object's pages, not the range: a pager may name a huge
+    /// range, and the kernel lock is held.
+    fn awaited(&self, object: ObjectId, offset: u64, size: u64) -> Vec<u64> {
+        let pages = &self.vm.object(object).pages;
+        pages.range(offset..offset + size).filter(|(_, p)| p.busy && p.frame.is_none()).map(|(&off, _)| off).collect()
     }
 
     fn reply(&mut self, reply: Option<(PortId, RightKind)>, m: KernelReply) {

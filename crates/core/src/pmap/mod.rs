@@ -85,7 +85,8 @@ pub trait PhysMem: Send + Sync {
 
 /// The MMU: translation tables plus the per-frame attribute bits.
 pub trait Pmap: Send + Sync {
-    /// `pmap_create()`
+    /// `pmap_create()`. Never returns the id of a destroyed pmap: accesses
+    /// through a stale id must fault (the kernel then finds no task).
     fn create(&self) -> PmapId;
     /// `pmap_destroy()`: drops every translation of the pmap.
     fn destroy(&self, pmap: PmapId);

@@ -125,11 +125,9 @@ impl PhysMem for SoftMachine {
 
 impl Pmap for SoftMachine {
     fn create(&self) -> PmapId {
+        // Slots of destroyed pmaps are never reused: a terminated task's
+        // stale handle must miss, not reach a later task's tables.
         let mut pmaps = self.pmaps.write();
-        if let Some(i) = pmaps.iter().position(Option::is_none) {
-            pmaps[i] = Some(RwLock::new(PageTable::default()));
-            return PmapId(i as u32);
-        }
         pmaps.push(Some(RwLock::new(PageTable::default())));
         PmapId((pmaps.len() - 1) as u32)
     }

@@ -148,6 +148,12 @@ pub fn fault_locked(
             continue;
         }
         let f = tri!(vm.page_zero_fill(first, first_off));
+        if vm.object(first).shadow.is_some() {
+            // This zero page is the object's own version, hiding whatever
+            // the object below may hold later (a copy object's snapshot):
+            // pageout must keep it, not drop it as clean.
+            vm.object_mut(first).pages.get_mut(&first_off).expect("just filled").dirty = true;
+        }
         break (first, first_off, f);
     };
 
@@ -160,9 +166,14 @@ pub fn fault_locked(
     // Copying a page up only reads the page below.
     let page_access = if pobj != first && wants_write { (access - VmProt::WRITE) | VmProt::READ } else { access };
     {
+        // A dead pager will never answer a `data_unlock`.
+        let pager_dead = vm.object(pobj).pager_dead;
         let p = vm.object_mut(pobj).pages.get_mut(&poff).expect("found above");
         let locked = p.lock & page_access;
         if !locked.is_empty() {
+            if pager_dead {
+                return FaultOutcome::Error(KernError::MemoryError);
+            }
             if !p.unlock_pending.contains(locked) {
                 p.unlock_pending |= locked;
                 vm.outbox.push(PagerOp::DataUnlock { object: pobj, offset: poff, length: PAGE_SIZE, access: locked });
@@ -182,6 +193,10 @@ pub fn fault_locked(
         if wants_write {
             let nf = tri!(pinned(vm, pobj, poff, |vm| vm.frame_alloc()));
             vm.machine.copy(frame, nf);
+            // Other mappings of `first` (sharers of a shadow) may map the
+            // page below: they cannot be told from mappings that want it,
+            // so every translation of it goes, as in Mach.
+            vm.machine.page_protect(frame, VmProt::NONE);
             vm.page_insert(first, first_off, Page { dirty: true, ..Page::resident(nf) });
             vm.stats.cow_copies += 1;
             frame = nf;
@@ -213,10 +228,15 @@ fn copy_lacks(vm: &Vm, object: ObjectId, offset: u64) -> bool {
 
 /// Pushes the current contents of `object`'s page at `offset` (in `frame`)
 /// into its copy object, before the page changes.
+///
+/// Mappings of the copy that read the page before the push still map
+/// `frame`; every translation of it goes (as in Mach), so they fault again
+/// and find the pushed page instead of seeing the coming write.
 fn push_to_copy(vm: &mut Vm, object: ObjectId, offset: u64, frame: Frame) -> Result<()> {
     let c = vm.object(object).copy.expect("caller checked");
     let nf = vm.frame_alloc()?;
     vm.machine.copy(frame, nf);
+    vm.machine.page_protect(frame, VmProt::NONE);
     vm.page_insert(c, offset, Page { dirty: true, ..Page::resident(nf) });
     vm.stats.copy_pushes += 1;
     Ok(())

@@ -16,6 +16,7 @@
 
 use super::object::Provider;
 use super::{PagerOp, Vm};
+use crate::types::VmProt;
 
 impl Vm {
     /// Reclaims up to `want` frames; returns how many it freed.
@@ -43,9 +44,17 @@ impl Vm {
                 self.queue_push(object, offset);
                 continue;
             }
+            if o.temporary && !self.default_pager && self.page_is_dirty(p) {
+                self.queue_push(object, offset);
+                continue;
+            }
+            // Stop writers before judging the page: a store through a live
+            // translation could land after a "clean" verdict and be lost.
+            self.machine.page_protect(frame, VmProt::NONE);
             let dirty = self.page_is_dirty(p);
             if o.temporary && dirty {
                 if !self.default_pager {
+                    // Written just before the shootdown: it stays.
                     self.queue_push(object, offset);
                     continue;
                 }

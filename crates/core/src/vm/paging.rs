@@ -111,8 +111,14 @@ impl Vm {
             if p.busy {
                 continue;
             }
-            let precious = p.precious;
-            let dirty = p.dirty || self.machine.is_modified(frame);
+            let (precious, marked_dirty) = (p.precious, p.dirty);
+            if should_flush {
+                // Stop writers before judging the page: a store through a
+                // live translation could land after a "clean" verdict and
+                // be flushed away.
+                self.machine.page_protect(frame, VmProt::NONE);
+            }
+            let dirty = marked_dirty || self.machine.is_modified(frame);
             let give = match should_return {
                 ReturnPolicy::None => false,
                 ReturnPolicy::Dirty => dirty,

@@ -85,6 +85,7 @@ impl Kernel {
                 return Err(KernError::InvalidArgument);
             }
             let mut requests = Vec::with_capacity(n);
+            let mut via = Vec::new();
             for i in 0..n {
                 let port = st.ipc.port_of(space, objects[i])?;
                 let source = match st.kobject(port) {
@@ -93,6 +94,7 @@ impl Kernel {
                             return Err(KernError::InvalidCapability);
                         }
                         let px = st.proxies.get(p)?;
+                        via.extend(px.via.iter().copied());
                         Source::Proxy {
                             version: px.version,
                             windows: px.windows.iter().map(|w| w.with_target(Target::Object(w.target))).collect(),
@@ -119,7 +121,7 @@ impl Kernel {
                     w.with_target(target)
                 })
                 .collect();
-            Ok(st.proxy_create(space, version, windows))
+            Ok(st.proxy_create(space, version, windows, via))
         })
     }
 
@@ -158,6 +160,12 @@ impl Kernel {
             if spans.is_empty() {
                 return Err(KernError::ProtectionFailure);
             }
+            // Memory reached through paging proxies stays subject to their
+            // revocation (a copy made through one has no view to target).
+            let mut via: Vec<u64> = Vec::new();
+            for e in t.map.overlapping(address.0, end).filter(|e| !(max_protection & e.max).is_empty()) {
+                via.extend(e.via.iter().copied());
+            }
             let mut windows = Vec::with_capacity(spans.len());
             for (entry_start, s, e) in spans {
                 let object = st.share_entry(task, entry_start);
@@ -172,7 +180,7 @@ impl Kernel {
                 });
             }
             let version = st.config.proxy_version;
-            Ok(st.proxy_create(space, version, windows))
+            Ok(st.proxy_create(space, version, windows, via))
         })
     }
 
@@ -227,15 +235,31 @@ impl Kernel {
 
 impl KState {
     /// Makes the proxy's ports and (paging) view; the windows' references
-    /// are already taken. Cannot fail.
-    fn proxy_create(&mut self, space: SpaceId, version: ProxyVersion, windows: Vec<Window<ObjectId>>) -> ProxyRights {
+    /// are already taken. `via`: see [`Proxy::via`]. Cannot fail.
+    fn proxy_create(
+        &mut self,
+        space: SpaceId,
+        version: ProxyVersion,
+        windows: Vec<Window<ObjectId>>,
+        mut via: Vec<ProxyId>,
+    ) -> ProxyRights {
+        via.sort_unstable();
+        via.dedup();
         let port = self.ipc.port_allocate_kernel();
         let revoke_port = self.ipc.port_allocate_kernel();
         let size = windows.last().map_or(0, |w| w.end());
         let next = self.proxies.next_id();
         let view = (version == ProxyVersion::Paging).then(|| self.vm.object_insert(VmObject::view(next, size)));
-        let p =
-            self.proxies.insert(Proxy { version, windows, revoked: false, port, revoke_port, view, port_dead: false });
+        let p = self.proxies.insert(Proxy {
+            version,
+            windows,
+            revoked: false,
+            port,
+            revoke_port,
+            view,
+            port_dead: false,
+            via,
+        });
         debug_assert_eq!(p, next);
         self.kobjects.insert(port, KObject::Proxy(p));
         self.kobjects.insert(revoke_port, KObject::ProxyRevoke(p));
@@ -265,7 +289,15 @@ impl KState {
         for (w, within, len) in cover(&px.windows, offset, size)? {
             let (object, off, via) = match (px.version, px.view) {
                 (ProxyVersion::Paging, Some(view)) => (view, w.offset + within, self.proxies.chain(p)),
-                _ => (w.target, w.start + within, self.proxies.via_object(w.target)),
+                _ => {
+                    let mut via = self.proxies.via_object(w.target);
+                    for &p in &px.via {
+                        if !via.contains(&p) {
+                            via.push(p);
+                        }
+                    }
+                    (w.target, w.start + within, via)
+                }
             };
             if !copy {
                 plans.push(Plan { len, object, offset: off, cur: cur & w.prot, max: max & w.prot, copy, via });

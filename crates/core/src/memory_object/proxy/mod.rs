@@ -69,6 +69,11 @@ pub struct Proxy {
     pub view: Option<ObjectId>,
     /// The proxy port lost its last sender.
     pub port_dead: bool,
+    /// Paging proxies the windows' memory was reached through although no
+    /// window targets their view (a region proxy of a copy mapping made
+    /// through them, and proxies flattened from such a proxy): revoking
+    /// any of them revokes this proxy too.
+    pub via: Vec<ProxyId>,
 }
 
 /// What an introspection call reports about a window.
@@ -125,7 +130,8 @@ impl ProxyTable {
         self.chain(id).iter().any(|p| self.proxies.get(p).is_some_and(|p| p.revoked))
     }
 
-    /// The paging proxies reachable from `id` (itself included if paging).
+    /// The paging proxies reachable from `id` (itself included if paging),
+    /// through its windows and its `via`.
     pub fn chain(&self, id: ProxyId) -> Vec<ProxyId> {
         let mut out = Vec::new();
         let mut todo = vec![id];
@@ -141,6 +147,7 @@ impl ProxyTable {
                     todo.push(inner);
                 }
             }
+            todo.extend(px.via.iter().copied());
         }
         out
     }

@@ -1,0 +1,924 @@
+//! The external memory management interface, message by message, in both
+//! directions, written as straight-line scripts with the test pager.
+//!
+//! Each test plays the pager itself (`PagerConn`) while task threads fault
+//! on other threads; a thread's result comes back on a channel, so "the
+//! fault is still waiting" is a receive that times out, and a hang fails
+//! the test instead of blocking it.
+
+use machvm_core::ipc::{Disposition, PortName, UserMessage};
+use machvm_core::memory_object::emmi::{id, KernelReply, KernelToPager, PagerToKernel};
+use machvm_core::vm::object::CopyStrategy;
+use machvm_core::vm::paging::ReturnPolicy;
+use machvm_core::*;
+use machvm_pagers::*;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+const P: u64 = PAGE_SIZE;
+/// Long enough for anything that should happen.
+const T: Duration = Duration::from_secs(5);
+/// Long enough to believe something is not going to happen.
+const QUIET: Duration = Duration::from_millis(60);
+
+fn kernel() -> Arc<Kernel> {
+    kernel_with(KernelConfig { phys_pages: 1024, resident_limit: 1024, cluster_pages: 1, ..Default::default() })
+}
+
+fn kernel_with(config: KernelConfig) -> Arc<Kernel> {
+    Kernel::new(config)
+}
+
+/// A client task, a scripted pager with one memory object, and the
+/// client's send right to it.
+fn setup(k: &Arc<Kernel>) -> (TaskId, PagerConn, PortName, PortName) {
+    let client = k.task_create(None).unwrap();
+    let mut pager = PagerConn::new(k.clone()).unwrap();
+    let obj = pager.new_object().unwrap();
+    let name = pager.give(obj, client).unwrap();
+    (client, pager, obj, name)
+}
+
+fn map(k: &Kernel, task: TaskId, name: PortName, pages: u64) -> VmAddr {
+    k.vm_map(task, MapRequest::anywhere(pages * P, Some(name))).unwrap()
+}
+
+/// Runs `f` on a thread of its own; its result arrives on the channel.
+fn spawn<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Receiver<R> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx
+}
+
+fn read_at(k: &Arc<Kernel>, task: TaskId, at: VmAddr) -> Receiver<Result<u64>> {
+    let k = k.clone();
+    spawn(move || k.read_u64(task, at))
+}
+
+fn write_at(k: &Arc<Kernel>, task: TaskId, at: VmAddr, v: u64) -> Receiver<Result<()>> {
+    let k = k.clone();
+    spawn(move || k.write_u64(task, at, v))
+}
+
+fn still_waiting<R: std::fmt::Debug>(rx: &Receiver<R>) {
+    match rx.recv_timeout(QUIET) {
+        Err(RecvTimeoutError::Timeout) => {}
+        other => panic!("expected the fault to be waiting, got {other:?}"),
+    }
+}
+
+fn done<R>(rx: &Receiver<R>) -> R {
+    rx.recv_timeout(T).expect("the fault should have finished")
+}
+
+fn next(pager: &mut PagerConn) -> Request {
+    pager.recv(Some(T)).expect("a kernel message")
+}
+
+fn quiet(pager: &mut PagerConn) {
+    match pager.recv(Some(QUIET)) {
+        Err(KernError::RcvTimedOut) => {}
+        other => panic!("expected no kernel message, got {other:?}"),
+    }
+}
+
+/// A page whose 8-byte words are `tag, tag + 1, ...`.
+fn page(tag: u64) -> Vec<u8> {
+    (0..P / 8).flat_map(|i| (tag + i).to_le_bytes()).collect()
+}
+
+/// Receives `init` and answers `ready`.
+fn ready(pager: &mut PagerConn) -> PortName {
+    let r = next(pager);
+    assert_eq!(r.msg, KernelToPager::Init { page_size: P });
+    pager.ready(r.object).unwrap();
+    r.object
+}
+
+fn expect_request(pager: &mut PagerConn, offset: u64, length: u64) -> VmProt {
+    match next(pager).msg {
+        KernelToPager::DataRequest { offset: o, length: l, access } if o == offset && l == length => access,
+        other => panic!("expected data_request({offset:#x}, {length:#x}), got {other:?}"),
+    }
+}
+
+fn attributes(pager: &PagerConn, obj: PortName) -> KernelReply {
+    pager.call_with_reply(obj, PagerToKernel::GetAttributes).unwrap()
+}
+
+// ----- init, ready, change_attributes, get_attributes -----
+
+#[test]
+fn init_is_sent_once_per_object_however_often_it_is_mapped() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let other = k.task_create(None).unwrap();
+    let name2 = pager.give(obj, other).unwrap();
+    let a = map(&k, client, name, 2);
+    map(&k, client, name, 1);
+    map(&k, other, name2, 4);
+    let r = next(&mut pager);
+    assert_eq!(r.object, obj);
+    assert!(matches!(r.msg, KernelToPager::Init { page_size: P }));
+    quiet(&mut pager);
+    assert_eq!(k.stats().sent("init"), 1);
+    // The control port came with it: the object answers the pager.
+    pager.ready(obj).unwrap();
+    let rx = read_at(&k, client, a);
+    expect_request(&mut pager, 0, P);
+    pager.supply(obj, 0, &page(5)).unwrap();
+    assert_eq!(done(&rx), Ok(5));
+}
+
+#[test]
+fn faults_wait_for_ready_before_asking_for_data() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 1);
+    let r1 = read_at(&k, client, a);
+    let r2 = read_at(&k, client, a);
+    assert!(matches!(next(&mut pager).msg, KernelToPager::Init { .. }));
+    quiet(&mut pager);
+    still_waiting(&r1);
+    pager.ready(obj).unwrap();
+    expect_request(&mut pager, 0, P);
+    quiet(&mut pager);
+    pager.supply(obj, 0, &page(9)).unwrap();
+    assert_eq!(done(&r1), Ok(9));
+    assert_eq!(done(&r2), Ok(9));
+}
+
+#[test]
+fn change_attributes_cluster_makes_one_request_per_cluster() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 8);
+    let init = next(&mut pager);
+    assert!(matches!(init.msg, KernelToPager::Init { .. }));
+    let answer = pager
+        .call_with_reply(
+            obj,
+            PagerToKernel::ChangeAttributes { may_cache: true, copy_strategy: CopyStrategy::Delay, cluster_pages: 4 },
+        )
+        .unwrap();
+    assert_eq!(answer, KernelReply::ChangeCompleted { may_cache: true, copy_strategy: CopyStrategy::Delay });
+    // A fault on page 5 asks for the whole aligned cluster [4, 8).
+    let rx = read_at(&k, client, VmAddr(a.0 + 5 * P));
+    expect_request(&mut pager, 4 * P, 4 * P);
+    let data: Vec<u8> = (4..8).flat_map(|i| page(i * 1000)).collect();
+    pager.supply(obj, 4 * P, &data).unwrap();
+    assert_eq!(done(&rx), Ok(5000));
+    for i in 4..8 {
+        assert_eq!(k.read_u64(client, VmAddr(a.0 + i * P)).unwrap(), i * 1000);
+    }
+    quiet(&mut pager);
+    assert_eq!(k.stats().sent("data_request"), 1);
+}
+
+#[test]
+fn a_cluster_request_skips_pages_already_resident() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 4);
+    next(&mut pager);
+    pager.set_cluster(obj, 4).unwrap();
+    // Page 2 arrives unasked; a fault on page 0 then asks only for [0, 2).
+    pager.supply(obj, 2 * P, &page(200)).unwrap();
+    let rx = read_at(&k, client, a);
+    expect_request(&mut pager, 0, 2 * P);
+    pager.supply(obj, 0, &[page(0), page(100)].concat()).unwrap();
+    assert_eq!(done(&rx), Ok(0));
+    assert_eq!(k.read_u64(client, VmAddr(a.0 + 2 * P)).unwrap(), 200);
+    // Page 3 is alone in its run now.
+    let rx = read_at(&k, client, VmAddr(a.0 + 3 * P));
+    expect_request(&mut pager, 3 * P, P);
+    pager.supply(obj, 3 * P, &page(300)).unwrap();
+    assert_eq!(done(&rx), Ok(300));
+}
+
+#[test]
+fn change_attributes_with_an_invalid_cluster_is_refused_and_changes_nothing() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    map(&k, client, name, 1);
+    ready(&mut pager);
+    pager.set_cluster(obj, 2).unwrap();
+    let before = attributes(&pager, obj);
+    for bad in [0, 257, u32::MAX] {
+        let r = pager.call(
+            obj,
+            PagerToKernel::ChangeAttributes { may_cache: false, copy_strategy: CopyStrategy::None, cluster_pages: bad },
+        );
+        assert_eq!(r, Err(KernError::InvalidArgument), "cluster {bad}");
+    }
+    assert_eq!(attributes(&pager, obj), before);
+    assert_eq!(
+        before,
+        KernelReply::Attributes { ready: true, may_cache: true, copy_strategy: CopyStrategy::Delay, cluster_pages: 2 }
+    );
+}
+
+#[test]
+fn get_attributes_reports_what_the_pager_set() {
+    let k = kernel_with(KernelConfig { phys_pages: 64, resident_limit: 64, cluster_pages: 3, ..Default::default() });
+    let (client, mut pager, obj, name) = setup(&k);
+    map(&k, client, name, 1);
+    next(&mut pager); // init, unanswered
+    assert_eq!(
+        attributes(&pager, obj),
+        KernelReply::Attributes {
+            ready: false,
+            may_cache: false,
+            copy_strategy: CopyStrategy::Delay,
+            cluster_pages: 3
+        }
+    );
+    pager.call(obj, PagerToKernel::Ready { may_cache: true, copy_strategy: CopyStrategy::Call }).unwrap();
+    assert_eq!(
+        attributes(&pager, obj),
+        KernelReply::Attributes { ready: true, may_cache: true, copy_strategy: CopyStrategy::Call, cluster_pages: 3 }
+    );
+    pager
+        .call(
+            obj,
+            PagerToKernel::ChangeAttributes { may_cache: false, copy_strategy: CopyStrategy::None, cluster_pages: 16 },
+        )
+        .unwrap();
+    assert_eq!(
+        attributes(&pager, obj),
+        KernelReply::Attributes { ready: true, may_cache: false, copy_strategy: CopyStrategy::None, cluster_pages: 16 }
+    );
+    // Without a reply port there is nowhere to answer.
+    assert_eq!(pager.call(obj, PagerToKernel::GetAttributes), Err(KernError::SendInvalidReply));
+    assert_eq!(k.stats().received("get_attributes"), 4);
+}
+
+// ----- data_request, data_supply, data_unavailable, data_error -----
+
+#[test]
+fn data_request_names_the_object_offset_and_access() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = k.vm_map(client, MapRequest::anywhere(4 * P, Some(name)).offset(8 * P)).unwrap();
+    ready(&mut pager);
+    let rx = write_at(&k, client, VmAddr(a.0 + P + 16), 77);
+    let r = next(&mut pager);
+    assert_eq!(r.object, obj);
+    match r.msg {
+        KernelToPager::DataRequest { offset, length, access } => {
+            assert_eq!((offset, length), (9 * P, P));
+            assert!(access.contains(VmProt::WRITE), "{access:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    still_waiting(&rx);
+    pager.supply(obj, 9 * P, &page(0)).unwrap();
+    assert_eq!(done(&rx), Ok(()));
+    assert_eq!(k.read_u64(client, VmAddr(a.0 + P + 16)).unwrap(), 77);
+    assert_eq!(k.read_u64(client, VmAddr(a.0 + P + 8)).unwrap(), 1);
+    let rx = read_at(&k, client, a);
+    assert_eq!(expect_request(&mut pager, 8 * P, P), VmProt::READ);
+    pager.unavailable(obj, 8 * P, P).unwrap();
+    assert_eq!(done(&rx), Ok(0));
+}
+
+#[test]
+fn data_supply_answers_every_fault_waiting_on_the_page() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 1);
+    ready(&mut pager);
+    let waiters: Vec<_> = (0..4).map(|i| read_at(&k, client, VmAddr(a.0 + i * 8))).collect();
+    expect_request(&mut pager, 0, P);
+    quiet(&mut pager);
+    pager.supply(obj, 0, &page(40)).unwrap();
+    for (i, w) in waiters.iter().enumerate() {
+        assert_eq!(done(w), Ok(40 + i as u64));
+    }
+    assert_eq!(k.stats().sent("data_request"), 1);
+    assert_eq!(k.stats().received("data_supply"), 1);
+}
+
+#[test]
+fn data_supply_of_unrequested_pages_is_cached_but_never_overwrites() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 2);
+    ready(&mut pager);
+    pager.supply(obj, P, &page(10)).unwrap();
+    assert_eq!(k.read_u64(client, VmAddr(a.0 + P)).unwrap(), 10);
+    k.write_u64(client, VmAddr(a.0 + P), 11).unwrap();
+    // A second supply of a resident page is ignored: the task's write stays.
+    pager.supply(obj, P, &page(99)).unwrap();
+    assert_eq!(k.read_u64(client, VmAddr(a.0 + P)).unwrap(), 11);
+    assert_eq!(k.read_u64(client, VmAddr(a.0 + P + 8)).unwrap(), 11);
+    quiet(&mut pager);
+    assert_eq!(k.stats().sent("data_request"), 0);
+}
+
+#[test]
+fn data_supply_with_a_reply_port_gets_supply_completed() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 2);
+    ready(&mut pager);
+    let rx = read_at(&k, client, a);
+    expect_request(&mut pager, 0, P);
+    let m = PagerToKernel::DataSupply { offset: 0, data: page(3), lock: VmProt::NONE, precious: false };
+    assert_eq!(
+        pager.call_with_reply(obj, m).unwrap(),
+        KernelReply::SupplyCompleted { offset: 0, length: P, result: None, error_offset: 0 }
+    );
+    assert_eq!(done(&rx), Ok(3));
+    let m =
+        PagerToKernel::DataSupply { offset: P, data: [page(7), page(8)].concat(), lock: VmProt::NONE, precious: false };
+    assert_eq!(
+        pager.call_with_reply(obj, m).unwrap(),
+        KernelReply::SupplyCompleted { offset: P, length: 2 * P, result: None, error_offset: 0 }
+    );
+    assert_eq!(k.read_u64(client, VmAddr(a.0 + P)).unwrap(), 7);
+}
+
+#[test]
+fn data_unavailable_zero_fills() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 4);
+    ready(&mut pager);
+    pager.set_cluster(obj, 4).unwrap();
+    let rx = write_at(&k, client, VmAddr(a.0 + 2 * P), 5);
+    expect_request(&mut pager, 0, 4 * P);
+    pager.unavailable(obj, 0, 4 * P).unwrap();
+    assert_eq!(done(&rx), Ok(()));
+    let all = k.vm_read(client, a, 4 * P).unwrap();
+    let mut want = vec![0u8; 4 * P as usize];
+    want[2 * P as usize..2 * P as usize + 8].copy_from_slice(&5u64.to_le_bytes());
+    assert_eq!(all, want);
+    quiet(&mut pager);
+    assert_eq!(k.stats().vm.zero_fills, 4);
+}
+
+#[test]
+fn data_error_fails_the_fault_until_a_flush() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 2);
+    ready(&mut pager);
+    let r1 = read_at(&k, client, a);
+    let r2 = write_at(&k, client, VmAddr(a.0 + 8), 1);
+    expect_request(&mut pager, 0, P);
+    pager.error(obj, 0, P).unwrap();
+    assert_eq!(done(&r1), Err(KernError::MemoryError));
+    assert_eq!(done(&r2), Err(KernError::MemoryError));
+    // The page stays failed: no new request.
+    assert_eq!(k.read_u64(client, a), Err(KernError::MemoryError));
+    quiet(&mut pager);
+    // Other pages are not affected.
+    let r3 = read_at(&k, client, VmAddr(a.0 + P));
+    expect_request(&mut pager, P, P);
+    pager.supply(obj, P, &page(1)).unwrap();
+    assert_eq!(done(&r3), Ok(1));
+    // A flush forgets the error; the next access asks again.
+    pager.lock_request(obj, 0, P, ReturnPolicy::None, true, VmProt::NONE).unwrap();
+    let r4 = read_at(&k, client, a);
+    expect_request(&mut pager, 0, P);
+    pager.supply(obj, 0, &page(60)).unwrap();
+    assert_eq!(done(&r4), Ok(60));
+    assert_eq!(k.stats().received("data_error"), 1);
+}
+
+// ----- pager locks: data_supply(lock), data_unlock, lock_request -----
+
+#[test]
+fn a_write_to_a_write_locked_page_sends_one_data_unlock_and_waits_for_the_lock_request() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 1);
+    ready(&mut pager);
+    let w1 = write_at(&k, client, a, 100);
+    expect_request(&mut pager, 0, P);
+    pager.supply_with(obj, 0, &page(0), VmProt::WRITE, false).unwrap();
+    match next(&mut pager).msg {
+        KernelToPager::DataUnlock { offset: 0, length: P, access } => assert_eq!(access, VmProt::WRITE),
+        other => panic!("{other:?}"),
+    }
+    // Reads are allowed meanwhile; more writers do not ask again.
+    assert_eq!(k.read_u64(client, VmAddr(a.0 + 8)).unwrap(), 1);
+    let w2 = write_at(&k, client, VmAddr(a.0 + 8), 200);
+    still_waiting(&w1);
+    still_waiting(&w2);
+    quiet(&mut pager);
+    pager.lock_request(obj, 0, P, ReturnPolicy::None, false, VmProt::NONE).unwrap();
+    assert_eq!(done(&w1), Ok(()));
+    assert_eq!(done(&w2), Ok(()));
+    assert_eq!(k.read_u64(client, a).unwrap(), 100);
+    assert_eq!(k.read_u64(client, VmAddr(a.0 + 8)).unwrap(), 200);
+    quiet(&mut pager);
+    assert_eq!(k.stats().sent("data_unlock"), 1);
+}
+
+#[test]
+fn lock_request_lock_value_takes_write_access_away_from_a_resident_page() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 1);
+    ready(&mut pager);
+    let rx = write_at(&k, client, a, 1);
+    expect_request(&mut pager, 0, P);
+    pager.supply(obj, 0, &page(0)).unwrap();
+    assert_eq!(done(&rx), Ok(()));
+    pager.lock_request(obj, 0, P, ReturnPolicy::None, false, VmProt::WRITE).unwrap();
+    // Still readable, and no data was thrown away.
+    assert_eq!(k.read_u64(client, a).unwrap(), 1);
+    let w = write_at(&k, client, a, 2);
+    assert!(matches!(next(&mut pager).msg, KernelToPager::DataUnlock { offset: 0, access: VmProt::WRITE, .. }));
+    still_waiting(&w);
+    pager.lock_request(obj, 0, P, ReturnPolicy::None, false, VmProt::NONE).unwrap();
+    assert_eq!(done(&w), Ok(()));
+    assert_eq!(k.read_u64(client, a).unwrap(), 2);
+}
+
+#[test]
+fn lock_request_should_return_sends_dirty_pages_with_their_contents() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 2);
+    ready(&mut pager);
+    pager.supply(obj, 0, &[page(0), page(1000)].concat()).unwrap();
+    k.write_u64(client, VmAddr(a.0 + 16), 0xdead).unwrap();
+    assert_eq!(k.read_u64(client, VmAddr(a.0 + P)).unwrap(), 1000); // read only: clean
+    pager.lock_request(obj, 0, 2 * P, ReturnPolicy::Dirty, false, VmProt::NONE).unwrap();
+    let mut want = page(0);
+    want[16..24].copy_from_slice(&0xdeadu64.to_le_bytes());
+    match next(&mut pager).msg {
+        KernelToPager::DataReturn { offset, data, dirty, kernel_copy } => {
+            assert_eq!(offset, 0);
+            assert!(data == want, "returned data differs from what was written");
+            assert!(dirty);
+            assert!(kernel_copy, "a return without flush leaves the kernel a copy");
+        }
+        other => panic!("{other:?}"),
+    }
+    quiet(&mut pager);
+    // The page stayed resident and is clean now: a second clean sends nothing.
+    assert_eq!(k.read_u64(client, VmAddr(a.0 + 16)).unwrap(), 0xdead);
+    pager.lock_request(obj, 0, 2 * P, ReturnPolicy::Dirty, false, VmProt::NONE).unwrap();
+    quiet(&mut pager);
+    // A later write makes it dirty again and it comes back again.
+    k.write_u64(client, VmAddr(a.0 + 24), 0xbeef).unwrap();
+    pager.lock_request(obj, 0, 2 * P, ReturnPolicy::Dirty, true, VmProt::NONE).unwrap();
+    match next(&mut pager).msg {
+        KernelToPager::DataReturn { offset: 0, data, dirty: true, kernel_copy: false } => {
+            assert_eq!(&data[16..32], &[0xdeadu64.to_le_bytes(), 0xbeefu64.to_le_bytes()].concat()[..]);
+        }
+        other => panic!("{other:?}"),
+    }
+    quiet(&mut pager);
+    assert_eq!(k.stats().sent("data_return"), 2);
+    assert_eq!(k.stats().sent("data_request"), 0);
+}
+
+#[test]
+fn lock_request_should_flush_makes_the_next_access_ask_again() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 1);
+    ready(&mut pager);
+    pager.supply(obj, 0, &page(1)).unwrap();
+    k.write_u64(client, a, 5).unwrap();
+    let resident = k.stats().resident;
+    // Flushing without return discards even a dirty page, as asked.
+    pager.lock_request(obj, 0, P, ReturnPolicy::None, true, VmProt::NONE).unwrap();
+    quiet(&mut pager);
+    assert_eq!(k.stats().resident, resident - 1);
+    let rx = read_at(&k, client, a);
+    expect_request(&mut pager, 0, P);
+    pager.supply(obj, 0, &page(70)).unwrap();
+    assert_eq!(done(&rx), Ok(70));
+}
+
+#[test]
+fn lock_request_reply_gets_lock_completed_for_the_range() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    map(&k, client, name, 1);
+    ready(&mut pager);
+    let m = PagerToKernel::LockRequest {
+        offset: 4 * P,
+        size: 3 * P,
+        should_return: ReturnPolicy::All,
+        should_flush: true,
+        lock: VmProt::NONE,
+    };
+    assert_eq!(pager.call_with_reply(obj, m).unwrap(), KernelReply::LockCompleted { offset: 4 * P, length: 3 * P });
+    assert_eq!(k.stats().received("lock_request"), 1);
+}
+
+#[test]
+fn a_precious_page_is_returned_on_flush_even_if_clean() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 2);
+    ready(&mut pager);
+    pager.supply_with(obj, 0, &[page(8), page(9)].concat(), VmProt::NONE, true).unwrap();
+    assert_eq!(k.read_u64(client, a).unwrap(), 8);
+    // Returning only dirty pages leaves a clean precious page alone ...
+    pager.lock_request(obj, 0, P, ReturnPolicy::Dirty, false, VmProt::NONE).unwrap();
+    quiet(&mut pager);
+    // ... returning all of them does not.
+    pager.lock_request(obj, 0, 2 * P, ReturnPolicy::All, true, VmProt::NONE).unwrap();
+    let mut back = Vec::new();
+    for _ in 0..2 {
+        match next(&mut pager).msg {
+            KernelToPager::DataReturn { offset, data, dirty, .. } => {
+                assert!(!dirty);
+                back.push((offset, data == page(8 + offset / P)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    back.sort();
+    assert_eq!(back, vec![(0, true), (P, true)]);
+    quiet(&mut pager);
+}
+
+#[test]
+fn a_precious_page_is_returned_on_pageout_even_if_clean() {
+    let k = kernel_with(KernelConfig { phys_pages: 64, resident_limit: 2, cluster_pages: 1, ..Default::default() });
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 1);
+    ready(&mut pager);
+    pager.supply_with(obj, 0, &page(4), VmProt::NONE, true).unwrap();
+    assert_eq!(k.read_u64(client, a).unwrap(), 4);
+    // Anonymous memory with no default pager cannot be paged out, so the
+    // precious page is the one that goes.
+    let anon = k.vm_allocate(client, VmAddr(0), 4 * P, true).unwrap();
+    for i in 0..3 {
+        k.write_u64(client, VmAddr(anon.0 + i * P), i).unwrap();
+    }
+    match next(&mut pager).msg {
+        KernelToPager::DataReturn { offset: 0, data, dirty: false, kernel_copy: false } => assert!(data == page(4)),
+        other => panic!("{other:?}"),
+    }
+    assert!(k.stats().vm.pageouts >= 1);
+    // Read again, it is asked for again.
+    let rx = read_at(&k, client, a);
+    expect_request(&mut pager, 0, P);
+    pager.supply(obj, 0, &page(4)).unwrap();
+    assert_eq!(done(&rx), Ok(4));
+}
+
+// ----- destroy, terminate, the object cache -----
+
+#[test]
+fn destroy_fails_waiting_and_later_faults() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 3);
+    ready(&mut pager);
+    pager.supply(obj, 0, &page(1)).unwrap();
+    assert_eq!(k.read_u64(client, a).unwrap(), 1);
+    let waiting = read_at(&k, client, VmAddr(a.0 + P));
+    expect_request(&mut pager, P, P);
+    pager.destroy(obj).unwrap();
+    assert_eq!(done(&waiting), Err(KernError::MemoryError));
+    // Resident data went with the object; nothing is asked for any more.
+    assert_eq!(k.read_u64(client, a), Err(KernError::MemoryError));
+    assert_eq!(k.read_u64(client, VmAddr(a.0 + 2 * P)), Err(KernError::MemoryError));
+    quiet(&mut pager);
+    assert_eq!(k.stats().sent("data_request"), 1);
+    assert_eq!(k.stats().sent("data_return"), 0);
+}
+
+#[test]
+fn terminate_follows_the_last_mapping_of_an_uncached_object_after_its_dirty_pages() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let other = k.task_create(None).unwrap();
+    let name2 = pager.give(obj, other).unwrap();
+    let a = map(&k, client, name, 2);
+    map(&k, other, name2, 2);
+    next(&mut pager);
+    pager
+        .call(
+            obj,
+            PagerToKernel::ChangeAttributes { may_cache: false, copy_strategy: CopyStrategy::Delay, cluster_pages: 1 },
+        )
+        .unwrap();
+    pager.supply_with(obj, 0, &[page(0), page(50)].concat(), VmProt::NONE, false).unwrap();
+    k.write_u64(client, a, 42).unwrap();
+    assert_eq!(k.read_u64(client, VmAddr(a.0 + P)).unwrap(), 50);
+    // One mapping left: nothing happens yet.
+    k.vm_deallocate(client, a, 2 * P).unwrap();
+    quiet(&mut pager);
+    k.task_terminate(other).unwrap();
+    match next(&mut pager).msg {
+        KernelToPager::DataReturn { offset: 0, data, dirty: true, .. } => assert_eq!(&data[..8], &42u64.to_le_bytes()),
+        other => panic!("expected the dirty page back first, got {other:?}"),
+    }
+    assert_eq!(next(&mut pager).msg, KernelToPager::Terminate);
+    quiet(&mut pager);
+    assert_eq!(k.stats().sent("terminate"), 1);
+    // The old control port is gone; mapping again starts a new object.
+    assert_eq!(pager.ready(obj), Err(KernError::InvalidName));
+    map(&k, client, name, 1);
+    assert!(matches!(next(&mut pager).msg, KernelToPager::Init { .. }));
+    assert_eq!(k.stats().sent("init"), 2);
+}
+
+#[test]
+fn a_cached_object_outlives_its_mappings_with_its_pages() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 1);
+    ready(&mut pager); // may_cache = true
+    let rx = write_at(&k, client, a, 7);
+    expect_request(&mut pager, 0, P);
+    pager.supply(obj, 0, &page(0)).unwrap();
+    assert_eq!(done(&rx), Ok(()));
+    k.vm_deallocate(client, a, P).unwrap();
+    quiet(&mut pager);
+    assert_eq!(k.stats().sent("terminate"), 0);
+    // Mapped again: same object, no init, no request, the write is there.
+    let b = map(&k, client, name, 1);
+    assert_eq!(k.read_u64(client, b).unwrap(), 7);
+    quiet(&mut pager);
+    assert_eq!((k.stats().sent("init"), k.stats().sent("data_request")), (1, 1));
+    // Its dirty page can still be cleaned by the pager.
+    pager.lock_request(obj, 0, P, ReturnPolicy::Dirty, true, VmProt::NONE).unwrap();
+    assert!(matches!(next(&mut pager).msg, KernelToPager::DataReturn { offset: 0, dirty: true, .. }));
+}
+
+// ----- malformed and hostile messages -----
+
+/// The control port's name, taken from `init` by hand so that raw bytes
+/// can be sent to it.
+fn raw_control(k: &Kernel, pager: &PagerConn, obj: PortName) -> PortName {
+    let m = k.msg_receive(pager.task, obj, Some(T)).unwrap();
+    assert_eq!(m.id, id::INIT);
+    m.rights[0].0
+}
+
+fn raw(k: &Kernel, pager: &PagerConn, control: PortName, id: u32, data: Vec<u8>) -> Result<()> {
+    k.msg_send(pager.task, UserMessage::new(control, id, data))
+}
+
+fn send(k: &Kernel, pager: &PagerConn, control: PortName, m: PagerToKernel) -> Result<()> {
+    let (id, data) = m.encode();
+    raw(k, pager, control, id, data)
+}
+
+#[test]
+fn malformed_pager_messages_are_refused_and_change_nothing() {
+    let k = kernel();
+    let (client, pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 2);
+    let control = raw_control(&k, &pager, obj);
+    send(&k, &pager, control, PagerToKernel::Ready { may_cache: true, copy_strategy: CopyStrategy::Delay }).unwrap();
+    let rx = read_at(&k, client, a);
+    let m = k.msg_receive(pager.task, obj, Some(T)).unwrap();
+    assert_eq!(
+        KernelToPager::decode(m.id, &m.data),
+        Ok(KernelToPager::DataRequest { offset: 0, length: P, access: VmProt::READ })
+    );
+    let resident = k.stats().resident;
+    let supply =
+        |offset, data: Vec<u8>| PagerToKernel::DataSupply { offset, data, lock: VmProt::NONE, precious: false };
+    let (sid, good) = supply(0, page(1)).encode();
+    let cases: Vec<(u32, Vec<u8>, KernError)> = vec![
+        // Bad alignment and sizes.
+        (sid, supply(8, page(1)).encode().1, KernError::InvalidArgument),
+        (sid, supply(0, vec![1; 100]).encode().1, KernError::InvalidArgument),
+        (sid, supply(0, Vec::new()).encode().1, KernError::InvalidArgument),
+        (sid, supply(u64::MAX - P + 1, page(1)).encode().1, KernError::InvalidArgument),
+        (
+            id::DATA_UNAVAILABLE,
+            PagerToKernel::DataUnavailable { offset: 0, size: 7 }.encode().1,
+            KernError::InvalidArgument,
+        ),
+        (
+            id::DATA_ERROR,
+            PagerToKernel::DataError { offset: 0, size: 0, reason: KernError::MemoryError }.encode().1,
+            KernError::InvalidArgument,
+        ),
+        (
+            id::LOCK_REQUEST,
+            PagerToKernel::LockRequest {
+                offset: 1,
+                size: P,
+                should_return: ReturnPolicy::None,
+                should_flush: true,
+                lock: VmProt::NONE,
+            }
+            .encode()
+            .1,
+            KernError::InvalidArgument,
+        ),
+        // Truncated, overlong, lying about its length.
+        (sid, good[..good.len() - 1].to_vec(), KernError::MigBadArguments),
+        (sid, good[..12].to_vec(), KernError::MigBadArguments),
+        (sid, [&good[..], &[0]].concat(), KernError::MigBadArguments),
+        (
+            sid,
+            {
+                let mut g = good.clone();
+                g[13..21].copy_from_slice(&(2 * P).to_le_bytes());
+                g
+            },
+            KernError::MigBadArguments,
+        ),
+        (id::READY, vec![7, 2, 0, 0, 0], KernError::MigBadArguments),
+        // Not an EMMI call at all.
+        (9999, good.clone(), KernError::MigBadId),
+        (id::DATA_REQUEST, Vec::new(), KernError::MigBadId),
+    ];
+    for (i, (msg_id, data, want)) in cases.into_iter().enumerate() {
+        assert_eq!(raw(&k, &pager, control, msg_id, data), Err(want), "case {i}");
+    }
+    // Nothing changed: the fault still waits, nothing became resident, the
+    // pager heard nothing, and a proper answer still works.
+    still_waiting(&rx);
+    assert_eq!(k.stats().resident, resident);
+    assert!(matches!(k.msg_receive(pager.task, obj, Some(QUIET)), Err(KernError::RcvTimedOut)));
+    raw(&k, &pager, control, sid, good).unwrap();
+    assert_eq!(done(&rx), Ok(1));
+}
+
+#[test]
+fn a_refused_supply_with_a_reply_port_reports_the_error() {
+    let k = kernel();
+    let (client, pager, obj, name) = setup(&k);
+    map(&k, client, name, 1);
+    let control = raw_control(&k, &pager, obj);
+    let reply = k.port_allocate(pager.task).unwrap();
+    let (sid, data) =
+        PagerToKernel::DataSupply { offset: 8, data: page(1), lock: VmProt::NONE, precious: false }.encode();
+    let mut msg = UserMessage::new(control, sid, data);
+    msg.reply = Some((reply, Disposition::MakeSendOnce));
+    assert_eq!(k.msg_send(pager.task, msg), Err(KernError::InvalidArgument));
+    let m = k.msg_receive(pager.task, reply, Some(T)).unwrap();
+    assert_eq!(
+        KernelReply::decode(m.id, &m.data),
+        Ok(KernelReply::SupplyCompleted {
+            offset: 8,
+            length: P,
+            result: Some(KernError::InvalidArgument),
+            error_offset: 8
+        })
+    );
+}
+
+#[test]
+fn a_huge_unavailable_or_error_range_does_not_stall_the_kernel() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 2);
+    ready(&mut pager);
+    let rx = read_at(&k, client, a);
+    expect_request(&mut pager, 0, P);
+    // Well formed, page aligned, no overflow: only very large.
+    let big = 1u64 << 62;
+    let calls = spawn(move || {
+        let e = pager.call(obj, PagerToKernel::DataError { offset: P, size: big, reason: KernError::MemoryError });
+        let u = pager.unavailable(obj, 0, big);
+        (e, u, pager)
+    });
+    let (e, u, mut pager) = calls.recv_timeout(T).expect("a large range must not stall the kernel");
+    assert_eq!((e, u), (Ok(()), Ok(())));
+    assert_eq!(done(&rx), Ok(0));
+    assert_eq!(k.stats().vm.zero_fills, 1);
+    // Page 1 was never asked for, so the error did not stick to it.
+    let rx = read_at(&k, client, VmAddr(a.0 + P));
+    expect_request(&mut pager, P, P);
+    pager.supply(obj, P, &page(3)).unwrap();
+    assert_eq!(done(&rx), Ok(3));
+}
+
+// ----- the file pager, end to end -----
+
+/// A file in the temporary directory, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(tag: &str, contents: &[u8]) -> TempFile {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("machvm-emmi-{}-{tag}-{n}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+    fn open(&self) -> std::fs::File {
+        std::fs::OpenOptions::new().read(true).write(true).open(&self.0).unwrap()
+    }
+    fn contents(&self) -> Vec<u8> {
+        std::fs::read(&self.0).unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// 3.5 pages of bytes that differ from page to page.
+fn file_bytes() -> Vec<u8> {
+    (0..(3 * P + P / 2)).map(|i| (i * 7 + i / P) as u8).collect()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + T;
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn file_pager_maps_a_real_file_and_writes_returned_pages_back() {
+    let bytes = file_bytes();
+    let file = TempFile::new("e2e", &bytes);
+    let k = kernel();
+    let client = k.task_create(None).unwrap();
+    let mut conn = PagerConn::new(k.clone()).unwrap();
+    let obj = conn.new_object().unwrap();
+    let name = conn.give(obj, client).unwrap();
+    let mut backing = FileBacking::new(2);
+    backing.add(obj, file.open()).unwrap();
+    let pager = RunningPager::spawn(conn, backing);
+
+    let a = map(&k, client, name, 4);
+    let seen = k.vm_read(client, a, 4 * P).unwrap();
+    assert!(seen[..bytes.len()] == bytes[..], "mapped contents differ from the file");
+    assert!(seen[bytes.len()..].iter().all(|&b| b == 0), "past the end of the file reads as zeroes");
+
+    k.write(client, VmAddr(a.0 + P + 100), b"written by a task").unwrap();
+    k.write(client, VmAddr(a.0 + 3 * P + 8), b"tail").unwrap();
+    k.task_terminate(client).unwrap();
+    // The file pager caches its objects: the writes are still in memory,
+    // and a new mapping sees them without asking the pager again.
+    let requests = k.stats().sent("data_request");
+    let again = k.task_create(None).unwrap();
+    let name2 = k.port_transfer(pager.task, obj, Disposition::MakeSend, again).unwrap();
+    let b = map(&k, again, name2, 4);
+    let mut buf = [0u8; 17];
+    k.read(again, VmAddr(b.0 + P + 100), &mut buf).unwrap();
+    assert_eq!(&buf, b"written by a task");
+    assert_eq!(k.stats().sent("data_request"), requests);
+    k.task_terminate(again).unwrap();
+
+    // Pageout sends the dirty pages back and the pager writes the file:
+    // one page may stay resident, so an anonymous page takes its place.
+    k.set_resident_limit(1);
+    let t = k.task_create(None).unwrap();
+    let anon = k.vm_allocate(t, VmAddr(0), P, true).unwrap();
+    k.write_u64(t, anon, 1).unwrap();
+    let mut want = bytes.clone();
+    want[(P + 100) as usize..(P + 117) as usize].copy_from_slice(b"written by a task");
+    want[(3 * P + 8) as usize..(3 * P + 12) as usize].copy_from_slice(b"tail");
+    wait_until("the file to hold the returned pages", || file.contents() == want);
+    assert_eq!(PagerStats::get(&pager.stats.pages_returned), 2);
+    assert!(k.stats().vm.pageouts >= 4);
+    pager.stop();
+}
+
+#[test]
+fn file_backing_with_the_scripted_pager_lock_request_flushes_to_disk() {
+    let bytes = file_bytes();
+    let file = TempFile::new("flush", &bytes);
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let mut backing = FileBacking::new(1);
+    backing.add(obj, file.open()).unwrap();
+    let a = map(&k, client, name, 2);
+    ready(&mut pager);
+    let rx = write_at(&k, client, VmAddr(a.0 + P + 8), 0x1122_3344_5566_7788);
+    expect_request(&mut pager, P, P);
+    let mut buf = vec![0u8; P as usize];
+    assert!(backing.read(obj, P, &mut buf).unwrap());
+    pager.supply(obj, P, &buf).unwrap();
+    assert_eq!(done(&rx), Ok(()));
+    assert!(file.contents() == bytes, "nothing reaches the file before a return");
+    pager.lock_request(obj, 0, 2 * P, ReturnPolicy::Dirty, true, VmProt::NONE).unwrap();
+    match next(&mut pager).msg {
+        KernelToPager::DataReturn { offset, data, .. } => backing.write(obj, offset, &data).unwrap(),
+        other => panic!("{other:?}"),
+    }
+    let mut want = bytes.clone();
+    want[(P + 8) as usize..(P + 16) as usize].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+    assert!(file.contents() == want);
+    let mut direct = [0u8; 8];
+    file.open().read_exact_at(&mut direct, P + 8).unwrap();
+    assert_eq!(u64::from_le_bytes(direct), 0x1122_3344_5566_7788);
+    // Flushed: the next read asks the pager, which now serves the new bytes.
+    let rx = read_at(&k, client, VmAddr(a.0 + P + 8));
+    expect_request(&mut pager, P, P);
+    assert!(backing.read(obj, P, &mut buf).unwrap());
+    pager.supply(obj, P, &buf).unwrap();
+    assert_eq!(done(&rx), Ok(0x1122_3344_5566_7788));
+}
