@@ -104,13 +104,13 @@ fn overlapping_windows_in_every_arrangement(v: ProxyVersion) {
     let (a, b) = (w.objs[0], w.objs[1]);
     let proxies = w.k.stats().proxies;
     let arrangements: &[&[(PortName, u64, u64, u64)]] = &[
-        &[(a, 2 * P, 0, 2 * P), (a, 2 * P, 0, 2 * P)],                        // identical
-        &[(a, 0, 0, 8 * P), (b, 3 * P, 0, P)],                                // contained
-        &[(a, 2 * P, 0, 2 * P), (b, P, 0, 2 * P)],                            // straddles the start
-        &[(a, 2 * P, 0, 2 * P), (b, 3 * P, 0, 2 * P)],                        // straddles the end
-        &[(a, 0, 0, P), (b, 2 * P, 0, P), (a, 0, 4 * P, 4 * P)],              // covers two
-        &[(b, 5 * P, 0, P), (a, 0, 0, P), (b, 5 * P, 9 * P, P)],              // out of order
-        &[(a, u64::MAX & !(P - 1), 0, P), (a, u64::MAX & !(P - 1), 0, P)],    // at the top
+        &[(a, 2 * P, 0, 2 * P), (a, 2 * P, 0, 2 * P)],           // identical
+        &[(a, 0, 0, 8 * P), (b, 3 * P, 0, P)],                   // contained
+        &[(a, 2 * P, 0, 2 * P), (b, P, 0, 2 * P)],               // straddles the start
+        &[(a, 2 * P, 0, 2 * P), (b, 3 * P, 0, 2 * P)],           // straddles the end
+        &[(a, 0, 0, P), (b, 2 * P, 0, P), (a, 0, 4 * P, 4 * P)], // covers two
+        &[(b, 5 * P, 0, P), (a, 0, 0, P), (b, 5 * P, 9 * P, P)], // out of order
+        &[(a, TOP, 0, P), (a, TOP, 0, P)],                       // at the top
     ];
     for (i, windows) in arrangements.iter().enumerate() {
         assert_eq!(w.proxy(VmProt::READ, windows).map(|_| ()), Err(KernError::InvalidArgument), "arrangement {i}");
@@ -127,7 +127,7 @@ fn overlapping_windows_in_every_arrangement(v: ProxyVersion) {
 fn wrap_around_offsets_and_sizes_are_refused(v: ProxyVersion) {
     let w = World::new(v);
     let o = w.objs[0];
-    let top = u64::MAX & !(P - 1);
+    let top = TOP;
     let proxies = w.k.stats().proxies;
     for (off, start, len) in [
         (top, 0, P),
@@ -141,7 +141,11 @@ fn wrap_around_offsets_and_sizes_are_refused(v: ProxyVersion) {
         (0, 0, u64::MAX),
         (P, 0, u64::MAX - P + 1),
     ] {
-        assert_eq!(w.proxy(VmProt::ALL, &[(o, off, start, len)]).map(|_| ()), invalid(), "{off:#x} {start:#x} {len:#x}");
+        assert_eq!(
+            w.proxy(VmProt::ALL, &[(o, off, start, len)]).map(|_| ()),
+            invalid(),
+            "{off:#x} {start:#x} {len:#x}"
+        );
     }
     assert_eq!(w.k.stats().proxies, proxies);
     let px = w.proxy(VmProt::READ, &[(o, 0, 0, 4 * P)]).unwrap();
@@ -179,8 +183,9 @@ fn wrap_around_offsets_and_sizes_are_refused(v: ProxyVersion) {
 
 fn windows_at_the_top_of_the_offset_space_do_not_wrap(v: ProxyVersion) {
     let w = World::new(v);
-    let top = u64::MAX & !(P - 1);
-    // The last two pages of the offset space show pages 3 and 4.
+    let top = TOP;
+    // The highest window there can be (it ends at the last page offset,
+    // where one more page would wrap) shows pages 3 and 4.
     let px = w.proxy(VmProt::READ, &[(w.objs[0], top - 2 * P, 3 * P, 2 * P)]).unwrap();
     let t = w.task();
     let name = w.give(px.proxy, t);
@@ -232,7 +237,9 @@ fn failed_vm_protect_changes_nothing(v: ProxyVersion) {
     let rw = w.proxy(VmProt::DEFAULT, &[(w.objs[1], 0, 0, P)]).unwrap();
     let both = w.proxy(VmProt::ALL, &[(ro.proxy, 0, 0, P), (rw.proxy, P, 0, P)]).unwrap();
     let t = w.task();
-    let a = w.k.vm_map(t, MapRequest::anywhere(2 * P, Some(w.give(both.proxy, t))).prot(VmProt::READ, VmProt::ALL)).unwrap();
+    let a =
+        w.k.vm_map(t, MapRequest::anywhere(2 * P, Some(w.give(both.proxy, t))).prot(VmProt::READ, VmProt::ALL))
+            .unwrap();
     assert_eq!(w.k.vm_protect(t, a, 2 * P, false, VmProt::DEFAULT), fail());
     assert_eq!(w.k.vm_region(t, a.plus(P)).unwrap().cur, VmProt::READ);
     assert_eq!(w.k.write_u64(t, a.plus(P), 1), fail());

@@ -94,7 +94,7 @@ fn bad_window_arrays_are_invalid_argument(v: ProxyVersion) {
     assert_eq!(create(&[o], &[0], &[P / 2], &[P]), bad);
     assert_eq!(create(&[o], &[0], &[0], &[P + 8]), bad);
     // Overflow of offset + len and start + len.
-    let top = u64::MAX & !(P - 1);
+    let top = TOP;
     assert_eq!(create(&[o], &[top], &[0], &[P]), bad);
     assert_eq!(create(&[o], &[0], &[top], &[P]), bad);
     assert_eq!(create(&[o], &[0], &[0], &[top]).map(|_| ()), Ok(()), "a huge but exact window is fine");
@@ -291,7 +291,8 @@ fn copy_mapping_needs_read_only_and_is_private(v: ProxyVersion) {
     let t = w.task();
     let ro = w.proxy(VmProt::READ, &[(w.objs[0], 0, 0, 2 * P)]).unwrap();
     let name = w.give(ro.proxy, t);
-    let c = w.k.vm_map(t, MapRequest::anywhere(2 * P, Some(name)).copy(true).prot(VmProt::DEFAULT, VmProt::ALL)).unwrap();
+    let c =
+        w.k.vm_map(t, MapRequest::anywhere(2 * P, Some(name)).copy(true).prot(VmProt::DEFAULT, VmProt::ALL)).unwrap();
     let r = w.k.vm_region(t, c).unwrap();
     assert!(r.cur.contains(VmProt::DEFAULT), "a copy is writable: {:?}", r.cur);
     assert!(!r.max.contains(VmProt::EXECUTE), "but gains nothing else: {:?}", r.max);
@@ -519,7 +520,8 @@ fn region_proxy_of_copy_on_write_entries(v: ProxyVersion) {
 fn region_proxy_respects_entry_maximum(v: ProxyVersion) {
     let w = World::new(v);
     let t = w.task();
-    let x = w.k.vm_map(t, MapRequest::anywhere(P, Some(w.give(w.objs[0], t))).prot(VmProt::READ, VmProt::READ)).unwrap();
+    let x =
+        w.k.vm_map(t, MapRequest::anywhere(P, Some(w.give(w.objs[0], t))).prot(VmProt::READ, VmProt::READ)).unwrap();
     let y = w.k.vm_map(t, MapRequest::anywhere(P, Some(w.give(w.objs[1], t))).at(x.plus(P))).unwrap();
     let px = w.k.vm_region_create_proxy(t, x, VmProt::ALL, 2 * P).unwrap();
     let info = w.k.memory_object_proxy_info(t, px.proxy).unwrap();
@@ -548,7 +550,10 @@ fn region_proxy_errors(v: ProxyVersion) {
         w.k.vm_region_create_proxy(t, a, VmProt::READ, u64::MAX - P).map(|_| ()),
         Err(KernError::InvalidArgument)
     );
-    assert_eq!(w.k.vm_region_create_proxy(t, a.plus(4 * P), VmProt::READ, P).map(|_| ()), Err(KernError::InvalidAddress));
+    assert_eq!(
+        w.k.vm_region_create_proxy(t, a.plus(4 * P), VmProt::READ, P).map(|_| ()),
+        Err(KernError::InvalidAddress)
+    );
     w.k.vm_protect(t, a, 2 * P, true, VmProt::READ).unwrap();
     assert_eq!(w.k.vm_region_create_proxy(t, a, VmProt::WRITE, P).map(|_| ()), Err(KernError::ProtectionFailure));
     assert_eq!(w.k.stats().proxies, proxies);
@@ -777,10 +782,7 @@ fn paging_revocation_cuts_every_mapping_made_through_it() {
     // Nothing new can be made of it or of what is built on it.
     for (task, name) in [(t, pn), (t, qpn), (t, qmn), (u, un)] {
         assert_eq!(w.map(task, name, 0, P), Err(KernError::InvalidCapability));
-        assert_eq!(
-            w.k.vm_map(task, MapRequest::anywhere(P, Some(name)).copy(true)),
-            Err(KernError::InvalidCapability)
-        );
+        assert_eq!(w.k.vm_map(task, MapRequest::anywhere(P, Some(name)).copy(true)), Err(KernError::InvalidCapability));
         assert_eq!(
             w.k.memory_object_create_proxy(task, VmProt::READ, &[name], &[0], &[0], &[P]).map(|_| ()),
             Err(KernError::InvalidCapability)

@@ -77,14 +77,13 @@ fn op_spec() -> impl Strategy<Value = OpSpec> {
         .prop_map(|(kind, a, b, c, d, word)| OpSpec { kind, a, b, c, d, word })
 }
 
+/// `(name, offset, start, len)` per window, as the kernel call takes them.
+type Windows = Vec<(PortName, u64, u64, u64)>;
+
 /// Builds the windows of one level from its spec: `(name, offset, start,
 /// len)` in pages for the kernel call, and the model of the result if the
 /// call must succeed.
-fn plan_level(
-    spec: &LevelSpec,
-    objs: &[PortName],
-    inner: Option<(PortName, &Model)>,
-) -> (Vec<(PortName, u64, u64, u64)>, Option<Model>) {
+fn plan_level(spec: &LevelSpec, objs: &[PortName], inner: Option<(PortName, &Model)>) -> (Windows, Option<Model>) {
     let max = prot(spec.max as u32);
     let mut windows = Vec::new();
     let mut model = Model::new();
@@ -94,9 +93,16 @@ fn plan_level(
         let offset = if kind % 8 == 7 { u64::from(c % 6) } else { cursor + u64::from(c % 3) };
         let (name, start, len, source) = match inner {
             Some((name, m)) if kind % 4 != 0 => {
-                let keys: Vec<u64> = m.keys().copied().collect();
-                let start = if kind % 4 == 1 { u64::from(a % 12) } else { keys[a as usize % keys.len()] };
-                (name, start, 1 + u64::from(b % 3), Ok(m))
+                if kind % 8 == 1 {
+                    // Anywhere, perhaps outside the inner proxy's windows.
+                    (name, u64::from(a % 12), 1 + u64::from(b % 3), Ok(m))
+                } else {
+                    // Inside one run of the inner proxy's pages.
+                    let keys: Vec<u64> = m.keys().copied().collect();
+                    let start = keys[a as usize % keys.len()];
+                    let run = (start..).take_while(|p| m.contains_key(p)).count().min(3) as u64;
+                    (name, start, 1 + u64::from(b) % run, Ok(m))
+                }
             }
             _ => {
                 let obj = a as usize % objs.len();
@@ -172,15 +178,17 @@ fn run(levels: Vec<LevelSpec>, ops: Vec<OpSpec>) -> Result<(), TestCaseError> {
                     (keys[op.b as usize % keys.len()], 1 + u64::from(op.c % 3))
                 };
                 let cur = prot(u32::from(op.d >> 2) & 7);
-                let max = if op.d & 0x80 != 0 { prot(u32::from(op.word) & 7) } else { prot(u32::from(op.word) & 7) | cur };
-                let copy = op.d & 0x20 != 0 && op.d & 0x40 != 0;
+                let max = prot(u32::from(op.word) & 7);
+                let max = if op.d & 0xc0 == 0xc0 { max } else { max | cur };
+                let copy = op.word & 0x30 == 0x30;
                 let cells: Option<Vec<Cell>> = (off..off + n).map(|p| model.get(&p).copied()).collect();
-                let expect = if !max.contains(cur) || cells.is_none() {
-                    Err(KernError::InvalidArgument)
-                } else if copy && cells.as_ref().unwrap().iter().any(|c| !c.prot.contains(VmProt::READ)) {
-                    Err(KernError::ProtectionFailure)
-                } else {
-                    Ok(())
+                let expect = match &cells {
+                    Some(_) if !max.contains(cur) => Err(KernError::InvalidArgument),
+                    None => Err(KernError::InvalidArgument),
+                    Some(c) if copy && c.iter().any(|c| !c.prot.contains(VmProt::READ)) => {
+                        Err(KernError::ProtectionFailure)
+                    }
+                    Some(_) => Ok(()),
                 };
                 let r = k.vm_map(t, MapRequest::anywhere(n * P, Some(*name)).offset(off * P).prot(cur, max).copy(copy));
                 prop_assert_eq!(r.map(|_| ()), expect, "map {}+{} {:?}/{:?} copy {}", off, n, cur, max, copy);
@@ -207,14 +215,16 @@ fn run(levels: Vec<LevelSpec>, ops: Vec<OpSpec>) -> Result<(), TestCaseError> {
             }
             // vm_protect over part of one mapping.
             4 | 5 if !maps.is_empty() => {
-                let m = &mut maps[op.a as usize % maps.len()];
+                let count = maps.len();
+                let m = &mut maps[op.a as usize % count];
                 let n = m.pages.len();
                 let first = op.b as usize % n;
                 let count = 1 + op.c as usize % (n - first);
                 let set_max = op.d & 1 != 0;
                 let new = prot(u32::from(op.d >> 1) & 7);
                 let range = &mut m.pages[first..first + count];
-                let expect = if range.iter().all(|p| p.max.contains(new)) { Ok(()) } else { Err(KernError::ProtectionFailure) };
+                let expect =
+                    if range.iter().all(|p| p.max.contains(new)) { Ok(()) } else { Err(KernError::ProtectionFailure) };
                 let r = k.vm_protect(t, m.addr.plus(first as u64 * P), count as u64 * P, set_max, new);
                 prop_assert_eq!(r, expect, "protect {:?} max {}", new, set_max);
                 if r.is_ok() {
@@ -230,7 +240,8 @@ fn run(levels: Vec<LevelSpec>, ops: Vec<OpSpec>) -> Result<(), TestCaseError> {
             }
             // A store of a fresh token at the start of a page.
             10 | 11 if !maps.is_empty() => {
-                let m = &mut maps[op.a as usize % maps.len()];
+                let count = maps.len();
+                let m = &mut maps[op.a as usize % count];
                 let i = op.b as usize % m.pages.len();
                 token += 1;
                 let r = k.write_u64(t, m.addr.plus(i as u64 * P), token);
@@ -303,12 +314,12 @@ fn check_read(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn no_chain_grants_more_than_its_intersection(
         levels in prop::collection::vec(level_spec(), 1..=4),
-        ops in prop::collection::vec(op_spec(), 1..48),
+        ops in prop::collection::vec(op_spec(), 1..64),
     ) {
         run(levels, ops)?;
     }

@@ -20,6 +20,9 @@ use std::time::Duration;
 
 pub const P: u64 = PAGE_SIZE;
 
+/// The highest page-aligned offset.
+pub const TOP: u64 = !(P - 1);
+
 /// Pages in each object of a [`World`].
 pub const OBJ_PAGES: u64 = 16;
 
@@ -81,8 +84,7 @@ impl World {
         if fill {
             for i in 0..n {
                 let a = w.k.vm_map(owner, MapRequest::anywhere(OBJ_PAGES * P, Some(w.objs[i]))).unwrap();
-                let data: Vec<u8> =
-                    (0..OBJ_PAGES * P).step_by(8).flat_map(|off| word(i, off).to_le_bytes()).collect();
+                let data: Vec<u8> = (0..OBJ_PAGES * P).step_by(8).flat_map(|off| word(i, off).to_le_bytes()).collect();
                 w.k.vm_write(owner, a, &data).unwrap();
                 w.direct.push(a);
             }
