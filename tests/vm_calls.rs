@@ -817,7 +817,10 @@ fn vm_protect_over_a_hole_is_invalid_address_and_changes_nothing() {
     assert_eq!(k.vm_protect(t, base, 3 * P, false, RO), Err(KernError::InvalidAddress));
     assert_eq!(k.vm_protect(t, base, 2 * P, true, RO), Err(KernError::InvalidAddress));
     assert_eq!(k.vm_protect(t, at(base, 4), P, false, RO), Err(KernError::InvalidAddress));
-    assert_eq!(layout(&k, t), vec![(base.0, P, RW, VmProt::ALL, VmInherit::Copy), (at(base, 2).0, P, RW, VmProt::ALL, VmInherit::Copy)]);
+    assert_eq!(
+        layout(&k, t),
+        vec![(base.0, P, RW, VmProt::ALL, VmInherit::Copy), (at(base, 2).0, P, RW, VmProt::ALL, VmInherit::Copy)]
+    );
     k.write_u64(t, base, 1).unwrap();
 }
 
@@ -1141,3 +1144,42 @@ fn vm_map_unknown_protection_bits_are_invalid_argument() {
     assert_eq!(regions(&k, t), vec![]);
 }
 
+/// `vm_region`'s `shared` is Mach's per-entry `is_shared`: private memory
+/// stays private when split or forked by copy; share inheritance, a region
+/// proxy, or mapping a memory object without copy make it shared.
+#[test]
+fn vm_region_shared_follows_the_entry_not_reference_counts() {
+    let k = kernel();
+    let t = task(&k);
+    let a = alloc(&k, t, 4);
+    k.write_u64(t, a, 1).unwrap();
+    k.vm_protect(t, at(a, 1), P, false, RO).unwrap();
+    assert!(regions(&k, t).iter().all(|r| !r.shared), "split private memory stays private");
+    let child = k.task_create(Some(t)).unwrap();
+    assert!(regions(&k, t).iter().all(|r| !r.shared) && regions(&k, child).iter().all(|r| !r.shared));
+    k.vm_inherit(t, a, P, VmInherit::Share).unwrap();
+    let sharer = k.task_create(Some(t)).unwrap();
+    assert!(regions(&k, t)[0].shared && regions(&k, sharer)[0].shared);
+    assert!(!regions(&k, t)[1].shared);
+    let b = alloc(&k, t, 1);
+    k.vm_region_create_proxy(t, b, RW, P).unwrap();
+    assert!(k.vm_region(t, b).unwrap().shared, "memory behind a region proxy is shared");
+    let (_pager, _obj, names) = pager_object(&k, &[t]);
+    let m = k.vm_map(t, MapRequest::anywhere(P, Some(names[0]))).unwrap();
+    let c = k.vm_map(t, MapRequest::anywhere(P, Some(names[0])).copy(true)).unwrap();
+    assert!(k.vm_region(t, m).unwrap().shared && !k.vm_region(t, c).unwrap().shared);
+}
+
+/// Mach lets `vm_protect`, `vm_inherit` and `vm_deallocate` of zero bytes
+/// succeed without doing anything.
+#[test]
+fn zero_sized_protect_inherit_deallocate_do_nothing() {
+    let k = kernel();
+    let t = task(&k);
+    let a = alloc(&k, t, 1);
+    let before = layout(&k, t);
+    k.vm_protect(t, a, 0, true, VmProt::NONE).unwrap();
+    k.vm_inherit(t, a, 0, VmInherit::None).unwrap();
+    k.vm_deallocate(t, a, 0).unwrap();
+    assert_eq!(layout(&k, t), before);
+}

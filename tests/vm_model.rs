@@ -20,6 +20,14 @@
 //! Mach error) must match, and every live task's `vm_region` layout must
 //! match the model page for page. At the end every readable page of every
 //! task is read in full and compared.
+//!
+//! The same sequences run a second time with six resident pages and a
+//! default pager, so that anonymous pages, copies and pager-object pages
+//! go out and come back between steps; the model does not change.
+//!
+//! Tasks and pages in an [`Op`] are selectors, resolved against the model
+//! when the step runs (see [`resolve`]), so that most calls hit mapped
+//! memory of live tasks and a shrunk failing case stays meaningful.
 
 use machvm_core::ipc::{Disposition, PortName};
 use machvm_core::vm::map::VM_MIN_ADDRESS;
@@ -56,7 +64,12 @@ fn inherit(i: u8) -> VmInherit {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Alloc { task: usize, pages: u64, fixed: Option<u64>, align_shift: u8 },
+    Alloc {
+        task: usize,
+        pages: u64,
+        fixed: Option<u64>,
+        align_shift: u8,
+    },
     MapObject {
         task: usize,
         obj: usize,
@@ -70,19 +83,64 @@ enum Op {
         /// Read the new mapping back at once.
         touch: bool,
     },
-    Protect { task: usize, idx: u64, pages: u64, set_max: bool, prot: u8 },
-    Inherit { task: usize, idx: u64, pages: u64, inh: u8 },
-    Dealloc { task: usize, idx: u64, pages: u64 },
+    Protect {
+        task: usize,
+        idx: u64,
+        pages: u64,
+        set_max: bool,
+        prot: u8,
+    },
+    Inherit {
+        task: usize,
+        idx: u64,
+        pages: u64,
+        inh: u8,
+    },
+    Dealloc {
+        task: usize,
+        idx: u64,
+        pages: u64,
+    },
     /// `touch`: read the parent's and the child's memory back at once.
-    Fork { parent: usize, touch: bool },
-    Terminate { task: usize },
-    Read { task: usize, idx: u64, slot: usize },
+    Fork {
+        parent: usize,
+        touch: bool,
+    },
+    Terminate {
+        task: usize,
+    },
+    Read {
+        task: usize,
+        idx: u64,
+        slot: usize,
+    },
     /// `observe`: read the page's family back before the write too.
-    Write { task: usize, idx: u64, slot: usize, observe: bool },
-    Execute { task: usize, idx: u64 },
-    VmRead { task: usize, idx: u64, pages: u64 },
-    VmWrite { task: usize, idx: u64, pages: u64 },
-    VmCopy { task: usize, src: u64, dst: u64, pages: u64 },
+    Write {
+        task: usize,
+        idx: u64,
+        slot: usize,
+        observe: bool,
+    },
+    Execute {
+        task: usize,
+        idx: u64,
+    },
+    VmRead {
+        task: usize,
+        idx: u64,
+        pages: u64,
+    },
+    VmWrite {
+        task: usize,
+        idx: u64,
+        pages: u64,
+    },
+    VmCopy {
+        task: usize,
+        src: u64,
+        dst: u64,
+        pages: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -392,11 +450,8 @@ fn step(s: &Sut, m: &mut Model, op: &Op, value: u64) {
             } else {
                 PortName(0xdead)
             };
-            let mut r = MapRequest::anywhere(pages * P, Some(name))
-                .offset(offset * P)
-                .copy(copy)
-                .prot(cur, max)
-                .inherit(inh);
+            let mut r =
+                MapRequest::anywhere(pages * P, Some(name)).offset(offset * P).copy(copy).prot(cur, max).inherit(inh);
             if let Some(i) = fixed {
                 r = r.at(addr(i));
             }
@@ -579,7 +634,8 @@ fn step(s: &Sut, m: &mut Model, op: &Op, value: u64) {
         Op::VmCopy { task, src, dst, pages } => {
             let t = task;
             let got = k.vm_copy(m.tasks[t].id, addr(src), pages * P, addr(dst));
-            let err = m.access_error(t, dst, pages, VmProt::WRITE).or_else(|| m.access_error(t, src, pages, VmProt::READ));
+            let err =
+                m.access_error(t, dst, pages, VmProt::WRITE).or_else(|| m.access_error(t, src, pages, VmProt::READ));
             match err {
                 Some(e) => assert_eq!(got, Err(e), "{what}"),
                 None => {
@@ -668,8 +724,30 @@ fn model_walkthrough() {
     use Op::*;
     run(&[
         Alloc { task: 0, pages: 4, fixed: Some(0), align_shift: 0 },
-        MapObject { task: 0, obj: 0, offset: 0, pages: 3, fixed: Some(8), copy: false, cur: 3, max: 7, inh: 0, touch: false },
-        MapObject { task: 0, obj: 0, offset: 1, pages: 2, fixed: Some(12), copy: true, cur: 3, max: 7, inh: 1, touch: true },
+        MapObject {
+            task: 0,
+            obj: 0,
+            offset: 0,
+            pages: 3,
+            fixed: Some(8),
+            copy: false,
+            cur: 3,
+            max: 7,
+            inh: 0,
+            touch: false,
+        },
+        MapObject {
+            task: 0,
+            obj: 0,
+            offset: 1,
+            pages: 2,
+            fixed: Some(12),
+            copy: true,
+            cur: 3,
+            max: 7,
+            inh: 1,
+            touch: true,
+        },
         Write { task: 0, idx: 9, slot: 0, observe: false },
         Read { task: 0, idx: 12, slot: 0 },
         Write { task: 0, idx: 1, slot: 1, observe: false },
@@ -707,7 +785,18 @@ fn model_regressions() {
     // A copy-on-write entry shared at fork: the child's write copies the
     // page up into the shared shadow; the parent had mapped the page below.
     run(&[
-        MapObject { task: 0, obj: 0, offset: 0, pages: 1, fixed: None, copy: true, cur: 3, max: 3, inh: 0, touch: true },
+        MapObject {
+            task: 0,
+            obj: 0,
+            offset: 0,
+            pages: 1,
+            fixed: None,
+            copy: true,
+            cur: 3,
+            max: 3,
+            inh: 0,
+            touch: true,
+        },
         Fork { parent: 0, touch: false },
         Write { task: 1, idx: 0, slot: 0, observe: false },
     ]);
@@ -715,8 +804,30 @@ fn model_regressions() {
     // mapping: the old contents are pushed to the copy, whose reader had
     // mapped the object's page.
     run(&[
-        MapObject { task: 0, obj: 1, offset: 0, pages: 1, fixed: Some(0), copy: false, cur: 3, max: 7, inh: 1, touch: false },
-        MapObject { task: 0, obj: 1, offset: 0, pages: 1, fixed: Some(1), copy: true, cur: 3, max: 7, inh: 1, touch: true },
+        MapObject {
+            task: 0,
+            obj: 1,
+            offset: 0,
+            pages: 1,
+            fixed: Some(0),
+            copy: false,
+            cur: 3,
+            max: 7,
+            inh: 1,
+            touch: false,
+        },
+        MapObject {
+            task: 0,
+            obj: 1,
+            offset: 0,
+            pages: 1,
+            fixed: Some(1),
+            copy: true,
+            cur: 3,
+            max: 7,
+            inh: 1,
+            touch: true,
+        },
         Write { task: 0, idx: 0, slot: 0, observe: true },
         Read { task: 0, idx: 1, slot: 0 },
     ]);

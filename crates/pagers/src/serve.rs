@@ -2,7 +2,8 @@
 //!
 //! [`serve`] answers the kernel for any [`Backing`]:
 //!
-//! 1. `init`: `ready`, with the backing's cluster size;
+//! 1. `init`: `change_attributes` (ready), with the backing's cluster size
+//!    and caching policy;
 //! 2. `data_request`: read each page; runs of pages with data go back in
 //!    one `data_supply`, pages without data as `data_unavailable` (zero
 //!    fill), read errors as `data_error`;
@@ -14,7 +15,8 @@
 
 use crate::conn::PagerConn;
 use machvm_core::ipc::PortName;
-use machvm_core::memory_object::emmi::KernelToPager;
+use machvm_core::memory_object::emmi::{KernelToPager, PagerToKernel};
+use machvm_core::vm::object::CopyStrategy;
 use machvm_core::vm::paging::ReturnPolicy;
 use machvm_core::{KernError, VmProt, PAGE_SIZE};
 use std::collections::HashMap;
@@ -36,6 +38,12 @@ pub trait Backing: Send {
     /// Pages the kernel should ask for per fault.
     fn cluster_pages(&self) -> u32 {
         1
+    }
+    /// May the kernel keep the object's pages cached after its last
+    /// mapping goes? If not, dirty pages come back (`data_return`) and the
+    /// object is terminated when it is unmapped.
+    fn may_cache(&self) -> bool {
+        true
     }
 }
 
@@ -74,10 +82,14 @@ pub fn serve(conn: &mut PagerConn, backing: &mut dyn Backing, stats: &Arc<PagerS
         // A failed answer (the object terminated meanwhile) is not the
         // pager's problem: the kernel no longer waits for it.
         let _ = match r.msg {
-            KernelToPager::Init { .. } => {
-                let cluster = backing.cluster_pages();
-                conn.ready(obj).and_then(|()| if cluster > 1 { conn.set_cluster(obj, cluster) } else { Ok(()) })
-            }
+            KernelToPager::Init { .. } => conn.call(
+                obj,
+                PagerToKernel::ChangeAttributes {
+                    may_cache: backing.may_cache(),
+                    copy_strategy: CopyStrategy::Delay,
+                    cluster_pages: backing.cluster_pages(),
+                },
+            ),
             KernelToPager::Create { .. } => Ok(()),
             KernelToPager::DataRequest { offset, length, .. } => {
                 bump(&stats.requests, 1);
@@ -216,6 +228,11 @@ impl Backing for FileBacking {
 
     fn cluster_pages(&self) -> u32 {
         self.cluster
+    }
+
+    /// A file must get its data back when nobody maps it any more.
+    fn may_cache(&self) -> bool {
+        false
     }
 }
 

@@ -201,6 +201,7 @@ impl Kernel {
 
     /// `vm_protect`: sets the current protection (or, with `set_max`, lowers
     /// the maximum, and the current with it) over a fully mapped range.
+    /// A zero size does nothing.
     ///
     /// Errors: `KERN_PROTECTION_FAILURE` (current above maximum, or a new
     /// maximum above the old one), `KERN_INVALID_ADDRESS` (a hole in the
@@ -210,7 +211,10 @@ impl Kernel {
         self.with(|st| {
             let t = st.task(task)?;
             VmProt::from_raw(prot.bits())?;
-            let end = t.map.check_range(address, nonzero_pages(size)?)?;
+            if size == 0 {
+                return Ok(());
+            }
+            let end = t.map.check_range(address, size)?;
             if !t.map.is_covered(address.0, end) {
                 return Err(KernError::InvalidAddress);
             }
@@ -240,12 +244,17 @@ impl Kernel {
     }
 
     /// `vm_inherit`: sets what children get of the range at `task_create`.
+    /// A zero size does nothing.
     ///
     /// Errors: `KERN_INVALID_ARGUMENT` (unaligned, overflow),
     /// `KERN_INVALID_ADDRESS` (outside the map), `KERN_INVALID_TASK`.
     pub fn vm_inherit(&self, task: TaskId, address: VmAddr, size: u64, inherit: VmInherit) -> Result<()> {
         self.with(|st| {
-            let end = st.task(task)?.map.check_range(address, nonzero_pages(size)?)?;
+            if size == 0 {
+                st.task(task)?;
+                return Ok(());
+            }
+            let end = st.task(task)?.map.check_range(address, size)?;
             st.clip_range(task, address.0, end);
             st.task_mut(task)?.map.for_each_in_mut(address.0, end, |e| e.inherit = inherit);
             Ok(())
@@ -260,8 +269,6 @@ impl Kernel {
         self.with(|st| {
             let t = st.task(task)?;
             let e = t.map.lookup_or_next(address.0).ok_or(KernError::InvalidAddress)?;
-            let shared = e.object.is_some_and(|o| st.vm.objects.get(&o).is_some_and(|o| o.refs > 1 || !o.temporary))
-                && !e.needs_copy;
             Ok(RegionInfo {
                 start: VmAddr(e.start),
                 size: e.len(),
@@ -269,7 +276,7 @@ impl Kernel {
                 max: e.max,
                 inherit: e.inherit,
                 offset: VmOffset(e.offset),
-                shared,
+                shared: e.shared,
             })
         })
     }
@@ -416,6 +423,7 @@ impl KState {
                 max: p.max,
                 inherit: r.inherit,
                 needs_copy: p.needs_copy,
+                shared: p.object.is_some() && !p.needs_copy,
                 via: Arc::from(p.via),
             });
         }
@@ -521,6 +529,7 @@ impl KState {
                                         cur: e.cur & (prot | VmProt::WRITE),
                                         max: e.max & (prot | VmProt::WRITE),
                                         needs_copy: true,
+                                        shared: false,
                                         via: Arc::from(via),
                                         ..e.clone()
                                     });
@@ -530,14 +539,14 @@ impl KState {
                             // faults exactly as the parent's does.
                             Err(_) => {
                                 self.vm.object_reference(o);
-                                child.insert(MapEntry { needs_copy: true, ..e.clone() });
+                                child.insert(MapEntry { needs_copy: true, shared: false, ..e.clone() });
                             }
                         }
                     }
                     Some(o) => {
                         self.vm.object_reference(o);
                         let c = self.copy_of(o);
-                        child.insert(MapEntry { object: Some(c), needs_copy: true, ..e.clone() });
+                        child.insert(MapEntry { object: Some(c), needs_copy: true, shared: false, ..e.clone() });
                     }
                 },
             }
@@ -550,6 +559,7 @@ impl KState {
         let KState { vm, tasks, .. } = self;
         let t = tasks.get_mut(&task.id).expect("checked");
         let e = t.map.lookup_mut(start).expect("exists");
+        e.shared = true;
         let o = match e.object {
             Some(o) => o,
             None => {

@@ -40,6 +40,10 @@ pub struct MapEntry {
     pub inherit: VmInherit,
     /// The object is shared copy-on-write: the first write makes a shadow.
     pub needs_copy: bool,
+    /// Others may map the same memory (a memory object or proxy mapped
+    /// without copy, memory inherited shared, memory behind a region
+    /// proxy): Mach's `is_shared`.
+    pub shared: bool,
     /// Paging proxies this mapping was made through; revoking any of them
     /// takes the mapping's access away.
     pub via: Arc<[u64]>,
@@ -274,6 +278,7 @@ mod tests {
             max: VmProt::ALL,
             inherit: VmInherit::Copy,
             needs_copy: false,
+            shared: false,
             via: Arc::from(Vec::new()),
         }
     }
