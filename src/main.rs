@@ -33,14 +33,15 @@ enum Command {
         /// Size of the file in MiB.
         #[arg(long, default_value_t = 4)]
         size_mib: u64,
-        /// Pages the kernel may keep resident.
-        #[arg(long, default_value_t = 64)]
-        resident_limit: usize,
+        /// Pages the kernel may keep resident (at least 2: a copy-on-write
+        /// fault holds the page it copies while it allocates the copy).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(2..))]
+        resident_limit: u64,
         /// Pages of anonymous memory the first task fills.
         #[arg(long, default_value_t = 256)]
         anon_pages: u64,
-        /// Pages the file pager supplies per fault.
-        #[arg(long, default_value_t = 8)]
+        /// Pages the file pager supplies per fault (1 to 256).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
         cluster: u32,
         /// Keep the file afterwards (it is removed by default).
         #[arg(long)]
@@ -64,7 +65,7 @@ fn main() -> ExitCode {
         Command::Tour => tour::tour(),
         Command::Run { size_mib, resident_limit, anon_pages, cluster, keep } => {
             let pages = size_mib.saturating_mul(1 << 20) / machvm_core::PAGE_SIZE;
-            run::run(&run::RunOptions { pages, anon_pages, resident_limit, cluster, keep })
+            run::run(&run::RunOptions { pages, anon_pages, resident_limit: resident_limit as usize, cluster, keep })
         }
         Command::Bench { quick, output } => bench::bench(quick, &output),
     };

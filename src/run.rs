@@ -2,9 +2,9 @@
 //!
 //! 1. A file in the temporary directory is filled with a pattern (each
 //!    little-endian `u64` word holds `0x4d414348` "MACH" and its own
-//!    offset) and served by the file pager. The pager answers `init` with
-//!    `may_cache = false`, so the kernel writes the file back and
-//!    terminates it as soon as the last mapping goes.
+//!    offset) and served by the file pager, which answers `init` with
+//!    `may_cache = false`: the kernel writes the file back and terminates
+//!    it as soon as the last mapping goes.
 //! 2. Task A maps the file shared; task B maps it shared and, before
 //!    anyone writes, maps a copy of it (copy-on-write, private).
 //! 3. The kernel keeps at most `resident_limit` pages resident, with a
@@ -17,8 +17,6 @@
 //!    written by a pager.
 
 use crate::util::{counts, wait_until, Checks, TempFile};
-use machvm_core::memory_object::emmi::{KernelToPager, PagerToKernel};
-use machvm_core::vm::object::CopyStrategy;
 use machvm_core::{Kernel, KernelConfig, KernelStats, MapRequest, TaskId, VmAddr, PAGE_SIZE};
 use machvm_pagers::{start_default_pager, FileBacking, PagerConn, PagerStats, RunningPager};
 use std::error::Error;
@@ -218,24 +216,13 @@ pub fn run(opts: &RunOptions) -> Result<bool, Box<dyn Error>> {
     let (a, b) = (k.task_create(None)?, k.task_create(None)?);
     let (name_a, name_b) = (conn.give(object, a)?, conn.give(object, b)?);
 
-    // 2. The mappings. The first binds the object: the kernel sends
-    // `init`, which this pager answers before it starts serving.
-    let shared_a = k.vm_map(a, MapRequest::anywhere(size, Some(name_a)))?;
-    let init = conn.recv(Some(Duration::from_secs(5)))?;
-    if !matches!(init.msg, KernelToPager::Init { .. }) {
-        return Err(format!("the pager expected memory_object_init, got {:?}", init.msg).into());
-    }
-    conn.call(
-        init.object,
-        PagerToKernel::ChangeAttributes {
-            may_cache: false,
-            copy_strategy: CopyStrategy::Delay,
-            cluster_pages: opts.cluster,
-        },
-    )?;
     let mut backing = FileBacking::new(opts.cluster);
     backing.add(object, file.reopen()?)?;
     let file_pager = RunningPager::spawn(conn, backing);
+
+    // 2. The mappings (the first binds the file: `init`, answered by the
+    // pager with its cluster size and `may_cache = false`).
+    let shared_a = k.vm_map(a, MapRequest::anywhere(size, Some(name_a)))?;
     let shared_b = k.vm_map(b, MapRequest::anywhere(size, Some(name_b)))?;
     let copy_b = k.vm_map(b, MapRequest::anywhere(size, Some(name_b)).copy(true))?;
     let anon_a = k.vm_allocate(a, VmAddr(0), opts.anon_pages.max(1) * P, true)?;
@@ -318,8 +305,15 @@ pub fn run(opts: &RunOptions) -> Result<bool, Box<dyn Error>> {
         Err(e) => c.check(false, format!("A's anonymous memory: read failed at {e}")),
     };
     let working = ph.end(&mut c);
-    c.check(working.vm.pageouts > 0, format!("the kernel paged out ({} pageouts)", working.vm.pageouts));
-    c.check(working.vm.pages_returned > 0, format!("dirty pages went back to pagers ({})", working.vm.pages_returned));
+    if pages + opts.anon_pages > opts.resident_limit as u64 {
+        c.check(working.vm.pageouts > 0, format!("the kernel paged out ({} pageouts)", working.vm.pageouts));
+        c.check(
+            working.vm.pages_returned > 0,
+            format!("dirty pages went back to pagers ({})", working.vm.pages_returned),
+        );
+    } else {
+        println!("    (the working set fits in the resident limit: no pageout expected)");
+    }
 
     let tail_pages = (opts.resident_limit as u64 / 4).clamp(1, pages);
     let tail = pages - tail_pages;
@@ -352,7 +346,7 @@ pub fn run(opts: &RunOptions) -> Result<bool, Box<dyn Error>> {
     );
     let end = ph.end(&mut c);
     let at_end = end.sent("data_return") - before.sent("data_return");
-    c.check(at_end >= tail_pages, format!("the last dirty pages went back at termination ({at_end} data_return)"));
+    c.check(at_end >= 1, format!("dirty pages still resident went back at termination ({at_end} data_return)"));
     c.check(end.resident == 0, format!("every frame released ({} resident)", end.resident));
     file_pager.stop();
     default_pager.stop();

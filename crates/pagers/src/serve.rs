@@ -35,9 +35,10 @@ pub trait Backing: Send {
     fn write(&mut self, object: PortName, offset: u64, data: &[u8]) -> io::Result<()>;
     /// The kernel is done with `object`.
     fn terminate(&mut self, _object: PortName) {}
-    /// Pages the kernel should ask for per fault.
-    fn cluster_pages(&self) -> u32 {
-        1
+    /// Pages the kernel should ask for per fault (`None`: the kernel's
+    /// default).
+    fn cluster_pages(&self) -> Option<u32> {
+        None
     }
     /// May the kernel keep the object's pages cached after its last
     /// mapping goes? If not, dirty pages come back (`data_return`) and the
@@ -82,14 +83,14 @@ pub fn serve(conn: &mut PagerConn, backing: &mut dyn Backing, stats: &Arc<PagerS
         // A failed answer (the object terminated meanwhile) is not the
         // pager's problem: the kernel no longer waits for it.
         let _ = match r.msg {
-            KernelToPager::Init { .. } => conn.call(
-                obj,
-                PagerToKernel::ChangeAttributes {
-                    may_cache: backing.may_cache(),
-                    copy_strategy: CopyStrategy::Delay,
-                    cluster_pages: backing.cluster_pages(),
-                },
-            ),
+            KernelToPager::Init { .. } => {
+                let (may_cache, copy_strategy) = (backing.may_cache(), CopyStrategy::Delay);
+                let m = match backing.cluster_pages() {
+                    Some(cluster_pages) => PagerToKernel::ChangeAttributes { may_cache, copy_strategy, cluster_pages },
+                    None => PagerToKernel::Ready { may_cache, copy_strategy },
+                };
+                conn.call(obj, m)
+            }
             KernelToPager::Create { .. } => Ok(()),
             KernelToPager::DataRequest { offset, length, .. } => {
                 bump(&stats.requests, 1);
@@ -226,8 +227,8 @@ impl Backing for FileBacking {
         }
     }
 
-    fn cluster_pages(&self) -> u32 {
-        self.cluster
+    fn cluster_pages(&self) -> Option<u32> {
+        Some(self.cluster)
     }
 
     /// A file must get its data back when nobody maps it any more.

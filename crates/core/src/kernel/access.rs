@@ -82,9 +82,13 @@ impl Kernel {
     pub fn read(&self, task: TaskId, addr: VmAddr, buf: &mut [u8]) -> Result<()> {
         addr.checked_add(buf.len() as u64).map_err(|_| KernError::InvalidAddress)?;
         let mut at = addr.0;
-        for chunk in split_pages(addr.0, buf) {
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let n = page_chunk(at, rest.len());
+            let (chunk, tail) = rest.split_at_mut(n);
             self.access_page(task, VmAddr(at), Access::Load(chunk))?;
-            at = (at | (PAGE_SIZE - 1)) + 1;
+            rest = tail;
+            at += n as u64;
         }
         Ok(())
     }
@@ -98,7 +102,7 @@ impl Kernel {
         let mut at = addr.0;
         let mut rest = data;
         while !rest.is_empty() {
-            let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(rest.len());
+            let n = page_chunk(at, rest.len());
             self.access_page(task, VmAddr(at), Access::Store(&rest[..n]))?;
             rest = &rest[n..];
             at += n as u64;
@@ -125,17 +129,7 @@ impl Kernel {
     }
 }
 
-/// Splits a buffer at page boundaries of the addresses it covers.
-fn split_pages(addr: u64, buf: &mut [u8]) -> Vec<&mut [u8]> {
-    let mut out = Vec::new();
-    let mut rest = buf;
-    let mut at = addr;
-    while !rest.is_empty() {
-        let n = ((PAGE_SIZE - at % PAGE_SIZE) as usize).min(rest.len());
-        let (a, b) = rest.split_at_mut(n);
-        out.push(a);
-        rest = b;
-        at += n as u64;
-    }
-    out
+/// How many of `len` bytes from `addr` lie in `addr`'s page.
+fn page_chunk(addr: u64, len: usize) -> usize {
+    ((PAGE_SIZE - addr % PAGE_SIZE) as usize).min(len)
 }

@@ -239,9 +239,11 @@ impl Kernel {
     }
 
     /// Changes the resident-page limit (pageout runs at once if needed).
+    /// Limits below [`crate::vm::MIN_RESIDENT`] are raised to it.
     pub fn set_resident_limit(&self, limit: usize) {
         self.with(|st| {
-            st.vm.resident_limit = limit.clamp(1, st.vm.machine.frame_count());
+            st.vm.resident_limit =
+                limit.clamp(crate::vm::MIN_RESIDENT, st.vm.machine.frame_count().max(crate::vm::MIN_RESIDENT));
             if st.vm.resident > st.vm.resident_limit {
                 let n = st.vm.resident - st.vm.resident_limit;
                 st.vm.pageout(n);

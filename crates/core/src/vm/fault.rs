@@ -264,8 +264,9 @@ fn request_cluster(vm: &mut Vm, object: ObjectId, offset: u64, access: VmProt) {
     while start > base && wanted(o, start - PAGE_SIZE) {
         start -= PAGE_SIZE;
     }
+    let limit = base.saturating_add(cluster);
     let mut end = offset + PAGE_SIZE;
-    while end < base + cluster && wanted(o, end) {
+    while end < limit && wanted(o, end) {
         end += PAGE_SIZE;
     }
     let o = vm.object_mut(object);

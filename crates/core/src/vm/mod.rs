@@ -19,6 +19,10 @@ use object::{ObjectId, Page, Provider, VmObject};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+/// The smallest resident limit: a copy-on-write fault holds the page it
+/// copies while it takes a frame for the copy.
+pub const MIN_RESIDENT: usize = 2;
+
 /// A request from the VM to whoever provides an object's pages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PagerOp {
@@ -95,7 +99,7 @@ impl Vm {
             next_object: 0,
             free_frames: (0..n as u32).rev().map(Frame).collect(),
             resident: 0,
-            resident_limit: resident_limit.clamp(1, n.max(1)),
+            resident_limit: resident_limit.clamp(MIN_RESIDENT, n.max(MIN_RESIDENT)),
             queue: VecDeque::new(),
             outbox: Vec::new(),
             stats: VmStats::default(),
