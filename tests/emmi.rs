@@ -6,6 +6,8 @@
 //! fault is still waiting" is a receive that times out, and a hang fails
 //! the test instead of blocking it.
 
+mod common;
+use common::TempFile;
 use machvm_core::ipc::{Disposition, PortName, UserMessage};
 use machvm_core::memory_object::emmi::{id, KernelReply, KernelToPager, PagerToKernel};
 use machvm_core::vm::object::CopyStrategy;
@@ -13,7 +15,6 @@ use machvm_core::vm::paging::ReturnPolicy;
 use machvm_core::*;
 use machvm_pagers::*;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -800,31 +801,6 @@ fn a_huge_unavailable_or_error_range_does_not_stall_the_kernel() {
 }
 
 // ----- the file pager, end to end -----
-
-/// A file in the temporary directory, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(tag: &str, contents: &[u8]) -> TempFile {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("machvm-emmi-{}-{tag}-{n}", std::process::id()));
-        std::fs::write(&path, contents).unwrap();
-        TempFile(path)
-    }
-    fn open(&self) -> std::fs::File {
-        std::fs::OpenOptions::new().read(true).write(true).open(&self.0).unwrap()
-    }
-    fn contents(&self) -> Vec<u8> {
-        std::fs::read(&self.0).unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// 3.5 pages of bytes that differ from page to page.
 fn file_bytes() -> Vec<u8> {

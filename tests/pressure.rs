@@ -3,9 +3,10 @@
 //! pages go back to their pagers before their frames are reused, so no
 //! byte is ever lost, and residency never exceeds the limit.
 
+mod common;
+use common::TempFile;
 use machvm_core::*;
 use machvm_pagers::*;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,31 +16,6 @@ const WORDS: u64 = P / 8;
 
 fn kernel() -> Arc<Kernel> {
     Kernel::new(KernelConfig { phys_pages: 4096, resident_limit: LIMIT, cluster_pages: 1, ..Default::default() })
-}
-
-/// A file in the temporary directory, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(tag: &str, contents: &[u8]) -> TempFile {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("machvm-pressure-{}-{tag}-{n}", std::process::id()));
-        std::fs::write(&path, contents).unwrap();
-        TempFile(path)
-    }
-    fn open(&self) -> std::fs::File {
-        std::fs::OpenOptions::new().read(true).write(true).open(&self.0).unwrap()
-    }
-    fn contents(&self) -> Vec<u8> {
-        std::fs::read(&self.0).unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// xorshift64*: a small seeded generator, the same sequence every run.

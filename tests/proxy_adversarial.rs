@@ -3,6 +3,7 @@
 //! that hold for both versions run against both (as in the conformance
 //! suite); revocation attacks are paging-only.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -11,17 +12,6 @@ use machvm_core::memory_object::emmi::PagerToKernel;
 use machvm_core::vm::object::CopyStrategy;
 use machvm_core::vm::paging::ReturnPolicy;
 use machvm_core::*;
-
-macro_rules! both {
-    ($($rule:ident),* $(,)?) => {
-        mod mapping {
-            $(#[test] fn $rule() { super::$rule(machvm_core::ProxyVersion::Mapping) })*
-        }
-        mod paging {
-            $(#[test] fn $rule() { super::$rule(machvm_core::ProxyVersion::Paging) })*
-        }
-    };
-}
 
 both!(
     nesting_up_never_gains_protection,

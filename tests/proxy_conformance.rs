@@ -6,24 +6,13 @@
 //! user code sees. A few rules exist for one version only (revocation,
 //! request sharing with the real pager); they are at the end.
 
+#[macro_use]
 mod common;
 
 use common::*;
 use machvm_core::ipc::{Disposition, PortName, UserMessage, MACH_NOTIFY_NO_SENDERS};
 use machvm_core::vm::paging::ReturnPolicy;
 use machvm_core::*;
-
-/// Instantiates each rule for both versions.
-macro_rules! both {
-    ($($rule:ident),* $(,)?) => {
-        mod mapping {
-            $(#[test] fn $rule() { super::$rule(machvm_core::ProxyVersion::Mapping) })*
-        }
-        mod paging {
-            $(#[test] fn $rule() { super::$rule(machvm_core::ProxyVersion::Paging) })*
-        }
-    };
-}
 
 both!(
     windows_over_several_objects_with_nonzero_offsets,

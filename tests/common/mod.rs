@@ -1,4 +1,4 @@
-//! Shared fixtures for the proxy suites.
+//! Shared fixtures for the integration suites (mostly the proxy suites).
 //!
 //! A [`World`] is a kernel with a running in-memory pager serving a few
 //! memory objects, an owner task holding send rights to them, and (for
@@ -9,11 +9,12 @@
 //!
 //! [`Scripted`] is the same with a scripted pager instead: the test answers
 //! each `data_request` itself.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use machvm_core::ipc::PortName;
 use machvm_core::*;
 use machvm_pagers::{MemBacking, PagerConn, RunningPager};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -228,5 +229,43 @@ pub trait Plus {
 impl Plus for VmAddr {
     fn plus(self, bytes: u64) -> VmAddr {
         VmAddr(self.0 + bytes)
+    }
+}
+
+/// Instantiates each rule (a `fn(ProxyVersion)`) once per proxy version, in
+/// modules `mapping` and `paging`.
+macro_rules! both {
+    ($($rule:ident),* $(,)?) => {
+        mod mapping {
+            $(#[test] fn $rule() { super::$rule(machvm_core::ProxyVersion::Mapping) })*
+        }
+        mod paging {
+            $(#[test] fn $rule() { super::$rule(machvm_core::ProxyVersion::Paging) })*
+        }
+    };
+}
+
+/// A file in the temporary directory, removed when dropped.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(tag: &str, contents: &[u8]) -> TempFile {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("machvm-test-{}-{tag}-{n}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+    pub fn open(&self) -> std::fs::File {
+        std::fs::OpenOptions::new().read(true).write(true).open(&self.0).unwrap()
+    }
+    pub fn contents(&self) -> Vec<u8> {
+        std::fs::read(&self.0).unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
