@@ -10,7 +10,7 @@
 //!   pager.error(object, offset, PAGE_SIZE)?;       // or fail it
 //! ```
 
-use machvm_core::ipc::{Disposition, PortName, UserMessage};
+use machvm_core::ipc::{Disposition, PortName, RightKind, UserMessage};
 use machvm_core::memory_object::emmi::{KernelReply, KernelToPager, PagerToKernel};
 use machvm_core::vm::object::CopyStrategy;
 use machvm_core::vm::paging::ReturnPolicy;
@@ -73,7 +73,11 @@ impl PagerConn {
                 self.controls.insert(object, control);
             }
             KernelToPager::Create { .. } => {
-                let [(new, _), (control, _)] = m.rights[..] else { return Err(KernError::MigBadArguments) };
+                // Anyone may send this id to a memory object: only the
+                // kernel's message carries a receive right and a send right.
+                let [(new, RightKind::Receive), (control, RightKind::Send)] = m.rights[..] else {
+                    return Err(KernError::MigBadArguments);
+                };
                 self.kernel.port_move_member(self.task, new, Some(self.set))?;
                 self.controls.insert(new, control);
                 self.created.push(new);

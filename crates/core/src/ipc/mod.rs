@@ -104,9 +104,15 @@ struct Space {
 
 impl Space {
     fn fresh_name(&mut self) -> PortName {
-        self.next_name += 1;
         // Mach names look like 0x103, 0x203…; any nonzero value will do.
-        PortName((self.next_name << 8) | 3)
+        // The counter goes round after 2^24 names: skip those in use.
+        loop {
+            self.next_name = self.next_name.wrapping_add(1);
+            let name = PortName((self.next_name << 8) | 3);
+            if !self.entries.contains_key(&name) {
+                return name;
+            }
+        }
     }
 }
 

@@ -89,6 +89,10 @@ pub struct RegionInfo {
     pub shared: bool,
 }
 
+/// A piece of memory seen through paging-proxy views: `(relative start,
+/// length, object, offset, allowed, via)` (see [`KState::flatten`]).
+pub(crate) type FlatPiece = (u64, u64, ObjectId, u64, VmProt, Vec<u64>);
+
 /// One entry `vm_map` will insert, relative to the mapped address.
 #[derive(Debug)]
 pub(crate) struct Piece {
@@ -285,10 +289,15 @@ impl Kernel {
     ///
     /// Errors: `KERN_INVALID_ADDRESS` (a hole, or the range wraps),
     /// `KERN_PROTECTION_FAILURE` (not readable), `KERN_MEMORY_ERROR`,
+    /// `KERN_RESOURCE_SHORTAGE` (more than the machine's physical memory),
     /// `KERN_INVALID_TASK`.
     pub fn vm_read(&self, task: TaskId, address: VmAddr, size: u64) -> Result<Vec<u8>> {
         self.check_access(task, address, size, VmProt::READ)?;
-        let mut buf = vec![0u8; usize::try_from(size).map_err(|_| KernError::InvalidArgument)?];
+        // The copy is made in kernel memory: one larger than the machine is
+        // refused, not attempted (a failed allocation aborts the kernel).
+        let limit = (self.machine.frame_count() as u64).saturating_mul(PAGE_SIZE);
+        let len = usize::try_from(size).ok().filter(|_| size <= limit).ok_or(KernError::ResourceShortage)?;
+        let mut buf = vec![0u8; len];
         self.read(task, address, &mut buf)?;
         Ok(buf)
     }
@@ -442,12 +451,7 @@ impl KState {
     /// views down to real objects: `(relative start, length, object,
     /// offset, allowed, via)` pieces. `KERN_MEMORY_ERROR` if a view is
     /// revoked or has a gap.
-    pub(crate) fn flatten(
-        &self,
-        object: ObjectId,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<(u64, u64, ObjectId, u64, VmProt, Vec<u64>)>> {
+    pub(crate) fn flatten(&self, object: ObjectId, offset: u64, len: u64) -> Result<Vec<FlatPiece>> {
         let mut out = Vec::new();
         let mut todo = vec![(0u64, len, object, offset, VmProt::ALL, Vec::new())];
         while let Some((rel, len, obj, off, prot, via)) = todo.pop() {

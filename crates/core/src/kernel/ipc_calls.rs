@@ -148,7 +148,8 @@ impl Kernel {
     ///
     /// Errors: `MACH_RCV_INVALID_NAME`, `MACH_RCV_TIMED_OUT`, `KERN_INVALID_TASK`.
     pub fn msg_receive(&self, task: TaskId, name: PortName, timeout: Option<Duration>) -> Result<ReceivedMessage> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout past the end of the clock is no deadline at all.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut st: Guard<'_, _> = self.lock();
         loop {
             let space = match st.task(task) {

@@ -44,7 +44,9 @@ pub struct KernelConfig {
     pub resident_limit: usize,
     /// Which implementation `memory_object_create_proxy` uses by default.
     pub proxy_version: ProxyVersion,
-    /// Pages asked of a pager per fault until it sets its own cluster size.
+    /// Pages asked of a pager per fault until it sets its own cluster size
+    /// (1 to [`crate::memory_object::control::MAX_CLUSTER_PAGES`]; other
+    /// values are brought into that range at boot).
     pub cluster_pages: u32,
 }
 
@@ -171,7 +173,9 @@ impl Kernel {
     }
 
     /// Boots a kernel on any machine backend.
-    pub fn with_machine(config: KernelConfig, machine: Arc<dyn Machine>) -> Arc<Kernel> {
+    pub fn with_machine(mut config: KernelConfig, machine: Arc<dyn Machine>) -> Arc<Kernel> {
+        // Pagers may refuse longer requests as forged: never send one.
+        config.cluster_pages = config.cluster_pages.clamp(1, crate::memory_object::control::MAX_CLUSTER_PAGES);
         let vm = Vm::new(machine.clone(), config.resident_limit);
         Arc::new(Kernel {
             st: Mutex::new(KState {
@@ -255,10 +259,15 @@ impl Kernel {
     /// space) becomes the default pager, which gets a
     /// `memory_object_create` for each anonymous object it must page.
     ///
-    /// Errors: `KERN_INVALID_TASK`, `KERN_INVALID_NAME`, `KERN_INVALID_RIGHT`.
+    /// Errors: `KERN_INVALID_ARGUMENT` (a kernel object, such as a proxy:
+    /// it takes no messages, so what was paged out to it would be lost),
+    /// `KERN_INVALID_TASK`, `KERN_INVALID_NAME`, `KERN_INVALID_RIGHT`.
     pub fn set_default_memory_manager(&self, task: TaskId, name: PortName) -> Result<()> {
         self.with(|st| {
             let space = st.task(task)?.space;
+            if st.ipc.port_of(space, name).is_ok_and(|port| st.kobject(port).is_some()) {
+                return Err(KernError::InvalidArgument);
+            }
             let (port, _) = st.ipc.copyin(space, name, Disposition::CopySend).or_else(|e| {
                 if e == KernError::InvalidRight {
                     st.ipc.copyin(space, name, Disposition::MakeSend)

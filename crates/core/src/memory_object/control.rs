@@ -86,6 +86,7 @@ impl KState {
                     if let Err(e) = self.vm.data_supply(object, off, page, lock, precious) {
                         result = Some(e);
                         error_offset = off;
+                        self.fail_awaited(object, off, offset + length - off);
                         break;
                     }
                 }
@@ -97,7 +98,10 @@ impl KState {
                 self.drop_reply(reply);
                 check_range(offset, size)?;
                 for off in self.awaited(object, offset, size) {
-                    self.vm.data_unavailable(object, off)?;
+                    if let Err(e) = self.vm.data_unavailable(object, off) {
+                        self.fail_awaited(object, off, offset + size - off);
+                        return Err(e);
+                    }
                 }
                 Ok(())
             }
@@ -155,6 +159,16 @@ impl KState {
     fn awaited(&self, object: ObjectId, offset: u64, size: u64) -> Vec<u64> {
         let pages = &self.vm.object(object).pages;
         pages.range(offset..offset + size).filter(|(_, p)| p.busy && p.frame.is_none()).map(|(&off, _)| off).collect()
+    }
+
+    /// Fails the pages in `[offset, offset + size)` still waiting for their
+    /// data. An answer the kernel could not take whole (no free frame) fails
+    /// the rest of its range with the page it stopped at: no fault may wait
+    /// for a page the pager believes it has answered.
+    fn fail_awaited(&mut self, object: ObjectId, offset: u64, size: u64) {
+        for off in self.awaited(object, offset, size) {
+            self.vm.data_error(object, off);
+        }
     }
 
     fn reply(&mut self, reply: Option<(PortId, RightKind)>, m: KernelReply) {

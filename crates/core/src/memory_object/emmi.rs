@@ -11,7 +11,8 @@
 //! fields are in range or is `MIG_BAD_ARGUMENTS`; an unknown id is
 //! `MIG_BAD_ID`. Nothing a pager sends can make the kernel panic.
 
-use crate::types::{KernError, Result, VmProt};
+use super::control::MAX_CLUSTER_PAGES;
+use crate::types::{page_aligned, KernError, Result, VmProt, PAGE_SIZE};
 use crate::vm::object::CopyStrategy;
 use crate::vm::paging::ReturnPolicy;
 
@@ -195,7 +196,10 @@ impl KernelToPager {
         }
     }
 
-    /// Decodes a message a pager received.
+    /// Decodes a message a pager received. Whoever holds a send right to a
+    /// memory object can send its pager anything, so ranges must be as the
+    /// kernel sends them: whole pages, no overflow, and requests of at most
+    /// [`MAX_CLUSTER_PAGES`] pages (`MIG_BAD_ARGUMENTS` otherwise).
     pub fn decode(msg_id: u32, data: &[u8]) -> Result<KernelToPager> {
         let mut d = Dec(data);
         let m = match msg_id {
@@ -213,7 +217,25 @@ impl KernelToPager {
             _ => return Err(KernError::MigBadId),
         };
         d.end()?;
+        match &m {
+            KernelToPager::DataRequest { offset, length, .. } | KernelToPager::DataUnlock { offset, length, .. } => {
+                whole_pages(*offset, *length, u64::from(MAX_CLUSTER_PAGES) * PAGE_SIZE)?
+            }
+            KernelToPager::DataReturn { offset, data, .. } => whole_pages(*offset, data.len() as u64, u64::MAX)?,
+            _ => {}
+        }
         Ok(m)
+    }
+}
+
+/// Is `[offset, offset + len)` a nonempty run of whole pages of at most
+/// `max` bytes, without overflow?
+fn whole_pages(offset: u64, len: u64, max: u64) -> Result<()> {
+    let ok = page_aligned(offset) && page_aligned(len) && len != 0 && len <= max && offset.checked_add(len).is_some();
+    if ok {
+        Ok(())
+    } else {
+        Err(KernError::MigBadArguments)
     }
 }
 

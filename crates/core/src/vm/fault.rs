@@ -164,7 +164,8 @@ pub fn fault_locked(
     }
     let wants_write = access.contains(VmProt::WRITE);
     // Copying a page up only reads the page below.
-    let page_access = if pobj != first && wants_write { (access - VmProt::WRITE) | VmProt::READ } else { access };
+    let copies_up = pobj != first && wants_write;
+    let page_access = if copies_up { (access - VmProt::WRITE) | VmProt::READ } else { access };
     {
         // A dead pager will never answer a `data_unlock`.
         let pager_dead = vm.object(pobj).pager_dead;
@@ -180,7 +181,11 @@ pub fn fault_locked(
             }
             return FaultOutcome::Wait;
         }
-        prot -= p.lock;
+        // The pager's lock binds translations of its own page, not the
+        // private copy about to be made of it.
+        if !copies_up {
+            prot -= p.lock;
+        }
     }
     if copy_lacks(vm, first, first_off) {
         if wants_write {

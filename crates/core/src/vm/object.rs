@@ -141,7 +141,7 @@ impl VmObject {
             provider: Provider::External,
             temporary: false,
             ready: false,
-            size: u64::MAX & !(crate::types::PAGE_SIZE - 1),
+            size: !(crate::types::PAGE_SIZE - 1),
             cluster_pages,
             ..VmObject::temporary(0)
         }

@@ -50,9 +50,10 @@ impl Kernel {
     /// Errors: `KERN_INVALID_ARGUMENT` (array lengths differ or are zero,
     /// unaligned or zero-length windows, overflow, overlapping windows, a
     /// range outside an inner proxy's windows, a port that is no memory
-    /// object), `KERN_INVALID_NAME` / `KERN_INVALID_RIGHT` (an object name),
-    /// `KERN_INVALID_CAPABILITY` (an inner proxy was revoked),
-    /// `KERN_INVALID_TASK`.
+    /// object, unknown protection bits), `KERN_INVALID_NAME` /
+    /// `KERN_INVALID_RIGHT` (an object name), `KERN_INVALID_CAPABILITY` (an
+    /// inner proxy was revoked), `KERN_RESOURCE_SHORTAGE` (more than
+    /// [`super::compose::MAX_PROXY_WINDOWS`] windows), `KERN_INVALID_TASK`.
     pub fn memory_object_create_proxy(
         &self,
         task: TaskId,
@@ -80,6 +81,7 @@ impl Kernel {
     ) -> Result<ProxyRights> {
         self.with(|st| {
             let space = st.task(task)?.space;
+            VmProt::from_raw(max_protection.bits())?;
             let n = objects.len();
             if n == 0 || offsets.len() != n || starts.len() != n || lens.len() != n {
                 return Err(KernError::InvalidArgument);
@@ -133,10 +135,10 @@ impl Kernel {
     /// now; a copy-on-write entry gets its private copy now, so the proxy
     /// and the task see the same memory from then on.
     ///
-    /// Errors: `KERN_INVALID_ARGUMENT` (unaligned, zero, overflow),
-    /// `KERN_INVALID_ADDRESS` (nothing mapped in the range, or outside the
-    /// map), `KERN_PROTECTION_FAILURE` (no entry grants any of
-    /// `max_protection`), `KERN_INVALID_TASK`.
+    /// Errors: `KERN_INVALID_ARGUMENT` (unaligned, zero, overflow, unknown
+    /// protection bits), `KERN_INVALID_ADDRESS` (nothing mapped in the
+    /// range, or outside the map), `KERN_PROTECTION_FAILURE` (no entry
+    /// grants any of `max_protection`), `KERN_INVALID_TASK`.
     pub fn vm_region_create_proxy(
         &self,
         task: TaskId,
@@ -147,6 +149,7 @@ impl Kernel {
         self.with(|st| {
             let t = st.task(task)?;
             let space = t.space;
+            VmProt::from_raw(max_protection.bits())?;
             let end = t.map.check_range(address, nonzero_pages(len)?)?;
             let spans: Vec<(u64, u64, u64)> = t
                 .map

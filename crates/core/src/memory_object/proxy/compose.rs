@@ -7,6 +7,12 @@
 use super::ProxyVersion;
 use crate::types::{page_aligned, KernError, Result, VmProt};
 
+/// The most windows a proxy may have. Nesting a proxy side by side in a
+/// new one copies its windows, so without a bound a task could double
+/// them at every level and make each call cost exponential time and
+/// memory under the kernel lock.
+pub const MAX_PROXY_WINDOWS: usize = 4096;
+
 /// One window of a proxy over a target of type `T`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window<T> {
@@ -78,7 +84,8 @@ pub fn cover<T>(windows: &[Window<T>], offset: u64, len: u64) -> Result<Vec<(&Wi
 
 /// Builds a new proxy's windows from the requested entries, with `max`
 /// the protection asked for. See the module comment of `proxy` for the
-/// rules; errors are `KERN_INVALID_ARGUMENT`.
+/// rules; errors are `KERN_INVALID_ARGUMENT`, and `KERN_RESOURCE_SHORTAGE`
+/// past [`MAX_PROXY_WINDOWS`] windows.
 pub fn compose<T: Copy>(max: VmProt, requests: &[Request<T>]) -> Result<Vec<Window<T>>> {
     if requests.is_empty() {
         return Err(KernError::InvalidArgument);
@@ -109,6 +116,9 @@ pub fn compose<T: Copy>(max: VmProt, requests: &[Request<T>]) -> Result<Vec<Wind
                 }
             }
         }
+        if out.len() > MAX_PROXY_WINDOWS {
+            return Err(KernError::ResourceShortage);
+        }
     }
     out.sort_by_key(|w| w.offset);
     if out.windows(2).any(|p| p[0].end() > p[1].offset) {
@@ -130,7 +140,7 @@ mod tests {
     fn windows_may_not_overlap_or_wrap() {
         assert!(compose(VmProt::READ, &[obj(1, 0, 0, 2 * P), obj(2, 4 * P, 0, P)]).is_ok());
         assert_eq!(compose(VmProt::READ, &[obj(1, 0, 0, 2 * P), obj(2, P, 0, P)]), Err(KernError::InvalidArgument));
-        let top = u64::MAX & !(P - 1);
+        let top = !(P - 1);
         assert_eq!(compose(VmProt::READ, &[obj(1, top, 0, 2 * P)]), Err(KernError::InvalidArgument));
         assert_eq!(compose(VmProt::READ, &[obj(1, 0, top, 2 * P)]), Err(KernError::InvalidArgument));
         assert_eq!(compose(VmProt::READ, &[obj(1, 0, 0, 0)]), Err(KernError::InvalidArgument));

@@ -37,7 +37,7 @@ use crate::ipc::PortId;
 use crate::types::{KernError, Result, VmProt};
 use crate::vm::object::ObjectId;
 use crate::vm::ViewResolver;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 pub use calls::ProxyRights;
 pub use compose::{compose, cover, Source, Window};
@@ -131,15 +131,21 @@ impl ProxyTable {
     }
 
     /// The paging proxies reachable from `id` (itself included if paging),
-    /// through its windows and its `via`.
+    /// through its windows and its `via`. Each is visited once: a chain may
+    /// reach one proxy by many paths (two windows over the same inner proxy
+    /// at every level double them), and the kernel lock is held.
     pub fn chain(&self, id: ProxyId) -> Vec<ProxyId> {
         let mut out = Vec::new();
+        let mut seen = HashSet::new();
         let mut todo = vec![id];
         while let Some(p) = todo.pop() {
+            if !seen.insert(p) {
+                continue;
+            }
             let Some(px) = self.proxies.get(&p) else {
                 continue;
             };
-            if px.version == ProxyVersion::Paging && !out.contains(&p) {
+            if px.version == ProxyVersion::Paging {
                 out.push(p);
             }
             for w in &px.windows {
