@@ -76,7 +76,7 @@ fn supply_next(pager: &mut PagerConn) -> (u64, u64) {
     let (obj, off, len, _) = pager.expect_request(WAIT).unwrap();
     let mut data = Vec::with_capacity(len as usize);
     for p in (off..off + len).step_by(P as usize) {
-        data.extend(std::iter::repeat(orig(p)).take(P as usize));
+        data.extend(std::iter::repeat_n(orig(p), P as usize));
     }
     pager.supply(obj, off, &data).unwrap();
     (off, len)
@@ -457,7 +457,7 @@ fn vm_map_fixed_unaligned_address_is_invalid_argument() {
 fn vm_map_fixed_range_wrapping_around_is_invalid_argument() {
     let k = kernel();
     let t = task(&k);
-    let top = VmAddr(u64::MAX & !(P - 1));
+    let top = VmAddr(!(P - 1));
     assert_eq!(k.vm_allocate(t, top, 2 * P, false), Err(KernError::InvalidArgument));
 }
 
@@ -553,7 +553,7 @@ fn vm_map_unaligned_or_overflowing_offset_is_invalid_argument() {
     let (_pager, _obj, names) = pager_object(&k, &[t]);
     let r = MapRequest::anywhere(P, Some(names[0]));
     assert_eq!(k.vm_map(t, r.clone().offset(12)), Err(KernError::InvalidArgument));
-    assert_eq!(k.vm_map(t, r.offset(u64::MAX & !(P - 1))), Err(KernError::InvalidArgument));
+    assert_eq!(k.vm_map(t, r.offset(!(P - 1))), Err(KernError::InvalidArgument));
     assert_eq!(regions(&k, t), vec![]);
 }
 

@@ -321,7 +321,7 @@ impl Ipc {
     pub fn kernel_make_send(&mut self, port: PortId) {
         if let Some(p) = self.ports.get_mut(&port) {
             p.srights += 1;
-            p.mscount += 1;
+            p.mscount = p.mscount.wrapping_add(1);
         }
     }
 

@@ -75,8 +75,10 @@ impl SoftMachine {
         }
     }
 
+    /// The page numbers of `[start, end)`; empty if `end <= start`.
     fn range(start: VmAddr, end: VmAddr) -> std::ops::Range<u64> {
-        (start.0 >> PAGE_SHIFT)..end.0.div_ceil(PAGE_SIZE)
+        let (s, e) = (start.0 >> PAGE_SHIFT, end.0.div_ceil(PAGE_SIZE));
+        s..e.max(s)
     }
 
     /// How many translations the pmap holds (for reports and tests).
