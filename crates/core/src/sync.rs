@@ -70,3 +70,83 @@ impl Condvar {
 }
 
 pub use std::sync::{Arc, MutexGuard as Guard};
+
+/// A wait queue with a generation count: sleepers note the generation
+/// under the lock, and sleep only while it has not moved.
+///
+/// Waking a sleeping thread costs tens of microseconds on a loaded or
+/// virtual machine — more than a pager takes to answer. So a waiter first
+/// spins briefly (without the lock) for the generation to move, and only
+/// then sleeps on the condition variable. The protocol:
+///
+/// 1. the waiter, holding the lock, reads [`Event::generation`];
+/// 2. the waker, holding the lock, calls [`Event::bump`], and after
+///    releasing it, [`Event::notify`];
+/// 3. the waiter calls [`Event::wait`] with its guard: a bump after step 1
+///    is never missed, whether it lands during the spin or the sleep.
+#[derive(Debug, Default)]
+pub struct Event {
+    generation: std::sync::atomic::AtomicU64,
+    cv: Condvar,
+}
+
+/// How long a waiter spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(30);
+
+impl Event {
+    pub const fn new() -> Event {
+        Event { generation: std::sync::atomic::AtomicU64::new(0), cv: Condvar::new() }
+    }
+
+    /// The current generation (read it with the lock held).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Something happened (call with the lock held).
+    pub fn bump(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Wakes the sleepers (after releasing the lock).
+    pub fn notify(&self) {
+        self.cv.notify_all();
+    }
+
+    /// Releases `guard`, waits until the generation differs from `seen` (or
+    /// `deadline` passes), and re-takes the lock. Spurious returns are
+    /// possible: callers re-check their condition.
+    pub fn wait<'a, T>(
+        &self,
+        mutex: &'a Mutex<T>,
+        guard: MutexGuard<'a, T>,
+        seen: u64,
+        deadline: Option<std::time::Instant>,
+    ) -> MutexGuard<'a, T> {
+        drop(guard);
+        let start = std::time::Instant::now();
+        let mut spins = 0u32;
+        while self.generation() == seen {
+            std::hint::spin_loop();
+            spins += 1;
+            if spins % 64 == 0 && start.elapsed() >= SPIN {
+                break;
+            }
+        }
+        let guard = mutex.lock();
+        if self.generation() != seen {
+            return guard;
+        }
+        match deadline {
+            None => self.cv.wait(guard),
+            Some(d) => {
+                let now = std::time::Instant::now();
+                if now >= d {
+                    guard
+                } else {
+                    self.cv.wait_timeout(guard, d - now).0
+                }
+            }
+        }
+    }
+}

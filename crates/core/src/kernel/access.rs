@@ -48,13 +48,15 @@ impl Kernel {
                 }
                 FaultOutcome::Wait => {
                     st.settle();
-                    if std::mem::take(&mut st.msg_event) {
-                        self.msg_cv.notify_all();
+                    let (page, msg) = self.bump_events(&mut st);
+                    let seen = self.page_cv.generation();
+                    if msg {
+                        self.msg_cv.notify();
                     }
-                    if std::mem::take(&mut st.page_event) {
-                        self.page_cv.notify_all();
+                    if page {
+                        self.page_cv.notify();
                     }
-                    st = self.page_cv.wait(st);
+                    st = self.page_cv.wait(&self.st, st, seen, None);
                 }
             }
         }

@@ -170,17 +170,20 @@ impl Kernel {
                     return Err(e);
                 }
             }
-            match deadline {
-                None => st = self.msg_cv.wait(st),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        self.unlock(st);
-                        return Err(KernError::RcvTimedOut);
-                    }
-                    st = self.msg_cv.wait_timeout(st, d - now).0;
-                }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.unlock(st);
+                return Err(KernError::RcvTimedOut);
             }
+            st.settle();
+            let (page, msg) = self.bump_events(&mut st);
+            let seen = self.msg_cv.generation();
+            if page {
+                self.page_cv.notify();
+            }
+            if msg {
+                self.msg_cv.notify();
+            }
+            st = self.msg_cv.wait(&self.st, st, seen, deadline);
         }
     }
 }

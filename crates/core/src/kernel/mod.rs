@@ -28,7 +28,7 @@ use crate::memory_object::emmi::KernelToPager;
 use crate::memory_object::proxy::{ProxyTable, ProxyVersion};
 use crate::pmap::soft::SoftMachine;
 use crate::pmap::{Machine, PmapId};
-use crate::sync::{Arc, Condvar, Guard, Mutex};
+use crate::sync::{Arc, Event, Guard, Mutex};
 use crate::types::{KernError, Result, PAGE_SIZE};
 use crate::vm::map::VmMap;
 use crate::vm::object::{ObjectId, Provider, VmObject};
@@ -153,9 +153,9 @@ pub(crate) struct KState {
 pub struct Kernel {
     st: Mutex<KState>,
     /// Faults waiting for a page, an unlock, or a pager's `ready`.
-    page_cv: Condvar,
+    page_cv: Event,
     /// Receivers waiting for a message.
-    msg_cv: Condvar,
+    msg_cv: Event,
     machine: Arc<dyn Machine>,
 }
 
@@ -193,8 +193,8 @@ impl Kernel {
                 page_event: false,
                 msg_event: false,
             }),
-            page_cv: Condvar::new(),
-            msg_cv: Condvar::new(),
+            page_cv: Event::new(),
+            msg_cv: Event::new(),
             machine,
         })
     }
@@ -211,14 +211,27 @@ impl Kernel {
     /// Settles the state after a call and wakes whoever must wake.
     pub(crate) fn unlock(&self, mut st: Guard<'_, KState>) {
         st.settle();
-        let (page, msg) = (std::mem::take(&mut st.page_event), std::mem::take(&mut st.msg_event));
+        let (page, msg) = self.bump_events(&mut st);
         drop(st);
         if page {
-            self.page_cv.notify_all();
+            self.page_cv.notify();
         }
         if msg {
-            self.msg_cv.notify_all();
+            self.msg_cv.notify();
         }
+    }
+
+    /// Turns the state's pending events into generation bumps (lock held);
+    /// returns which queues to notify once the lock is dropped.
+    pub(crate) fn bump_events(&self, st: &mut KState) -> (bool, bool) {
+        let (page, msg) = (std::mem::take(&mut st.page_event), std::mem::take(&mut st.msg_event));
+        if page {
+            self.page_cv.bump();
+        }
+        if msg {
+            self.msg_cv.bump();
+        }
+        (page, msg)
     }
 
     /// Runs `f` under the kernel lock, then settles.
