@@ -674,9 +674,10 @@ pub fn bench(quick: bool, output: &Path) -> Result<bool, Box<dyn Error>> {
     )?;
     writeln!(
         w,
-        "- Pager-served first touches vary several-fold between rounds (see the ranges): each `data_request` \
-         wakes the pager thread and each answer wakes the faulting thread, and how long a wake-up takes \
-         depends on what else the machine is running. Contenders compared in one table share every round \
+        "- Pager-served first touches vary between rounds (see the ranges): a `data_request` and its answer \
+         each hand over between the faulting thread and the pager thread. A waiter spins for up to 30 µs \
+         before it sleeps (`sync::Event`), so a quick answer costs no thread wake-up, but a slow one (or a \
+         busy machine) does, and a wake-up takes tens of µs here. Contenders compared in one table share every round \
          in turns, so their ratios stay steady while the absolute rates move; the two tables were measured \
          at different moments, so compare within a table, not across."
     )?;
