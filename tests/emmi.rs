@@ -904,3 +904,36 @@ fn file_backing_with_the_scripted_pager_lock_request_flushes_to_disk() {
     pager.supply(obj, P, &buf).unwrap();
     assert_eq!(done(&rx), Ok(0x1122_3344_5566_7788));
 }
+
+/// Unmapped objects whose pagers allow caching stay cached, but only up to
+/// `OBJECT_CACHE_MAX`: past that the oldest are terminated, their dirty
+/// pages returned first, as Mach trims its object cache.
+#[test]
+fn the_object_cache_is_trimmed_oldest_first() {
+    let k = kernel();
+    let client = k.task_create(None).unwrap();
+    let mut conn = PagerConn::new(k.clone()).unwrap();
+    let n = machvm_core::vm::OBJECT_CACHE_MAX + 16;
+    let mut names = Vec::new();
+    for _ in 0..n {
+        let obj = conn.new_object().unwrap();
+        names.push(conn.give(obj, client).unwrap());
+    }
+    let pager = RunningPager::spawn(conn, MemBacking::default());
+    for (i, &name) in names.iter().enumerate() {
+        let a = map(&k, client, name, 1);
+        k.write_u64(client, a, i as u64 + 1).unwrap();
+        k.vm_deallocate(client, a, P).unwrap();
+    }
+    wait_until("16 terminates", || PagerStats::get(&pager.stats.terminates) == 16);
+    assert_eq!(PagerStats::get(&pager.stats.pages_returned), 16, "the trimmed objects' dirty pages came back");
+    // A trimmed object starts over and reads what its pager got back; a
+    // cached one is found without asking.
+    let requests = k.stats().sent("data_request");
+    let cached = map(&k, client, names[n - 1], 1);
+    assert_eq!(k.read_u64(client, cached).unwrap(), n as u64);
+    assert_eq!(k.stats().sent("data_request"), requests);
+    let trimmed = map(&k, client, names[0], 1);
+    assert_eq!(k.read_u64(client, trimmed).unwrap(), 1);
+    assert_eq!(k.stats().sent("data_request"), requests + 1);
+}

@@ -1183,3 +1183,18 @@ fn zero_sized_protect_inherit_deallocate_do_nothing() {
     k.vm_deallocate(t, a, 0).unwrap();
     assert_eq!(layout(&k, t), before);
 }
+
+/// A `vm_write` larger than the resident limit still writes every byte
+/// (the range can never be resident at once).
+#[test]
+fn vm_write_larger_than_the_resident_limit_writes_everything() {
+    let k = Kernel::new(KernelConfig { phys_pages: 64, resident_limit: 4, ..Default::default() });
+    let swap = swap_file();
+    let _dp = machvm_pagers::start_default_pager(&k, swap).unwrap();
+    let t = task(&k);
+    let a = alloc(&k, t, 16);
+    let data: Vec<u8> = (0..16 * P).map(|i| (i % 251) as u8).collect();
+    k.vm_write(t, a, &data).unwrap();
+    assert_eq!(k.vm_read(t, a, 16 * P).unwrap(), data);
+    assert!(k.stats().resident <= 4);
+}

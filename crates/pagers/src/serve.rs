@@ -150,7 +150,8 @@ pub fn serve(conn: &mut PagerConn, backing: &mut dyn Backing, stats: &Arc<PagerS
 }
 
 /// Pages kept in memory: a pager whose objects start as zeroes and keep
-/// whatever the kernel returns (the in-process zero-fill pager).
+/// whatever the kernel returns, for as long as the pager runs (the
+/// in-process zero-fill pager).
 #[derive(Debug, Default)]
 pub struct MemBacking {
     pages: HashMap<(PortName, u64), Vec<u8>>,
@@ -170,9 +171,8 @@ impl Backing for MemBacking {
         self.pages.insert((object, offset), data.to_vec());
         Ok(())
     }
-    fn terminate(&mut self, object: PortName) {
-        self.pages.retain(|(o, _), _| *o != object);
-    }
+    // `terminate` keeps the pages: the memory object lives on (its port is
+    // still the pager's) and a later mapping must find what was returned.
 }
 
 /// Real files: each memory object is a file; pages past its end read as

@@ -132,6 +132,6 @@ impl Kernel {
 }
 
 /// How many of `len` bytes from `addr` lie in `addr`'s page.
-fn page_chunk(addr: u64, len: usize) -> usize {
+pub(crate) fn page_chunk(addr: u64, len: usize) -> usize {
     ((PAGE_SIZE - addr % PAGE_SIZE) as usize).min(len)
 }

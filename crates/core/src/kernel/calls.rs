@@ -7,11 +7,16 @@
 
 use super::{KObject, KState, Kernel, TaskId, TaskState};
 use crate::ipc::PortName;
+use crate::pmap::Access;
 use crate::types::{KernError, Result, VmAddr, VmInherit, VmOffset, VmProt, PAGE_SIZE};
 use crate::vm::map::{nonzero_pages, MapEntry, VmMap};
 use crate::vm::object::{ObjectId, Provider, VmObject};
 use crate::vm::ViewResolver;
 use std::sync::Arc;
+
+/// How often `vm_write` faults its whole range in again when pageout keeps
+/// taking pages before it can store.
+const WRITE_ATTEMPTS: u32 = 3;
 
 /// The arguments of `vm_map`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -302,15 +307,15 @@ impl Kernel {
         Ok(buf)
     }
 
-    /// `vm_write`: stores `data` into the task's memory. Nothing is written
-    /// unless the whole range is mapped writable and every page of it can
-    /// be faulted in for writing (a page its pager fails writes nothing).
+    /// `vm_write`: stores `data` into the task's memory, all or nothing:
+    /// nothing is written unless the whole range is mapped writable and
+    /// every page of it can be faulted in for writing (a page its pager
+    /// fails writes nothing).
     ///
     /// Errors: as [`Kernel::vm_read`], with write permission.
     pub fn vm_write(&self, task: TaskId, address: VmAddr, data: &[u8]) -> Result<()> {
         self.check_access(task, address, data.len() as u64, VmProt::WRITE)?;
-        self.fault_in(task, address, data.len() as u64, VmProt::WRITE)?;
-        self.write(task, address, data)
+        self.write_whole(task, address, data)
     }
 
     /// `vm_copy`: copies `size` bytes from `source` to `dest` in one task.
@@ -321,8 +326,46 @@ impl Kernel {
     pub fn vm_copy(&self, task: TaskId, source: VmAddr, size: u64, dest: VmAddr) -> Result<()> {
         self.check_access(task, dest, size, VmProt::WRITE)?;
         let data = self.vm_read(task, source, size)?;
-        self.fault_in(task, dest, size, VmProt::WRITE)?;
-        self.write(task, dest, &data)
+        self.write_whole(task, dest, &data)
+    }
+
+    /// Stores `data` at `address` all or nothing: every page is faulted in
+    /// for writing, then the stores are made holding the kernel lock, so no
+    /// pageout or flush can take a page between the check and the store
+    /// (translations change only under that lock). If a page was taken
+    /// after its fault, start over. A fault that fails (a pager error)
+    /// fails the call before any byte is stored.
+    ///
+    /// A range larger than the resident limit can never be resident all at
+    /// once: after a few attempts the stores go page by page, each faulting
+    /// its page in again if need be (so a pager that fails a page it served
+    /// moments before could then leave the range partly written).
+    fn write_whole(&self, task: TaskId, address: VmAddr, data: &[u8]) -> Result<()> {
+        let len = data.len() as u64;
+        for _ in 0..WRITE_ATTEMPTS {
+            self.fault_in(task, address, len, VmProt::WRITE)?;
+            let st = self.lock();
+            let mut page = address.trunc_page().0;
+            let mut mapped = true;
+            while page < address.0 + len && mapped {
+                mapped = self.machine.extract(task.pmap, VmAddr(page)).is_some_and(|(_, p)| p.contains(VmProt::WRITE));
+                page += PAGE_SIZE;
+            }
+            if mapped {
+                let (mut at, mut rest) = (address.0, data);
+                let mut stored = Ok(());
+                while !rest.is_empty() && stored.is_ok() {
+                    let n = super::access::page_chunk(at, rest.len());
+                    stored = self.machine.access(task.pmap, VmAddr(at), Access::Store(&rest[..n]));
+                    (at, rest) = (at + n as u64, &rest[n..]);
+                }
+                self.unlock(st);
+                debug_assert!(stored.is_ok(), "a store faulted under the kernel lock");
+                return stored.map_err(|_| KernError::MemoryFailure);
+            }
+            self.unlock(st);
+        }
+        self.write(task, address, data)
     }
 
     /// Faults every page of `[address, address + size)` in for `access`

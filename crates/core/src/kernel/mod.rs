@@ -17,7 +17,7 @@
 //! locks and is taken only *after* the kernel lock (or alone, on the task
 //! access fast path).
 
-mod access;
+pub(crate) mod access;
 pub(crate) mod calls;
 mod ipc_calls;
 

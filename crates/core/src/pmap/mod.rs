@@ -16,11 +16,11 @@
 //! | `protect(start,end,p)`  | lower the protection of every translation in the range to `p`  |
 //! | `page_protect(frame,p)` | lower every translation *of a frame*, in every pmap (`NONE` removes) |
 //! | `is_modified/clear_modify`, `is_referenced/clear_reference` | per-frame attribute bits |
+//! | `extract(va)`           | the translation at `va` now, if any                             |
 //!
-//! ## Optional operations
-//!
-//! `extract` (for introspection and tests) may return `None` when the
-//! implementation does not keep enough state; the VM never depends on it.
+//! The VM relies on `extract` in one place only: `vm_write` checks, under
+//! the kernel lock, that every page it is about to store into is mapped
+//! writable, so that it writes all of its range or nothing.
 //!
 //! ## Guarantees every implementation gives
 //!
@@ -107,7 +107,7 @@ pub trait Pmap: Send + Sync {
     fn is_referenced(&self, frame: Frame) -> bool;
     /// `pmap_clear_reference()`
     fn clear_reference(&self, frame: Frame);
-    /// `pmap_extract()` (optional): the translation at `va`, if any.
+    /// `pmap_extract()`: the translation at `va`, if any.
     fn extract(&self, pmap: PmapId, va: VmAddr) -> Option<(Frame, VmProt)>;
 }
 

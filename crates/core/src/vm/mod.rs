@@ -79,7 +79,15 @@ pub struct Vm {
     pub machine: Arc<dyn Machine>,
     /// A default pager is registered: anonymous pages may be paged out.
     pub default_pager: bool,
+    /// Unreferenced objects kept for their pagers' `may_cache`, oldest
+    /// first (entries may be stale: re-referenced or already gone).
+    cached: VecDeque<ObjectId>,
 }
+
+/// How many unreferenced cacheable objects the kernel keeps; past this the
+/// oldest is terminated (its dirty pages returned first), as Mach trims
+/// its object cache.
+pub const OBJECT_CACHE_MAX: usize = 64;
 
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -105,6 +113,7 @@ impl Vm {
             stats: VmStats::default(),
             machine,
             default_pager: false,
+            cached: VecDeque::new(),
         }
     }
 
@@ -137,10 +146,26 @@ impl Vm {
         while let Some(id) = next.take() {
             let o = self.object_mut(id);
             o.refs -= 1;
-            if o.refs > 0 || (o.may_cache && !o.pager_dead && matches!(o.provider, Provider::External)) {
+            if o.refs > 0 {
+                return;
+            }
+            if o.may_cache && !o.pager_dead && matches!(o.provider, Provider::External) {
+                self.cached.push_back(id);
+                self.cache_trim();
                 return;
             }
             next = self.object_terminate(id);
+        }
+    }
+
+    /// Terminates the oldest cached objects beyond [`OBJECT_CACHE_MAX`].
+    fn cache_trim(&mut self) {
+        while self.cached.len() > OBJECT_CACHE_MAX {
+            let Some(id) = self.cached.pop_front() else { return };
+            if self.objects.get(&id).is_some_and(|o| o.refs == 0) {
+                // Cacheable objects are external: they shadow nothing.
+                let _ = self.object_terminate(id);
+            }
         }
     }
 
