@@ -800,6 +800,32 @@ fn paging_revocation_of_an_inner_proxy_only() {
     assert!(w.k.memory_object_proxy_info(w.owner, q.proxy).unwrap().revoked);
 }
 
+#[test]
+fn paging_revocation_cuts_only_the_windows_that_reach_the_revoked_proxy() {
+    // An outer paging proxy with one window through a paging proxy `p` and
+    // one straight onto the object: revoking `p` cuts the first, not the
+    // second, whether they were mapped before or after.
+    let w = World::new(ProxyVersion::Paging);
+    let p = w.proxy(VmProt::DEFAULT, &[(w.objs[0], 0, 0, 2 * P)]).unwrap();
+    let outer = w.proxy(VmProt::DEFAULT, &[(p.proxy, 0, 0, 2 * P), (w.objs[1], 2 * P, 0, 2 * P)]).unwrap();
+    let t = w.task();
+    let name = w.give(outer.proxy, t);
+    let through = w.map(t, name, 0, 2 * P).unwrap();
+    let beside = w.map(t, name, 2 * P, 2 * P).unwrap();
+    let both = w.map(t, name, 0, 4 * P).unwrap();
+    w.k.memory_object_proxy_revoke(w.owner, p.revoke).unwrap();
+    assert_eq!(w.k.read_u64(t, through), Err(KernError::MemoryError));
+    assert_eq!(w.k.read_u64(t, both), Err(KernError::MemoryError));
+    w.assert_shows(t, beside, 2, 1, 0);
+    w.assert_shows(t, VmAddr(both.0 + 2 * P), 2, 1, 0);
+    assert_eq!(w.map(t, name, 0, P), Err(KernError::InvalidCapability));
+    assert_eq!(w.map(t, name, 0, 3 * P), Err(KernError::InvalidCapability));
+    let again = w.map(t, name, 2 * P, 2 * P).unwrap();
+    w.assert_shows(t, again, 2, 1, 0);
+    // Introspection reports the proxy revoked: part of it is.
+    assert!(w.k.memory_object_proxy_info(t, name).unwrap().revoked);
+}
+
 // ----- mapping proxies only -----
 
 #[test]

@@ -10,6 +10,7 @@ use crate::kernel::{KObject, KState, Kernel, TaskId};
 use crate::types::{KernError, Result, VmAddr, VmProt};
 use crate::vm::map::nonzero_pages;
 use crate::vm::object::{ObjectId, VmObject};
+use crate::vm::ViewResolver;
 
 /// The rights a proxy's creator gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,10 +189,12 @@ impl Kernel {
     }
 
     /// `memory_object_proxy_revoke(revoke_right)`: every mapping made
-    /// through the proxy (or through a proxy built on it) loses its
-    /// translations at once, and its later faults fail with
-    /// `KERN_MEMORY_ERROR`; new `vm_map`s and proxies of it fail with
-    /// `KERN_INVALID_CAPABILITY`. Revoking twice is harmless.
+    /// through the proxy (or through a window of another proxy that reaches
+    /// it) loses its translations at once, and its later faults fail with
+    /// `KERN_MEMORY_ERROR`; new `vm_map`s of it, or of windows reaching it,
+    /// and new proxies built on it fail with `KERN_INVALID_CAPABILITY`.
+    /// Windows of an outer proxy that do not reach it keep working.
+    /// Revoking twice is harmless.
     ///
     /// Errors: `KERN_INVALID_ARGUMENT` (not a revoke right),
     /// `KERN_NOT_SUPPORTED` (a mapping proxy: its mappings are ordinary
@@ -284,24 +287,28 @@ impl KState {
         cur: VmProt,
         max: VmProt,
     ) -> Result<Vec<crate::kernel::calls::Piece>> {
-        if self.proxies.chain_revoked(p) {
+        let px = self.proxies.get(p)?;
+        if px.revoked {
             return Err(KernError::InvalidCapability);
         }
-        let px = self.proxies.get(p)?;
         let mut plans = Vec::new();
         for (w, within, len) in cover(&px.windows, offset, size)? {
-            let (object, off, via) = match (px.version, px.view) {
-                (ProxyVersion::Paging, Some(view)) => (view, w.offset + within, self.proxies.chain(p)),
-                _ => {
-                    let mut via = self.proxies.via_object(w.target);
-                    for &p in &px.via {
-                        if !via.contains(&p) {
-                            via.push(p);
-                        }
-                    }
-                    (w.target, w.start + within, via)
+            // The paging proxies this window reaches: revoking any of them
+            // cuts the entry; the proxy's other windows are not affected.
+            let mut via = self.proxies.via_object(w.target);
+            via.extend(px.via.iter().copied());
+            let (object, off) = match (px.version, px.view) {
+                (ProxyVersion::Paging, Some(view)) => {
+                    via.push(p);
+                    (view, w.offset + within)
                 }
+                _ => (w.target, w.start + within),
             };
+            via.sort_unstable();
+            via.dedup();
+            if via.iter().any(|&v| self.proxies.revoked(v)) {
+                return Err(KernError::InvalidCapability);
+            }
             if !copy {
                 plans.push(Plan { len, object, offset: off, cur: cur & w.prot, max: max & w.prot, copy, via });
                 continue;
