@@ -103,15 +103,20 @@ fn rate(r: f64) -> String {
     }
 }
 
+/// The smallest and largest of non-negative figures.
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter().fold((f64::INFINITY, 0.0f64), |(l, h), &x| (l.min(x), h.max(x)))
+}
+
 /// `min–max` of rates.
 fn spread(v: &[f64]) -> String {
-    let (lo, hi) = v.iter().fold((f64::INFINITY, 0.0f64), |(l, h), &x| (l.min(x), h.max(x)));
+    let (lo, hi) = min_max(v);
     format!("{}–{}", rate(lo), rate(hi))
 }
 
 /// `min–max` of plain numbers.
 fn spread_plain(v: &[f64]) -> String {
-    let (lo, hi) = v.iter().fold((f64::INFINITY, 0.0f64), |(l, h), &x| (l.min(x), h.max(x)));
+    let (lo, hi) = min_max(v);
     format!("{lo:.2}–{hi:.2}")
 }
 

@@ -6,6 +6,7 @@
 //! - `machvm bench`: the benchmarks, written to `BENCHMARKS.md`.
 //!
 //! Each exits non-zero if the system did not behave as it must.
+#![deny(unsafe_code)]
 
 mod bench;
 mod run;
@@ -43,7 +44,8 @@ enum Command {
         /// Pages the file pager supplies per fault (1 to 256).
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
         cluster: u32,
-        /// Keep the file afterwards (it is removed by default).
+        /// Keep the data file afterwards (it is removed by default; the
+        /// swap file always is).
         #[arg(long)]
         keep: bool,
     },

@@ -11,7 +11,8 @@
 //!    default pager (swap file) for anonymous memory: every phase pages.
 //! 4. A reads the file and fills anonymous memory; A and B (two threads)
 //!    write marks into the shared mappings and B into its copy; each task
-//!    then checks every word it can see.
+//!    then checks every word it can see; A marks the last pages once more,
+//!    so that they are still resident and dirty at the end.
 //! 5. Both tasks end; the file on disk must hold the shared marks and none
 //!    of the copy's, and every page the kernel returned must have been
 //!    written by a pager.
@@ -193,7 +194,7 @@ pub fn run(opts: &RunOptions) -> Result<bool, Box<dyn Error>> {
         opts.resident_limit
     );
 
-    // 1. The file, the kernel, the pagers.
+    // 1. The file and its pager; 3. the kernel's resident limit and default pager.
     let (mut file, mut f) = TempFile::create("run", "dat")?;
     if opts.keep {
         file.keep();
@@ -244,7 +245,7 @@ pub fn run(opts: &RunOptions) -> Result<bool, Box<dyn Error>> {
     );
     println!("  task {} (B)   file shared at {:#x}; a copy of the file at {:#x}", b.number(), shared_b.0, copy_b.0);
 
-    // 3. A reads the file; A fills anonymous memory.
+    // 4. A reads the file; A fills anonymous memory.
     let ph = Phase::start(&k, 1, "A reads the whole file through its shared mapping");
     verified(&mut c, verify(&k, a, shared_a, pages, original), "A reads the file's pattern");
     ph.end(&mut c);
@@ -257,7 +258,7 @@ pub fn run(opts: &RunOptions) -> Result<bool, Box<dyn Error>> {
     c.ok(wrote, format!("A writes {} anonymous pages", opts.anon_pages));
     ph.end(&mut c);
 
-    // 4. Concurrent writes, then each task checks what it sees.
+    // Concurrent writes, then each task checks what it sees.
     let ph = Phase::start(&k, 3, "A and B write to the shared file, B to its copy (two threads)");
     let (wa, wb) = std::thread::scope(|s| {
         let ta = s.spawn(|| {

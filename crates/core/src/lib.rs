@@ -10,8 +10,9 @@
 //! - [`pmap`]: the contract with the MMU, and the software MMU.
 //! - [`kernel`]: the calls tasks and pagers make, under one lock.
 //!
-//! The core makes no OS calls; what it takes from `std` for concurrency is
-//! in [`sync`].
+//! The core does no I/O and wraps no OS calls: what it takes from `std`
+//! is concurrency (locks and wait queues, all in [`sync`]) and the clock
+//! (receive timeouts, the spin before a sleep).
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
 

@@ -1,6 +1,7 @@
 //! Everything the core takes from `std` for concurrency, in one place:
 //! a mutex, a reader-writer lock and a condition variable, the primitives a
-//! kernel also has. A bare-metal port replaces this file.
+//! kernel also has, and the wait queue built on them ([`Event`]) that
+//! faults and receives sleep on. A bare-metal port replaces this file.
 //!
 //! Poisoning is not part of the kernel's model: a panic while a lock is held
 //! is a kernel bug, so the guards are taken through it.
@@ -43,8 +44,8 @@ impl<T> RwLock<T> {
     }
 }
 
-/// A wait/wake primitive: threads that wait on a pager or a message sleep
-/// here, with their lock released while they sleep.
+/// A condition variable: the sleeping half of [`Event`], which is what
+/// threads waiting on a pager or a message use.
 #[derive(Default, Debug)]
 pub struct Condvar(sync::Condvar);
 
@@ -63,9 +64,6 @@ impl Condvar {
     }
     pub fn notify_all(&self) {
         self.0.notify_all()
-    }
-    pub fn notify_one(&self) {
-        self.0.notify_one()
     }
 }
 
@@ -108,14 +106,16 @@ impl Event {
         self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
-    /// Wakes the sleepers (after releasing the lock).
+    /// Wakes the sleepers (best after releasing the lock, so that they do
+    /// not wake only to block on it).
     pub fn notify(&self) {
         self.cv.notify_all();
     }
 
     /// Releases `guard`, waits until the generation differs from `seen` (or
-    /// `deadline` passes), and re-takes the lock. Spurious returns are
-    /// possible: callers re-check their condition.
+    /// `deadline` passes), spinning for up to `SPIN` (30 µs) before it sleeps, and
+    /// re-takes the lock. Spurious returns are possible: callers re-check
+    /// their condition.
     pub fn wait<'a, T>(
         &self,
         mutex: &'a Mutex<T>,

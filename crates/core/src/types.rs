@@ -7,8 +7,8 @@
 use bitflags::bitflags;
 use std::fmt;
 
-/// The machine-independent page size. The soft MMU uses it as its hardware
-/// page size; the Linux host uses the host's 4 KiB pages.
+/// The machine-independent page size, which the software MMU also uses as
+/// its hardware page size (a hardware backend's pages must match it).
 pub const PAGE_SIZE: u64 = 4096;
 
 /// `log2(PAGE_SIZE)`.

@@ -5,9 +5,9 @@
 //! pager interleaving reads as a straight-line test:
 //!
 //! ```text
-//!   let req = pager.expect_request(timeout)?;   // wait for data_request
-//!   pager.supply(req.object, req.offset, &data)?;  // answer it
-//!   pager.error(object, offset, PAGE_SIZE)?;       // or fail it
+//!   let (object, offset, _len, _access) = pager.expect_request(timeout)?;  // a data_request
+//!   pager.supply(object, offset, &data)?;                                 // answer it
+//!   pager.error(object, offset, PAGE_SIZE)?;                              // or fail it
 //! ```
 
 use machvm_core::ipc::{Disposition, PortName, RightKind, UserMessage};
@@ -63,6 +63,8 @@ impl PagerConn {
 
     /// The next kernel message, within `timeout` (`None`: wait forever).
     /// `init` and `create` are recorded (control ports) and returned too.
+    /// A malformed message is `MIG_BAD_ID` / `MIG_BAD_ARGUMENTS` (and is
+    /// gone: the next call receives the next one).
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Request> {
         let m = self.kernel.msg_receive(self.task, self.set, timeout)?;
         let msg = KernelToPager::decode(m.id, &m.data)?;
@@ -94,7 +96,8 @@ impl PagerConn {
     }
 
     /// Receives until a `data_request` arrives, answering `init` with
-    /// `ready` on the way. Other messages are an error (`KERN_FAILURE`).
+    /// `ready` on the way; returns its `(object, offset, length, access)`.
+    /// Other messages are an error (`KERN_FAILURE`).
     pub fn expect_request(&mut self, timeout: Duration) -> Result<(PortName, u64, u64, VmProt)> {
         loop {
             let r = self.recv(Some(timeout))?;
@@ -116,7 +119,8 @@ impl PagerConn {
         self.kernel.msg_send(self.task, UserMessage::new(self.control(object)?, id, data))
     }
 
-    /// Sends a call with a reply port and waits for the kernel's answer.
+    /// Sends a call with a reply port and waits for the kernel's answer
+    /// (at most 10 s, then `MACH_RCV_TIMED_OUT`).
     pub fn call_with_reply(&self, object: PortName, m: PagerToKernel) -> Result<KernelReply> {
         let reply = self.kernel.port_allocate(self.task)?;
         let (id, data) = m.encode();

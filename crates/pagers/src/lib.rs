@@ -6,6 +6,8 @@
 //! - Backings: [`serve::FileBacking`] (the file pager),
 //!   [`serve::SwapBacking`] (the default pager's swap file),
 //!   [`serve::MemBacking`] (the in-process zero-fill pager).
+#![deny(unsafe_code)]
+#![warn(missing_debug_implementations)]
 
 pub mod conn;
 pub mod serve;

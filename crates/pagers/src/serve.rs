@@ -2,8 +2,9 @@
 //!
 //! [`serve`] answers the kernel for any [`Backing`]:
 //!
-//! 1. `init`: `change_attributes` (ready), with the backing's cluster size
-//!    and caching policy;
+//! 1. `init`: `ready`, or `change_attributes` if the backing picks a
+//!    cluster size; either way with the backing's caching policy
+//!    ([`Backing::may_cache`]) and delayed copy;
 //! 2. `data_request`: read each page; runs of pages with data go back in
 //!    one `data_supply`, pages without data as `data_unavailable` (zero
 //!    fill), read errors as `data_error`;
@@ -11,7 +12,9 @@
 //! 4. `data_return`: written to the backing;
 //! 5. `terminate`: the backing forgets the object.
 //!
-//! It returns when the pager's task is gone (its receive fails).
+//! Malformed messages (anyone holding a send right to a memory object can
+//! send one) are skipped. It returns when the pager's task is gone (its
+//! receive fails).
 
 use crate::conn::PagerConn;
 use machvm_core::ipc::PortName;
@@ -29,9 +32,11 @@ use std::sync::Arc;
 /// Where a pager keeps the pages it serves.
 pub trait Backing: Send {
     /// Fills `buf` (one page) with the page at `offset` of `object`;
-    /// `Ok(false)` if there is no such data (the kernel zero-fills).
+    /// `Ok(false)` if there is no such data (the kernel zero-fills), an
+    /// error fails the page (`data_error`).
     fn read(&mut self, object: PortName, offset: u64, buf: &mut [u8]) -> io::Result<bool>;
-    /// Stores a page the kernel returned.
+    /// Stores a page the kernel returned (an error is counted in
+    /// [`PagerStats::errors`]; the kernel has let the page go).
     fn write(&mut self, object: PortName, offset: u64, data: &[u8]) -> io::Result<()>;
     /// The kernel is done with `object`.
     fn terminate(&mut self, _object: PortName) {}
@@ -184,13 +189,14 @@ pub struct FileBacking {
 }
 
 impl FileBacking {
-    /// A file backing asking the kernel for `cluster` pages per fault.
+    /// A file backing asking the kernel for `cluster` pages per fault
+    /// (at least 1).
     pub fn new(cluster: u32) -> FileBacking {
         FileBacking { files: HashMap::new(), cluster: cluster.max(1) }
     }
 
-    /// Serves `file` (opened read/write, or read-only if returns are not
-    /// expected) as `object`.
+    /// `fstat(fd)`—Serves `file` (opened read/write, or read-only if
+    /// returns are not expected) as `object`, at its current length.
     pub fn add(&mut self, object: PortName, file: File) -> io::Result<()> {
         let len = file.metadata()?.len();
         self.files.insert(object, (file, len));
@@ -199,28 +205,33 @@ impl FileBacking {
 }
 
 impl Backing for FileBacking {
+    /// `pread(fd, buf, n, offset)`—Reads the page at `offset` of the
+    /// object's file; the part past the end of the file reads as zeroes,
+    /// and a page wholly past it is `Ok(false)`.
     fn read(&mut self, object: PortName, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
         let (f, len) = self.files.get(&object).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         if offset >= *len {
             return Ok(false);
         }
         let n = ((*len - offset) as usize).min(buf.len());
-        // pread(fd, buf, n, offset)
         f.read_exact_at(&mut buf[..n], offset)?;
         buf[n..].fill(0);
         Ok(true)
     }
 
+    /// `pwrite(fd, data, n, offset)`—Writes a returned page back to the
+    /// object's file, cut at the file's length (a file never grows).
     fn write(&mut self, object: PortName, offset: u64, data: &[u8]) -> io::Result<()> {
         let (f, len) = self.files.get(&object).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         if offset >= *len {
             return Ok(());
         }
         let n = ((*len - offset) as usize).min(data.len());
-        // pwrite(fd, data, n, offset)
         f.write_all_at(&data[..n], offset)
     }
 
+    /// `fdatasync(fd)`—The kernel is done with the object: its data goes
+    /// to the disk.
     fn terminate(&mut self, object: PortName) {
         if let Some((f, _)) = self.files.get(&object) {
             let _ = f.sync_data();
@@ -260,12 +271,16 @@ impl SwapBacking {
 }
 
 impl Backing for SwapBacking {
+    /// `pread(fd, buf, PAGE_SIZE, slot * PAGE_SIZE)`—Reads the page's slot;
+    /// `Ok(false)` for a page never returned (the kernel zero-fills it).
     fn read(&mut self, object: PortName, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
         let Some(&slot) = self.slots.get(&(object, offset)) else { return Ok(false) };
         self.file.read_exact_at(buf, slot * PAGE_SIZE)?;
         Ok(true)
     }
 
+    /// `pwrite(fd, data, PAGE_SIZE, slot * PAGE_SIZE)`—Writes the page into
+    /// its slot, taking a free one on its first return.
     fn write(&mut self, object: PortName, offset: u64, data: &[u8]) -> io::Result<()> {
         let slot = match self.slots.get(&(object, offset)) {
             Some(&s) => s,
@@ -281,6 +296,7 @@ impl Backing for SwapBacking {
         self.file.write_all_at(data, slot * PAGE_SIZE)
     }
 
+    /// Frees the object's slots for reuse.
     fn terminate(&mut self, object: PortName) {
         let gone: Vec<_> = self.slots.keys().filter(|(o, _)| *o == object).copied().collect();
         for k in gone {

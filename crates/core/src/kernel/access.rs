@@ -17,7 +17,8 @@ use crate::types::{KernError, Result, VmAddr, VmProt, PAGE_SIZE};
 use crate::vm::fault::{fault_locked, FaultOutcome};
 
 /// After this many faults that each claimed success, an access that still
-/// misses gives up (the page is being stolen faster than it can be used).
+/// misses gives up with `KERN_MEMORY_FAILURE` (the page is being stolen
+/// faster than it can be used).
 const ACCESS_RETRIES: u32 = 10_000;
 
 impl Kernel {
@@ -27,7 +28,7 @@ impl Kernel {
     /// Errors: `KERN_INVALID_ADDRESS` (no entry), `KERN_PROTECTION_FAILURE`
     /// (the entry or the proxy forbids the access), `KERN_MEMORY_ERROR`
     /// (the pager failed the page or died, or the proxy was revoked),
-    /// `KERN_RESOURCE_SHORTAGE` (no page could be reclaimed),
+    /// `KERN_RESOURCE_SHORTAGE` (no free frame, and none could be reclaimed),
     /// `KERN_INVALID_TASK`.
     pub fn vm_fault(&self, task: TaskId, va: VmAddr, access: VmProt) -> Result<()> {
         let mut st = self.lock();
@@ -46,22 +47,13 @@ impl Kernel {
                     self.unlock(st);
                     return Err(e);
                 }
-                FaultOutcome::Wait => {
-                    st.settle();
-                    let (page, msg) = self.bump_events(&mut st);
-                    let seen = self.page_cv.generation();
-                    if msg {
-                        self.msg_cv.notify();
-                    }
-                    if page {
-                        self.page_cv.notify();
-                    }
-                    st = self.page_cv.wait(&self.st, st, seen, None);
-                }
+                FaultOutcome::Wait => st = self.settle_and_wait_locked(st, &self.page_cv, None),
             }
         }
     }
 
+    /// One access within one page, faulting (and retrying) until the MMU
+    /// lets it through.
     fn access_page(&self, task: TaskId, va: VmAddr, mut access: Access<'_>) -> Result<()> {
         for _ in 0..ACCESS_RETRIES {
             let again = match &mut access {
@@ -80,7 +72,9 @@ impl Kernel {
     /// A task thread loads `buf.len()` bytes from `addr`.
     ///
     /// Errors: as [`Kernel::vm_fault`]; bytes before the failing page have
-    /// been read, as on hardware. `KERN_INVALID_ADDRESS` if the range wraps.
+    /// been read, as on hardware. `KERN_INVALID_ADDRESS` if the range wraps;
+    /// `KERN_MEMORY_FAILURE` if a page was taken away again after each of
+    /// `ACCESS_RETRIES` (10,000) faults that brought it in.
     pub fn read(&self, task: TaskId, addr: VmAddr, buf: &mut [u8]) -> Result<()> {
         addr.checked_add(buf.len() as u64).map_err(|_| KernError::InvalidAddress)?;
         let mut at = addr.0;
@@ -114,11 +108,15 @@ impl Kernel {
 
     /// A task thread fetches an instruction at `addr` (checks execute
     /// permission, faulting the page in).
+    ///
+    /// Errors: as [`Kernel::read`].
     pub fn execute(&self, task: TaskId, addr: VmAddr) -> Result<()> {
         self.access_page(task, addr, Access::Execute)
     }
 
     /// Reads a little-endian `u64` (convenience for workloads and tests).
+    ///
+    /// Errors: as [`Kernel::read`].
     pub fn read_u64(&self, task: TaskId, addr: VmAddr) -> Result<u64> {
         let mut b = [0u8; 8];
         self.read(task, addr, &mut b)?;
@@ -126,6 +124,8 @@ impl Kernel {
     }
 
     /// Writes a little-endian `u64`.
+    ///
+    /// Errors: as [`Kernel::write`].
     pub fn write_u64(&self, task: TaskId, addr: VmAddr, v: u64) -> Result<()> {
         self.write(task, addr, &v.to_le_bytes())
     }

@@ -185,7 +185,8 @@ impl Kernel {
     /// `KERN_INVALID_ADDRESS` (fixed range outside the map),
     /// `KERN_INVALID_NAME` / `KERN_INVALID_RIGHT` (the object name),
     /// `KERN_PROTECTION_FAILURE` (a copy of a window without read),
-    /// `KERN_INVALID_CAPABILITY` (the proxy was revoked),
+    /// `KERN_INVALID_CAPABILITY` (the proxy, or a paging proxy one of the
+    /// mapped windows reaches, was revoked; or the name is a dead name),
     /// `KERN_INVALID_TASK`.
     pub fn vm_map(&self, task: TaskId, r: MapRequest) -> Result<VmAddr> {
         self.with(|st| st.vm_map(task, r))
@@ -293,8 +294,11 @@ impl Kernel {
     /// `vm_read`: a copy of `size` bytes of the task's memory.
     ///
     /// Errors: `KERN_INVALID_ADDRESS` (a hole, or the range wraps),
-    /// `KERN_PROTECTION_FAILURE` (not readable), `KERN_MEMORY_ERROR`,
-    /// `KERN_RESOURCE_SHORTAGE` (more than the machine's physical memory),
+    /// `KERN_PROTECTION_FAILURE` (not readable), `KERN_MEMORY_ERROR` (a
+    /// pager failed a page or died, or a proxy was revoked),
+    /// `KERN_RESOURCE_SHORTAGE` (more than the machine's physical memory,
+    /// or no free frame for a page), `KERN_MEMORY_FAILURE` (pages kept
+    /// being taken away before they could be read; see [`Kernel::read`]),
     /// `KERN_INVALID_TASK`.
     pub fn vm_read(&self, task: TaskId, address: VmAddr, size: u64) -> Result<Vec<u8>> {
         self.check_access(task, address, size, VmProt::READ)?;
@@ -310,9 +314,14 @@ impl Kernel {
     /// `vm_write`: stores `data` into the task's memory, all or nothing:
     /// nothing is written unless the whole range is mapped writable and
     /// every page of it can be faulted in for writing (a page its pager
-    /// fails writes nothing).
+    /// fails writes nothing). The one exception: a range that cannot be
+    /// resident all at once (larger than the resident limit, or under
+    /// pageout that keeps taking its pages) is stored page by page after a
+    /// few attempts, and a page that fails then leaves the pages before it
+    /// written.
     ///
-    /// Errors: as [`Kernel::vm_read`], with write permission.
+    /// Errors: as [`Kernel::vm_read`], with write permission (and no size
+    /// limit: the data is already in memory).
     pub fn vm_write(&self, task: TaskId, address: VmAddr, data: &[u8]) -> Result<()> {
         self.check_access(task, address, data.len() as u64, VmProt::WRITE)?;
         self.write_whole(task, address, data)
@@ -320,7 +329,8 @@ impl Kernel {
 
     /// `vm_copy`: copies `size` bytes from `source` to `dest` in one task.
     /// Both ranges are checked, the source read and the destination
-    /// faulted in for writing, before anything is written.
+    /// faulted in for writing, before anything is written (all or nothing,
+    /// as [`Kernel::vm_write`]).
     ///
     /// Errors: as [`Kernel::vm_read`] and [`Kernel::vm_write`].
     pub fn vm_copy(&self, task: TaskId, source: VmAddr, size: u64, dest: VmAddr) -> Result<()> {
@@ -337,10 +347,15 @@ impl Kernel {
     /// fails the call before any byte is stored.
     ///
     /// A range larger than the resident limit can never be resident all at
-    /// once: after a few attempts the stores go page by page, each faulting
-    /// its page in again if need be (so a pager that fails a page it served
-    /// moments before could then leave the range partly written).
+    /// once: after `WRITE_ATTEMPTS` attempts the stores go page by page,
+    /// each faulting its page in again if need be (so a pager that fails a
+    /// page it served moments before could then leave the range partly
+    /// written).
     fn write_whole(&self, task: TaskId, address: VmAddr, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            // Not even the page `address` is in is touched.
+            return Ok(());
+        }
         let len = data.len() as u64;
         for _ in 0..WRITE_ATTEMPTS {
             self.fault_in(task, address, len, VmProt::WRITE)?;
@@ -625,5 +640,26 @@ impl KState {
             return s;
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::KernelConfig;
+
+    #[test]
+    fn an_empty_vm_write_or_vm_copy_touches_no_page_wherever_it_points() {
+        let k = Kernel::new(KernelConfig { phys_pages: 16, resident_limit: 16, ..KernelConfig::default() });
+        let t = k.task_create(None).unwrap();
+        let ro = k.vm_allocate(t, VmAddr(0), PAGE_SIZE, true).unwrap();
+        k.vm_protect(t, ro, PAGE_SIZE, false, VmProt::READ).unwrap();
+        // Empty reads succeed anywhere; so must empty writes, aligned or not.
+        for at in [VmAddr(ro.0 + 8), VmAddr(0x7000_0008), ro] {
+            assert_eq!(k.vm_read(t, at, 0), Ok(Vec::new()), "{at:?}");
+            assert_eq!(k.vm_write(t, at, &[]), Ok(()), "{at:?}");
+            assert_eq!(k.vm_copy(t, ro, 0, at), Ok(()), "{at:?}");
+        }
+        assert_eq!(k.stats().vm.faults, 0);
     }
 }

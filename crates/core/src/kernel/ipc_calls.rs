@@ -20,6 +20,8 @@ impl Kernel {
     }
 
     /// `mach_port_allocate(MACH_PORT_RIGHT_PORT_SET)`.
+    ///
+    /// Errors: `KERN_INVALID_TASK`.
     pub fn port_set_allocate(&self, task: TaskId) -> Result<PortName> {
         self.with(|st| {
             let space = st.task(task)?.space;
@@ -27,9 +29,11 @@ impl Kernel {
         })
     }
 
-    /// `mach_port_move_member`.
+    /// `mach_port_move_member`: puts the receive right `member` into the
+    /// port set `set`, or takes it out of its set with `None`.
     ///
-    /// Errors: `KERN_INVALID_NAME`, `KERN_INVALID_RIGHT`, `KERN_INVALID_TASK`.
+    /// Errors: `KERN_INVALID_NAME`, `KERN_INVALID_RIGHT` (`member` is no
+    /// receive right, or `set` no port set), `KERN_INVALID_TASK`.
     pub fn port_move_member(&self, task: TaskId, member: PortName, set: Option<PortName>) -> Result<()> {
         self.with(|st| {
             let space = st.task(task)?.space;
@@ -39,6 +43,9 @@ impl Kernel {
 
     /// `mach_port_insert_right` with `MACH_MSG_TYPE_MAKE_SEND`: the holder
     /// of a receive right adds a send right under the same name.
+    ///
+    /// Errors: `KERN_INVALID_NAME`, `KERN_INVALID_RIGHT` (not a receive
+    /// right), `KERN_INVALID_CAPABILITY` (a dead name), `KERN_INVALID_TASK`.
     pub fn port_make_send(&self, task: TaskId, name: PortName) -> Result<()> {
         self.with(|st| {
             let space = st.task(task)?.space;
@@ -77,7 +84,9 @@ impl Kernel {
         })
     }
 
-    /// `mach_port_destroy`.
+    /// `mach_port_destroy`: drops every right under `name`.
+    ///
+    /// Errors: `KERN_INVALID_NAME`, `KERN_INVALID_TASK`.
     pub fn port_destroy(&self, task: TaskId, name: PortName) -> Result<()> {
         self.with(|st| {
             let space = st.task(task)?.space;
@@ -97,6 +106,8 @@ impl Kernel {
     }
 
     /// `mach_port_type` and reference counts.
+    ///
+    /// Errors: `KERN_INVALID_NAME`, `KERN_INVALID_TASK`.
     pub fn port_lookup(&self, task: TaskId, name: PortName) -> Result<NameInfo> {
         self.with(|st| {
             let space = st.task(task)?.space;
@@ -106,6 +117,11 @@ impl Kernel {
 
     /// `mach_port_request_notification` (no-senders or dead-name), sent to
     /// the receive right `notify` in the same space.
+    ///
+    /// Errors: `KERN_INVALID_NAME` (either name), `KERN_INVALID_CAPABILITY`
+    /// (`notify` is no receive right), `KERN_INVALID_RIGHT` (no-senders on
+    /// a name that is no receive right, dead-name on one with no send,
+    /// send-once or dead-name right), `KERN_INVALID_TASK`.
     pub fn port_request_notification(
         &self,
         task: TaskId,
@@ -174,16 +190,7 @@ impl Kernel {
                 self.unlock(st);
                 return Err(KernError::RcvTimedOut);
             }
-            st.settle();
-            let (page, msg) = self.bump_events(&mut st);
-            let seen = self.msg_cv.generation();
-            if page {
-                self.page_cv.notify();
-            }
-            if msg {
-                self.msg_cv.notify();
-            }
-            st = self.msg_cv.wait(&self.st, st, seen, deadline);
+            st = self.settle_and_wait_locked(st, &self.msg_cv, deadline);
         }
     }
 }

@@ -8,10 +8,13 @@
 //! 2. **decode**: check every argument against the caller's rights and the
 //!    current state, changing nothing (a bad call loses nothing);
 //! 3. **invoke**: change state; steps here cannot fail;
-//! 4. [`KState::settle`]: deliver the messages the VM asked for, react to
+//! 4. `KState::settle`: deliver the messages the VM asked for, react to
 //!    IPC events (no-senders, dead ports), wake sleepers;
-//! 5. drop the lock. A thread that must wait for a pager sleeps on a
-//!    condition variable, which releases the lock while it sleeps.
+//! 5. drop the lock. A thread that must wait (a fault for a pager, a
+//!    receive for a message) settles, releases the lock, spins briefly and
+//!    then sleeps until woken (`Kernel::settle_and_wait_locked`, on a
+//!    [`crate::sync::Event`]), and, holding the lock again, starts over
+//!    from step 2.
 //!
 //! Locking: `Kernel::st` protects everything but the MMU, which has its own
 //! locks and is taken only *after* the kernel lock (or alone, on the task
@@ -40,7 +43,11 @@ use std::collections::{BTreeMap, HashMap};
 pub struct KernelConfig {
     /// Physical pages of the machine.
     pub phys_pages: usize,
-    /// Pageout keeps resident pages at or below this.
+    /// Pageout keeps resident pages at or below this (raised to
+    /// [`crate::vm::MIN_RESIDENT`], lowered to `phys_pages`) as far as it
+    /// can: when no page can be reclaimed (dirty anonymous memory with no
+    /// default pager), the free frames beyond it are used, and only when
+    /// they run out does a fault fail with `KERN_RESOURCE_SHORTAGE`.
     pub resident_limit: usize,
     /// Which implementation `memory_object_create_proxy` uses by default.
     pub proxy_version: ProxyVersion,
@@ -101,7 +108,8 @@ pub(crate) struct Binding {
     pub control: PortId,
 }
 
-/// Message counts by kind, both directions.
+/// The kernel's counters ([`Kernel::stats`]): VM events, messages by
+/// kind in both directions, and what is alive now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelStats {
     pub vm: VmStats,
@@ -111,8 +119,12 @@ pub struct KernelStats {
     pub from_pagers: BTreeMap<&'static str, u64>,
     /// Pages resident now.
     pub resident: usize,
+    /// The resident limit in force.
     pub resident_limit: usize,
+    /// VM objects alive (cached ones and paging-proxy views included).
     pub objects: usize,
+    /// Proxy records alive (a revoked proxy's record stays, so that its
+    /// mappings stay dead).
     pub proxies: usize,
 }
 
@@ -211,7 +223,7 @@ impl Kernel {
     /// Settles the state after a call and wakes whoever must wake.
     pub(crate) fn unlock(&self, mut st: Guard<'_, KState>) {
         st.settle();
-        let (page, msg) = self.bump_events(&mut st);
+        let (page, msg) = self.bump_events_locked(&mut st);
         drop(st);
         if page {
             self.page_cv.notify();
@@ -223,7 +235,7 @@ impl Kernel {
 
     /// Turns the state's pending events into generation bumps (lock held);
     /// returns which queues to notify once the lock is dropped.
-    pub(crate) fn bump_events(&self, st: &mut KState) -> (bool, bool) {
+    fn bump_events_locked(&self, st: &mut KState) -> (bool, bool) {
         let (page, msg) = (std::mem::take(&mut st.page_event), std::mem::take(&mut st.msg_event));
         if page {
             self.page_cv.bump();
@@ -232,6 +244,29 @@ impl Kernel {
             self.msg_cv.bump();
         }
         (page, msg)
+    }
+
+    /// Settles the state, releases the lock and waits on `event` (a page or
+    /// a message event) until it moves or `deadline` passes; returns with
+    /// the lock held again. The caller re-checks what it waits for.
+    pub(crate) fn settle_and_wait_locked<'a>(
+        &'a self,
+        mut st: Guard<'a, KState>,
+        event: &Event,
+        deadline: Option<std::time::Instant>,
+    ) -> Guard<'a, KState> {
+        st.settle();
+        let (page, msg) = self.bump_events_locked(&mut st);
+        // Read after the bumps: an event this settling caused is not
+        // waited for.
+        let seen = event.generation();
+        if page {
+            self.page_cv.notify();
+        }
+        if msg {
+            self.msg_cv.notify();
+        }
+        event.wait(&self.st, st, seen, deadline)
     }
 
     /// Runs `f` under the kernel lock, then settles.
@@ -256,7 +291,8 @@ impl Kernel {
     }
 
     /// Changes the resident-page limit (pageout runs at once if needed).
-    /// Limits below [`crate::vm::MIN_RESIDENT`] are raised to it.
+    /// Limits below [`crate::vm::MIN_RESIDENT`] are raised to it, limits
+    /// above the machine's frames lowered to them.
     pub fn set_resident_limit(&self, limit: usize) {
         self.with(|st| {
             st.vm.resident_limit =
@@ -274,7 +310,9 @@ impl Kernel {
     ///
     /// Errors: `KERN_INVALID_ARGUMENT` (a kernel object, such as a proxy:
     /// it takes no messages, so what was paged out to it would be lost),
-    /// `KERN_INVALID_TASK`, `KERN_INVALID_NAME`, `KERN_INVALID_RIGHT`.
+    /// `KERN_INVALID_NAME`, `KERN_INVALID_RIGHT` (neither a send nor a
+    /// receive right), `KERN_INVALID_CAPABILITY` (a dead name),
+    /// `KERN_INVALID_TASK`.
     pub fn set_default_memory_manager(&self, task: TaskId, name: PortName) -> Result<()> {
         self.with(|st| {
             let space = st.task(task)?.space;
@@ -501,11 +539,12 @@ impl KState {
     }
 
     /// Lets go of what a proxy holds once nobody can map through it any
-    /// more (its port is dead and its view unmapped): the references on
-    /// its windows' objects are released at once. The small record itself
-    /// stays while the revoke right lives (revoking must still reach copy
-    /// mappings made through it) and forever once revoked (so that those
-    /// mappings stay dead).
+    /// more (its port is dead and its view, if any, is gone: no mapping and
+    /// no other proxy's window holds it): the references on its windows'
+    /// objects are released at once. The small record itself stays while
+    /// the revoke right lives (revoking must still reach copy mappings made
+    /// through it) and forever once revoked (so that those mappings stay
+    /// dead).
     pub fn proxy_maybe_free(&mut self, p: u64) {
         let Some(px) = self.proxies.proxies.get_mut(&p) else {
             return;

@@ -142,12 +142,14 @@ impl KState {
             PagerToKernel::Destroy { reason: _ } => {
                 self.count_from("destroy");
                 self.drop_reply(reply);
+                // Every page goes, data included: the pager destroyed the
+                // object. Faults waiting on it, and later ones on pages
+                // the pager held, fail as on a dead pager.
                 self.vm.pager_died(object);
                 let offsets: Vec<u64> = self.vm.object(object).pages.keys().copied().collect();
                 for off in offsets {
                     self.vm.page_evict(object, off, false);
                 }
-                self.vm.pager_died(object);
                 Ok(())
             }
         }

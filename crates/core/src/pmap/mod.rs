@@ -1,10 +1,10 @@
 //! The contract between the machine-independent VM and the MMU.
 //!
 //! The VM (`crate::vm`) decides *what* is mapped; a `Pmap` implementation
-//! makes the hardware (or the software MMU, or the Linux host) agree. The
-//! VM never reads page tables back to make decisions: a pmap may forget any
-//! mapping at any time (except that it must not forget the modified bit of a
-//! page, see below) and the next access simply faults again.
+//! makes the hardware (here the software MMU, [`soft`]) agree. The VM
+//! almost never reads page tables back to make decisions: a pmap may forget
+//! a mapping (but never the modified bit of a page, see below) and the next
+//! access simply faults again. The one exception is `extract`, below.
 //!
 //! ## Required operations
 //!
@@ -18,9 +18,11 @@
 //! | `is_modified/clear_modify`, `is_referenced/clear_reference` | per-frame attribute bits |
 //! | `extract(va)`           | the translation at `va` now, if any                             |
 //!
-//! The VM relies on `extract` in one place only: `vm_write` checks, under
-//! the kernel lock, that every page it is about to store into is mapped
-//! writable, so that it writes all of its range or nothing.
+//! The VM relies on `extract` in one place only: `vm_write` (and
+//! `vm_copy`) checks, under the kernel lock, that every page it is about
+//! to store into is mapped writable, so that it writes all of its range or
+//! nothing. So a pmap may forget a translation on its own only while the
+//! kernel lock is free (the software MMU never forgets one on its own).
 //!
 //! ## Guarantees every implementation gives
 //!

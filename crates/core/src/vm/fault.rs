@@ -21,12 +21,15 @@
 //!      request); a view is transparent, so a write lands in the real object;
 //!    - a resident page ends the walk (busy: wait; error: `KERN_MEMORY_ERROR`);
 //!    - an object whose pager has the page gets a `data_request` for a
-//!      cluster of absent pages, and the fault waits;
+//!      cluster of absent pages, and the fault waits (a pager not `ready`
+//!      yet is asked nothing: the fault waits for `ready`; a dead one is
+//!      `KERN_MEMORY_ERROR`);
 //!    - otherwise go on to the shadow; at the bottom, zero-fill the page in
-//!      the first object.
+//!      the first object (no free frame: `KERN_RESOURCE_SHORTAGE`).
 //! 4. A write to a page found below the first object copies it up; a write
 //!    to an object with a copy object pushes the old contents into the copy
-//!    first; pager locks send a `data_unlock` and wait.
+//!    first; pager locks send a `data_unlock` and wait (a dead pager:
+//!    `KERN_MEMORY_ERROR`).
 //! 5. Enter the translation with the narrowed protection.
 
 use super::map::VmMap;

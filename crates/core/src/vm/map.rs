@@ -242,7 +242,10 @@ impl VmMap {
     }
 
     /// Checks a task-supplied `[addr, addr + size)` claim: page-aligned
-    /// start, nonzero size, no overflow, inside the map. Returns the end.
+    /// start (`KERN_INVALID_ARGUMENT`), size rounded up to pages without
+    /// overflow (`KERN_INVALID_ARGUMENT`), inside the map
+    /// (`KERN_INVALID_ADDRESS`). Returns the end. A zero size is the
+    /// caller's to refuse or allow.
     pub fn check_range(&self, addr: VmAddr, size: u64) -> Result<u64> {
         if !addr.is_page_aligned() {
             return Err(KernError::InvalidArgument);

@@ -70,7 +70,8 @@ pub struct Vm {
     free_frames: Vec<Frame>,
     /// Pages resident now.
     pub resident: usize,
-    /// Pageout keeps `resident` at or below this.
+    /// Pageout keeps `resident` at or below this as far as it can reclaim
+    /// (see [`Vm::frame_alloc`]).
     pub resident_limit: usize,
     /// Pageout candidates, oldest first (entries may be stale).
     queue: VecDeque<(ObjectId, u64)>,
@@ -79,14 +80,15 @@ pub struct Vm {
     pub machine: Arc<dyn Machine>,
     /// A default pager is registered: anonymous pages may be paged out.
     pub default_pager: bool,
-    /// Unreferenced objects kept for their pagers' `may_cache`, oldest
-    /// first (entries may be stale: re-referenced or already gone).
+    /// Unreferenced objects kept for their pagers' `may_cache`, least
+    /// recently released first (entries may be stale: re-referenced since,
+    /// or gone; they are dropped whenever an object is added).
     cached: VecDeque<ObjectId>,
 }
 
 /// How many unreferenced cacheable objects the kernel keeps; past this the
-/// oldest is terminated (its dirty pages returned first), as Mach trims
-/// its object cache.
+/// least recently released is terminated (its dirty pages returned first),
+/// as Mach trims its object cache.
 pub const OBJECT_CACHE_MAX: usize = 64;
 
 impl std::fmt::Debug for Vm {
@@ -138,9 +140,11 @@ impl Vm {
         self.object_mut(id).refs += 1;
     }
 
-    /// `vm_object_deallocate`: drops a reference; the last one terminates
-    /// the object (returning what its pager must get back) and releases
-    /// the object it shadows.
+    /// `vm_object_deallocate`: drops a reference. On the last one, an
+    /// object whose live pager allows caching (`may_cache`) goes into the
+    /// object cache with its pages (see [`OBJECT_CACHE_MAX`]); any other
+    /// is terminated (its dirty and precious pages returned to its pager)
+    /// and releases the object it shadows.
     pub fn object_deallocate(&mut self, id: ObjectId) {
         let mut next = Some(id);
         while let Some(id) = next.take() {
@@ -150,22 +154,25 @@ impl Vm {
                 return;
             }
             if o.may_cache && !o.pager_dead && matches!(o.provider, Provider::External) {
-                self.cached.push_back(id);
-                self.cache_trim();
+                self.cache_insert(id);
                 return;
             }
             next = self.object_terminate(id);
         }
     }
 
-    /// Terminates the oldest cached objects beyond [`OBJECT_CACHE_MAX`].
-    fn cache_trim(&mut self) {
-        while self.cached.len() > OBJECT_CACHE_MAX {
-            let Some(id) = self.cached.pop_front() else { return };
-            if self.objects.get(&id).is_some_and(|o| o.refs == 0) {
-                // Cacheable objects are external: they shadow nothing.
-                let _ = self.object_terminate(id);
-            }
+    /// Puts an unreferenced object at the young end of the cache and
+    /// terminates the least recently released ones beyond
+    /// [`OBJECT_CACHE_MAX`]. Stale entries go first, so the count is of
+    /// objects really cached and an object released again is young again.
+    fn cache_insert(&mut self, id: ObjectId) {
+        let objects = &self.objects;
+        self.cached.retain(|&c| c != id && objects.get(&c).is_some_and(|o| o.refs == 0));
+        self.cached.push_back(id);
+        if self.cached.len() > OBJECT_CACHE_MAX {
+            let oldest = self.cached.pop_front().expect("the cache is full");
+            // Cacheable objects are external: they shadow nothing.
+            let _ = self.object_terminate(oldest);
         }
     }
 
@@ -193,7 +200,9 @@ impl Vm {
     // ----- frames -----
 
     /// Takes a free frame, paging out first if the resident limit is
-    /// reached. `KERN_RESOURCE_SHORTAGE` if nothing can be reclaimed.
+    /// reached. If pageout finds nothing to reclaim, a free frame is taken
+    /// anyway (the limit is exceeded); `KERN_RESOURCE_SHORTAGE` only when
+    /// there is none.
     pub fn frame_alloc(&mut self) -> Result<Frame> {
         if self.resident >= self.resident_limit {
             self.pageout(self.resident + 1 - self.resident_limit);
@@ -219,17 +228,9 @@ impl Vm {
             objects.get(&o).and_then(|o| o.pages.get(&off)).is_some_and(|p| p.frame.is_some()) && seen.insert((o, off))
         });
     }
-    fn queue_len(&self) -> usize {
-        self.queue.len()
-    }
-    fn queue_pop(&mut self) -> Option<(ObjectId, u64)> {
-        self.queue.pop_front()
-    }
-    fn queue_push(&mut self, object: ObjectId, offset: u64) {
-        self.queue.push_back((object, offset));
-    }
 
-    /// Installs `frame` as the resident page at `offset` of `object`.
+    /// Installs `page` at `offset` of `object`; a resident one becomes a
+    /// pageout candidate.
     pub fn page_insert(&mut self, object: ObjectId, offset: u64, page: Page) {
         let resident = page.frame.is_some();
         self.object_mut(object).pages.insert(offset, page);
@@ -282,13 +283,42 @@ impl Vm {
         self.frame_free(frame);
     }
 
-    /// Pages that are resident in `object` (for reports and tests).
-    pub fn resident_pages(&self, object: ObjectId) -> usize {
-        self.objects.get(&object).map_or(0, |o| o.pages.values().filter(|p| p.frame.is_some()).count())
-    }
-
-    /// Wires the VM to the pmap of a task.
+    /// Removes every translation in `[start, end)` of `pmap`.
     pub fn pmap_remove_range(&self, pmap: PmapId, start: u64, end: u64) {
         self.machine.remove(pmap, crate::types::VmAddr(start), crate::types::VmAddr(end));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pmap::soft::SoftMachine;
+
+    fn cacheable(vm: &mut Vm) -> ObjectId {
+        let mut o = VmObject::external(1);
+        o.may_cache = true;
+        vm.object_insert(o)
+    }
+
+    #[test]
+    fn the_object_cache_keeps_the_most_recently_released_objects() {
+        let mut vm = Vm::new(Arc::new(SoftMachine::new(4)), 4);
+        // `a` is released, taken again and released again: it is then the
+        // most recently released, and must outlive every older object.
+        let a = cacheable(&mut vm);
+        vm.object_deallocate(a);
+        let older: Vec<ObjectId> = (0..OBJECT_CACHE_MAX - 1).map(|_| cacheable(&mut vm)).collect();
+        for &o in &older {
+            vm.object_deallocate(o);
+        }
+        vm.object_reference(a);
+        vm.object_deallocate(a);
+        assert!(vm.objects.contains_key(&a) && older.iter().all(|o| vm.objects.contains_key(o)));
+        // One more makes `OBJECT_CACHE_MAX + 1`: the oldest goes, not `a`.
+        let newest = cacheable(&mut vm);
+        vm.object_deallocate(newest);
+        assert!(!vm.objects.contains_key(&older[0]));
+        assert!(vm.objects.contains_key(&a) && vm.objects.contains_key(&newest));
+        assert_eq!(vm.objects.len(), OBJECT_CACHE_MAX);
     }
 }

@@ -23,6 +23,7 @@
 //!                               \--data_error / pager death--> error
 //!  resident --lock_request(lock)--> locked --data_unlock + answer--> resident
 //!  resident --pageout / flush--> (none)      [dirty or precious: data_return first]
+//!  error    --lock_request(flush)--> (none)  [the next fault asks again]
 //! ```
 
 use crate::pmap::Frame;
@@ -109,6 +110,8 @@ pub struct VmObject {
     pub paged_out: BTreeSet<u64>,
     /// References: map entries, shadows, proxies.
     pub refs: u32,
+    /// The pager lets the kernel keep the object, and its pages, after the
+    /// last reference goes (the object cache, see `Vm::object_deallocate`).
     pub may_cache: bool,
     pub copy_strategy: CopyStrategy,
     /// Pages asked of the pager at once on a fault.

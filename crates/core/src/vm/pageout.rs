@@ -12,7 +12,9 @@
 //!    `data_request` for the page is queued behind it — no data is lost;
 //! 3. a clean page is simply dropped: its pager (or zero fill) has it.
 //!
-//! Anonymous memory with no default pager registered is never reclaimed.
+//! With no default pager registered, dirty anonymous pages are never
+//! reclaimed (there is nowhere to put them); they stay in the queue.
+//! Pages pinned busy by a fault that is copying them are skipped too.
 
 use super::object::Provider;
 use super::{PagerOp, Vm};
@@ -22,10 +24,10 @@ impl Vm {
     /// Reclaims up to `want` frames; returns how many it freed.
     pub fn pageout(&mut self, want: usize) -> usize {
         let mut freed = 0;
-        let mut budget = self.queue_len() * 2 + 8;
+        let mut budget = self.queue.len() * 2 + 8;
         while freed < want && budget > 0 {
             budget -= 1;
-            let Some((object, offset)) = self.queue_pop() else {
+            let Some((object, offset)) = self.queue.pop_front() else {
                 break;
             };
             let Some(o) = self.objects.get(&object) else {
@@ -36,16 +38,16 @@ impl Vm {
             };
             let Some(frame) = p.frame else { continue };
             if p.busy {
-                self.queue_push(object, offset);
+                self.queue.push_back((object, offset));
                 continue;
             }
             if self.machine.is_referenced(frame) {
                 self.machine.clear_reference(frame);
-                self.queue_push(object, offset);
+                self.queue.push_back((object, offset));
                 continue;
             }
             if o.temporary && !self.default_pager && self.page_is_dirty(p) {
-                self.queue_push(object, offset);
+                self.queue.push_back((object, offset));
                 continue;
             }
             // Stop writers before judging the page: a store through a live
@@ -55,7 +57,7 @@ impl Vm {
             if o.temporary && dirty {
                 if !self.default_pager {
                     // Written just before the shootdown: it stays.
-                    self.queue_push(object, offset);
+                    self.queue.push_back((object, offset));
                     continue;
                 }
                 if o.provider == Provider::None {

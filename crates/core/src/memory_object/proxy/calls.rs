@@ -6,6 +6,7 @@
 use super::compose::{compose, cover, Request, Source, Window};
 use super::{Proxy, ProxyId, ProxyInfo, ProxyVersion};
 use crate::ipc::{PortId, PortName, RightKind, SpaceId};
+use crate::kernel::calls::Piece;
 use crate::kernel::{KObject, KState, Kernel, TaskId};
 use crate::types::{KernError, Result, VmAddr, VmProt};
 use crate::vm::map::nonzero_pages;
@@ -29,18 +30,6 @@ enum Target {
     Object(ObjectId),
 }
 
-/// One entry `vm_map` of a proxy will make, planned before any state
-/// changes.
-struct Plan {
-    len: u64,
-    object: ObjectId,
-    offset: u64,
-    cur: VmProt,
-    max: VmProt,
-    copy: bool,
-    via: Vec<u64>,
-}
-
 impl Kernel {
     /// `memory_object_create_proxy(task, max_protection, objects, offsets,
     /// starts, lens)`: a proxy showing bytes `[starts[i], starts[i] +
@@ -53,7 +42,8 @@ impl Kernel {
     /// range outside an inner proxy's windows, a port that is no memory
     /// object, unknown protection bits), `KERN_INVALID_NAME` /
     /// `KERN_INVALID_RIGHT` (an object name), `KERN_INVALID_CAPABILITY` (an
-    /// inner proxy was revoked), `KERN_RESOURCE_SHORTAGE` (more than
+    /// inner proxy, or a paging proxy it reaches, was revoked; or an object
+    /// name is a dead name), `KERN_RESOURCE_SHORTAGE` (more than
     /// [`super::compose::MAX_PROXY_WINDOWS`] windows), `KERN_INVALID_TASK`.
     pub fn memory_object_create_proxy(
         &self,
@@ -134,7 +124,11 @@ impl Kernel {
     /// maximum. Holes become gaps between windows; partial entries give
     /// partial windows; anonymous memory not yet touched gets its object
     /// now; a copy-on-write entry gets its private copy now, so the proxy
-    /// and the task see the same memory from then on.
+    /// and the task see the same memory from then on. Memory the task
+    /// mapped through paging proxies stays subject to their revocation.
+    /// Uses the kernel's configured version; the proxy has one window per
+    /// entry (the window limit of `memory_object_create_proxy` does not
+    /// apply: each entry is one the task made).
     ///
     /// Errors: `KERN_INVALID_ARGUMENT` (unaligned, zero, overflow, unknown
     /// protection bits), `KERN_INVALID_ADDRESS` (nothing mapped in the
@@ -152,23 +146,23 @@ impl Kernel {
             let space = t.space;
             VmProt::from_raw(max_protection.bits())?;
             let end = t.map.check_range(address, nonzero_pages(len)?)?;
-            let spans: Vec<(u64, u64, u64)> = t
-                .map
-                .overlapping(address.0, end)
-                .filter(|e| !(max_protection & e.max).is_empty())
-                .map(|e| (e.start, e.start.max(address.0), e.end.min(end)))
-                .collect();
-            if t.map.overlapping(address.0, end).next().is_none() {
+            // `(entry start, span start, span end)` of each entry granting
+            // something. Memory reached through paging proxies stays
+            // subject to their revocation (a copy made through one has no
+            // view to target): the proxy inherits the entries' `via`.
+            let (mut spans, mut via, mut mapped) = (Vec::new(), Vec::new(), false);
+            for e in t.map.overlapping(address.0, end) {
+                mapped = true;
+                if !(max_protection & e.max).is_empty() {
+                    spans.push((e.start, e.start.max(address.0), e.end.min(end)));
+                    via.extend(e.via.iter().copied());
+                }
+            }
+            if !mapped {
                 return Err(KernError::InvalidAddress);
             }
             if spans.is_empty() {
                 return Err(KernError::ProtectionFailure);
-            }
-            // Memory reached through paging proxies stays subject to their
-            // revocation (a copy made through one has no view to target).
-            let mut via: Vec<u64> = Vec::new();
-            for e in t.map.overlapping(address.0, end).filter(|e| !(max_protection & e.max).is_empty()) {
-                via.extend(e.via.iter().copied());
             }
             let mut windows = Vec::with_capacity(spans.len());
             for (entry_start, s, e) in spans {
@@ -200,7 +194,7 @@ impl Kernel {
     /// `KERN_NOT_SUPPORTED` (a mapping proxy: its mappings are ordinary
     /// mappings of the underlying objects, so only a paging proxy can be
     /// revoked), `KERN_INVALID_NAME` / `KERN_INVALID_RIGHT`,
-    /// `KERN_INVALID_TASK`.
+    /// `KERN_INVALID_CAPABILITY` (a dead name), `KERN_INVALID_TASK`.
     pub fn memory_object_proxy_revoke(&self, task: TaskId, revoke: PortName) -> Result<()> {
         self.with(|st| {
             let space = st.task(task)?.space;
@@ -226,7 +220,8 @@ impl Kernel {
     /// `memory_object_proxy_info`: what the proxy named `proxy` grants.
     ///
     /// Errors: `KERN_INVALID_ARGUMENT` (not a proxy), `KERN_INVALID_NAME`,
-    /// `KERN_INVALID_RIGHT`, `KERN_INVALID_TASK`.
+    /// `KERN_INVALID_RIGHT`, `KERN_INVALID_CAPABILITY` (a dead name),
+    /// `KERN_INVALID_TASK`.
     pub fn memory_object_proxy_info(&self, task: TaskId, proxy: PortName) -> Result<ProxyInfo> {
         self.with(|st| {
             let space = st.task(task)?.space;
@@ -286,12 +281,12 @@ impl KState {
         copy: bool,
         cur: VmProt,
         max: VmProt,
-    ) -> Result<Vec<crate::kernel::calls::Piece>> {
+    ) -> Result<Vec<Piece>> {
         let px = self.proxies.get(p)?;
         if px.revoked {
             return Err(KernError::InvalidCapability);
         }
-        let mut plans = Vec::new();
+        let (mut pieces, mut rel) = (Vec::new(), 0);
         for (w, within, len) in cover(&px.windows, offset, size)? {
             // The paging proxies this window reaches: revoking any of them
             // cuts the entry; the proxy's other windows are not affected.
@@ -310,7 +305,9 @@ impl KState {
                 return Err(KernError::InvalidCapability);
             }
             if !copy {
-                plans.push(Plan { len, object, offset: off, cur: cur & w.prot, max: max & w.prot, copy, via });
+                let (cur, max) = (cur & w.prot, max & w.prot);
+                pieces.push(Piece { rel, len, object: Some(object), offset: off, cur, max, needs_copy: false, via });
+                rel += len;
                 continue;
             }
             // A copy needs read permission only; the copy itself is
@@ -322,34 +319,27 @@ impl KState {
             for (_, flen, fobj, foff, _, fvia) in self.flatten(object, off, len)? {
                 let mut v = via.clone();
                 v.extend(fvia.into_iter().filter(|x| !via.contains(x)));
-                plans.push(Plan {
+                pieces.push(Piece {
+                    rel,
                     len: flen,
-                    object: fobj,
+                    object: Some(fobj),
                     offset: foff,
                     cur: cur & allowed,
                     max: max & allowed,
-                    copy,
+                    needs_copy: true,
                     via: v,
                 });
+                rel += flen;
             }
         }
-        // Invoke.
-        let mut rel = 0;
-        let mut pieces = Vec::with_capacity(plans.len());
-        for plan in plans {
-            self.vm.object_reference(plan.object);
-            let object = if plan.copy { self.copy_of(plan.object) } else { plan.object };
-            pieces.push(crate::kernel::calls::Piece {
-                rel,
-                len: plan.len,
-                object: Some(object),
-                offset: plan.offset,
-                cur: plan.cur,
-                max: plan.max,
-                needs_copy: plan.copy,
-                via: plan.via,
-            });
-            rel += plan.len;
+        // Invoke: each entry holds a reference on its object; a copy's
+        // object is a fresh snapshot.
+        for piece in &mut pieces {
+            let object = piece.object.expect("every piece has an object");
+            self.vm.object_reference(object);
+            if piece.needs_copy {
+                piece.object = Some(self.copy_of(object));
+            }
         }
         Ok(pieces)
     }

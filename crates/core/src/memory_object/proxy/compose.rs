@@ -7,10 +7,12 @@
 use super::ProxyVersion;
 use crate::types::{page_aligned, KernError, Result, VmProt};
 
-/// The most windows a proxy may have. Nesting a proxy side by side in a
-/// new one copies its windows, so without a bound a task could double
-/// them at every level and make each call cost exponential time and
-/// memory under the kernel lock.
+/// The most windows [`compose`] builds (`memory_object_create_proxy`).
+/// Nesting a proxy side by side in a new one copies its windows, so without
+/// a bound a task could double them at every level and make each call cost
+/// exponential time and memory under the kernel lock. (A region proxy has
+/// one window per map entry, each made by a call of its own, so it is not
+/// bounded here.)
 pub const MAX_PROXY_WINDOWS: usize = 4096;
 
 /// One window of a proxy over a target of type `T`.

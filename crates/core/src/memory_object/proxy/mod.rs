@@ -29,6 +29,11 @@
 //! bites). Either way the protection is the **intersection** along the
 //! chain and the range must lie inside the inner proxy's windows: no chain
 //! can grant more than its innermost object allows.
+//!
+//! Revocation is per window: each map entry records the paging proxies its
+//! memory is reached through (`MapEntry::via`, computed by window when it
+//! is mapped), so revoking one cuts exactly the entries that reach it; an
+//! outer proxy's windows that do not reach it keep working.
 
 mod calls;
 pub mod compose;
@@ -60,6 +65,7 @@ pub struct Proxy {
     pub version: ProxyVersion,
     /// Sorted by offset, never overlapping.
     pub windows: Vec<Window<ObjectId>>,
+    /// Revoked through its revoke right (paging proxies only).
     pub revoked: bool,
     /// The proxy's own port (a kernel object).
     pub port: PortId,
@@ -94,6 +100,8 @@ pub struct ProxyInfo {
     /// The union of what the windows allow.
     pub protection: VmProt,
     pub windows: Vec<WindowInfo>,
+    /// The proxy, or a paging proxy one of its windows reaches, was
+    /// revoked (the windows that reach no revoked proxy still work).
     pub revoked: bool,
 }
 
