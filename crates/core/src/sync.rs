@@ -116,14 +116,18 @@ impl Event {
     /// `deadline` passes), spinning for up to `SPIN` (30 µs) before it sleeps, and
     /// re-takes the lock. Spurious returns are possible: callers re-check
     /// their condition.
+    /// `released` runs just after the lock is dropped (to wake others
+    /// without making them block on the lock we still hold).
     pub fn wait<'a, T>(
         &self,
         mutex: &'a Mutex<T>,
         guard: MutexGuard<'a, T>,
         seen: u64,
         deadline: Option<std::time::Instant>,
+        released: impl FnOnce(),
     ) -> MutexGuard<'a, T> {
         drop(guard);
+        released();
         let start = std::time::Instant::now();
         let mut spins = 0u32;
         while self.generation() == seen {

@@ -260,13 +260,14 @@ impl Kernel {
         // Read after the bumps: an event this settling caused is not
         // waited for.
         let seen = event.generation();
-        if page {
-            self.page_cv.notify();
-        }
-        if msg {
-            self.msg_cv.notify();
-        }
-        event.wait(&self.st, st, seen, deadline)
+        event.wait(&self.st, st, seen, deadline, || {
+            if page {
+                self.page_cv.notify();
+            }
+            if msg {
+                self.msg_cv.notify();
+            }
+        })
     }
 
     /// Runs `f` under the kernel lock, then settles.
