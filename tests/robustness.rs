@@ -1009,3 +1009,21 @@ proptest! {
         prop_assert_eq!(r, Ok(()));
     }
 }
+
+/// A region proxy has one window per entry, and no more than any proxy may
+/// have: a range of more entries is refused, changing nothing.
+#[test]
+fn a_region_proxy_over_too_many_entries_is_refused() {
+    let k = Kernel::new(KernelConfig::default());
+    let t = k.task_create(None).unwrap();
+    let n = machvm_core::memory_object::proxy::compose::MAX_PROXY_WINDOWS as u64 + 1;
+    let base = k.vm_allocate(t, VmAddr(0), n * PAGE_SIZE, true).unwrap();
+    // Alternate protections so that no two neighbouring entries merge.
+    for i in (0..n).step_by(2) {
+        k.vm_protect(t, VmAddr(base.0 + i * PAGE_SIZE), PAGE_SIZE, false, VmProt::READ).unwrap();
+    }
+    let objects = k.stats().objects;
+    assert_eq!(k.vm_region_create_proxy(t, base, VmProt::READ, n * PAGE_SIZE), Err(KernError::ResourceShortage));
+    assert_eq!(k.stats().objects, objects, "no object was made for the refused proxy");
+    assert!(k.vm_region_create_proxy(t, base, VmProt::READ, (n - 1) * PAGE_SIZE).is_ok());
+}

@@ -127,13 +127,13 @@ impl Kernel {
     /// and the task see the same memory from then on. Memory the task
     /// mapped through paging proxies stays subject to their revocation.
     /// Uses the kernel's configured version; the proxy has one window per
-    /// entry (the window limit of `memory_object_create_proxy` does not
-    /// apply: each entry is one the task made).
+    /// entry, at most [`super::compose::MAX_PROXY_WINDOWS`].
     ///
     /// Errors: `KERN_INVALID_ARGUMENT` (unaligned, zero, overflow, unknown
     /// protection bits), `KERN_INVALID_ADDRESS` (nothing mapped in the
     /// range, or outside the map), `KERN_PROTECTION_FAILURE` (no entry
-    /// grants any of `max_protection`), `KERN_INVALID_TASK`.
+    /// grants any of `max_protection`), `KERN_RESOURCE_SHORTAGE` (more
+    /// entries than a proxy may have windows), `KERN_INVALID_TASK`.
     pub fn vm_region_create_proxy(
         &self,
         task: TaskId,
@@ -163,6 +163,9 @@ impl Kernel {
             }
             if spans.is_empty() {
                 return Err(KernError::ProtectionFailure);
+            }
+            if spans.len() > super::compose::MAX_PROXY_WINDOWS {
+                return Err(KernError::ResourceShortage);
             }
             let mut windows = Vec::with_capacity(spans.len());
             for (entry_start, s, e) in spans {
