@@ -826,6 +826,37 @@ fn paging_revocation_cuts_only_the_windows_that_reach_the_revoked_proxy() {
     assert!(w.k.memory_object_proxy_info(t, name).unwrap().revoked);
 }
 
+#[test]
+fn paging_a_revoked_proxy_leaves_only_its_id_yet_its_copies_stay_dead() {
+    // Once nobody can map through a revoked proxy any more, its record and
+    // the objects it held go; copies made through it stay cut off, and
+    // revoking again still succeeds.
+    let w = World::new(ProxyVersion::Paging);
+    let (proxies, objects) = (w.k.stats().proxies, w.k.stats().objects);
+    let p = w.proxy(VmProt::READ, &[(w.objs[0], 0, 0, 2 * P)]).unwrap();
+    let t = w.task();
+    let name = w.give(p.proxy, t);
+    let copy = w.k.vm_map(t, MapRequest::anywhere(P, Some(name)).copy(true)).unwrap();
+    w.k.write_u64(t, copy, 9).unwrap();
+    let region = w.k.vm_region_create_proxy(t, copy, VmProt::READ, P).unwrap();
+    let r = w.map(t, region.proxy, 0, P).unwrap();
+    w.k.memory_object_proxy_revoke(w.owner, p.revoke).unwrap();
+    for name in [name, p.proxy] {
+        let task = if name == p.proxy { w.owner } else { t };
+        w.k.port_deallocate(task, name).unwrap();
+    }
+    assert_eq!(w.k.stats().proxies, proxies + 1, "only the region proxy's record is left");
+    assert_eq!(w.k.read_u64(t, copy), Err(KernError::MemoryError));
+    assert_eq!(w.k.read_u64(t, r), Err(KernError::MemoryError));
+    assert_eq!(w.map(t, region.proxy, 0, P), Err(KernError::InvalidCapability));
+    assert!(w.k.memory_object_proxy_info(t, region.proxy).unwrap().revoked);
+    w.k.memory_object_proxy_revoke(w.owner, p.revoke).unwrap();
+    w.k.port_deallocate(w.owner, p.revoke).unwrap();
+    w.k.task_terminate(t).unwrap();
+    assert_eq!(w.k.stats().proxies, proxies);
+    assert!(w.k.stats().objects <= objects, "everything the proxies held is released");
+}
+
 // ----- mapping proxies only -----
 
 #[test]

@@ -123,8 +123,8 @@ pub struct KernelStats {
     pub resident_limit: usize,
     /// VM objects alive (cached ones and paging-proxy views included).
     pub objects: usize,
-    /// Proxy records alive (a revoked proxy's record stays, so that its
-    /// mappings stay dead).
+    /// Proxy records alive (a proxy nobody can map through any more keeps
+    /// its record while its revoke right lives).
     pub proxies: usize,
 }
 
@@ -542,10 +542,10 @@ impl KState {
     /// Lets go of what a proxy holds once nobody can map through it any
     /// more (its port is dead and its view, if any, is gone: no mapping and
     /// no other proxy's window holds it): the references on its windows'
-    /// objects are released at once. The small record itself stays while
-    /// the revoke right lives (revoking must still reach copy mappings made
-    /// through it) and forever once revoked (so that those mappings stay
-    /// dead).
+    /// objects are released at once. The record itself stays while the
+    /// revoke right lives (revoking must still reach copy mappings made
+    /// through it); once revoked, only its id is kept (so that those
+    /// mappings stay dead).
     pub fn proxy_maybe_free(&mut self, p: u64) {
         let Some(px) = self.proxies.proxies.get_mut(&p) else {
             return;
@@ -557,7 +557,10 @@ impl KState {
             self.vm.object_deallocate(w.target);
         }
         let (revoke_port, revoked) = (px.revoke_port, px.revoked);
-        if !revoked && !self.kobjects.contains_key(&revoke_port) {
+        if revoked {
+            self.proxies.revoked_gone.insert(p);
+            self.proxies.proxies.remove(&p);
+        } else if !self.kobjects.contains_key(&revoke_port) {
             self.proxies.proxies.remove(&p);
         }
     }

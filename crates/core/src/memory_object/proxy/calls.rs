@@ -205,7 +205,10 @@ impl Kernel {
             let Some(KObject::ProxyRevoke(p)) = st.kobject(port) else {
                 return Err(KernError::InvalidArgument);
             };
-            let px = st.proxies.proxies.get_mut(&p).ok_or(KernError::InvalidArgument)?;
+            let Some(px) = st.proxies.proxies.get_mut(&p) else {
+                // Revoked before, and nothing is left of it but its id.
+                return if st.proxies.revoked_gone.contains(&p) { Ok(()) } else { Err(KernError::InvalidArgument) };
+            };
             if px.version == ProxyVersion::Mapping {
                 return Err(KernError::NotSupported);
             }
@@ -216,6 +219,7 @@ impl Kernel {
                 }
             }
             st.page_event = true;
+            st.proxy_maybe_free(p);
             Ok(())
         })
     }

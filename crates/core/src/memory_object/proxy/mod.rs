@@ -112,6 +112,10 @@ pub struct ProxyTable {
     next: ProxyId,
     /// The proxy whose view each view object is.
     pub view_of: HashMap<ObjectId, ProxyId>,
+    /// Revoked proxies whose records are gone (nobody can map through them
+    /// any more): just their ids, so that mappings and proxies made through
+    /// them before stay dead.
+    pub revoked_gone: HashSet<ProxyId>,
 }
 
 impl ProxyTable {
@@ -135,7 +139,12 @@ impl ProxyTable {
 
     /// Is this proxy, or any paging proxy it reaches, revoked?
     pub fn chain_revoked(&self, id: ProxyId) -> bool {
-        self.chain(id).iter().any(|p| self.proxies.get(p).is_some_and(|p| p.revoked))
+        self.chain(id).iter().any(|&p| self.is_revoked(p))
+    }
+
+    /// Was this proxy revoked (whether or not its record is still here)?
+    pub fn is_revoked(&self, id: ProxyId) -> bool {
+        self.revoked_gone.contains(&id) || self.proxies.get(&id).is_some_and(|p| p.revoked)
     }
 
     /// The paging proxies reachable from `id` (itself included if paging),
@@ -151,6 +160,9 @@ impl ProxyTable {
                 continue;
             }
             let Some(px) = self.proxies.get(&p) else {
+                if self.revoked_gone.contains(&p) {
+                    out.push(p);
+                }
                 continue;
             };
             if px.version == ProxyVersion::Paging {
@@ -204,6 +216,6 @@ impl ViewResolver for ProxyTable {
     }
 
     fn revoked(&self, proxy: u64) -> bool {
-        self.proxies.get(&proxy).is_some_and(|p| p.revoked)
+        self.is_revoked(proxy)
     }
 }
