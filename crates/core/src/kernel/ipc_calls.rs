@@ -37,7 +37,10 @@ impl Kernel {
     pub fn port_move_member(&self, task: TaskId, member: PortName, set: Option<PortName>) -> Result<()> {
         self.with(|st| {
             let space = st.task(task)?.space;
-            st.ipc.move_member(space, member, set)
+            st.ipc.move_member(space, member, set)?;
+            // Receivers on the set must look at the messages it brings.
+            st.msg_event = true;
+            Ok(())
         })
     }
 
@@ -70,6 +73,10 @@ impl Kernel {
             let src = st.task(from)?.space;
             let dst = st.task(to)?.space;
             let (port, kind) = st.ipc.copyin(src, name, disposition)?;
+            if disposition == Disposition::MoveReceive {
+                // Receivers in `from` waiting on it must see it gone.
+                st.msg_event = true;
+            }
             st.ipc.copyout(dst, port, kind)
         })
     }
@@ -90,7 +97,11 @@ impl Kernel {
     pub fn port_destroy(&self, task: TaskId, name: PortName) -> Result<()> {
         self.with(|st| {
             let space = st.task(task)?.space;
-            st.ipc.name_destroy(space, name)
+            st.ipc.name_destroy(space, name)?;
+            // Receivers waiting on the name (a port set has no port to
+            // die) must see it gone.
+            st.msg_event = true;
+            Ok(())
         })
     }
 

@@ -408,6 +408,10 @@ impl KState {
                 Provider::External => {
                     self.send_to_pager(object, KernelToPager::Terminate, "terminate");
                     self.unbind(object);
+                    // Faults asleep on its pages (for an answer that will
+                    // now go to a dead control port, or a `ready` that will
+                    // never come) must wake and walk their maps again.
+                    self.page_event = true;
                 }
                 Provider::View(proxy) => {
                     self.proxies.view_of.remove(&object);

@@ -144,12 +144,13 @@ impl KState {
                 self.drop_reply(reply);
                 // Every page goes, data included: the pager destroyed the
                 // object. Faults waiting on it, and later ones on pages
-                // the pager held, fail as on a dead pager.
-                self.vm.pager_died(object);
+                // the pager held, fail as on a dead pager (and a cached
+                // object goes: its pages first, so none is returned).
                 let offsets: Vec<u64> = self.vm.object(object).pages.keys().copied().collect();
                 for off in offsets {
                     self.vm.page_evict(object, off, false);
                 }
+                self.vm.pager_died(object);
                 Ok(())
             }
         }

@@ -128,6 +128,9 @@ impl Vm {
                 // Stop writers first, then copy out a stable page.
                 self.machine
                     .page_protect(frame, if should_flush { VmProt::NONE } else { VmProt::READ | VmProt::EXECUTE });
+                // A store may have landed between the check above and the
+                // shootdown: it is in the data, so the page is dirty.
+                let dirty = dirty || self.machine.is_modified(frame);
                 let data = self.page_bytes(frame);
                 self.outbox.push(PagerOp::DataReturn { object, offset: off, data, dirty, kernel_copy: !should_flush });
                 self.stats.pages_returned += 1;
@@ -150,7 +153,9 @@ impl Vm {
     }
 
     /// The pager of `object` died or destroyed it: every page still being
-    /// asked for fails, and so will every future request.
+    /// asked for fails, and so will every future request. An object only
+    /// the cache keeps (no reference) can never be mapped again: it is
+    /// terminated now, frames and all.
     pub fn pager_died(&mut self, object: ObjectId) {
         let Some(o) = self.objects.get_mut(&object) else {
             return;
@@ -162,6 +167,10 @@ impl Vm {
                 p.busy = false;
                 p.error = true;
             }
+        }
+        if o.refs == 0 {
+            // Cached objects are external: they shadow nothing.
+            let _ = self.object_terminate(object);
         }
     }
 
