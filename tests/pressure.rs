@@ -192,3 +192,38 @@ fn a_file_under_pressure_gets_its_dirty_pages_back_before_they_are_reclaimed() {
         .count();
     assert!(stamped + LIMIT >= pages as usize, "only {stamped} of {pages} pages reached the file");
 }
+
+/// Dirty pages of an object whose pager died cannot be given back: pageout
+/// keeps them resident rather than throw the data away, so what tasks wrote
+/// stays readable however much memory pressure follows.
+#[test]
+fn pageout_keeps_dirty_pages_whose_pager_died() {
+    let k = kernel();
+    let (_swap_file, swap_handle) = swap("dead-pager");
+    let _dp = start_default_pager(&k, swap_handle).unwrap();
+    let t = k.task_create(None).unwrap();
+    let mut pager = PagerConn::new(k.clone()).unwrap();
+    let obj = pager.new_object().unwrap();
+    let name = pager.give(obj, t).unwrap();
+    let a = k.vm_map(t, MapRequest::anywhere(4 * P, Some(name))).unwrap();
+    let k2 = k.clone();
+    let writer = std::thread::spawn(move || (0..4).try_for_each(|i| k2.write_u64(t, VmAddr(a.0 + i * P), 100 + i)));
+    for _ in 0..4 {
+        let (o, off, len, _) = pager.expect_request(Duration::from_secs(5)).unwrap();
+        pager.supply(o, off, &vec![0u8; len as usize]).unwrap();
+        if off + len >= 4 * P {
+            break;
+        }
+    }
+    writer.join().unwrap().unwrap();
+    pager.die().unwrap();
+    // Pressure: far more anonymous memory than the limit.
+    let anon = k.vm_allocate(t, VmAddr(0), 4 * LIMIT as u64 * P, true).unwrap();
+    for i in 0..4 * LIMIT as u64 {
+        k.write_u64(t, VmAddr(anon.0 + i * P), i).unwrap();
+    }
+    for i in 0..4 {
+        assert_eq!(k.read_u64(t, VmAddr(a.0 + i * P)), Ok(100 + i), "page {i}");
+    }
+    assert!(k.stats().vm.pageouts > 0);
+}

@@ -652,6 +652,11 @@ impl Fuzz {
                 }
             }
             Call::Map { at, size, mask, anywhere, obj, offset, copy, prot: (cur, max) } => {
+                // Object names are names in the first task's space: in
+                // another task the same number may name a port of the
+                // first task's that nobody serves, and a fault on it would
+                // wait for that pager for ever (as in Mach).
+                let t = if obj.is_some() { self.tasks[0] } else { t };
                 let r = MapRequest {
                     address: self.addr(at),
                     size,
@@ -1026,4 +1031,31 @@ fn a_region_proxy_over_too_many_entries_is_refused() {
     assert_eq!(k.vm_region_create_proxy(t, base, VmProt::READ, n * PAGE_SIZE), Err(KernError::ResourceShortage));
     assert_eq!(k.stats().objects, objects, "no object was made for the refused proxy");
     assert!(k.vm_region_create_proxy(t, base, VmProt::READ, (n - 1) * PAGE_SIZE).is_ok());
+}
+
+/// A sequence the random-calls test once shrank a hang to: a forked task
+/// got a send right to a port of its parent's that nobody serves, under
+/// the number the parent uses for a memory object; mapping that number in
+/// the child and touching it waited for a pager that never answers. Maps
+/// of object names now happen in the first task, whose names they are.
+#[test]
+fn regression_forked_task_writes_to_a_fresh_mapping() {
+    let calls = vec![
+        Call::Port { op: 121, name: 0, other: 0, delta: -1 },
+        Call::OnTask(91),
+        Call::Fork,
+        Call::Port { op: 53, name: 64, other: 16, delta: -1 },
+        Call::Map {
+            at: (0, 0),
+            size: 4096,
+            mask: 0,
+            anywhere: true,
+            obj: Some(72),
+            offset: 0,
+            copy: false,
+            prot: (2, 6),
+        },
+        Call::Touch((0, 1 << 47), 235),
+    ];
+    finishes(move || run_calls(calls));
 }

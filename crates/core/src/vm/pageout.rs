@@ -13,7 +13,9 @@
 //! 3. a clean page is simply dropped: its pager (or zero fill) has it.
 //!
 //! With no default pager registered, dirty anonymous pages are never
-//! reclaimed (there is nowhere to put them); they stay in the queue.
+//! reclaimed (there is nowhere to put them); nor are dirty or precious
+//! pages of an object whose pager died (a `data_return` would go nowhere).
+//! They stay in the queue.
 //! Pages pinned busy by a fault that is copying them are skipped too.
 
 use super::object::Provider;
@@ -46,7 +48,11 @@ impl Vm {
                 self.queue.push_back((object, offset));
                 continue;
             }
-            if o.temporary && !self.default_pager && self.page_is_dirty(p) {
+            // Pages nobody could get back: dirty anonymous memory with no
+            // default pager, and dirty or precious pages of a dead pager.
+            let keep =
+                |dirty: bool| (o.temporary && !self.default_pager && dirty) || (o.pager_dead && (dirty || p.precious));
+            if keep(self.page_is_dirty(p)) {
                 self.queue.push_back((object, offset));
                 continue;
             }
@@ -54,12 +60,12 @@ impl Vm {
             // translation could land after a "clean" verdict and be lost.
             self.machine.page_protect(frame, VmProt::NONE);
             let dirty = self.page_is_dirty(p);
+            if keep(dirty) {
+                // Written just before the shootdown: it stays.
+                self.queue.push_back((object, offset));
+                continue;
+            }
             if o.temporary && dirty {
-                if !self.default_pager {
-                    // Written just before the shootdown: it stays.
-                    self.queue.push_back((object, offset));
-                    continue;
-                }
                 if o.provider == Provider::None {
                     let size = o.size;
                     let o = self.object_mut(object);
