@@ -32,6 +32,8 @@
 //! straight-line test: leaked cached objects of dead pagers, lost wake-ups
 //! of faults and receives, and a modified page returned marked clean.
 
+mod common;
+use common::racing::RacingMachine;
 use machvm_core::ipc::{Disposition, PortName};
 use machvm_core::memory_object::emmi::{KernelToPager, PagerToKernel};
 use machvm_core::pmap::soft::SoftMachine;
@@ -1661,101 +1663,9 @@ fn a_receiver_wakes_when_its_receive_right_is_moved_away() {
 
 // A misreport: a store racing the kernel's dirty check, made to happen.
 
-/// A software MMU that, when armed, performs one task store through a
-/// live writable translation of a frame just after `is_modified` found the
-/// frame clean: the worst moment for a store that runs without the kernel
-/// lock, made to happen every time.
-struct RacingMachine {
-    inner: SoftMachine,
-    writable: std::sync::Mutex<HashMap<Frame, (PmapId, VmAddr)>>,
-    armed: std::sync::Mutex<Option<u64>>,
-    landed: AtomicBool,
-}
-
-impl PhysMem for RacingMachine {
-    fn frame_count(&self) -> usize {
-        self.inner.frame_count()
-    }
-    fn read(&self, frame: Frame, offset: usize, buf: &mut [u8]) {
-        self.inner.read(frame, offset, buf)
-    }
-    fn write(&self, frame: Frame, offset: usize, data: &[u8]) {
-        self.inner.write(frame, offset, data)
-    }
-    fn zero(&self, frame: Frame) {
-        self.inner.zero(frame)
-    }
-    fn copy(&self, from: Frame, to: Frame) {
-        self.inner.copy(from, to)
-    }
-}
-
-impl Pmap for RacingMachine {
-    fn create(&self) -> PmapId {
-        self.inner.create()
-    }
-    fn destroy(&self, pmap: PmapId) {
-        self.inner.destroy(pmap)
-    }
-    fn enter(&self, pmap: PmapId, va: VmAddr, frame: Frame, prot: VmProt) {
-        if prot.contains(VmProt::WRITE) {
-            self.writable.lock().unwrap().insert(frame, (pmap, va));
-        }
-        self.inner.enter(pmap, va, frame, prot)
-    }
-    fn remove(&self, pmap: PmapId, start: VmAddr, end: VmAddr) {
-        self.inner.remove(pmap, start, end)
-    }
-    fn protect(&self, pmap: PmapId, start: VmAddr, end: VmAddr, prot: VmProt) {
-        self.inner.protect(pmap, start, end, prot)
-    }
-    fn page_protect(&self, frame: Frame, prot: VmProt) {
-        self.inner.page_protect(frame, prot)
-    }
-    fn is_modified(&self, frame: Frame) -> bool {
-        let modified = self.inner.is_modified(frame);
-        if !modified {
-            let target = self.writable.lock().unwrap().get(&frame).copied();
-            let mut armed = self.armed.lock().unwrap();
-            if let (Some((pmap, va)), Some(v)) = (target, *armed) {
-                let live = self.inner.extract(pmap, va).is_some_and(|(f, p)| f == frame && p.contains(VmProt::WRITE));
-                if live {
-                    assert!(self.inner.access(pmap, va, Access::Store(&v.to_le_bytes())).is_ok());
-                    *armed = None;
-                    self.landed.store(true, SeqCst);
-                }
-            }
-        }
-        modified
-    }
-    fn clear_modify(&self, frame: Frame) {
-        self.inner.clear_modify(frame)
-    }
-    fn is_referenced(&self, frame: Frame) -> bool {
-        self.inner.is_referenced(frame)
-    }
-    fn clear_reference(&self, frame: Frame) {
-        self.inner.clear_reference(frame)
-    }
-    fn extract(&self, pmap: PmapId, va: VmAddr) -> Option<(Frame, VmProt)> {
-        self.inner.extract(pmap, va)
-    }
-}
-
-impl Machine for RacingMachine {
-    fn access(&self, pmap: PmapId, va: VmAddr, access: Access<'_>) -> std::result::Result<(), HwFault> {
-        self.inner.access(pmap, va, access)
-    }
-}
-
 #[test]
 fn a_store_racing_the_return_of_a_precious_page_is_reported_dirty() {
-    let m = Arc::new(RacingMachine {
-        inner: SoftMachine::new(64),
-        writable: Default::default(),
-        armed: Default::default(),
-        landed: AtomicBool::new(false),
-    });
+    let m = RacingMachine::new(64);
     let k = Kernel::with_machine(
         KernelConfig { phys_pages: 64, resident_limit: 64, cluster_pages: 1, ..Default::default() },
         m.clone(),
@@ -1772,9 +1682,9 @@ fn a_store_racing_the_return_of_a_precious_page_is_reported_dirty() {
     assert_eq!(joined(&reader, Duration::from_secs(5)), Some(Ok(0)));
     // The pager asks for it back (all, keeping it resident); a store lands
     // just as the kernel judges the page clean.
-    *m.armed.lock().unwrap() = Some(42);
+    m.arm(42);
     pager.lock_request(obj, 0, P, ReturnPolicy::All, false, VmProt::NONE).unwrap();
-    assert!(m.landed.load(SeqCst), "the racing store did not happen");
+    assert!(m.landed().is_some(), "the racing store did not happen");
     let r = pager.recv(Some(Duration::from_secs(5))).unwrap();
     let KernelToPager::DataReturn { data, dirty, .. } = r.msg else { panic!("{:?}", r.msg) };
     assert_eq!(u64::from_le_bytes(data[..8].try_into().unwrap()), 42, "the store is in the data returned");

@@ -11,6 +11,8 @@
 //! each `data_request` itself.
 #![allow(dead_code, unused_macros)]
 
+pub mod racing;
+
 use machvm_core::ipc::PortName;
 use machvm_core::*;
 use machvm_pagers::{MemBacking, PagerConn, RunningPager};
