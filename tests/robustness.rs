@@ -423,6 +423,64 @@ fn a_forged_kernel_message_cannot_stop_or_crash_a_pager() {
     }
 }
 
+/// A holder of a memory object's send right forges the kernel's own
+/// lifecycle messages: a second `init` (naming a control port of its own),
+/// and `terminate` (bare, or carrying some right). The pager acts on
+/// none of them: it keeps answering on the control port the kernel gave
+/// it, so faults on pages it has not served yet are still answered.
+#[test]
+fn a_forged_init_or_terminate_cannot_unbind_a_pager() {
+    let s = Served::new();
+    let name = s.objs[0];
+    let mut fresh = 0u64;
+    let mut served_page = |what: &str| {
+        let m = s.k.vm_map(s.client, MapRequest::anywhere(P, Some(name)).offset(fresh * P)).unwrap();
+        fresh += 1;
+        assert_eq!(outcome(&read_at(&s.k, s.client, m)), Ok(Ok(0)), "after {what}");
+    };
+    served_page("nothing");
+    let own = s.k.port_allocate(s.client).unwrap();
+    let forgeries: Vec<(&str, u32, Vec<u8>, Vec<(PortName, Disposition)>)> = vec![
+        ("an init naming another control", id::INIT, KernelToPager::Init { page_size: P }.encode().1, vec![(
+            own,
+            Disposition::MakeSend,
+        )]),
+        ("a bare terminate", id::TERMINATE, Vec::new(), Vec::new()),
+        ("a terminate carrying a right", id::TERMINATE, Vec::new(), vec![(own, Disposition::MakeSend)]),
+        ("an init after a terminate", id::INIT, KernelToPager::Init { page_size: P }.encode().1, vec![(
+            own,
+            Disposition::MakeSend,
+        )]),
+    ];
+    for (what, msg_id, data, rights) in forgeries {
+        let msg = UserMessage { rights, ..UserMessage::new(name, msg_id, data) };
+        s.k.msg_send(s.client, msg).unwrap();
+        served_page(what);
+    }
+    // Nothing reached the forger's port: the pager never took it for the
+    // kernel's.
+    assert!(s.k.msg_receive(s.client, own, Some(Duration::from_millis(20))).is_err());
+}
+
+/// The scripted pager, too, drops what the kernel did not send: a forged
+/// `data_request` never reaches the test, and the rights it carried are
+/// released.
+#[test]
+fn the_pager_library_drops_messages_the_kernel_did_not_send() {
+    let k = kernel(64, 1);
+    let (client, mut pager, _obj, name) = scripted(&k);
+    let own = k.port_allocate(client).unwrap();
+    let forged = KernelToPager::DataRequest { offset: 0, length: P, access: VmProt::READ }.encode();
+    let msg = UserMessage { rights: vec![(own, Disposition::MakeSend)], ..UserMessage::new(name, forged.0, forged.1) };
+    k.msg_send(client, msg).unwrap();
+    assert_eq!(pager.recv(Some(Duration::from_millis(50))).map(|r| r.msg), Err(KernError::RcvTimedOut));
+    assert_eq!(pager.ignored, 1);
+    // The right it brought was let go: the client's port has no other
+    // sender than the client itself.
+    let info = k.port_lookup(client, own).unwrap();
+    assert_eq!(info.send_urefs, 0);
+}
+
 // ----- random input -----
 
 /// Numbers a task might pass: small page multiples, small unaligned

@@ -4,7 +4,7 @@
 //! threads' `read` / `write` / `execute`. Each documented error is hit at
 //! least once, and every failing call is checked to have changed nothing.
 
-use machvm_core::ipc::PortName;
+use machvm_core::ipc::{Disposition, PortName, UserMessage};
 use machvm_core::vm::map::{VM_MAX_ADDRESS, VM_MIN_ADDRESS};
 use machvm_core::*;
 use machvm_pagers::PagerConn;
@@ -570,6 +570,32 @@ fn vm_map_of_bad_object_names() {
     let px = k.memory_object_create_proxy_version(t, RO, &[names[0]], &[0], &[0], &[P], ProxyVersion::Paging).unwrap();
     assert_eq!(k.vm_map(t, r(px.revoke)), Err(KernError::InvalidArgument));
     assert_eq!(regions(&k, t), vec![]);
+}
+
+/// A send-once right to a memory object is no memory object: neither
+/// `vm_map` nor `memory_object_create_proxy` takes it (the kernel would
+/// hold a counted send right the receiver never made, and use a one-shot
+/// right any number of times), and the right is left as it was.
+#[test]
+fn a_send_once_right_is_not_a_memory_object() {
+    let k = kernel();
+    let t = task(&k);
+    let mut pager = PagerConn::new(k.clone()).unwrap();
+    let obj = pager.new_object().unwrap();
+    let once = k.port_transfer(pager.task, obj, Disposition::MakeSendOnce, t).unwrap();
+    assert_eq!(k.vm_map(t, MapRequest::anywhere(P, Some(once))), Err(KernError::InvalidRight));
+    assert_eq!(k.vm_map(t, MapRequest::anywhere(P, Some(once)).copy(true)), Err(KernError::InvalidRight));
+    assert_eq!(k.memory_object_create_proxy(t, RO, &[once], &[0], &[0], &[P]), Err(KernError::InvalidRight));
+    assert_eq!(regions(&k, t), vec![]);
+    assert_eq!(k.stats().sent("init"), 0, "the kernel never took it for an object");
+    let info = k.port_lookup(t, once).unwrap();
+    assert!(info.send_once && info.send_urefs == 0, "{info:?}");
+    // Still good for exactly one message to the pager.
+    let msg = UserMessage { dest_disposition: Disposition::MoveSendOnce, ..UserMessage::new(once, 77, vec![1]) };
+    k.msg_send(t, msg).unwrap();
+    let got = k.msg_receive(pager.task, obj, Some(WAIT)).unwrap();
+    assert_eq!((got.id, got.data), (77, vec![1]));
+    assert_eq!(k.port_lookup(t, once), Err(KernError::InvalidName));
 }
 
 #[test]

@@ -10,14 +10,14 @@
 //!   pager.error(object, offset, PAGE_SIZE)?;                              // or fail it
 //! ```
 
-use machvm_core::ipc::{Disposition, PortName, RightKind, UserMessage};
+use machvm_core::ipc::{Disposition, PortName, ReceivedMessage, RightKind, UserMessage};
 use machvm_core::memory_object::emmi::{KernelReply, KernelToPager, PagerToKernel};
 use machvm_core::vm::object::CopyStrategy;
 use machvm_core::vm::paging::ReturnPolicy;
 use machvm_core::{KernError, Kernel, Result, TaskId, VmProt};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One message from the kernel, decoded, with the memory object it is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub struct PagerConn {
     controls: HashMap<PortName, PortName>,
     /// Objects handed over by `memory_object_create` (default pager).
     pub created: Vec<PortName>,
+    /// Messages dropped as not the kernel's (see [`PagerConn::recv`]).
+    pub ignored: u64,
 }
 
 impl PagerConn {
@@ -44,7 +46,7 @@ impl PagerConn {
     pub fn new(kernel: Arc<Kernel>) -> Result<PagerConn> {
         let task = kernel.task_create(None)?;
         let set = kernel.port_set_allocate(task)?;
-        Ok(PagerConn { kernel, task, set, controls: HashMap::new(), created: Vec::new() })
+        Ok(PagerConn { kernel, task, set, controls: HashMap::new(), created: Vec::new(), ignored: 0 })
     }
 
     /// A new memory object this pager serves: a receive right in the set,
@@ -65,19 +67,58 @@ impl PagerConn {
     /// `init` and `create` are recorded (control ports) and returned too.
     /// A malformed message is `MIG_BAD_ID` / `MIG_BAD_ARGUMENTS` (and is
     /// gone: the next call receives the next one).
+    ///
+    /// Anyone holding a send right to a memory object can send its pager
+    /// anything, so messages the kernel did not send (no kernel trailer),
+    /// a second `init` for an object already bound, and a `terminate` that
+    /// does not carry the object's control right are dropped with the
+    /// rights they carried and counted in [`PagerConn::ignored`]; the call
+    /// goes on waiting for a genuine one.
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Request> {
-        let m = self.kernel.msg_receive(self.task, self.set, timeout)?;
-        let msg = KernelToPager::decode(m.id, &m.data)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let m = self.kernel.msg_receive(self.task, self.set, left)?;
+            if let Some(r) = self.accept(m)? {
+                return Ok(r);
+            }
+            self.ignored += 1;
+        }
+    }
+
+    /// Decodes a received message and applies what it means for the
+    /// connection (control ports); `None` if it is to be ignored.
+    fn accept(&mut self, m: ReceivedMessage) -> Result<Option<Request>> {
+        if !m.from_kernel {
+            self.drop_rights(&m);
+            return Ok(None);
+        }
+        let msg = match KernelToPager::decode(m.id, &m.data) {
+            Ok(msg) => msg,
+            Err(e) => {
+                self.drop_rights(&m);
+                return Err(e);
+            }
+        };
         let mut object = m.local;
         match &msg {
             KernelToPager::Init { .. } => {
-                let control = m.rights.first().ok_or(KernError::MigBadArguments)?.0;
+                let [(control, RightKind::Send)] = m.rights[..] else {
+                    self.drop_rights(&m);
+                    return Err(KernError::MigBadArguments);
+                };
+                if self.controls.contains_key(&object) {
+                    // The object is bound: its control port stays.
+                    self.drop_rights(&m);
+                    return Ok(None);
+                }
                 self.controls.insert(object, control);
             }
             KernelToPager::Create { .. } => {
-                // Anyone may send this id to a memory object: only the
-                // kernel's message carries a receive right and a send right.
+                // Only the kernel's message carries a receive right and a
+                // send right.
                 let [(new, RightKind::Receive), (control, RightKind::Send)] = m.rights[..] else {
+                    self.drop_rights(&m);
                     return Err(KernError::MigBadArguments);
                 };
                 self.kernel.port_move_member(self.task, new, Some(self.set))?;
@@ -86,13 +127,37 @@ impl PagerConn {
                 object = new;
             }
             KernelToPager::Terminate => {
-                if let Some(c) = self.controls.remove(&object) {
-                    let _ = self.kernel.port_deallocate(self.task, c);
+                // As in Mach, terminate carries the control port: it must
+                // be the one this object was bound to.
+                let known = self.controls.get(&object).copied();
+                match m.rights[..] {
+                    [(c, RightKind::Send | RightKind::DeadName)] if Some(c) == known => {
+                        self.controls.remove(&object);
+                        // Every reference the name holds goes: init's and
+                        // the one terminate brought.
+                        let _ = self.kernel.port_destroy(self.task, c);
+                    }
+                    _ => {
+                        self.drop_rights(&m);
+                        return Ok(None);
+                    }
                 }
             }
             _ => {}
         }
-        Ok(Request { object, msg })
+        Ok(Some(Request { object, msg }))
+    }
+
+    /// Releases the rights an ignored message brought into the pager's
+    /// space (one reference each; a name the pager held before keeps the
+    /// references it had).
+    fn drop_rights(&self, m: &ReceivedMessage) {
+        if let Some(reply) = m.reply {
+            let _ = self.kernel.port_deallocate(self.task, reply);
+        }
+        for &(name, kind) in &m.rights {
+            let _ = self.kernel.port_mod_refs(self.task, name, kind, -1);
+        }
     }
 
     /// Receives until a `data_request` arrives, answering `init` with

@@ -65,12 +65,21 @@ pub struct KMessage {
     pub id: u32,
     pub data: Vec<u8>,
     pub rights: Vec<(PortId, RightKind)>,
+    /// The kernel built this message (a notification, an EMMI call, a
+    /// reply); `false` for every message a task sent. See
+    /// [`ReceivedMessage::from_kernel`].
+    pub from_kernel: bool,
 }
 
 impl KMessage {
+    /// A message the kernel sends with no right of its own for `dest`.
+    pub fn from_kernel(dest: PortId, id: u32, data: Vec<u8>, rights: Vec<(PortId, RightKind)>) -> KMessage {
+        KMessage { dest, dest_right: None, reply: None, id, data, rights, from_kernel: true }
+    }
+
     /// A kernel notification to a send-once right.
     pub fn notification(dest: PortId, id: u32, data: Vec<u8>) -> KMessage {
-        KMessage { dest, dest_right: Some(RightKind::SendOnce), reply: None, id, data, rights: Vec::new() }
+        KMessage { dest_right: Some(RightKind::SendOnce), ..KMessage::from_kernel(dest, id, data, Vec::new()) }
     }
 }
 
@@ -83,4 +92,8 @@ pub struct ReceivedMessage {
     pub data: Vec<u8>,
     pub reply: Option<PortName>,
     pub rights: Vec<(PortName, RightKind)>,
+    /// The sender was the kernel: Mach's message trailer with the kernel's
+    /// security token. No task can forge it, so a pager trusts an `init`,
+    /// `create` or `terminate` only when this is set.
+    pub from_kernel: bool,
 }

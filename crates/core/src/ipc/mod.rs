@@ -217,6 +217,21 @@ impl Ipc {
         }
     }
 
+    /// The port behind a send right, or the receive right, named `name`:
+    /// what a call that names a memory object, a proxy or a privileged
+    /// port accepts. A send-once right alone is `KERN_INVALID_RIGHT`: the
+    /// kernel would end up holding a counted send right the receiver never
+    /// made, and could use a one-shot right any number of times.
+    pub fn send_port_of(&self, space: SpaceId, name: PortName) -> Result<PortId> {
+        let port = self.port_of(space, name)?;
+        let e = self.entry(space, name)?;
+        if e.receive || e.send_urefs > 0 {
+            Ok(port)
+        } else {
+            Err(KernError::InvalidRight)
+        }
+    }
+
     /// The name `space` uses for `port`, if it holds a send or receive right.
     pub fn name_of(&self, space: SpaceId, port: PortId) -> Option<PortName> {
         self.spaces.get(&space)?.by_port.get(&port).copied()
@@ -850,7 +865,7 @@ impl Ipc {
         for (n, d) in msg.rights {
             rights.push(self.copyin(space, n, d)?);
         }
-        let k = KMessage { dest, dest_right: Some(dkind), reply, id: msg.id, data: msg.data, rights };
+        let k = KMessage { dest, dest_right: Some(dkind), reply, id: msg.id, data: msg.data, rights, from_kernel: false };
         if self.ports.get(&dest).map(|p| p.receiver) == Some(Receiver::Kernel) {
             return Ok(Some(k));
         }
@@ -922,7 +937,7 @@ impl Ipc {
             let shown = if k == RightKind::Send && !self.port_alive(p) { RightKind::DeadName } else { k };
             rights.push((name, shown));
         }
-        Ok(Some(ReceivedMessage { local, id: m.id, data: m.data, reply, rights }))
+        Ok(Some(ReceivedMessage { local, id: m.id, data: m.data, reply, rights, from_kernel: m.from_kernel }))
     }
 
     /// Does the port (or set) named `name` have a message waiting?

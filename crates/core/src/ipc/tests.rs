@@ -1315,7 +1315,7 @@ fn kernel_send_to_a_dead_port_is_invalid_dest_and_releases_the_rights() {
     w.ipc.kernel_make_send(carried);
     w.ipc.drain_events();
     let msg =
-        KMessage { dest, dest_right: None, reply: None, id: 1, data: vec![], rights: vec![(carried, RightKind::Send)] };
+        KMessage::from_kernel(dest, 1, vec![], vec![(carried, RightKind::Send)]);
     assert_eq!(w.ipc.kernel_send(msg), Err(KernError::SendInvalidDest));
     assert_eq!(w.ipc.send_rights(carried), 0);
     assert_eq!(w.ipc.drain_events(), vec![IpcEvent::NoSenders(carried)]);
@@ -1328,14 +1328,7 @@ fn kernel_send_to_a_live_port_queues_the_message() {
     let carried = w.ipc.port_allocate_kernel();
     w.ipc.kernel_make_send(carried);
     w.ipc.drain_events();
-    let msg = KMessage {
-        dest,
-        dest_right: None,
-        reply: Some((carried, RightKind::Send)),
-        id: 9,
-        data: vec![8],
-        rights: vec![],
-    };
+    let msg = KMessage { reply: Some((carried, RightKind::Send)), ..KMessage::from_kernel(dest, 9, vec![8], vec![]) };
     assert_eq!(w.ipc.kernel_send(msg), Ok(()));
     assert_eq!(w.ipc.drain_events(), vec![IpcEvent::Queued(dest)]);
     let got = recv(&mut w.ipc, w.b, w.inbox);
@@ -1352,7 +1345,7 @@ fn kernel_send_to_a_kernel_port_is_refused_and_destroyed() {
     let carried = ipc.port_allocate_kernel();
     ipc.kernel_make_send(carried);
     let msg =
-        KMessage { dest, dest_right: None, reply: None, id: 1, data: vec![], rights: vec![(carried, RightKind::Send)] };
+        KMessage::from_kernel(dest, 1, vec![], vec![(carried, RightKind::Send)]);
     assert_eq!(ipc.kernel_send(msg), Err(KernError::MigBadId));
     assert_eq!(ipc.send_rights(carried), 0);
 }
@@ -1488,7 +1481,7 @@ fn a_receive_right_the_kernel_allocates_in_transit_can_be_handed_to_a_space() {
     w.ipc.kernel_send(KMessage { dest_right: None, ..early }).unwrap();
     let dest = w.port(w.b, w.inbox);
     let carry =
-        KMessage { dest, dest_right: None, reply: None, id: 2, data: vec![], rights: vec![(port, RightKind::Receive)] };
+        KMessage::from_kernel(dest, 2, vec![], vec![(port, RightKind::Receive)]);
     w.ipc.kernel_send(carry).unwrap();
     let (name, kind) = recv(&mut w.ipc, w.b, w.inbox).rights[0];
     assert_eq!(kind, RightKind::Receive);

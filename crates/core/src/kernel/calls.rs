@@ -183,7 +183,8 @@ impl Kernel {
     /// memory object),
     /// `KERN_NO_SPACE` (no room, or the fixed range is in use),
     /// `KERN_INVALID_ADDRESS` (fixed range outside the map),
-    /// `KERN_INVALID_NAME` / `KERN_INVALID_RIGHT` (the object name),
+    /// `KERN_INVALID_NAME` / `KERN_INVALID_RIGHT` (the object name; a
+    /// send-once right is not a memory object, and is left untouched),
     /// `KERN_PROTECTION_FAILURE` (a copy of a window without read),
     /// `KERN_INVALID_CAPABILITY` (the proxy, or a paging proxy one of the
     /// mapped windows reaches, was revoked; or the name is a dead name),
@@ -455,7 +456,7 @@ impl KState {
                 via: Vec::new(),
             }],
             Some(name) => {
-                let port = self.ipc.port_of(space, name)?;
+                let port = self.ipc.send_port_of(space, name)?;
                 match self.kobject(port) {
                     Some(KObject::Proxy(p)) => self.proxy_pieces(p, r.offset.0, size, r.copy, r.cur, r.max)?,
                     Some(_) => return Err(KernError::InvalidArgument),

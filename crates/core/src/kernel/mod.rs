@@ -382,7 +382,15 @@ impl KState {
             return;
         };
         let (id, data) = m.encode();
-        let msg = KMessage { dest: b.port, dest_right: None, reply: None, id, data, rights: Vec::new() };
+        // `terminate` carries the control port, as in Mach: a pager acts
+        // only on a terminate naming the control right it already holds.
+        let rights = if m == KernelToPager::Terminate {
+            self.ipc.kernel_make_send(b.control);
+            vec![(b.control, crate::ipc::RightKind::Send)]
+        } else {
+            Vec::new()
+        };
+        let msg = KMessage::from_kernel(b.port, id, data, rights);
         self.count_to(kind);
         if self.ipc.kernel_send(msg).is_err() {
             self.vm.pager_died(object);
@@ -437,14 +445,8 @@ impl KState {
         self.bindings.insert(object, Binding { port, control });
         self.port_objects.insert(port, object);
         let (id, data) = KernelToPager::Create { size }.encode();
-        let msg = KMessage {
-            dest: dp,
-            dest_right: None,
-            reply: None,
-            id,
-            data,
-            rights: vec![(port, crate::ipc::RightKind::Receive), (control, crate::ipc::RightKind::Send)],
-        };
+        let rights = vec![(port, crate::ipc::RightKind::Receive), (control, crate::ipc::RightKind::Send)];
+        let msg = KMessage::from_kernel(dp, id, data, rights);
         self.count_to("create");
         if self.ipc.kernel_send(msg).is_err() {
             self.vm.pager_died(object);
@@ -474,14 +476,7 @@ impl KState {
         self.bindings.insert(object, Binding { port, control });
         self.port_objects.insert(port, object);
         let (id, data) = KernelToPager::Init { page_size: PAGE_SIZE }.encode();
-        let msg = KMessage {
-            dest: port,
-            dest_right: None,
-            reply: None,
-            id,
-            data,
-            rights: vec![(control, crate::ipc::RightKind::Send)],
-        };
+        let msg = KMessage::from_kernel(port, id, data, vec![(control, crate::ipc::RightKind::Send)]);
         self.count_to("init");
         if self.ipc.kernel_send(msg).is_err() {
             self.vm.pager_died(object);

@@ -177,7 +177,7 @@ impl KState {
     fn reply(&mut self, reply: Option<(PortId, RightKind)>, m: KernelReply) {
         let Some((port, kind)) = reply else { return };
         let (id, data) = m.encode();
-        let msg = KMessage { dest: port, dest_right: Some(kind), reply: None, id, data, rights: Vec::new() };
+        let msg = KMessage { dest_right: Some(kind), ..KMessage::from_kernel(port, id, data, Vec::new()) };
         let _ = self.ipc.kernel_send(msg);
     }
 

@@ -41,7 +41,8 @@ impl Kernel {
     /// unaligned or zero-length windows, overflow, overlapping windows, a
     /// range outside an inner proxy's windows, a port that is no memory
     /// object, unknown protection bits), `KERN_INVALID_NAME` /
-    /// `KERN_INVALID_RIGHT` (an object name), `KERN_INVALID_CAPABILITY` (an
+    /// `KERN_INVALID_RIGHT` (an object name; a send-once right is not a
+    /// memory object, and is left untouched), `KERN_INVALID_CAPABILITY` (an
     /// inner proxy, or a paging proxy it reaches, was revoked; or an object
     /// name is a dead name), `KERN_RESOURCE_SHORTAGE` (more than
     /// [`super::compose::MAX_PROXY_WINDOWS`] windows), `KERN_INVALID_TASK`.
@@ -80,7 +81,7 @@ impl Kernel {
             let mut requests = Vec::with_capacity(n);
             let mut via = Vec::new();
             for i in 0..n {
-                let port = st.ipc.port_of(space, objects[i])?;
+                let port = st.ipc.send_port_of(space, objects[i])?;
                 let source = match st.kobject(port) {
                     Some(KObject::Proxy(p)) => {
                         if st.proxies.chain_revoked(p) {
@@ -201,7 +202,7 @@ impl Kernel {
     pub fn memory_object_proxy_revoke(&self, task: TaskId, revoke: PortName) -> Result<()> {
         self.with(|st| {
             let space = st.task(task)?.space;
-            let port = st.ipc.port_of(space, revoke)?;
+            let port = st.ipc.send_port_of(space, revoke)?;
             let Some(KObject::ProxyRevoke(p)) = st.kobject(port) else {
                 return Err(KernError::InvalidArgument);
             };
@@ -232,7 +233,7 @@ impl Kernel {
     pub fn memory_object_proxy_info(&self, task: TaskId, proxy: PortName) -> Result<ProxyInfo> {
         self.with(|st| {
             let space = st.task(task)?.space;
-            let port = st.ipc.port_of(space, proxy)?;
+            let port = st.ipc.send_port_of(space, proxy)?;
             match st.kobject(port) {
                 Some(KObject::Proxy(p)) => st.proxies.info(p),
                 _ => Err(KernError::InvalidArgument),
