@@ -211,7 +211,10 @@ pub fn run(opts: &RunOptions) -> Result<bool, Box<dyn Error>> {
     let (swap_file, swap) = TempFile::create("swap", "swap")?;
 
     let k = Kernel::new(KernelConfig { resident_limit: opts.resident_limit, ..KernelConfig::default() });
-    let default_pager = start_default_pager(&k, swap)?;
+    // The booter holds the host privilege and lends it to the default pager.
+    let boot = k.task_create(None)?;
+    let host_priv = k.boot_host_priv(boot)?;
+    let default_pager = start_default_pager(&k, boot, host_priv, swap)?;
     let mut conn = PagerConn::new(k.clone())?;
     let object = conn.new_object()?;
     let (a, b) = (k.task_create(None)?, k.task_create(None)?);

@@ -41,7 +41,7 @@ use machvm_core::pmap::{Access, Frame, HwFault, Machine, PhysMem, Pmap, PmapId};
 use machvm_core::vm::object::CopyStrategy;
 use machvm_core::vm::paging::ReturnPolicy;
 use machvm_core::*;
-use machvm_pagers::{start_default_pager, Backing, MemBacking, PagerConn, RunningPager};
+use machvm_pagers::{boot_default_pager, start_default_pager, Backing, MemBacking, PagerConn, RunningPager};
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -424,7 +424,7 @@ fn revoke_round(seed: u64) {
     };
     let k = round_kernel(config, &mut rng);
     let (_swap, swapf) = Swap::new("revoke");
-    let dp = start_default_pager(&k, swapf).unwrap();
+    let dp = boot_default_pager(&k, swapf).unwrap();
     let owner = k.task_create(None).unwrap();
     let mut conn = PagerConn::new(k.clone()).unwrap();
     let obj = conn.new_object().unwrap();
@@ -803,7 +803,7 @@ fn pageout_round(seed: u64) {
     };
     let k = round_kernel(config, &mut rng);
     let (_swap, swapf) = Swap::new("pageout");
-    let dp = start_default_pager(&k, swapf).unwrap();
+    let dp = boot_default_pager(&k, swapf).unwrap();
 
     // The parent, its sibling (sharing `Shared`), and the pager's object.
     let parent = k.task_create(None).unwrap();
@@ -1161,10 +1161,13 @@ fn lifecycle_round(seed: u64) {
     };
     let k = round_kernel(config, &mut rng);
     let holder = k.task_create(None).unwrap();
+    // The holder is the booter too: replacing the default pager needs the
+    // host privilege.
+    let host_priv = k.boot_host_priv(holder).unwrap();
     let reg = Arc::new(std::sync::Mutex::new(Registry::default()));
     {
         let (swap, f) = Swap::new("lifecycle");
-        reg.lock().unwrap().default_pager = Some((start_default_pager(&k, f).unwrap(), swap));
+        reg.lock().unwrap().default_pager = Some((start_default_pager(&k, holder, host_priv, f).unwrap(), swap));
     }
     let new_pager = move |k: &Arc<Kernel>, reg: &std::sync::Mutex<Registry>, rng: &mut Rng| -> Result<()> {
         let mut conn = PagerConn::new(k.clone())?;
@@ -1216,7 +1219,7 @@ fn lifecycle_round(seed: u64) {
                         4 => {
                             // A new default pager replaces the old one.
                             let (swap, f) = Swap::new("lifecycle");
-                            let new = (start_default_pager(&k, f)?, swap);
+                            let new = (start_default_pager(&k, holder, host_priv, f)?, swap);
                             let old = reg.lock().unwrap().default_pager.replace(new);
                             if let Some((p, _swap)) = old {
                                 p.stop();

@@ -91,7 +91,7 @@ fn anonymous_working_set_twenty_times_the_limit_keeps_every_byte() {
     let pages = 20 * LIMIT as u64;
     let k = kernel();
     let (_swapfile, file) = swap("anon");
-    let dp = start_default_pager(&k, file).unwrap();
+    let dp = boot_default_pager(&k, file).unwrap();
     let t = k.task_create(None).unwrap();
     let base = k.vm_allocate(t, VmAddr(0), pages * P, true).unwrap();
     let model = scribble(&k, t, base, pages, 4 * pages, 0x9e37_79b9_7f4a_7c15);
@@ -112,7 +112,7 @@ fn copy_on_write_under_pressure_keeps_parent_and_child_apart() {
     let pages = 8 * LIMIT as u64;
     let k = kernel();
     let (_swapfile, file) = swap("cow");
-    let dp = start_default_pager(&k, file).unwrap();
+    let dp = boot_default_pager(&k, file).unwrap();
     let parent = k.task_create(None).unwrap();
     let base = k.vm_allocate(parent, VmAddr(0), pages * P, true).unwrap();
     let before = scribble(&k, parent, base, pages, pages, 1);
@@ -200,7 +200,7 @@ fn a_file_under_pressure_gets_its_dirty_pages_back_before_they_are_reclaimed() {
 fn pageout_keeps_dirty_pages_whose_pager_died() {
     let k = kernel();
     let (_swap_file, swap_handle) = swap("dead-pager");
-    let _dp = start_default_pager(&k, swap_handle).unwrap();
+    let _dp = boot_default_pager(&k, swap_handle).unwrap();
     let t = k.task_create(None).unwrap();
     let mut pager = PagerConn::new(k.clone()).unwrap();
     let obj = pager.new_object().unwrap();

@@ -234,8 +234,9 @@ fn a_kernel_object_cannot_become_the_default_pager() {
     let k = Kernel::new(KernelConfig { phys_pages: 64, resident_limit: 4, ..KernelConfig::default() });
     let (t, mo) = task_with_object(&k);
     let px = k.memory_object_create_proxy(t, VmProt::READ, &[mo], &[0], &[0], &[P]).unwrap();
-    for name in [px.proxy, px.revoke] {
-        assert_eq!(k.set_default_memory_manager(t, name), Err(KernError::InvalidArgument));
+    let host_priv = k.boot_host_priv(t).unwrap();
+    for name in [px.proxy, px.revoke, host_priv] {
+        assert_eq!(k.set_default_memory_manager(t, host_priv, name), Err(KernError::InvalidArgument));
     }
     let a = k.vm_allocate(t, VmAddr(0), 16 * P, true).unwrap();
     for i in 0..16 {
@@ -479,6 +480,50 @@ fn the_pager_library_drops_messages_the_kernel_did_not_send() {
     // sender than the client itself.
     let info = k.port_lookup(client, own).unwrap();
     assert_eq!(info.send_urefs, 0);
+}
+
+/// The default pager receives every task's anonymous pages under
+/// pressure and may supply or destroy them: becoming it needs the host
+/// privilege, which the kernel hands out once, to its booter. Without it a
+/// task gets `KERN_INVALID_HOST`, whatever it names (its own port, a proxy,
+/// a send-once right), and cannot replace a registered default pager
+/// either; the booter can lend the right in a message.
+#[test]
+fn only_a_holder_of_the_host_privilege_sets_the_default_pager() {
+    let k = Kernel::new(KernelConfig { phys_pages: 64, resident_limit: 4, ..KernelConfig::default() });
+    let booter = k.task_create(None).unwrap();
+    let host_priv = k.boot_host_priv(booter).unwrap();
+    let mallory = k.task_create(None).unwrap();
+    assert_eq!(k.boot_host_priv(mallory), Err(KernError::NoAccess), "handed out once");
+    let mine = k.port_allocate(mallory).unwrap();
+    k.port_make_send(mallory, mine).unwrap();
+    let px = k.memory_object_create_proxy(mallory, VmProt::READ, &[mine], &[0], &[0], &[P]).unwrap();
+    let once = k.port_transfer(booter, host_priv, Disposition::CopySend, mallory).unwrap();
+    k.port_deallocate(mallory, once).unwrap();
+    for fake in [mine, px.proxy, px.revoke, PortName(0x4242)] {
+        assert_eq!(k.set_default_memory_manager(mallory, fake, mine), Err(KernError::InvalidHost), "{fake:?}");
+    }
+    // With a registered default pager, replacing it is refused too, and
+    // anonymous pages still go to the real one.
+    let swap = std::env::temp_dir().join(format!("robustness-host-priv-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&swap).unwrap();
+    std::fs::remove_file(&swap).unwrap();
+    let dp = machvm_pagers::start_default_pager(&k, booter, host_priv, f).unwrap();
+    assert_eq!(k.set_default_memory_manager(mallory, mine, mine), Err(KernError::InvalidHost));
+    let a = k.vm_allocate(mallory, VmAddr(0), 16 * P, true).unwrap();
+    for i in 0..16 {
+        k.write_u64(mallory, VmAddr(a.0 + i * P), i + 1).unwrap();
+    }
+    for i in 0..16 {
+        assert_eq!(k.read_u64(mallory, VmAddr(a.0 + i * P)), Ok(i + 1));
+    }
+    while let Ok(m) = k.msg_receive(mallory, mine, Some(Duration::ZERO)) {
+        assert_ne!(m.id, id::CREATE, "mallory was handed anonymous memory");
+    }
+    // Lent in a message, the right works for whoever holds it.
+    let lent = k.port_transfer(booter, host_priv, Disposition::CopySend, mallory).unwrap();
+    assert_eq!(k.set_default_memory_manager(mallory, lent, mine), Ok(()));
+    dp.stop();
 }
 
 // ----- random input -----
@@ -876,12 +921,13 @@ impl Fuzz {
                     9 => {
                         let _ = k.port_transfer(t0, n, disposition(other), t);
                     }
-                    // Only kernel objects: a port of this task would become
-                    // a default pager nobody serves.
+                    // No task here holds the host privilege: whatever it
+                    // names, it cannot become the default pager.
                     _ => {
+                        assert_eq!(k.set_default_memory_manager(t0, n, o), Err(KernError::InvalidHost));
                         if !self.proxies.is_empty() {
                             let p = self.proxies[usize::from(name) % self.proxies.len()];
-                            assert!(k.set_default_memory_manager(t0, p).is_err());
+                            assert_eq!(k.set_default_memory_manager(t0, p, o), Err(KernError::InvalidHost));
                         }
                     }
                 }

@@ -405,7 +405,7 @@ fn a_store_racing_pageout_of_a_clean_anonymous_page_is_not_lost() {
     );
     let swap = std::env::temp_dir().join(format!("machvm-stress-swap-{}", std::process::id()));
     let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&swap).unwrap();
-    let dp = start_default_pager(&k, file).unwrap();
+    let dp = boot_default_pager(&k, file).unwrap();
     let t = k.task_create(None).unwrap();
     let a = k.vm_allocate(t, VmAddr(0), 16 * P, true).unwrap();
     // Page 0 is read (zero filled: clean, mapped writable); others written.

@@ -336,7 +336,7 @@ fn inherit_copy_isolation_survives_pageout() {
     // Two resident pages; the separate filler allocations push pages out
     // oldest first.
     let k = Kernel::new(KernelConfig { phys_pages: 64, resident_limit: 2, ..KernelConfig::default() });
-    let _default_pager = machvm_pagers::start_default_pager(&k, swap_file()).unwrap();
+    let _default_pager = machvm_pagers::boot_default_pager(&k, swap_file()).unwrap();
     let parent = task(&k);
     let a = alloc(&k, parent, 1);
     let fillers = [alloc(&k, parent, 1), alloc(&k, parent, 1)];
@@ -1216,7 +1216,7 @@ fn zero_sized_protect_inherit_deallocate_do_nothing() {
 fn vm_write_larger_than_the_resident_limit_writes_everything() {
     let k = Kernel::new(KernelConfig { phys_pages: 64, resident_limit: 4, ..Default::default() });
     let swap = swap_file();
-    let _dp = machvm_pagers::start_default_pager(&k, swap).unwrap();
+    let _dp = machvm_pagers::boot_default_pager(&k, swap).unwrap();
     let t = task(&k);
     let a = alloc(&k, t, 16);
     let data: Vec<u8> = (0..16 * P).map(|i| (i % 251) as u8).collect();

@@ -32,7 +32,7 @@
 use machvm_core::ipc::{Disposition, PortName};
 use machvm_core::vm::map::VM_MIN_ADDRESS;
 use machvm_core::*;
-use machvm_pagers::{start_default_pager, MemBacking, PagerConn, RunningPager};
+use machvm_pagers::{boot_default_pager, MemBacking, PagerConn, RunningPager};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -290,7 +290,7 @@ impl Sut {
     fn new(resident_limit: Option<usize>) -> Sut {
         let limit = resident_limit.unwrap_or(4096);
         let k = Kernel::new(KernelConfig { phys_pages: 4096, resident_limit: limit, ..KernelConfig::default() });
-        let default_pager = resident_limit.map(|_| start_default_pager(&k, swap_file()).unwrap());
+        let default_pager = resident_limit.map(|_| boot_default_pager(&k, swap_file()).unwrap());
         let mut conn = PagerConn::new(k.clone()).unwrap();
         let objects = (0..OBJECTS).map(|_| conn.new_object().unwrap()).collect();
         let pager = RunningPager::spawn(conn, MemBacking::default());

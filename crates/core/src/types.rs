@@ -156,6 +156,8 @@ pub enum KernError {
     InvalidCapability,
     #[error("KERN_NOT_SUPPORTED")]
     NotSupported,
+    #[error("KERN_INVALID_HOST")]
+    InvalidHost,
     #[error("KERN_TERMINATED")]
     Terminated,
     #[error("MACH_SEND_INVALID_DEST")]
@@ -207,6 +209,7 @@ impl KernError {
             UrefsOverflow => 19,
             InvalidCapability => 20,
             NotSupported => 46,
+            InvalidHost => 22,
             Terminated => 37,
             SendInvalidDest => 0x1000_0003,
             SendInvalidRight => 0x1000_0007,
@@ -243,6 +246,7 @@ impl KernError {
             UrefsOverflow,
             InvalidCapability,
             NotSupported,
+            InvalidHost,
             Terminated,
             SendInvalidDest,
             SendInvalidRight,

@@ -15,8 +15,8 @@ pub mod serve;
 pub use conn::{PagerConn, Request};
 pub use serve::{serve, Backing, FileBacking, MemBacking, PagerStats, SwapBacking};
 
-use machvm_core::ipc::PortName;
-use machvm_core::{Kernel, Result, TaskId};
+use machvm_core::ipc::{Disposition, PortName};
+use machvm_core::{KernError, Kernel, Result, TaskId};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -63,10 +63,39 @@ impl Drop for RunningPager {
 }
 
 /// Starts a default pager with a swap file and registers it with the
-/// kernel (`vm_set_default_memory_manager`).
-pub fn start_default_pager(kernel: &Arc<Kernel>, swap: std::fs::File) -> Result<RunningPager> {
+/// kernel (`vm_set_default_memory_manager`). `holder` holds the
+/// host-privilege right as `host_priv` (see `Kernel::boot_host_priv`); the
+/// pager task gets a copy of it for the call.
+///
+/// Errors: `KERN_INVALID_HOST` (no host privilege), and those of the calls
+/// that make the pager's task and port.
+pub fn start_default_pager(
+    kernel: &Arc<Kernel>,
+    holder: TaskId,
+    host_priv: PortName,
+    swap: std::fs::File,
+) -> Result<RunningPager> {
     let mut conn = PagerConn::new(kernel.clone())?;
     let port: PortName = conn.new_object()?;
-    kernel.set_default_memory_manager(conn.task, port)?;
+    let registered = kernel
+        .port_transfer(holder, host_priv, Disposition::CopySend, conn.task)
+        .map_err(|_| KernError::InvalidHost)
+        .and_then(|priv_name| kernel.set_default_memory_manager(conn.task, priv_name, port));
+    if let Err(e) = registered {
+        let _ = conn.die();
+        return Err(e);
+    }
     Ok(RunningPager::spawn(conn, SwapBacking::new(swap)))
+}
+
+/// What a kernel's booter does when it wants nothing else of the host
+/// privilege: takes it (`Kernel::boot_host_priv`) into a task of its own
+/// and starts the default pager with it ([`start_default_pager`]).
+///
+/// Errors: `KERN_NO_ACCESS` (the host privilege was handed out already),
+/// and those of [`start_default_pager`].
+pub fn boot_default_pager(kernel: &Arc<Kernel>, swap: std::fs::File) -> Result<RunningPager> {
+    let booter = kernel.task_create(None)?;
+    let host_priv = kernel.boot_host_priv(booter)?;
+    start_default_pager(kernel, booter, host_priv, swap)
 }

@@ -147,9 +147,10 @@ impl Kernel {
     }
 
     /// `mach_msg(MACH_SEND_MSG)`. A message to a kernel object is handled
-    /// at once: control ports take the EMMI; proxies and revoke rights take
-    /// no messages (`MIG_BAD_ID`), and a forged notification to them is
-    /// refused the same way and changes nothing.
+    /// at once: control ports take the EMMI; proxies, revoke rights and
+    /// the host-privilege port take no messages (`MIG_BAD_ID`), and a
+    /// forged notification to them is refused the same way and changes
+    /// nothing.
     ///
     /// Errors: `MACH_SEND_INVALID_DEST`, `MACH_SEND_INVALID_RIGHT`,
     /// `MACH_SEND_INVALID_REPLY`, `MIG_BAD_ID`, `MIG_BAD_ARGUMENTS`, and the
@@ -162,7 +163,7 @@ impl Kernel {
             };
             match st.kobject(kmsg.dest) {
                 Some(KObject::Control(object)) => st.control_message(object, kmsg),
-                Some(KObject::Proxy(_)) | Some(KObject::ProxyRevoke(_)) | None => {
+                Some(KObject::Proxy(_) | KObject::ProxyRevoke(_) | KObject::HostPriv) | None => {
                     st.ipc.destroy_message(kmsg);
                     Err(KernError::MigBadId)
                 }

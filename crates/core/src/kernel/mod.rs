@@ -91,6 +91,8 @@ pub(crate) enum KObject {
     Proxy(u64),
     /// The right to revoke a proxy.
     ProxyRevoke(u64),
+    /// The host-privilege port (`host_priv`): system-wide calls need it.
+    HostPriv,
 }
 
 #[derive(Debug)]
@@ -153,6 +155,10 @@ pub(crate) struct KState {
     pub bindings: HashMap<ObjectId, Binding>,
     pub proxies: ProxyTable,
     pub default_pager: Option<PortId>,
+    /// The host-privilege port, a kernel object.
+    pub host_priv: PortId,
+    /// [`Kernel::boot_host_priv`] has handed it out.
+    host_priv_given: bool,
     pub stats: KernelStats,
     pub config: KernelConfig,
     /// Something a sleeping fault may wait for happened.
@@ -189,17 +195,21 @@ impl Kernel {
         // Pagers may refuse longer requests as forged: never send one.
         config.cluster_pages = config.cluster_pages.clamp(1, crate::memory_object::control::MAX_CLUSTER_PAGES);
         let vm = Vm::new(machine.clone(), config.resident_limit);
+        let mut ipc = Ipc::new();
+        let host_priv = ipc.port_allocate_kernel();
         Arc::new(Kernel {
             st: Mutex::new(KState {
-                ipc: Ipc::new(),
+                ipc,
                 vm,
                 tasks: HashMap::new(),
                 next_task: 0,
-                kobjects: HashMap::new(),
+                kobjects: HashMap::from([(host_priv, KObject::HostPriv)]),
                 port_objects: HashMap::new(),
                 bindings: HashMap::new(),
                 proxies: ProxyTable::default(),
                 default_pager: None,
+                host_priv,
+                host_priv_given: false,
                 stats: KernelStats::default(),
                 config,
                 page_event: false,
@@ -305,24 +315,50 @@ impl Kernel {
         })
     }
 
-    /// `vm_set_default_memory_manager`: `name` (a send right in `task`'s
-    /// space) becomes the default pager, which gets a
-    /// `memory_object_create` for each anonymous object it must page.
+    /// Hands a send right to the host-privilege port (Mach's `host_priv`)
+    /// to `task`, once: it is for whoever boots the kernel, which passes it
+    /// on in messages to the tasks it trusts (as Mach gives it to the
+    /// bootstrap task). System-wide calls take it as their first argument.
     ///
-    /// Errors: `KERN_INVALID_ARGUMENT` (a kernel object, such as a proxy:
-    /// it takes no messages, so what was paged out to it would be lost),
-    /// `KERN_INVALID_NAME`, `KERN_INVALID_RIGHT` (neither a send nor a
-    /// receive right), `KERN_INVALID_CAPABILITY` (a dead name),
+    /// Errors: `KERN_NO_ACCESS` (it was handed out already),
     /// `KERN_INVALID_TASK`.
-    pub fn set_default_memory_manager(&self, task: TaskId, name: PortName) -> Result<()> {
+    pub fn boot_host_priv(&self, task: TaskId) -> Result<PortName> {
         self.with(|st| {
             let space = st.task(task)?.space;
-            if st.ipc.port_of(space, name).is_ok_and(|port| st.kobject(port).is_some()) {
+            if st.host_priv_given {
+                return Err(KernError::NoAccess);
+            }
+            st.host_priv_given = true;
+            let port = st.host_priv;
+            st.ipc.kernel_make_send(port);
+            Ok(st.ipc.copyout(space, port, crate::ipc::RightKind::Send).expect("space checked"))
+        })
+    }
+
+    /// `vm_set_default_memory_manager(host_priv, manager)`: `manager` (a
+    /// send right in `task`'s space, or a receive right it makes one from)
+    /// becomes the default pager, which gets a `memory_object_create` for
+    /// each anonymous object it must page. A registered default pager is
+    /// replaced (the old one keeps what it was given). Both need the host
+    /// privilege: whoever is the default pager receives every task's
+    /// anonymous pages.
+    ///
+    /// Errors: `KERN_INVALID_HOST` (`host_priv` is not a send right to the
+    /// host-privilege port), `KERN_INVALID_ARGUMENT` (`manager` is a kernel
+    /// object, such as a proxy: it takes no messages, so what was paged out
+    /// to it would be lost), `KERN_INVALID_NAME`, `KERN_INVALID_RIGHT`
+    /// (neither a send nor a receive right), `KERN_INVALID_CAPABILITY` (a
+    /// dead name), `KERN_INVALID_TASK`.
+    pub fn set_default_memory_manager(&self, task: TaskId, host_priv: PortName, manager: PortName) -> Result<()> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            st.check_host_priv(space, host_priv)?;
+            if st.ipc.port_of(space, manager).is_ok_and(|port| st.kobject(port).is_some()) {
                 return Err(KernError::InvalidArgument);
             }
-            let (port, _) = st.ipc.copyin(space, name, Disposition::CopySend).or_else(|e| {
+            let (port, _) = st.ipc.copyin(space, manager, Disposition::CopySend).or_else(|e| {
                 if e == KernError::InvalidRight {
-                    st.ipc.copyin(space, name, Disposition::MakeSend)
+                    st.ipc.copyin(space, manager, Disposition::MakeSend)
                 } else {
                     Err(e)
                 }
@@ -337,6 +373,15 @@ impl Kernel {
 }
 
 impl KState {
+    /// Is `name` a send right to the host-privilege port in `space`?
+    /// `KERN_INVALID_HOST` if not, whatever else it is.
+    pub fn check_host_priv(&self, space: SpaceId, name: PortName) -> Result<()> {
+        match self.ipc.send_port_of(space, name) {
+            Ok(port) if port == self.host_priv => Ok(()),
+            _ => Err(KernError::InvalidHost),
+        }
+    }
+
     pub fn task(&self, task: TaskId) -> Result<&TaskState> {
         self.tasks.get(&task.id).ok_or(KernError::InvalidTask)
     }
@@ -533,7 +578,7 @@ impl KState {
                     self.ipc.port_destroy(port);
                     self.proxy_maybe_free(p);
                 }
-                Some(KObject::Control(_)) | None => {}
+                Some(KObject::Control(_) | KObject::HostPriv) | None => {}
             },
         }
     }
