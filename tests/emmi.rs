@@ -154,6 +154,40 @@ fn faults_wait_for_ready_before_asking_for_data() {
     assert_eq!(done(&r2), Ok(9));
 }
 
+/// A fault asleep on a pager that never answers must wake when the answer
+/// it waits for stops mattering: its mapping is deallocated (it fails with
+/// `KERN_INVALID_ADDRESS`), or its protection is taken away
+/// (`KERN_PROTECTION_FAILURE`). The object stays alive through a second
+/// mapping, or through a paging proxy, so nothing else wakes it.
+#[test]
+fn a_fault_asleep_on_its_pager_wakes_when_its_mapping_changes() {
+    for through_proxy in [false, true] {
+        let k = kernel();
+        let (client, mut pager, _obj, name) = setup(&k);
+        let target = if through_proxy {
+            let px = k
+                .memory_object_create_proxy_version(client, VmProt::ALL, &[name], &[0], &[0], &[P], ProxyVersion::Paging)
+                .unwrap();
+            px.proxy
+        } else {
+            name
+        };
+        let _keep = map(&k, client, target, 1);
+        let a = map(&k, client, target, 1);
+        let b = map(&k, client, target, 1);
+        // The pager gets init and never says ready.
+        let ra = read_at(&k, client, a);
+        let rb = read_at(&k, client, b);
+        assert!(matches!(next(&mut pager).msg, KernelToPager::Init { .. }));
+        still_waiting(&ra);
+        still_waiting(&rb);
+        k.vm_deallocate(client, a, P).unwrap();
+        assert_eq!(done(&ra), Err(KernError::InvalidAddress), "through a proxy: {through_proxy}");
+        k.vm_protect(client, b, P, false, VmProt::NONE).unwrap();
+        assert_eq!(done(&rb), Err(KernError::ProtectionFailure), "through a proxy: {through_proxy}");
+    }
+}
+
 #[test]
 fn change_attributes_cluster_makes_one_request_per_cluster() {
     let k = kernel();

@@ -250,6 +250,8 @@ impl Kernel {
             for (s, e, cur) in entries {
                 st.vm.machine.protect(pmap, VmAddr(s), VmAddr(e), cur);
             }
+            // A fault asleep in the range may no longer be allowed.
+            st.page_event = true;
             Ok(())
         })
     }
@@ -545,8 +547,10 @@ impl KState {
         }
     }
 
-    /// Removes `[start, end)` from the task's map and MMU.
+    /// Removes `[start, end)` from the task's map and MMU. Faults asleep
+    /// in the range wake to find it gone.
     pub(crate) fn unmap(&mut self, task: TaskId, start: u64, end: u64) {
+        self.page_event = true;
         self.clip_range(task, start, end);
         let Ok(t) = self.task_mut(task) else { return };
         let removed = t.map.remove_range(start, end);
