@@ -1666,9 +1666,12 @@ fn a_receiver_wakes_when_its_receive_right_is_moved_away() {
 
 // A misreport: a store racing the kernel's dirty check, made to happen.
 
-#[test]
-fn a_store_racing_the_return_of_a_precious_page_is_reported_dirty() {
-    let m = RacingMachine::new(64);
+/// A clean, read page mapped writable through `m` (a racing machine), with
+/// its pager: `(kernel, task, address, pager, object)`.
+fn racing_clean_page(
+    m: &Arc<RacingMachine>,
+    precious: bool,
+) -> (Arc<Kernel>, TaskId, VmAddr, PagerConn, PortName) {
     let k = Kernel::with_machine(
         KernelConfig { phys_pages: 64, resident_limit: 64, cluster_pages: 1, ..Default::default() },
         m.clone(),
@@ -1678,20 +1681,66 @@ fn a_store_racing_the_return_of_a_precious_page_is_reported_dirty() {
     let o = pager.new_object().unwrap();
     let name = pager.give(o, t).unwrap();
     let a = k.vm_map(t, MapRequest::anywhere(P, Some(name))).unwrap();
-    // A precious page, read: mapped writable, clean.
     let reader = read_on_thread(&k, t, a);
     let (obj, off, _, _) = pager.expect_request(Duration::from_secs(5)).unwrap();
-    pager.supply_with(obj, off, &vec![0u8; P as usize], VmProt::NONE, true).unwrap();
+    pager.supply_with(obj, off, &vec![0u8; P as usize], VmProt::NONE, precious).unwrap();
     assert_eq!(joined(&reader, Duration::from_secs(5)), Some(Ok(0)));
-    // The pager asks for it back (all, keeping it resident); a store lands
-    // just as the kernel judges the page clean.
+    (k, t, a, pager, obj)
+}
+
+/// A pager cleans a page and write-locks it (`lock_request(return dirty,
+/// no flush, lock WRITE)`) while a task thread is about to store into it.
+/// The kernel must take write access away *before* it judges the page: a
+/// store landing after a "clean" verdict would be neither returned nor
+/// prevented, and the pager, told "locked, nothing dirty", would hold
+/// stale data. So the racing store cannot land at that moment; the task's
+/// next store asks the pager to unlock.
+#[test]
+fn a_store_racing_a_clean_and_write_lock_cannot_slip_in() {
+    let m = RacingMachine::new(64);
+    let (k, t, a, mut pager, obj) = racing_clean_page(&m, false);
+    m.arm(42);
+    pager.lock_request(obj, 0, P, ReturnPolicy::Dirty, false, VmProt::WRITE).unwrap();
+    let landed = m.landed();
+    match pager.recv(Some(Duration::from_millis(50))) {
+        Err(KernError::RcvTimedOut) => {
+            assert_eq!(landed, None, "a store landed after the page was judged clean, and was never returned")
+        }
+        other => panic!("a clean page was returned: {other:?}"),
+    }
+    assert_eq!(k.read_u64(t, a), Ok(0));
+    let (tx, rx) = mpsc::channel();
+    let k2 = k.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(k2.write_u64(t, a, 7));
+    });
+    let r = pager.recv(Some(Duration::from_secs(5))).unwrap();
+    assert!(matches!(r.msg, KernelToPager::DataUnlock { offset: 0, access: VmProt::WRITE, .. }), "{:?}", r.msg);
+    pager.lock_request(obj, 0, P, ReturnPolicy::None, false, VmProt::NONE).unwrap();
+    assert_eq!(joined(&rx, Duration::from_secs(5)), Some(Ok(())));
+}
+
+/// The pager asks for a precious page back (return all, keeping it
+/// resident) while a task thread is about to store into it. Write access
+/// goes before the page is judged, so the store cannot land between the
+/// verdict and the copy: the page comes back as it was, clean, and the
+/// task's store (after a fault) makes it dirty again for the next return.
+#[test]
+fn a_store_racing_the_return_of_a_precious_page_waits_for_the_return() {
+    let m = RacingMachine::new(64);
+    let (k, t, a, mut pager, obj) = racing_clean_page(&m, true);
     m.arm(42);
     pager.lock_request(obj, 0, P, ReturnPolicy::All, false, VmProt::NONE).unwrap();
-    assert!(m.landed().is_some(), "the racing store did not happen");
+    assert_eq!(m.landed(), None, "a store slipped in while the page was being returned");
+    let r = pager.recv(Some(Duration::from_secs(5))).unwrap();
+    let KernelToPager::DataReturn { data, dirty, kernel_copy, .. } = r.msg else { panic!("{:?}", r.msg) };
+    assert_eq!(u64::from_le_bytes(data[..8].try_into().unwrap()), 0);
+    assert!(!dirty && kernel_copy, "an unmodified precious page, still resident");
+    // The store comes after the return, and the next return carries it.
+    k.write_u64(t, a, 42).unwrap();
+    pager.lock_request(obj, 0, P, ReturnPolicy::Dirty, false, VmProt::NONE).unwrap();
     let r = pager.recv(Some(Duration::from_secs(5))).unwrap();
     let KernelToPager::DataReturn { data, dirty, .. } = r.msg else { panic!("{:?}", r.msg) };
-    assert_eq!(u64::from_le_bytes(data[..8].try_into().unwrap()), 42, "the store is in the data returned");
-    // So the page came back modified: a pager that keeps clean pages it
-    // already has (and drops the return) would lose the store.
-    assert!(dirty, "modified data was returned marked clean");
+    assert_eq!(u64::from_le_bytes(data[..8].try_into().unwrap()), 42);
+    assert!(dirty);
 }

@@ -971,3 +971,67 @@ fn the_object_cache_is_trimmed_oldest_first() {
     assert_eq!(k.read_u64(client, trimmed).unwrap(), 1);
     assert_eq!(k.stats().sent("data_request"), requests + 1);
 }
+
+// ----- the default pager -----
+
+/// A scripted default pager: the booter lends it the host privilege.
+fn scripted_default_pager(k: &Arc<Kernel>) -> PagerConn {
+    let booter = k.task_create(None).unwrap();
+    let host_priv = k.boot_host_priv(booter).unwrap();
+    let mut dp = PagerConn::new(k.clone()).unwrap();
+    let port = dp.new_object().unwrap();
+    let lent = k.port_transfer(booter, host_priv, Disposition::CopySend, dp.task).unwrap();
+    k.set_default_memory_manager(dp.task, lent, port).unwrap();
+    dp
+}
+
+/// Anonymous pages the default pager cleans with `lock_request` (return
+/// dirty, with a flush or without) are the default pager's from then on:
+/// once the kernel lets the frame go, the next fault asks the default
+/// pager for the page, and never zero-fills it.
+#[test]
+fn anonymous_pages_cleaned_by_the_default_pager_are_asked_of_it_again() {
+    let k = kernel();
+    let mut dp = scripted_default_pager(&k);
+    let t = k.task_create(None).unwrap();
+    let a = k.vm_allocate(t, VmAddr(0), 3 * P, true).unwrap();
+    for i in 0..3 {
+        k.write_u64(t, VmAddr(a.0 + i * P), 100 + i).unwrap();
+    }
+    // Page 0 is paged out: the object goes to the default pager.
+    k.set_resident_limit(2);
+    let r = next(&mut dp);
+    assert!(matches!(r.msg, KernelToPager::Create { .. }), "{:?}", r.msg);
+    let obj = r.object;
+    let mut held = std::collections::HashMap::new();
+    let mut take_return = |dp: &mut PagerConn| match next(dp).msg {
+        KernelToPager::DataReturn { offset, data, dirty: true, .. } => {
+            held.insert(offset, data);
+            offset
+        }
+        other => panic!("expected a data_return, got {other:?}"),
+    };
+    assert_eq!(take_return(&mut dp), 0);
+    k.set_resident_limit(1024);
+    // Page 1: cleaned and flushed. Page 2: cleaned, kept, then reclaimed
+    // (it is clean now, so pageout drops it without a return).
+    dp.lock_request(obj, P, P, ReturnPolicy::Dirty, true, VmProt::NONE).unwrap();
+    assert_eq!(take_return(&mut dp), P);
+    dp.lock_request(obj, 2 * P, P, ReturnPolicy::Dirty, false, VmProt::NONE).unwrap();
+    assert_eq!(take_return(&mut dp), 2 * P);
+    k.set_resident_limit(2);
+    // Untouched anonymous pages, read: clean zero fills pageout drops.
+    let filler = k.vm_allocate(t, VmAddr(0), 8 * P, true).unwrap();
+    for i in 0..8 {
+        assert_eq!(k.read_u64(t, VmAddr(filler.0 + i * P)), Ok(0));
+    }
+    quiet(&mut dp);
+    for i in [1, 2] {
+        let rx = read_at(&k, t, VmAddr(a.0 + i * P));
+        let (o, off, len, _) = dp.expect_request(T).unwrap();
+        assert_eq!((o, off, len), (obj, i * P, P), "the default pager is asked for page {i}");
+        dp.supply(obj, off, &held[&off]).unwrap();
+        assert_eq!(done(&rx), Ok(100 + i));
+    }
+}
+

@@ -276,11 +276,24 @@ impl Vm {
             let dirty = self.page_is_dirty(&page);
             if dirty || page.precious {
                 let data = self.page_bytes(frame);
-                self.outbox.push(PagerOp::DataReturn { object, offset, data, dirty, kernel_copy: false });
-                self.stats.pages_returned += 1;
+                self.page_returned(object, offset, data, dirty, false);
             }
         }
         self.frame_free(frame);
+    }
+
+    /// Sends a page's data to its pager (`data_return`), whatever the
+    /// cause (pageout, a flush, a `lock_request`, termination). An
+    /// anonymous object's default pager holds the offset from now on: the
+    /// next fault there asks it, never zero-fills or reads what the object
+    /// shadows.
+    pub fn page_returned(&mut self, object: ObjectId, offset: u64, data: Vec<u8>, dirty: bool, kernel_copy: bool) {
+        let o = self.object_mut(object);
+        if o.temporary {
+            o.paged_out.insert(offset);
+        }
+        self.outbox.push(PagerOp::DataReturn { object, offset, data, dirty, kernel_copy });
+        self.stats.pages_returned += 1;
     }
 
     /// Removes every translation in `[start, end)` of `pmap`.

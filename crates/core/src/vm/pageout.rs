@@ -65,16 +65,14 @@ impl Vm {
                 self.queue.push_back((object, offset));
                 continue;
             }
-            if o.temporary && dirty {
-                if o.provider == Provider::None {
-                    let size = o.size;
-                    let o = self.object_mut(object);
-                    o.provider = Provider::External;
-                    o.ready = true;
-                    self.outbox.push(PagerOp::CreateDefault { object, size });
-                }
-                self.object_mut(object).paged_out.insert(offset);
+            if o.temporary && dirty && o.provider == Provider::None {
+                let size = o.size;
+                let o = self.object_mut(object);
+                o.provider = Provider::External;
+                o.ready = true;
+                self.outbox.push(PagerOp::CreateDefault { object, size });
             }
+            // The return records the offset as the default pager's.
             self.page_evict(object, offset, true);
             self.stats.pageouts += 1;
             freed += 1;

@@ -112,11 +112,15 @@ impl Vm {
                 continue;
             }
             let (precious, marked_dirty) = (p.precious, p.dirty);
+            // Stop writers before judging the page (as Mach's
+            // `memory_object_lock_page` does): a store through a live
+            // translation landing after a "clean" verdict would be neither
+            // returned nor prevented. A flush takes every access; a return
+            // takes write access (the page stays readable meanwhile).
             if should_flush {
-                // Stop writers before judging the page: a store through a
-                // live translation could land after a "clean" verdict and
-                // be flushed away.
                 self.machine.page_protect(frame, VmProt::NONE);
+            } else if should_return != ReturnPolicy::None {
+                self.machine.page_protect(frame, VmProt::READ | VmProt::EXECUTE);
             }
             let dirty = marked_dirty || self.machine.is_modified(frame);
             let give = match should_return {
@@ -125,15 +129,9 @@ impl Vm {
                 ReturnPolicy::All => dirty || precious,
             };
             if give {
-                // Stop writers first, then copy out a stable page.
-                self.machine
-                    .page_protect(frame, if should_flush { VmProt::NONE } else { VmProt::READ | VmProt::EXECUTE });
-                // A store may have landed between the check above and the
-                // shootdown: it is in the data, so the page is dirty.
-                let dirty = dirty || self.machine.is_modified(frame);
+                // No writer is left: the copy is the page as judged.
                 let data = self.page_bytes(frame);
-                self.outbox.push(PagerOp::DataReturn { object, offset: off, data, dirty, kernel_copy: !should_flush });
-                self.stats.pages_returned += 1;
+                self.page_returned(object, off, data, dirty, !should_flush);
                 self.machine.clear_modify(frame);
                 let p = self.object_mut(object).pages.get_mut(&off).expect("listed above");
                 p.dirty = false;
