@@ -273,10 +273,10 @@ fn get_attributes_reports_what_the_pager_set() {
             cluster_pages: 3
         }
     );
-    pager.call(obj, PagerToKernel::Ready { may_cache: true, copy_strategy: CopyStrategy::Call }).unwrap();
+    pager.call(obj, PagerToKernel::Ready { may_cache: true, copy_strategy: CopyStrategy::Delay }).unwrap();
     assert_eq!(
         attributes(&pager, obj),
-        KernelReply::Attributes { ready: true, may_cache: true, copy_strategy: CopyStrategy::Call, cluster_pages: 3 }
+        KernelReply::Attributes { ready: true, may_cache: true, copy_strategy: CopyStrategy::Delay, cluster_pages: 3 }
     );
     pager
         .call(
@@ -970,6 +970,117 @@ fn the_object_cache_is_trimmed_oldest_first() {
     let trimmed = map(&k, client, names[0], 1);
     assert_eq!(k.read_u64(client, trimmed).unwrap(), 1);
     assert_eq!(k.stats().sent("data_request"), requests + 1);
+}
+
+// ----- copy strategies -----
+
+/// Receives `init` and answers `ready` with copy strategy `NONE`.
+fn ready_copy_none(pager: &mut PagerConn) -> PortName {
+    let r = next(pager);
+    assert_eq!(r.msg, KernelToPager::Init { page_size: P });
+    pager.call(r.object, PagerToKernel::Ready { may_cache: true, copy_strategy: CopyStrategy::None }).unwrap();
+    r.object
+}
+
+/// A pager that declares `MEMORY_OBJECT_COPY_NONE` may change its data
+/// behind the kernel's back (flush, then supply something new). So a copy
+/// is made eagerly, when it is asked for: `vm_map(copy)` reads every page
+/// of the range (asking the pager for those not resident) and the copy
+/// keeps the data as it was then, whatever the pager supplies later.
+#[test]
+fn copy_strategy_none_makes_copies_eagerly() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let direct = map(&k, client, name, 2);
+    assert_eq!(ready_copy_none(&mut pager), obj);
+    let r = read_at(&k, client, direct);
+    expect_request(&mut pager, 0, P);
+    pager.supply(obj, 0, &page(10)).unwrap();
+    assert_eq!(done(&r), Ok(10));
+    // The copy reads page 1 from the pager before vm_map returns.
+    let k2 = k.clone();
+    let copying = spawn(move || k2.vm_map(client, MapRequest::anywhere(2 * P, Some(name)).copy(true)));
+    expect_request(&mut pager, P, P);
+    still_waiting(&copying);
+    pager.supply(obj, P, &page(20)).unwrap();
+    let copy = done(&copying).unwrap();
+    // The pager's data changes: flushed, and new data on the next request.
+    pager.lock_request(obj, 0, 2 * P, ReturnPolicy::None, true, VmProt::NONE).unwrap();
+    assert_eq!(k.read_u64(client, copy), Ok(10));
+    assert_eq!(k.read_u64(client, VmAddr(copy.0 + P)), Ok(20));
+    quiet(&mut pager);
+    let r = read_at(&k, client, direct);
+    expect_request(&mut pager, 0, P);
+    pager.supply(obj, 0, &page(99)).unwrap();
+    assert_eq!(done(&r), Ok(99));
+    assert_eq!(k.read_u64(client, copy), Ok(10), "the copy is as of vm_map");
+    // The copy is private and writable; the object never sees its writes.
+    k.write_u64(client, copy, 5).unwrap();
+    assert_eq!(k.read_u64(client, direct), Ok(99));
+    assert_eq!(k.stats().vm.eager_copies, 2);
+}
+
+/// A child inheriting a copy of a `COPY_NONE` object's mapping gets the
+/// data as of `task_create`, not what the pager supplies after.
+#[test]
+fn copy_strategy_none_copies_eagerly_at_task_create() {
+    let k = kernel();
+    let (parent, mut pager, obj, name) = setup(&k);
+    let a = map(&k, parent, name, 1);
+    ready_copy_none(&mut pager);
+    let r = read_at(&k, parent, a);
+    expect_request(&mut pager, 0, P);
+    pager.supply(obj, 0, &page(10)).unwrap();
+    assert_eq!(done(&r), Ok(10));
+    let child = k.task_create(Some(parent)).unwrap();
+    pager.lock_request(obj, 0, P, ReturnPolicy::None, true, VmProt::NONE).unwrap();
+    let r = read_at(&k, parent, a);
+    expect_request(&mut pager, 0, P);
+    pager.supply(obj, 0, &page(77)).unwrap();
+    assert_eq!(done(&r), Ok(77));
+    assert_eq!(k.read_u64(child, a), Ok(10));
+    quiet(&mut pager);
+}
+
+/// An eager copy of a page the pager fails fails the call, and the call
+/// changes nothing: no entry is made.
+#[test]
+fn an_eager_copy_of_a_failed_page_fails_the_map_and_changes_nothing() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let _direct = map(&k, client, name, 1);
+    ready_copy_none(&mut pager);
+    let before = k.vm_region(client, VmAddr(0)).unwrap();
+    let k2 = k.clone();
+    let copying = spawn(move || k2.vm_map(client, MapRequest::anywhere(P, Some(name)).copy(true)));
+    expect_request(&mut pager, 0, P);
+    pager.error(obj, 0, P).unwrap();
+    assert_eq!(done(&copying), Err(KernError::MemoryError));
+    assert_eq!(k.vm_region(client, VmAddr(before.start.0 + before.size)), Err(KernError::InvalidAddress));
+}
+
+/// `MEMORY_OBJECT_COPY_CALL` (the kernel asks the pager to make copies) is
+/// not supported: `ready` and `change_attributes` refuse it and change
+/// nothing; the pager can say `ready` again with a strategy that is.
+#[test]
+fn copy_strategy_call_is_refused_at_ready_and_change_attributes() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 1);
+    assert!(matches!(next(&mut pager).msg, KernelToPager::Init { .. }));
+    let call = PagerToKernel::Ready { may_cache: true, copy_strategy: CopyStrategy::Call };
+    assert_eq!(pager.call(obj, call), Err(KernError::InvalidArgument));
+    let change = PagerToKernel::ChangeAttributes { may_cache: true, copy_strategy: CopyStrategy::Call, cluster_pages: 1 };
+    assert_eq!(pager.call(obj, change), Err(KernError::InvalidArgument));
+    match attributes(&pager, obj) {
+        KernelReply::Attributes { ready: false, copy_strategy: CopyStrategy::Delay, .. } => {}
+        other => panic!("{other:?}"),
+    }
+    pager.ready(obj).unwrap();
+    let r = read_at(&k, client, a);
+    expect_request(&mut pager, 0, P);
+    pager.supply(obj, 0, &page(3)).unwrap();
+    assert_eq!(done(&r), Ok(3));
 }
 
 // ----- the default pager -----

@@ -6,11 +6,12 @@
 //! (invoke), so a call that fails has changed nothing.
 
 use super::{KObject, KState, Kernel, TaskId, TaskState};
-use crate::ipc::PortName;
+use crate::ipc::{PortName, SpaceId};
 use crate::pmap::Access;
 use crate::types::{KernError, Result, VmAddr, VmInherit, VmOffset, VmProt, PAGE_SIZE};
 use crate::vm::map::{nonzero_pages, MapEntry, VmMap};
 use crate::vm::object::{ObjectId, Provider, VmObject};
+use crate::vm::copy::{CopyStep, EagerCopy};
 use crate::vm::ViewResolver;
 use std::sync::Arc;
 
@@ -98,6 +99,10 @@ pub struct RegionInfo {
 /// length, object, offset, allowed, via)` (see [`KState::flatten`]).
 pub(crate) type FlatPiece = (u64, u64, ObjectId, u64, VmProt, Vec<u64>);
 
+/// A copy a call will make: `(object, offset, length)`, as it will ask
+/// [`KState::copy_of`] for it.
+pub(crate) type CopySource = (ObjectId, u64, u64);
+
 /// One entry `vm_map` will insert, relative to the mapped address.
 #[derive(Debug)]
 pub(crate) struct Piece {
@@ -118,7 +123,11 @@ impl Kernel {
     ///
     /// Errors: `KERN_INVALID_TASK` (no such parent).
     pub fn task_create(&self, parent: Option<TaskId>) -> Result<TaskId> {
-        self.with(|st| {
+        let plan = |st: &KState| match parent {
+            Some(p) => st.fork_copies(p),
+            None => Ok(Vec::new()),
+        };
+        self.with_copies(plan, |st| {
             if let Some(p) = parent {
                 st.task(p)?;
             }
@@ -190,7 +199,10 @@ impl Kernel {
     /// mapped windows reaches, was revoked; or the name is a dead name),
     /// `KERN_INVALID_TASK`.
     pub fn vm_map(&self, task: TaskId, r: MapRequest) -> Result<VmAddr> {
-        self.with(|st| st.vm_map(task, r))
+        if !r.copy {
+            return self.with(|st| st.vm_map(task, r));
+        }
+        self.with_copies(|st| st.vm_map_copies(task, &r), |st| st.vm_map(task, r.clone()))
     }
 
     /// `vm_deallocate`: unmaps `[address, address + size)`; holes in the
@@ -342,6 +354,65 @@ impl Kernel {
         self.write_whole(task, dest, &data)
     }
 
+    /// Runs `call` under the kernel lock once every eager copy it will make
+    /// is complete (`MEMORY_OBJECT_COPY_NONE`, see `crate::vm::copy`).
+    ///
+    /// 1. `plan` lists the copies `call` will ask [`KState::copy_of`] for,
+    ///    checking only what `call` checks too (if it fails, `call` runs
+    ///    and fails with its own error).
+    /// 2. Each eager copy among them is stepped; one waiting for its pager
+    ///    makes the call wait (lock released) and start over from 1,
+    ///    keeping what was copied; one that fails fails the call, which
+    ///    has changed nothing.
+    /// 3. With every copy complete, in the same hold of the lock, the
+    ///    copies go to [`KState::eager`] and `call` runs; what it did not
+    ///    take is released.
+    ///
+    /// An object whose pager has not said `ready` has the default
+    /// strategy, `DELAY` (as a new object has in Mach): nothing waits for
+    /// a pager that never answers unless it asked for eager copies.
+    fn with_copies<T>(
+        &self,
+        plan: impl Fn(&KState) -> Result<Vec<CopySource>>,
+        call: impl FnOnce(&mut KState) -> Result<T>,
+    ) -> Result<T> {
+        let mut jobs: Vec<EagerCopy> = Vec::new();
+        let mut st = self.lock();
+        let result = loop {
+            let Ok(wanted) = plan(&st) else {
+                break call(&mut st);
+            };
+            match st.step_copies(&wanted, &mut jobs) {
+                CopyStep::Wait => {
+                    st = self.settle_and_wait_locked(st, &self.page_cv, None);
+                    continue;
+                }
+                CopyStep::Error(e) => break Err(e),
+                CopyStep::Done => {}
+            }
+            for job in jobs.drain(..) {
+                let key = (job.source, job.offset, job.len);
+                let dest = st.vm.eager_copy_finish(job);
+                if wanted.contains(&key) {
+                    st.eager.insert(key, dest);
+                } else {
+                    st.vm.object_deallocate(dest);
+                }
+            }
+            let r = call(&mut st);
+            for (_, dest) in std::mem::take(&mut st.eager) {
+                st.vm.object_deallocate(dest);
+            }
+            break r;
+        };
+        for job in jobs {
+            let dest = st.vm.eager_copy_finish(job);
+            st.vm.object_deallocate(dest);
+        }
+        self.unlock(st);
+        result
+    }
+
     /// Stores `data` at `address` all or nothing: every page is faulted in
     /// for writing, then the stores are made holding the kernel lock, so no
     /// pageout or flush can take a page between the check and the store
@@ -417,8 +488,29 @@ impl Kernel {
 }
 
 impl KState {
-    pub(crate) fn vm_map(&mut self, task: TaskId, r: MapRequest) -> Result<VmAddr> {
-        // Decode.
+    /// The copies `vm_map(r)` will make (see `Kernel::with_copies`), after
+    /// the checks `vm_map` makes before it makes them. A memory object not
+    /// bound yet has no pager that said `ready`: its copy is delayed (the
+    /// default strategy), so it is not listed.
+    fn vm_map_copies(&self, task: TaskId, r: &MapRequest) -> Result<Vec<CopySource>> {
+        let Some(name) = r.object.filter(|_| r.copy) else {
+            return Ok(Vec::new());
+        };
+        let (_, size, space) = self.map_placement(task, r)?;
+        let port = self.ipc.send_port_of(space, name)?;
+        match self.kobject(port) {
+            Some(KObject::Proxy(p)) => {
+                let pieces = self.proxy_plan(p, r.offset.0, size, true, r.cur, r.max)?;
+                Ok(pieces.iter().filter_map(|p| Some((p.object?, p.offset, p.len))).collect())
+            }
+            Some(_) => Err(KernError::InvalidArgument),
+            None => Ok(self.port_objects.get(&port).map(|&o| (o, r.offset.0, size)).into_iter().collect()),
+        }
+    }
+
+    /// The decode half of `vm_map` before the object: the address the
+    /// mapping goes to, its size, and the task's IPC space.
+    fn map_placement(&self, task: TaskId, r: &MapRequest) -> Result<(u64, u64, SpaceId)> {
         let size = nonzero_pages(r.size)?;
         VmProt::from_raw(r.max.bits())?;
         if !r.offset.is_page_aligned() || !r.cur.difference(r.max).is_empty() {
@@ -446,6 +538,12 @@ impl KState {
             }
             r.address.0
         };
+        Ok((address, size, space))
+    }
+
+    pub(crate) fn vm_map(&mut self, task: TaskId, r: MapRequest) -> Result<VmAddr> {
+        // Decode.
+        let (address, size, space) = self.map_placement(task, &r)?;
         let pieces = match r.object {
             None => vec![Piece {
                 rel: 0,
@@ -466,7 +564,7 @@ impl KState {
                         // Invoke starts here for plain objects: bind, and
                         // snapshot if a copy was asked for.
                         let o = self.bind(port);
-                        let (object, needs_copy) = if r.copy { (self.copy_of(o), true) } else { (o, false) };
+                        let (object, needs_copy) = if r.copy { (self.copy_of(o, r.offset.0, size), true) } else { (o, false) };
                         vec![Piece {
                             rel: 0,
                             len: size,
@@ -500,10 +598,21 @@ impl KState {
         Ok(VmAddr(address))
     }
 
-    /// A copy-on-write snapshot of `object` (consuming the caller's
-    /// reference on it, returning one on the copy).
-    pub(crate) fn copy_of(&mut self, object: ObjectId) -> ObjectId {
-        let c = self.vm.copy_delayed(object);
+    /// A copy of `[offset, offset + len)` of `object`, by the object's copy
+    /// strategy (see `crate::vm::copy`), consuming the caller's reference
+    /// on it and returning one on the copy: a copy-on-write snapshot, or
+    /// the eager copy `Kernel::with_copies` made ready for this call.
+    pub(crate) fn copy_of(&mut self, object: ObjectId, offset: u64, len: u64) -> ObjectId {
+        let c = match self.eager.get(&(object, offset, len)) {
+            Some(&eager) => {
+                self.vm.object_reference(eager);
+                eager
+            }
+            None => {
+                debug_assert!(!self.vm.copies_eagerly(object), "an eager copy was not planned");
+                self.vm.copy_delayed(object)
+            }
+        };
         self.vm.object_deallocate(object);
         c
     }
@@ -563,6 +672,52 @@ impl KState {
         }
     }
 
+    /// Steps the eager copies `wanted` needs (starting those not started):
+    /// `Done` once every one is complete.
+    fn step_copies(&mut self, wanted: &[CopySource], jobs: &mut Vec<EagerCopy>) -> CopyStep {
+        let mut outcome = CopyStep::Done;
+        for &(object, offset, len) in wanted {
+            if !self.vm.copies_eagerly(object) {
+                continue;
+            }
+            let i = match jobs.iter().position(|j| (j.source, j.offset, j.len) == (object, offset, len)) {
+                Some(i) => i,
+                None => {
+                    // The copy is made in memory: one larger than the
+                    // machine is refused, not attempted.
+                    if len / PAGE_SIZE > self.vm.machine.frame_count() as u64 {
+                        return CopyStep::Error(KernError::ResourceShortage);
+                    }
+                    jobs.push(self.vm.eager_copy_begin(object, offset, len));
+                    jobs.len() - 1
+                }
+            };
+            match self.vm.eager_copy_step(&mut jobs[i]) {
+                CopyStep::Done => {}
+                CopyStep::Wait => outcome = CopyStep::Wait,
+                e @ CopyStep::Error(_) => return e,
+            }
+        }
+        outcome
+    }
+
+    /// The copies `fork_map` will make of `parent`'s entries.
+    fn fork_copies(&self, parent: TaskId) -> Result<Vec<CopySource>> {
+        let mut out = Vec::new();
+        for e in self.task(parent)?.map.iter().filter(|e| e.inherit == VmInherit::Copy) {
+            let Some(o) = e.object else { continue };
+            if matches!(self.vm.object(o).provider, Provider::View(_)) {
+                // A revoked view is not copied (see `fork_map`).
+                if let Ok(pieces) = self.flatten(o, e.offset, e.len()) {
+                    out.extend(pieces.into_iter().map(|(_, len, obj, off, _, _)| (obj, off, len)));
+                }
+            } else {
+                out.push((o, e.offset, e.len()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Builds the child's map at `task_create` from the parent's entries.
     fn fork_map(&mut self, parent: TaskId, child: &mut VmMap) {
         let entries: Vec<MapEntry> = self.task(parent).expect("checked").map.iter().cloned().collect();
@@ -585,7 +740,7 @@ impl KState {
                             Ok(pieces) => {
                                 for (rel, len, obj, off, prot, via) in pieces {
                                     self.vm.object_reference(obj);
-                                    let c = self.copy_of(obj);
+                                    let c = self.copy_of(obj, off, len);
                                     let mut via: Vec<u64> = via;
                                     via.extend(e.via.iter().copied());
                                     child.insert(MapEntry {
@@ -612,7 +767,7 @@ impl KState {
                     }
                     Some(o) => {
                         self.vm.object_reference(o);
-                        let c = self.copy_of(o);
+                        let c = self.copy_of(o, e.offset, e.len());
                         child.insert(MapEntry { object: Some(c), needs_copy: true, shared: false, ..e.clone() });
                     }
                 },

@@ -161,6 +161,9 @@ pub(crate) struct KState {
     host_priv_given: bool,
     pub stats: KernelStats,
     pub config: KernelConfig,
+    /// Eager copies made ready for the call running now, by source range
+    /// (see `Kernel::with_copies`); each holds a reference.
+    pub eager: HashMap<(ObjectId, u64, u64), ObjectId>,
     /// Something a sleeping fault may wait for happened.
     pub page_event: bool,
     /// A message was queued.
@@ -212,6 +215,7 @@ impl Kernel {
                 host_priv_given: false,
                 stats: KernelStats::default(),
                 config,
+                eager: HashMap::new(),
                 page_event: false,
                 msg_event: false,
             }),

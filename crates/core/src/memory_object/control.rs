@@ -4,7 +4,10 @@
 //! 1. Decode the message (`emmi::PagerToKernel::decode`); a malformed one
 //!    is refused with `MIG_BAD_ARGUMENTS` and changes nothing.
 //! 2. Check ranges: offsets and sizes page-aligned, sums without overflow,
-//!    data whole pages (`KERN_INVALID_ARGUMENT` otherwise).
+//!    data whole pages (`KERN_INVALID_ARGUMENT` otherwise). Of the copy
+//!    strategies, `ready` and `change_attributes` take `NONE` (eager
+//!    copies) and `DELAY` (copy-on-write); `CALL` is refused with
+//!    `KERN_INVALID_ARGUMENT` and changes nothing (see `crate::vm::copy`).
 //! 3. Apply it to the VM object page by page (`vm::paging`), then wake the
 //!    faults that wait on the object.
 //! 4. Answer on the reply port if the pager named one.
@@ -13,7 +16,7 @@ use super::emmi::{KernelReply, PagerToKernel};
 use crate::ipc::{KMessage, PortId, RightKind};
 use crate::kernel::KState;
 use crate::types::{page_aligned, KernError, Result, PAGE_SIZE};
-use crate::vm::object::ObjectId;
+use crate::vm::object::{CopyStrategy, ObjectId};
 
 /// The most pages one `change_attributes` may ask per fault.
 pub const MAX_CLUSTER_PAGES: u32 = 256;
@@ -48,6 +51,10 @@ impl KState {
         match m {
             PagerToKernel::Ready { may_cache, copy_strategy } => {
                 self.count_from("ready");
+                if copy_strategy == CopyStrategy::Call {
+                    self.drop_reply(reply);
+                    return Err(KernError::InvalidArgument);
+                }
                 let o = self.vm.object_mut(object);
                 o.ready = true;
                 o.may_cache = may_cache;
@@ -57,7 +64,7 @@ impl KState {
             }
             PagerToKernel::ChangeAttributes { may_cache, copy_strategy, cluster_pages } => {
                 self.count_from("change_attributes");
-                if cluster_pages == 0 || cluster_pages > MAX_CLUSTER_PAGES {
+                if cluster_pages == 0 || cluster_pages > MAX_CLUSTER_PAGES || copy_strategy == CopyStrategy::Call {
                     self.drop_reply(reply);
                     return Err(KernError::InvalidArgument);
                 }

@@ -252,7 +252,7 @@ fn push_to_copy(vm: &mut Vm, object: ObjectId, offset: u64, frame: Frame) -> Res
 
 /// Runs `f` with the page at `(object, offset)` marked busy, so that a
 /// pageout triggered by a frame allocation inside `f` cannot take it.
-fn pinned<T>(vm: &mut Vm, object: ObjectId, offset: u64, f: impl FnOnce(&mut Vm) -> T) -> T {
+pub(super) fn pinned<T>(vm: &mut Vm, object: ObjectId, offset: u64, f: impl FnOnce(&mut Vm) -> T) -> T {
     let was = std::mem::replace(&mut vm.object_mut(object).pages.get_mut(&offset).expect("pinned page").busy, true);
     let r = f(vm);
     if let Some(p) = vm.object_mut(object).pages.get_mut(&offset) {
@@ -263,7 +263,7 @@ fn pinned<T>(vm: &mut Vm, object: ObjectId, offset: u64, f: impl FnOnce(&mut Vm)
 
 /// Asks the pager of `object` for the cluster of absent pages around
 /// `offset`: placeholders go in, one `data_request` goes out.
-fn request_cluster(vm: &mut Vm, object: ObjectId, offset: u64, access: VmProt) {
+pub(super) fn request_cluster(vm: &mut Vm, object: ObjectId, offset: u64, access: VmProt) {
     let o = vm.object(object);
     let cluster = u64::from(o.cluster_pages.max(1)) * PAGE_SIZE;
     let base = offset - offset % cluster;

@@ -7,6 +7,7 @@
 //! waits). Paging proxies reach the VM only through the [`ViewResolver`]
 //! trait, so the fault path is the same whoever provides the page.
 
+pub mod copy;
 pub mod fault;
 pub mod map;
 pub mod object;
@@ -57,6 +58,8 @@ pub struct VmStats {
     pub zero_fills: u64,
     pub cow_copies: u64,
     pub copy_pushes: u64,
+    /// Pages copied by eager copies (`MEMORY_OBJECT_COPY_NONE`).
+    pub eager_copies: u64,
     pub pages_requested: u64,
     pub pageouts: u64,
     pub pages_returned: u64,

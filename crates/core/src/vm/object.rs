@@ -49,10 +49,11 @@ pub enum Provider {
 /// `memory_object_copy_strategy_t`
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CopyStrategy {
-    /// `MEMORY_OBJECT_COPY_NONE`: copies are made eagerly by the kernel.
+    /// `MEMORY_OBJECT_COPY_NONE`: copies are made eagerly by the kernel,
+    /// reading every page when the copy is made (`crate::vm::copy`).
     None,
-    /// `MEMORY_OBJECT_COPY_CALL`: treated as `DELAY` (the kernel never asks
-    /// the pager to copy; the `copy` message is refused by design).
+    /// `MEMORY_OBJECT_COPY_CALL`: not supported (the kernel never asks the
+    /// pager to copy): `ready` and `change_attributes` refuse it.
     Call,
     /// `MEMORY_OBJECT_COPY_DELAY`: copy-on-write through a copy object.
     Delay,

@@ -5,7 +5,7 @@
 //! page already resident is never overwritten by a supply.
 
 use super::object::{ObjectId, Page};
-use super::{PagerOp, Vm};
+use super::Vm;
 use crate::types::{KernError, Result, VmProt, PAGE_SIZE};
 
 /// `memory_object_return_t`: which pages a `lock_request` sends back.

@@ -280,9 +280,34 @@ impl KState {
     }
 
     /// The entries `vm_map` makes for `[offset, offset + size)` of proxy
-    /// `p`: checked completely first, then references taken.
+    /// `p`: checked completely first ([`KState::proxy_plan`]), then
+    /// references taken.
     pub(crate) fn proxy_pieces(
         &mut self,
+        p: ProxyId,
+        offset: u64,
+        size: u64,
+        copy: bool,
+        cur: VmProt,
+        max: VmProt,
+    ) -> Result<Vec<Piece>> {
+        let mut pieces = self.proxy_plan(p, offset, size, copy, cur, max)?;
+        // Invoke: each entry holds a reference on its object; a copy's
+        // object is a fresh copy.
+        for piece in &mut pieces {
+            let object = piece.object.expect("every piece has an object");
+            self.vm.object_reference(object);
+            if piece.needs_copy {
+                piece.object = Some(self.copy_of(object, piece.offset, piece.len));
+            }
+        }
+        Ok(pieces)
+    }
+
+    /// The decode half of [`KState::proxy_pieces`]: the entries, with the
+    /// objects they will map or copy, and no reference taken.
+    pub(crate) fn proxy_plan(
+        &self,
         p: ProxyId,
         offset: u64,
         size: u64,
@@ -338,15 +363,6 @@ impl KState {
                     via: v,
                 });
                 rel += flen;
-            }
-        }
-        // Invoke: each entry holds a reference on its object; a copy's
-        // object is a fresh snapshot.
-        for piece in &mut pieces {
-            let object = piece.object.expect("every piece has an object");
-            self.vm.object_reference(object);
-            if piece.needs_copy {
-                piece.object = Some(self.copy_of(object));
             }
         }
         Ok(pieces)
