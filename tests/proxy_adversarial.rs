@@ -128,8 +128,13 @@ fn wrap_around_offsets_and_sizes_are_refused(v: ProxyVersion) {
         (top - P, 0, 2 * P),
         (u64::MAX, 0, P),
         (0, u64::MAX, P),
-        (0, 0, u64::MAX),
+        // `(0, 0, u64::MAX)` runs to the end of the offset space (the
+        // Hurd's read-only proxy, see the conformance suite); one byte
+        // further on either side wraps.
+        (P, 0, u64::MAX),
+        (0, P, u64::MAX),
         (P, 0, u64::MAX - P + 1),
+        (0, P, u64::MAX - P + 1),
     ] {
         assert_eq!(
             w.proxy(VmProt::ALL, &[(o, off, start, len)]).map(|_| ()),
@@ -190,6 +195,11 @@ fn windows_at_the_top_of_the_offset_space_do_not_wrap(v: ProxyVersion) {
     let b = w.map(t, w.give(nested.proxy, t), 0, P).unwrap();
     w.assert_shows(t, b, 1, 0, 4 * P);
     assert_eq!(w.k.write_u64(t, b, 0), fail());
+    // To the end of the offset space from there is that last page.
+    let to_end = w.proxy(VmProt::ALL, &[(px.proxy, 0, top - P, u64::MAX - (top - P))]).unwrap();
+    let c = w.map(t, w.give(to_end.proxy, t), 0, P).unwrap();
+    w.assert_shows(t, c, 1, 0, 4 * P);
+    assert_eq!(w.map(t, w.give(to_end.proxy, t), 0, 2 * P), invalid());
 }
 
 fn vm_protect_after_map_cannot_raise_anything(v: ProxyVersion) {

@@ -18,6 +18,9 @@ both!(
     windows_over_several_objects_with_nonzero_offsets,
     bad_window_arrays_are_invalid_argument,
     overlapping_windows_are_refused,
+    hurd_read_only_proxy_to_the_end_is_the_whole_object_proxy,
+    windows_to_the_end_from_nonzero_offsets_and_starts,
+    lengths_past_the_end_or_unaligned_stay_invalid,
     nested_proxies_intersect_protection_at_every_depth,
     ranges_compose_along_chains,
     vm_map_request_must_lie_inside_the_windows,
@@ -108,6 +111,162 @@ fn overlapping_windows_are_refused(v: ProxyVersion) {
     assert_eq!(w.k.stats().proxies, proxies);
     // Adjacent windows touch but do not overlap.
     assert!(w.proxy(VmProt::READ, &[(a, 0, 0, 2 * P), (b, 2 * P, 0, P)]).is_ok());
+}
+
+// ----- windows to the end of the offset space -----
+
+/// What a task sees of a read/execute proxy of object 0 mapped from offset
+/// 0 as glibc's `mmap` maps it, and of a proxy the Hurd makes over it:
+/// every answer, in order, so two proxies can be compared.
+fn read_only_script(w: &World, proxy: PortName) -> Vec<String> {
+    let t = w.task();
+    let name = w.give(proxy, t);
+    let mut seen = Vec::new();
+    let mut note = |what: &str, r: &dyn std::fmt::Debug| seen.push(format!("{what}: {r:?}"));
+    let info = w.k.memory_object_proxy_info(t, name).unwrap();
+    note("info", &(info.protection, &info.windows));
+    // glibc's mmap asks for READ|WRITE / ALL and gets what the proxy allows.
+    let size = OBJ_PAGES * P;
+    let a = w.k.vm_map(t, MapRequest::anywhere(size, Some(name)).prot(VmProt::DEFAULT, VmProt::ALL)).unwrap();
+    let r = w.k.vm_region(t, a).unwrap();
+    assert_eq!((r.size, r.cur, r.max), (size, VmProt::READ, VmProt::READ | VmProt::EXECUTE));
+    note("region", &(r.size, r.cur, r.max));
+    w.assert_shows(t, a, OBJ_PAGES, 0, 0);
+    let fail = Err(KernError::ProtectionFailure);
+    assert_eq!(w.k.write_u64(t, a, 1), fail);
+    assert_eq!(w.k.vm_write(t, a.plus(P), &[1]), fail);
+    assert_eq!(w.k.execute(t, a), fail, "cur is READ");
+    assert_eq!(w.k.vm_protect(t, a, size, false, VmProt::WRITE), fail);
+    assert_eq!(w.k.vm_protect(t, a, size, false, VmProt::DEFAULT), fail);
+    assert_eq!(w.k.vm_protect(t, a, P, true, VmProt::ALL), fail);
+    w.k.vm_protect(t, a, size, false, VmProt::READ | VmProt::EXECUTE).unwrap();
+    assert_eq!(w.k.execute(t, a), Ok(()));
+    assert_eq!(w.k.write_u64(t, a, 1), fail);
+    // Asking for exactly what it allows, from an offset inside.
+    let rx = VmProt::READ | VmProt::EXECUTE;
+    let b = w.k.vm_map(t, MapRequest::anywhere(2 * P, Some(name)).offset(4 * P).prot(rx, rx)).unwrap();
+    w.assert_shows(t, b, 2, 0, 4 * P);
+    note("write b", &w.k.write_u64(t, b, 1));
+    // A private copy may be written; the object never sees it.
+    let c = w.k.vm_map(t, MapRequest::anywhere(P, Some(name)).copy(true)).unwrap();
+    note("write copy", &w.k.write_u64(t, c, 0xc0));
+    note("read copy", &w.k.read_u64(t, c));
+    // The Hurd's own call over this proxy: a proxy of it to the end.
+    let nested = w.k.memory_object_create_proxy(t, VmProt::ALL, &[name], &[0], &[0], &[!0]).unwrap();
+    let info = w.k.memory_object_proxy_info(t, nested.proxy).unwrap();
+    note("nested info", &(info.protection, info.windows.iter().map(|w| (w.offset, w.len, w.prot)).collect::<Vec<_>>()));
+    let n = w.k.vm_map(t, MapRequest::anywhere(size, Some(nested.proxy))).unwrap();
+    w.assert_shows(t, n, OBJ_PAGES, 0, 0);
+    note("write nested", &w.k.write_u64(t, n, 1));
+    note("protect nested", &w.k.vm_protect(t, n, P, false, VmProt::WRITE));
+    assert_eq!(w.direct_word(0, 0), word(0, 0), "no write reached the object");
+    seen
+}
+
+/// libpager's `pager_create_ro_port` and tmpfs make a read-only proxy with
+/// `memory_object_create_proxy(READ|EXECUTE, [object], [0], [0], [~0])`:
+/// a length of `~0` reaches the last byte of the offset space. The window
+/// runs to the end (kept as its last whole page), and the proxy behaves
+/// exactly like the whole-object proxy of the largest page-aligned length.
+fn hurd_read_only_proxy_to_the_end_is_the_whole_object_proxy(v: ProxyVersion) {
+    let w = World::new(v);
+    let rx = VmProt::READ | VmProt::EXECUTE;
+    let o = w.objs[0];
+    let hurd = w.k.memory_object_create_proxy(w.owner, rx, &[o], &[0], &[0], &[!0]).unwrap();
+    let whole = w.proxy(rx, &[(o, 0, 0, TOP)]).unwrap();
+    let info = w.k.memory_object_proxy_info(w.owner, hurd.proxy).unwrap();
+    let windows: Vec<(u64, u64, u64, VmProt, bool)> =
+        info.windows.iter().map(|w| (w.offset, w.len, w.start, w.prot, w.target_is_proxy)).collect();
+    assert_eq!(windows, [(0, TOP, 0, rx, false)], "kept as its last whole page");
+    assert_eq!(info, w.k.memory_object_proxy_info(w.owner, whole.proxy).unwrap());
+    assert_eq!(read_only_script(&w, hurd.proxy), read_only_script(&w, whole.proxy));
+    // Nothing fits after a window to the end.
+    let bad = Err(KernError::InvalidArgument);
+    let b = w.objs[1];
+    let create = |objs: &[PortName], offs: &[u64], starts: &[u64], lens: &[u64]| {
+        w.k.memory_object_create_proxy(w.owner, rx, objs, offs, starts, lens).map(|_| ())
+    };
+    assert_eq!(create(&[o, b], &[0, 4 * P], &[0, 0], &[!0, P]), bad, "overlaps it");
+    assert_eq!(create(&[b, o], &[TOP - P, 0], &[0, 0], &[P, !0]), bad, "overlaps its last page");
+    assert_eq!(create(&[o, b], &[0, TOP], &[0, 0], &[!0, P]), bad, "past the end");
+    assert_eq!(create(&[o, b], &[0, TOP], &[0, 0], &[!0, P - 1]), bad, "nothing is left after it");
+}
+
+/// A window to the end from a nonzero proxy offset or object start: the
+/// larger of `offset + len` and `start + len` is the last byte of the
+/// offset space, the other falls short of it, and the window is kept as
+/// the last whole page of the larger one.
+fn windows_to_the_end_from_nonzero_offsets_and_starts(v: ProxyVersion) {
+    let w = World::new(v);
+    let o = w.objs[0];
+    let t = w.task();
+    let window = |px: &ProxyRights| {
+        let i = w.k.memory_object_proxy_info(w.owner, px.proxy).unwrap();
+        i.windows.iter().map(|w| (w.offset, w.len, w.start)).collect::<Vec<_>>()
+    };
+    // From object page 2, at proxy offset 0.
+    let s = w.proxy(VmProt::READ, &[(o, 0, 2 * P, u64::MAX - 2 * P)]).unwrap();
+    assert_eq!(window(&s), [(0, TOP - 2 * P, 2 * P)]);
+    let a = w.map(t, w.give(s.proxy, t), 0, 4 * P).unwrap();
+    w.assert_shows(t, a, 4, 0, 2 * P);
+    // Object page 0 at proxy offset 3P.
+    let off = w.proxy(VmProt::READ, &[(o, 3 * P, 0, u64::MAX - 3 * P)]).unwrap();
+    assert_eq!(window(&off), [(3 * P, TOP - 3 * P, 0)]);
+    let b = w.map(t, w.give(off.proxy, t), 3 * P, 2 * P).unwrap();
+    w.assert_shows(t, b, 2, 0, 0);
+    assert_eq!(w.map(t, w.give(off.proxy, t), 0, P), Err(KernError::InvalidArgument), "before the window");
+    // Both nonzero: the proxy side reaches the end, the object side not.
+    let both = w.proxy(VmProt::READ, &[(o, 5 * P, P, u64::MAX - 5 * P)]).unwrap();
+    assert_eq!(window(&both), [(5 * P, TOP - 5 * P, P)]);
+    let c = w.map(t, w.give(both.proxy, t), 6 * P, P).unwrap();
+    w.assert_shows(t, c, 1, 0, 2 * P);
+    // Nested: to the end of a proxy whose window runs to the end, from
+    // inside that window.
+    let nested = w.proxy(VmProt::ALL, &[(off.proxy, 0, 4 * P, u64::MAX - 4 * P)]).unwrap();
+    assert_eq!(window(&nested)[0].1, TOP - 4 * P);
+    assert_eq!(w.k.memory_object_proxy_info(w.owner, nested.proxy).unwrap().protection, VmProt::READ);
+    let d = w.map(t, w.give(nested.proxy, t), 0, 2 * P).unwrap();
+    w.assert_shows(t, d, 2, 0, P);
+    // `s` reached the end on the object side: its window stops two pages
+    // short of the end of the proxy's offsets, and a window to the end of
+    // the offset space over it reaches past it.
+    assert_eq!(w.proxy(VmProt::READ, &[(s.proxy, 0, 0, !0)]).map(|_| ()), Err(KernError::InvalidArgument));
+    assert_eq!(w.proxy(VmProt::READ, &[(s.proxy, 0, P, u64::MAX - P)]).map(|_| ()), Err(KernError::InvalidArgument));
+    assert!(w.proxy(VmProt::READ, &[(s.proxy, 0, 0, TOP - 2 * P)]).is_ok());
+}
+
+/// Only a length that reaches the very last byte is read as "to the end":
+/// a sum past it still wraps, and every other unaligned length is refused.
+fn lengths_past_the_end_or_unaligned_stay_invalid(v: ProxyVersion) {
+    let w = World::with_objects(v, 1, false);
+    let o = w.objs[0];
+    let proxies = w.k.stats().proxies;
+    let bad = Err(KernError::InvalidArgument);
+    let create = |off: u64, start: u64, len: u64| {
+        w.k.memory_object_create_proxy(w.owner, VmProt::READ, &[o], &[off], &[start], &[len]).map(|_| ())
+    };
+    // Wraps: the other side passes the end.
+    assert_eq!(create(0, P, !0), bad, "start + len wraps");
+    assert_eq!(create(P, 0, !0), bad, "offset + len wraps");
+    assert_eq!(create(P, 2 * P, u64::MAX - P), bad, "start + len wraps");
+    assert_eq!(create(2 * P, P, u64::MAX - P), bad, "offset + len wraps");
+    assert_eq!(create(TOP, TOP, !0), bad);
+    // Unaligned lengths that stop short of the end.
+    for len in [u64::MAX - 1, u64::MAX - P, u64::MAX - P + 2, TOP + 1, P - 1, P + 8, 1] {
+        assert_eq!(create(0, 0, len), bad, "len {len:#x}");
+    }
+    assert_eq!(create(P, P, u64::MAX - 2 * P), bad, "one page short of the end");
+    // To the end from the last page: nothing is left of it.
+    assert_eq!(create(TOP, 0, P - 1), bad);
+    assert_eq!(create(0, TOP, P - 1), bad);
+    // Unaligned offsets and starts are refused even to the end.
+    assert_eq!(create(1, 0, u64::MAX - 1), bad);
+    assert_eq!(create(0, 1, u64::MAX - 1), bad);
+    assert_eq!(w.k.stats().proxies, proxies, "nothing was made");
+    // The largest page-aligned lengths are fine as they always were.
+    assert_eq!(create(0, 0, TOP), Ok(()));
+    assert_eq!(create(P, 0, TOP - P), Ok(()));
+    assert_eq!(create(TOP - P, 0, P), Ok(()));
 }
 
 fn nested_proxies_intersect_protection_at_every_depth(v: ProxyVersion) {

@@ -37,8 +37,20 @@ impl Kernel {
     /// `max_protection`. Objects may be proxies; protections intersect
     /// along the chain. Uses the kernel's configured version.
     ///
+    /// A window whose end is exactly the last byte of the offset space (the
+    /// larger of `offsets[i] + lens[i]` and `starts[i] + lens[i]` is
+    /// 2^64 − 1, and neither wraps) runs *to the end*, as libpager's
+    /// `pager_create_ro_port` and tmpfs ask with offset 0, start 0 and
+    /// `len = ~0`. It is kept rounded down to its last whole page, `2^64 −
+    /// PAGE_SIZE − max(offset, start)`, and is from then on exactly the
+    /// window of that page-aligned length: `vm_map`, nested proxies and
+    /// [`Kernel::memory_object_proxy_info`] see that length (see
+    /// [`super::compose::window_len`]).
+    ///
     /// Errors: `KERN_INVALID_ARGUMENT` (array lengths differ or are zero,
-    /// unaligned or zero-length windows, overflow, overlapping windows, a
+    /// unaligned windows (other than a window to the end), zero-length
+    /// windows (a window to the end from the last page included), a sum
+    /// that wraps, overlapping windows, a
     /// range outside an inner proxy's windows, a port that is no memory
     /// object, unknown protection bits), `KERN_INVALID_NAME` /
     /// `KERN_INVALID_RIGHT` (an object name; a send-once right is not a
