@@ -128,6 +128,12 @@ pub struct KernelStats {
     /// Proxy records alive (a proxy nobody can map through any more keeps
     /// its record while its revoke right lives).
     pub proxies: usize,
+    /// Windows `memory_object_create_proxy` has gone through one by one,
+    /// in calls that failed too: inner proxies' windows copied or walked
+    /// looking for revoked proxies, and the new proxies' windows built. It
+    /// measures the call's work (a binary search over windows counts for
+    /// nothing).
+    pub proxy_windows_examined: u64,
 }
 
 impl KernelStats {

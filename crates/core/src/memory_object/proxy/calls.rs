@@ -3,7 +3,7 @@
 //! `memory_object_proxy_info`, and the `vm_map` half that turns a mapping
 //! of a proxy into map entries.
 
-use super::compose::{compose, cover, Request, Source, Window};
+use super::compose::{compose_counting, cover, Request, Source, Window};
 use super::{Proxy, ProxyId, ProxyInfo, ProxyVersion};
 use crate::ipc::{PortId, PortName, RightKind, SpaceId};
 use crate::kernel::calls::Piece;
@@ -85,34 +85,10 @@ impl Kernel {
     ) -> Result<ProxyRights> {
         self.with(|st| {
             let space = st.task(task)?.space;
-            VmProt::from_raw(max_protection.bits())?;
-            let n = objects.len();
-            if n == 0 || offsets.len() != n || starts.len() != n || lens.len() != n {
-                return Err(KernError::InvalidArgument);
-            }
-            let mut requests = Vec::with_capacity(n);
-            let mut via = Vec::new();
-            for i in 0..n {
-                let port = st.ipc.send_port_of(space, objects[i])?;
-                let source = match st.kobject(port) {
-                    Some(KObject::Proxy(p)) => {
-                        if st.proxies.chain_revoked(p) {
-                            return Err(KernError::InvalidCapability);
-                        }
-                        let px = st.proxies.get(p)?;
-                        via.extend(px.via.iter().copied());
-                        Source::Proxy {
-                            version: px.version,
-                            windows: px.windows.iter().map(|w| w.with_target(Target::Object(w.target))).collect(),
-                            view: px.view.map(Target::Object),
-                        }
-                    }
-                    Some(_) => return Err(KernError::InvalidArgument),
-                    None => Source::Object(Target::Port(port)),
-                };
-                requests.push(Request { source, offset: offsets[i], start: starts[i], len: lens[i] });
-            }
-            let windows = compose(max_protection, &requests)?;
+            let mut examined = 0;
+            let decoded = st.create_proxy_decode(space, max_protection, objects, offsets, starts, lens, &mut examined);
+            st.stats.proxy_windows_examined += examined;
+            let (windows, via) = decoded?;
             // Invoke: every window holds a reference on its target.
             let windows = windows
                 .into_iter()
@@ -255,6 +231,51 @@ impl Kernel {
 }
 
 impl KState {
+    /// The decode half of `memory_object_create_proxy`: the new proxy's
+    /// windows over targets not bound yet, and its `via`. Changes nothing;
+    /// adds the windows it goes through to `examined`.
+    #[allow(clippy::too_many_arguments)]
+    fn create_proxy_decode(
+        &self,
+        space: SpaceId,
+        max_protection: VmProt,
+        objects: &[PortName],
+        offsets: &[u64],
+        starts: &[u64],
+        lens: &[u64],
+        examined: &mut u64,
+    ) -> Result<(Vec<Window<Target>>, Vec<ProxyId>)> {
+        VmProt::from_raw(max_protection.bits())?;
+        let n = objects.len();
+        if n == 0 || offsets.len() != n || starts.len() != n || lens.len() != n {
+            return Err(KernError::InvalidArgument);
+        }
+        let mut requests = Vec::with_capacity(n);
+        let mut via = Vec::new();
+        for i in 0..n {
+            let port = self.ipc.send_port_of(space, objects[i])?;
+            let source = match self.kobject(port) {
+                Some(KObject::Proxy(p)) => {
+                    if self.proxies.chain_revoked_counting(p, examined) {
+                        return Err(KernError::InvalidCapability);
+                    }
+                    let px = self.proxies.get(p)?;
+                    via.extend(px.via.iter().copied());
+                    *examined += px.windows.len() as u64;
+                    Source::Proxy {
+                        version: px.version,
+                        windows: px.windows.iter().map(|w| w.with_target(Target::Object(w.target))).collect(),
+                        view: px.view.map(Target::Object),
+                    }
+                }
+                Some(_) => return Err(KernError::InvalidArgument),
+                None => Source::Object(Target::Port(port)),
+            };
+            requests.push(Request { source, offset: offsets[i], start: starts[i], len: lens[i] });
+        }
+        Ok((compose_counting(max_protection, &requests, examined)?, via))
+    }
+
     /// Makes the proxy's ports and (paging) view; the windows' references
     /// are already taken. `via`: see [`Proxy::via`]. Cannot fail.
     fn proxy_create(

@@ -123,6 +123,11 @@ pub fn cover<T>(windows: &[Window<T>], offset: u64, len: u64) -> Result<Vec<(&Wi
 /// the offset space); errors are `KERN_INVALID_ARGUMENT`, and
 /// `KERN_RESOURCE_SHORTAGE` past [`MAX_PROXY_WINDOWS`] windows.
 pub fn compose<T: Copy>(max: VmProt, requests: &[Request<T>]) -> Result<Vec<Window<T>>> {
+    compose_counting(max, requests, &mut 0)
+}
+
+/// As [`compose`], adding the windows it builds to `examined`.
+pub fn compose_counting<T: Copy>(max: VmProt, requests: &[Request<T>], examined: &mut u64) -> Result<Vec<Window<T>>> {
     if requests.is_empty() {
         return Err(KernError::InvalidArgument);
     }
@@ -131,10 +136,13 @@ pub fn compose<T: Copy>(max: VmProt, requests: &[Request<T>]) -> Result<Vec<Wind
         let r_len = window_len(r.offset, r.start, r.len)?;
         match &r.source {
             Source::Object(t) => {
+                *examined += 1;
                 out.push(Window { offset: r.offset, len: r_len, target: *t, start: r.start, prot: max })
             }
             Source::Proxy { version, windows, view } => {
-                for (w, within, len) in cover(windows, r.start, r_len)? {
+                let pieces = cover(windows, r.start, r_len)?;
+                *examined += pieces.len() as u64;
+                for (w, within, len) in pieces {
                     let offset = r.offset + (w.offset + within - r.start);
                     let prot = max & w.prot;
                     let (target, start) = match (version, view) {

@@ -142,6 +142,12 @@ impl ProxyTable {
         self.chain(id).iter().any(|&p| self.is_revoked(p))
     }
 
+    /// As [`ProxyTable::chain_revoked`], adding the windows walked to
+    /// `examined`.
+    pub fn chain_revoked_counting(&self, id: ProxyId, examined: &mut u64) -> bool {
+        self.chain_counting(id, examined).iter().any(|&p| self.is_revoked(p))
+    }
+
     /// Was this proxy revoked (whether or not its record is still here)?
     pub fn is_revoked(&self, id: ProxyId) -> bool {
         self.revoked_gone.contains(&id) || self.proxies.get(&id).is_some_and(|p| p.revoked)
@@ -152,6 +158,11 @@ impl ProxyTable {
     /// reach one proxy by many paths (two windows over the same inner proxy
     /// at every level double them), and the kernel lock is held.
     pub fn chain(&self, id: ProxyId) -> Vec<ProxyId> {
+        self.chain_counting(id, &mut 0)
+    }
+
+    /// As [`ProxyTable::chain`], adding the windows walked to `examined`.
+    fn chain_counting(&self, id: ProxyId, examined: &mut u64) -> Vec<ProxyId> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut todo = vec![id];
@@ -168,6 +179,7 @@ impl ProxyTable {
             if px.version == ProxyVersion::Paging {
                 out.push(p);
             }
+            *examined += px.windows.len() as u64;
             for w in &px.windows {
                 if let Some(&inner) = self.view_of.get(&w.target) {
                     todo.push(inner);
