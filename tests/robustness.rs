@@ -327,6 +327,134 @@ fn nesting_that_doubles_the_windows_stops_at_the_window_limit() {
     still_works(&k);
 }
 
+/// A new task with `n` pages of anonymous memory, page `i` starting with
+/// the word `i`, whose entries alternate read-only and read/write (so that
+/// no two merge), and a region proxy of all of it: `n` windows, each one
+/// page.
+fn region_proxy_of_entries(k: &Kernel, n: u64, version: ProxyVersion) -> (TaskId, PortName) {
+    let t = k.task_create(None).unwrap();
+    let base = k.vm_allocate(t, VmAddr(0), n * P, true).unwrap();
+    for i in 0..n {
+        k.write_u64(t, VmAddr(base.0 + i * P), i).unwrap();
+    }
+    for i in (0..n).step_by(2) {
+        k.vm_protect(t, VmAddr(base.0 + i * P), P, false, VmProt::READ).unwrap();
+    }
+    let px = k.vm_region_create_proxy(t, base, VmProt::READ, n * P).unwrap();
+    assert_eq!(k.memory_object_proxy_info(t, px.proxy).unwrap().windows.len() as u64, n);
+    assert_eq!(k.memory_object_proxy_info(t, px.proxy).unwrap().version, version);
+    (t, px.proxy)
+}
+
+/// The windows `memory_object_create_proxy` has looked at so far.
+fn examined(k: &Kernel) -> u64 {
+    k.stats().proxy_windows_examined
+}
+
+/// Windows a binary search over `MAX_PROXY_WINDOWS` of them looks at, at
+/// most (a logarithm, with room to spare).
+const SEARCH: u64 = 16;
+
+/// 100,000 entries, each naming all of a proxy of `MAX_PROXY_WINDOWS`
+/// windows: the call is refused with `KERN_RESOURCE_SHORTAGE` as soon as
+/// the windows the entries would make pass the limit, counted without
+/// copying any, and the work done is bounded by the limit, not by the
+/// entries times the inner windows (minutes and gigabytes before).
+#[test]
+fn entries_past_the_window_limit_are_refused_before_anything_is_built() {
+    const ENTRIES: usize = 100_000;
+    let n = MAX_PROXY_WINDOWS as u64;
+    for version in [ProxyVersion::Mapping, ProxyVersion::Paging] {
+        let k = Kernel::new(KernelConfig { proxy_version: version, ..KernelConfig::default() });
+        let (t, region) = region_proxy_of_entries(&k, n, version);
+        let objects = vec![region; ENTRIES];
+        let offsets: Vec<u64> = (0..ENTRIES as u64).map(|i| i * n * P).collect();
+        let (starts, lens) = (vec![0; ENTRIES], vec![n * P; ENTRIES]);
+        let before = (k.stats(), examined(&k));
+        let r = k.memory_object_create_proxy(t, VmProt::READ, &objects, &offsets, &starts, &lens);
+        assert_eq!(r.map(|_| ()), Err(KernError::ResourceShortage), "{version:?}");
+        // The proxy walked once looking for revocation, two binary
+        // searches for each of the two entries looked at; nothing built.
+        let work = examined(&k) - before.1;
+        assert!(work <= n + 4 * SEARCH, "{version:?}: {work} windows looked at");
+        assert_eq!((k.stats().proxies, k.stats().objects), (before.0.proxies, before.0.objects), "nothing made");
+        // Two entries of it are already one window too many.
+        let r = k.memory_object_create_proxy(t, VmProt::READ, &objects[..2], &offsets[..2], &starts[..2], &lens[..2]);
+        assert_eq!(r.map(|_| ()), Err(KernError::ResourceShortage), "{version:?}");
+        // One is fine.
+        let whole = k.memory_object_create_proxy(t, VmProt::READ, &[region], &[0], &[0], &[n * P]).unwrap();
+        assert_eq!(k.memory_object_proxy_info(t, whole.proxy).unwrap().windows.len() as u64, n);
+        still_works(&k);
+    }
+}
+
+/// `MAX_PROXY_WINDOWS` entries each naming one page of the same proxy of
+/// `MAX_PROXY_WINDOWS` windows: exactly the limit, so it works, and the
+/// proxy's chain is walked once for the call rather than once per entry
+/// (and its windows are never copied whole).
+/// Entries naming distinct proxies over one shared inner proxy walk that
+/// inner proxy once too.
+#[test]
+fn entries_naming_one_proxy_walk_it_once() {
+    let n = MAX_PROXY_WINDOWS as u64;
+    for version in [ProxyVersion::Mapping, ProxyVersion::Paging] {
+        let k = Kernel::new(KernelConfig { proxy_version: version, ..KernelConfig::default() });
+        let (t, region) = region_proxy_of_entries(&k, n, version);
+        let m = MAX_PROXY_WINDOWS;
+        let objects = vec![region; m];
+        // Every page of the region, in reverse order at the new proxy's
+        // offsets: page i of the new proxy is page n - 1 - i of the region.
+        let offsets: Vec<u64> = (0..m as u64).map(|i| i * P).collect();
+        let starts: Vec<u64> = (0..m as u64).map(|i| (n - 1 - i) * P).collect();
+        let before = examined(&k);
+        let px = k.memory_object_create_proxy(t, VmProt::READ, &objects, &offsets, &starts, &vec![P; m]).unwrap();
+        // The proxy walked once, three binary searches per entry (two to
+        // count, one to build), and the windows built: not an entry times
+        // the proxy's windows.
+        let work = examined(&k) - before;
+        assert!(work <= n + m as u64 * (1 + 3 * SEARCH), "{version:?}: {work} windows looked at");
+        let info = k.memory_object_proxy_info(t, px.proxy).unwrap();
+        assert_eq!(info.windows.len(), m, "{version:?}");
+        // It shows the region's pages reversed.
+        let a = k.vm_map(t, MapRequest::anywhere(n * P, Some(px.proxy))).unwrap();
+        for i in [0, 1, n / 2, n - 1] {
+            assert_eq!(k.read_u64(t, VmAddr(a.0 + i * P)), Ok(n - 1 - i), "{version:?} page {i}");
+        }
+        // One more entry is one window too many.
+        let mut objects = objects;
+        objects.push(region);
+        let (mut offsets, mut starts) = (offsets, starts);
+        offsets.push(m as u64 * P);
+        starts.push(0);
+        let r = k.memory_object_create_proxy(t, VmProt::READ, &objects, &offsets, &starts, &vec![P; m + 1]);
+        assert_eq!(r.map(|_| ()), Err(KernError::ResourceShortage), "{version:?}");
+
+        // Distinct paging proxies of one page each over the region: naming
+        // them all walks the region they reach once.
+        let outer: Vec<PortName> = (0..64u64)
+            .map(|i| {
+                k.memory_object_create_proxy_version(
+                    t,
+                    VmProt::READ,
+                    &[region],
+                    &[0],
+                    &[i * P],
+                    &[P],
+                    ProxyVersion::Paging,
+                )
+                .unwrap()
+                .proxy
+            })
+            .collect();
+        let before = examined(&k);
+        let offsets: Vec<u64> = (0..64u64).map(|i| i * P).collect();
+        k.memory_object_create_proxy(t, VmProt::READ, &outer, &offsets, &[0; 64], &[P; 64]).unwrap();
+        let work = examined(&k) - before;
+        assert!(work <= n + 64 * (2 + 3 * SEARCH), "{version:?}: {work} windows looked at");
+        still_works(&k);
+    }
+}
+
 // ----- pagers -----
 
 /// A kernel with a running pager serving two objects, and a client task

@@ -128,11 +128,10 @@ pub struct KernelStats {
     /// Proxy records alive (a proxy nobody can map through any more keeps
     /// its record while its revoke right lives).
     pub proxies: usize,
-    /// Windows `memory_object_create_proxy` has gone through one by one,
-    /// in calls that failed too: inner proxies' windows copied or walked
-    /// looking for revoked proxies, and the new proxies' windows built. It
-    /// measures the call's work (a binary search over windows counts for
-    /// nothing).
+    /// Windows `memory_object_create_proxy` has looked at, in calls that
+    /// failed too: each probe of a binary search over a proxy's windows,
+    /// each window walked looking for revoked proxies or copied into a new
+    /// proxy. It measures the call's work.
     pub proxy_windows_examined: u64,
 }
 

@@ -3,7 +3,7 @@
 //! `memory_object_proxy_info`, and the `vm_map` half that turns a mapping
 //! of a proxy into map entries.
 
-use super::compose::{compose_counting, cover, Request, Source, Window};
+use super::compose::{cover, Composer, Request, Source, Window};
 use super::{Proxy, ProxyId, ProxyInfo, ProxyVersion};
 use crate::ipc::{PortId, PortName, RightKind, SpaceId};
 use crate::kernel::calls::Piece;
@@ -12,6 +12,7 @@ use crate::types::{KernError, Result, VmAddr, VmProt};
 use crate::vm::map::nonzero_pages;
 use crate::vm::object::{ObjectId, VmObject};
 use crate::vm::ViewResolver;
+use std::collections::{BTreeSet, HashSet};
 
 /// The rights a proxy's creator gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +29,12 @@ pub struct ProxyRights {
 enum Target {
     Port(PortId),
     Object(ObjectId),
+}
+
+impl From<ObjectId> for Target {
+    fn from(o: ObjectId) -> Target {
+        Target::Object(o)
+    }
 }
 
 impl Kernel {
@@ -47,17 +54,26 @@ impl Kernel {
     /// [`Kernel::memory_object_proxy_info`] see that length (see
     /// [`super::compose::window_len`]).
     ///
+    /// The entries are checked in order, and the windows each will make
+    /// are counted (by binary search over an inner proxy's windows) as it
+    /// is checked: the call is refused at the entry that takes the count
+    /// past [`super::compose::MAX_PROXY_WINDOWS`], before any window is
+    /// built, so a refused call costs work in proportion to its entries up
+    /// to the limit, never to the windows of the proxies they name.
+    ///
     /// Errors: `KERN_INVALID_ARGUMENT` (array lengths differ or are zero,
     /// unaligned windows (other than a window to the end), zero-length
     /// windows (a window to the end from the last page included), a sum
-    /// that wraps, overlapping windows, a
-    /// range outside an inner proxy's windows, a port that is no memory
-    /// object, unknown protection bits), `KERN_INVALID_NAME` /
-    /// `KERN_INVALID_RIGHT` (an object name; a send-once right is not a
-    /// memory object, and is left untouched), `KERN_INVALID_CAPABILITY` (an
-    /// inner proxy, or a paging proxy it reaches, was revoked; or an object
-    /// name is a dead name), `KERN_RESOURCE_SHORTAGE` (more than
-    /// [`super::compose::MAX_PROXY_WINDOWS`] windows), `KERN_INVALID_TASK`.
+    /// that wraps, overlapping windows, a range outside an inner proxy's
+    /// windows, a port that is no memory object, unknown protection bits),
+    /// `KERN_INVALID_NAME` / `KERN_INVALID_RIGHT` (an object name; a
+    /// send-once right is not a memory object, and is left untouched),
+    /// `KERN_INVALID_CAPABILITY` (an inner proxy, or a paging proxy it
+    /// reaches, was revoked; or an object name is a dead name),
+    /// `KERN_RESOURCE_SHORTAGE` (more than
+    /// [`super::compose::MAX_PROXY_WINDOWS`] windows; decided before the
+    /// ranges are walked, so it is the answer even if a range also runs
+    /// across a gap in an inner proxy), `KERN_INVALID_TASK`.
     pub fn memory_object_create_proxy(
         &self,
         task: TaskId,
@@ -233,7 +249,16 @@ impl Kernel {
 impl KState {
     /// The decode half of `memory_object_create_proxy`: the new proxy's
     /// windows over targets not bound yet, and its `via`. Changes nothing;
-    /// adds the windows it goes through to `examined`.
+    /// adds the windows it looks at to `examined`.
+    ///
+    /// Its cost is bounded by the call, not by the proxies it names: each
+    /// entry's windows are counted by binary search and the call refused
+    /// as soon as they pass the limit, before anything is built (so at most
+    /// one entry past the limit is looked at, and at most the limit's
+    /// windows are ever held); the inner proxies' windows are borrowed,
+    /// never copied; and each proxy named, or reached through those named,
+    /// is walked once for revocation and gives its `via` once, however many
+    /// entries name it.
     #[allow(clippy::too_many_arguments)]
     fn create_proxy_decode(
         &self,
@@ -250,30 +275,28 @@ impl KState {
         if n == 0 || offsets.len() != n || starts.len() != n || lens.len() != n {
             return Err(KernError::InvalidArgument);
         }
-        let mut requests = Vec::with_capacity(n);
-        let mut via = Vec::new();
+        let mut composer = Composer::new(max_protection);
+        let (mut named, mut walked, mut via) = (HashSet::new(), HashSet::new(), BTreeSet::new());
         for i in 0..n {
             let port = self.ipc.send_port_of(space, objects[i])?;
             let source = match self.kobject(port) {
                 Some(KObject::Proxy(p)) => {
-                    if self.proxies.chain_revoked_counting(p, examined) {
+                    let first = named.insert(p);
+                    if first && self.proxies.chain_revoked_sharing(p, &mut walked, examined) {
                         return Err(KernError::InvalidCapability);
                     }
                     let px = self.proxies.get(p)?;
-                    via.extend(px.via.iter().copied());
-                    *examined += px.windows.len() as u64;
-                    Source::Proxy {
-                        version: px.version,
-                        windows: px.windows.iter().map(|w| w.with_target(Target::Object(w.target))).collect(),
-                        view: px.view.map(Target::Object),
+                    if first {
+                        via.extend(px.via.iter().copied());
                     }
+                    Source::Proxy { version: px.version, windows: &px.windows, view: px.view }
                 }
                 Some(_) => return Err(KernError::InvalidArgument),
                 None => Source::Object(Target::Port(port)),
             };
-            requests.push(Request { source, offset: offsets[i], start: starts[i], len: lens[i] });
+            composer.push(Request { source, offset: offsets[i], start: starts[i], len: lens[i] }, examined)?;
         }
-        Ok((compose_counting(max_protection, &requests, examined)?, via))
+        Ok((composer.finish(examined)?, via.into_iter().collect()))
     }
 
     /// Makes the proxy's ports and (paging) view; the windows' references

@@ -142,10 +142,17 @@ impl ProxyTable {
         self.chain(id).iter().any(|&p| self.is_revoked(p))
     }
 
-    /// As [`ProxyTable::chain_revoked`], adding the windows walked to
-    /// `examined`.
-    pub fn chain_revoked_counting(&self, id: ProxyId, examined: &mut u64) -> bool {
-        self.chain_counting(id, examined).iter().any(|&p| self.is_revoked(p))
+    /// As [`ProxyTable::chain_revoked`] for each of many proxies in turn,
+    /// sharing `seen`: a proxy in it is not walked again (an earlier walk
+    /// of the same call found nothing revoked behind it, and nothing
+    /// changes while the kernel lock is held), and those walked now are
+    /// added. So a call naming one proxy in many entries, or many proxies
+    /// over one shared inner proxy, walks each proxy once. Each window
+    /// walked is added to `examined`.
+    pub fn chain_revoked_sharing(&self, id: ProxyId, seen: &mut HashSet<ProxyId>, examined: &mut u64) -> bool {
+        let mut revoked = false;
+        self.walk(id, seen, examined, |p| revoked |= self.is_revoked(p));
+        revoked
     }
 
     /// Was this proxy revoked (whether or not its record is still here)?
@@ -158,13 +165,16 @@ impl ProxyTable {
     /// reach one proxy by many paths (two windows over the same inner proxy
     /// at every level double them), and the kernel lock is held.
     pub fn chain(&self, id: ProxyId) -> Vec<ProxyId> {
-        self.chain_counting(id, &mut 0)
+        let mut out = Vec::new();
+        self.walk(id, &mut HashSet::new(), &mut 0, |p| out.push(p));
+        out
     }
 
-    /// As [`ProxyTable::chain`], adding the windows walked to `examined`.
-    fn chain_counting(&self, id: ProxyId, examined: &mut u64) -> Vec<ProxyId> {
-        let mut out = Vec::new();
-        let mut seen = HashSet::new();
+    /// Calls `found` on each paging proxy reachable from `id` (itself
+    /// included if paging), and on each revoked one whose record is gone,
+    /// skipping the proxies in `seen` and adding those it visits. Each
+    /// window walked is added to `examined`.
+    fn walk(&self, id: ProxyId, seen: &mut HashSet<ProxyId>, examined: &mut u64, mut found: impl FnMut(ProxyId)) {
         let mut todo = vec![id];
         while let Some(p) = todo.pop() {
             if !seen.insert(p) {
@@ -172,12 +182,12 @@ impl ProxyTable {
             }
             let Some(px) = self.proxies.get(&p) else {
                 if self.revoked_gone.contains(&p) {
-                    out.push(p);
+                    found(p);
                 }
                 continue;
             };
             if px.version == ProxyVersion::Paging {
-                out.push(p);
+                found(p);
             }
             *examined += px.windows.len() as u64;
             for w in &px.windows {
@@ -187,7 +197,6 @@ impl ProxyTable {
             }
             todo.extend(px.via.iter().copied());
         }
-        out
     }
 
     /// The paging proxies a mapping of `object` goes through.
