@@ -196,6 +196,43 @@ fn a_file_under_pressure_gets_its_dirty_pages_back_before_they_are_reclaimed() {
 /// Dirty pages of an object whose pager died cannot be given back: pageout
 /// keeps them resident rather than throw the data away, so what tasks wrote
 /// stays readable however much memory pressure follows.
+/// Clean pages of an object whose pager died are the only copy left too:
+/// pageout keeps them, so what a task could read before the death it can
+/// still read after it, under any pressure (only pages never brought in
+/// fail, with `KERN_MEMORY_ERROR`).
+#[test]
+fn pageout_keeps_clean_pages_whose_pager_died() {
+    let k = kernel();
+    let (_swap_file, swap_handle) = swap("dead-pager-clean");
+    let _dp = boot_default_pager(&k, swap_handle).unwrap();
+    let t = k.task_create(None).unwrap();
+    let mut pager = PagerConn::new(k.clone()).unwrap();
+    let obj = pager.new_object().unwrap();
+    let name = pager.give(obj, t).unwrap();
+    let a = k.vm_map(t, MapRequest::anywhere(5 * P, Some(name))).unwrap();
+    let k2 = k.clone();
+    let reader = std::thread::spawn(move || (0..4).map(|i| k2.read_u64(t, VmAddr(a.0 + i * P))).collect::<Vec<_>>());
+    let mut served = 0;
+    while served < 4 * P {
+        let (o, off, len, _) = pager.expect_request(Duration::from_secs(5)).unwrap();
+        let data: Vec<u8> = (off..off + len).step_by(P as usize).flat_map(|p| vec![(p / P) as u8 + 1; P as usize]).collect();
+        pager.supply(o, off, &data).unwrap();
+        served = served.max(off + len);
+    }
+    assert!(reader.join().unwrap().iter().all(|r| r.is_ok()));
+    pager.die().unwrap();
+    let anon = k.vm_allocate(t, VmAddr(0), 4 * LIMIT as u64 * P, true).unwrap();
+    for i in 0..4 * LIMIT as u64 {
+        k.write_u64(t, VmAddr(anon.0 + i * P), i).unwrap();
+    }
+    assert!(k.stats().vm.pageouts > 0);
+    for i in 0..4 {
+        let want = u64::from_le_bytes([i as u8 + 1; 8]);
+        assert_eq!(k.read_u64(t, VmAddr(a.0 + i * P)), Ok(want), "page {i}");
+    }
+    assert_eq!(k.read_u64(t, VmAddr(a.0 + 4 * P)), Err(KernError::MemoryError), "never brought in");
+}
+
 #[test]
 fn pageout_keeps_dirty_pages_whose_pager_died() {
     let k = kernel();

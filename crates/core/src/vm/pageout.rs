@@ -13,9 +13,10 @@
 //! 3. a clean page is simply dropped: its pager (or zero fill) has it.
 //!
 //! With no default pager registered, dirty anonymous pages are never
-//! reclaimed (there is nowhere to put them); nor are dirty or precious
-//! pages of an object whose pager died (a `data_return` would go nowhere).
-//! They stay in the queue.
+//! reclaimed (there is nowhere to put them); nor are the pages of an
+//! object whose pager died, clean or not (the kernel holds the only copy:
+//! a `data_return` would go nowhere, and the next fault could only fail).
+//! They stay in the queue, until the object itself goes.
 //! Pages pinned busy by a fault that is copying them are skipped too.
 
 use super::object::Provider;
@@ -49,9 +50,9 @@ impl Vm {
                 continue;
             }
             // Pages nobody could get back: dirty anonymous memory with no
-            // default pager, and dirty or precious pages of a dead pager.
-            let keep =
-                |dirty: bool| (o.temporary && !self.default_pager && dirty) || (o.pager_dead && (dirty || p.precious));
+            // default pager, and every page of a dead pager (it can give
+            // nothing back, not even a clean page).
+            let keep = |dirty: bool| (o.temporary && !self.default_pager && dirty) || o.pager_dead;
             if keep(self.page_is_dirty(p)) {
                 self.queue.push_back((object, offset));
                 continue;
