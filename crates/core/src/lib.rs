@@ -21,7 +21,7 @@ pub mod kernel;
 pub mod memory_object;
 pub mod pmap;
 pub mod sync;
-pub mod types;
+pub use machvm_protocol::types;
 pub mod vm;
 
 pub use kernel::{Kernel, KernelConfig, KernelStats, MapRequest, RegionInfo, TaskId};

@@ -1,37 +1,7 @@
 //! Messages: the user form a space sends, the kernel form in a queue, and
 //! the form a receiver gets back with rights renamed into its space.
 
-use super::{PortId, PortName};
-
-/// The kind of a right once it is in transit or in a space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RightKind {
-    /// `MACH_PORT_RIGHT_RECEIVE`
-    Receive,
-    /// `MACH_PORT_RIGHT_SEND`
-    Send,
-    /// `MACH_PORT_RIGHT_SEND_ONCE`
-    SendOnce,
-    /// `MACH_PORT_RIGHT_DEAD_NAME`
-    DeadName,
-}
-
-/// `mach_msg_type_name_t`: what sending does with a right the sender names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Disposition {
-    /// `MACH_MSG_TYPE_MOVE_RECEIVE`
-    MoveReceive,
-    /// `MACH_MSG_TYPE_MOVE_SEND`
-    MoveSend,
-    /// `MACH_MSG_TYPE_MOVE_SEND_ONCE`
-    MoveSendOnce,
-    /// `MACH_MSG_TYPE_COPY_SEND`
-    CopySend,
-    /// `MACH_MSG_TYPE_MAKE_SEND`
-    MakeSend,
-    /// `MACH_MSG_TYPE_MAKE_SEND_ONCE`
-    MakeSendOnce,
-}
+use super::{Disposition, PortId, PortName, RightKind};
 
 /// A message as a task sends it: names in the sender's space.
 #[derive(Clone, Debug, PartialEq, Eq)]

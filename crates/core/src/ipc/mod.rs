@@ -21,7 +21,8 @@
 
 mod message;
 
-pub use message::{Disposition, KMessage, ReceivedMessage, RightKind, UserMessage};
+pub use machvm_protocol::ipc::{Disposition, PortName, RightKind};
+pub use message::{KMessage, ReceivedMessage, UserMessage};
 
 use crate::types::{KernError, Result};
 use std::collections::{HashMap, VecDeque};
@@ -35,9 +36,6 @@ pub const MACH_NOTIFY_DEAD_NAME: u32 = 0o110;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortId(pub u64);
 
-/// `mach_port_name_t`: a name in one space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PortName(pub u32);
 
 /// An IPC name space (one per task).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -12,14 +12,13 @@
 //!    faults that wait on the object.
 //! 4. Answer on the reply port if the pager named one.
 
-use super::emmi::{KernelReply, PagerToKernel};
+use machvm_protocol::emmi::{KernelReply, PagerToKernel};
 use crate::ipc::{KMessage, PortId, RightKind};
 use crate::kernel::KState;
 use crate::types::{page_aligned, KernError, Result, PAGE_SIZE};
 use crate::vm::object::{CopyStrategy, ObjectId};
 
-/// The most pages one `change_attributes` may ask per fault.
-pub const MAX_CLUSTER_PAGES: u32 = 256;
+pub use machvm_protocol::emmi::MAX_CLUSTER_PAGES;
 
 fn check_range(offset: u64, size: u64) -> Result<()> {
     if !page_aligned(offset) || !page_aligned(size) || size == 0 {

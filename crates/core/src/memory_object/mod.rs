@@ -6,5 +6,5 @@
 //! - [`proxy`]: proxy memory objects, both versions behind one interface.
 
 pub mod control;
-pub mod emmi;
+pub use machvm_protocol::emmi;
 pub mod proxy;

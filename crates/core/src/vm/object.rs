@@ -46,18 +46,7 @@ pub enum Provider {
     View(u64),
 }
 
-/// `memory_object_copy_strategy_t`
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CopyStrategy {
-    /// `MEMORY_OBJECT_COPY_NONE`: copies are made eagerly by the kernel,
-    /// reading every page when the copy is made (`crate::vm::copy`).
-    None,
-    /// `MEMORY_OBJECT_COPY_CALL`: not supported (the kernel never asks the
-    /// pager to copy): `ready` and `change_attributes` refuse it.
-    Call,
-    /// `MEMORY_OBJECT_COPY_DELAY`: copy-on-write through a copy object.
-    Delay,
-}
+pub use machvm_protocol::emmi::CopyStrategy;
 
 /// One resident (or requested) page of an object.
 #[derive(Clone, Debug, Default)]

@@ -8,16 +8,7 @@ use super::object::{ObjectId, Page};
 use super::Vm;
 use crate::types::{KernError, Result, VmProt, PAGE_SIZE};
 
-/// `memory_object_return_t`: which pages a `lock_request` sends back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReturnPolicy {
-    /// `MEMORY_OBJECT_RETURN_NONE`
-    None,
-    /// `MEMORY_OBJECT_RETURN_DIRTY`
-    Dirty,
-    /// `MEMORY_OBJECT_RETURN_ALL` (dirty and precious)
-    All,
-}
+pub use machvm_protocol::emmi::ReturnPolicy;
 
 impl Vm {
     /// `memory_object_data_supply` for one page. Returns whether the page

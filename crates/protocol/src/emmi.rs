@@ -11,10 +11,38 @@
 //! fields are in range or is `MIG_BAD_ARGUMENTS`; an unknown id is
 //! `MIG_BAD_ID`. Nothing a pager sends can make the kernel panic.
 
-use super::control::MAX_CLUSTER_PAGES;
 use crate::types::{page_aligned, KernError, Result, VmProt, PAGE_SIZE};
-use crate::vm::object::CopyStrategy;
-use crate::vm::paging::ReturnPolicy;
+use serde::{Deserialize, Serialize};
+
+/// The most pages one `change_attributes` may ask per fault (and so the
+/// longest `data_request` a pager can be sent).
+pub const MAX_CLUSTER_PAGES: u32 = 256;
+
+/// `memory_object_copy_strategy_t`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyStrategy {
+    /// `MEMORY_OBJECT_COPY_NONE`: copies are made eagerly by the kernel,
+    /// reading every page when the copy is made.
+    None,
+    /// `MEMORY_OBJECT_COPY_CALL`: not supported (the kernel never asks the
+    /// pager to copy): `ready` and `change_attributes` refuse it
+    /// with `KERN_INVALID_ARGUMENT`.
+    Call,
+    /// `MEMORY_OBJECT_COPY_DELAY`: copy-on-write through a copy object.
+    Delay,
+}
+
+/// `memory_object_return_t`: which pages a `lock_request` sends back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReturnPolicy {
+    /// `MEMORY_OBJECT_RETURN_NONE`
+    None,
+    /// `MEMORY_OBJECT_RETURN_DIRTY`
+    Dirty,
+    /// `MEMORY_OBJECT_RETURN_ALL` (dirty and precious)
+    All,
+}
+
 
 /// Message ids, kernel → pager.
 pub mod id {

@@ -1,0 +1,18 @@
+//! machvm's shared vocabulary, used by the kernel, the daemon, pagers and
+//! tasks alike:
+//!
+//! - [`types`]: Mach's basic types (protections, addresses, offsets,
+//!   inheritance) and return codes ([`types::KernError`]);
+//! - [`ipc`]: port names and rights as a task names them;
+//! - [`emmi`]: the external memory management interface, the messages
+//!   between the kernel and pagers, with their encoding.
+//!
+//! It does no I/O.
+#![deny(unsafe_code)]
+#![warn(missing_debug_implementations)]
+
+pub mod emmi;
+pub mod ipc;
+pub mod types;
+
+pub use types::{KernError, Result, VmAddr, VmInherit, VmOffset, VmProt, PAGE_SIZE};
