@@ -14,6 +14,8 @@
 pub mod racing;
 
 use machvm_core::ipc::PortName;
+use machvm_core::pmap::soft::SoftMachine;
+use machvm_core::pmap::Machine;
 use machvm_core::*;
 use machvm_pagers::{MemBacking, PagerConn, RunningPager};
 use std::path::PathBuf;
@@ -74,7 +76,13 @@ impl World {
 
     /// `n` objects; filled or left to the pager (zeroes).
     pub fn with_objects(version: ProxyVersion, n: usize, fill: bool) -> World {
-        let k = Kernel::new(config(version));
+        World::on_machine(version, n, fill, Arc::new(SoftMachine::new(config(version).phys_pages)))
+    }
+
+    /// As [`World::with_objects`], on a machine of the caller's (to read
+    /// its counters, or to make races happen).
+    pub fn on_machine(version: ProxyVersion, n: usize, fill: bool, machine: Arc<dyn Machine>) -> World {
+        let k = Kernel::with_machine(config(version), machine);
         let owner = k.task_create(None).unwrap();
         let mut conn = PagerConn::new(k.clone()).unwrap();
         let mut objs = Vec::new();

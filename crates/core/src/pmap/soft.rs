@@ -21,7 +21,7 @@ use super::{Access, Frame, HwFault, Machine, PhysMem, Pmap, PmapId};
 use crate::sync::{Mutex, RwLock};
 use crate::types::{VmAddr, VmProt, PAGE_SHIFT, PAGE_SIZE};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 const MODIFIED: u8 = 1;
 const REFERENCED: u8 = 2;
@@ -44,6 +44,10 @@ pub struct SoftMachine {
     attrs: Vec<AtomicU8>,
     pmaps: RwLock<Vec<Option<RwLock<PageTable>>>>,
     pv: Mutex<HashMap<Frame, Vec<(PmapId, u64)>>>,
+    /// Translations examined by range operations (see [`SoftMachine::pte_visits`]).
+    pte_visits: AtomicU64,
+    /// Reverse-map entries examined (see [`SoftMachine::pv_visits`]).
+    pv_visits: AtomicU64,
 }
 
 impl SoftMachine {
@@ -55,7 +59,33 @@ impl SoftMachine {
             attrs: (0..frame_count).map(|_| AtomicU8::new(0)).collect(),
             pmaps: RwLock::new(Vec::new()),
             pv: Mutex::new(HashMap::new()),
+            pte_visits: AtomicU64::new(0),
+            pv_visits: AtomicU64::new(0),
         }
+    }
+
+    /// How many page-table slots `remove`, `protect`, `page_protect` and
+    /// `destroy` have examined since the machine was made: each
+    /// translation visited, or each page number looked up. An operation
+    /// costs in proportion to this (for tests and benchmarks; single
+    /// accesses, `enter` and `extract` are not counted).
+    pub fn pte_visits(&self) -> u64 {
+        self.pte_visits.load(Ordering::Relaxed)
+    }
+
+    /// How many reverse-map (frame to translations) entries have been
+    /// examined, added or removed since the machine was made (for tests
+    /// and benchmarks).
+    pub fn pv_visits(&self) -> u64 {
+        self.pv_visits.load(Ordering::Relaxed)
+    }
+
+    fn count_pte(&self, n: usize) {
+        self.pte_visits.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn count_pv(&self, n: usize) {
+        self.pv_visits.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     fn with_table<R>(&self, pmap: PmapId, f: impl FnOnce(&mut PageTable) -> R) -> Option<R> {
@@ -68,6 +98,7 @@ impl SoftMachine {
     fn pv_remove(&self, frame: Frame, pmap: PmapId, vpn: u64) {
         let mut pv = self.pv.lock();
         if let Some(list) = pv.get_mut(&frame) {
+            self.count_pv(list.len());
             list.retain(|&(p, v)| !(p == pmap && v == vpn));
             if list.is_empty() {
                 pv.remove(&frame);
@@ -140,7 +171,9 @@ impl Pmap for SoftMachine {
             pmaps.get_mut(pmap.0 as usize).and_then(Option::take)
         };
         if let Some(table) = table {
-            for (vpn, pte) in table.into_inner().ptes {
+            let ptes = table.into_inner().ptes;
+            self.count_pte(ptes.len());
+            for (vpn, pte) in ptes {
                 self.pv_remove(pte.frame, pmap, vpn);
             }
         }
@@ -157,6 +190,7 @@ impl Pmap for SoftMachine {
             self.pv_remove(old.frame, pmap, vpn);
         }
         self.pv.lock().entry(frame).or_default().push((pmap, vpn));
+        self.count_pv(1);
     }
 
     fn remove(&self, pmap: PmapId, start: VmAddr, end: VmAddr) {
@@ -164,9 +198,11 @@ impl Pmap for SoftMachine {
         let removed: Vec<(u64, Pte)> = self
             .with_table(pmap, |t| {
                 if (range.end - range.start) as usize > t.ptes.len() {
+                    self.count_pte(t.ptes.len());
                     let vpns: Vec<u64> = t.ptes.keys().copied().filter(|v| range.contains(v)).collect();
                     vpns.into_iter().filter_map(|v| t.ptes.remove(&v).map(|p| (v, p))).collect()
                 } else {
+                    self.count_pte((range.end - range.start) as usize);
                     range.clone().filter_map(|v| t.ptes.remove(&v).map(|p| (v, p))).collect()
                 }
             })
@@ -182,6 +218,7 @@ impl Pmap for SoftMachine {
         }
         let range = Self::range(start, end);
         self.with_table(pmap, |t| {
+            self.count_pte(t.ptes.len());
             for (vpn, pte) in t.ptes.iter_mut() {
                 if range.contains(vpn) {
                     pte.prot &= prot;
@@ -192,6 +229,8 @@ impl Pmap for SoftMachine {
 
     fn page_protect(&self, frame: Frame, prot: VmProt) {
         let list = self.pv.lock().get(&frame).cloned().unwrap_or_default();
+        self.count_pv(list.len());
+        self.count_pte(list.len());
         for (pmap, vpn) in list {
             let removed = self
                 .with_table(pmap, |t| match t.ptes.get_mut(&vpn) {
