@@ -6,9 +6,10 @@
 //! lacks the access, faults; nothing else does).
 //!
 //! ```text
-//!   pmaps[PmapId] ──► PageTable { vpn ─► Pte { frame, prot } }
-//!                                         │
-//!   pv[frame] ◄── reverse map ────────────┘   (pmap, vpn) for page_protect
+//!   pmaps[PmapId] ──► PageTable { vpn / 64 ─► Leaf { present, [Pte { frame, prot }; 64] } }
+//!                                                                  │
+//!   pv[frame] ◄── reverse map ─────────────────────────────────────┘
+//!                 (pmap, vpn) for page_protect
 //!   attrs[frame]: MODIFIED | REFERENCED        frames[frame]: 4 KiB of bytes
 //! ```
 //!
@@ -16,11 +17,21 @@
 //! so `remove`/`protect` (which take the write lock) return only after every
 //! access through the old translation has finished — the software TLB
 //! shootdown. The VM serialises all table updates under its own lock.
+//!
+//! Cost: a page table is a hash table of 64-page leaves (a lookup is one
+//! hash probe and an index, as a two-level hardware table is two loads),
+//! whose leaf numbers are also kept in order. So `remove` and `protect`
+//! look only at the leaves their range meets and, in them, only at the
+//! translations inside the range: O((k + 1) log n) at worst for k of n
+//! translations, however wide the range and however full the table. A
+//! leaf takes about 520 bytes however few of its pages are mapped, as a
+//! hardware page-table page does.
 
 use super::{Access, Frame, HwFault, Machine, PhysMem, Pmap, PmapId};
 use crate::sync::{Mutex, RwLock};
 use crate::types::{VmAddr, VmProt, PAGE_SHIFT, PAGE_SIZE};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 const MODIFIED: u8 = 1;
@@ -32,9 +43,139 @@ struct Pte {
     prot: VmProt,
 }
 
+impl Pte {
+    /// What an empty slot holds (never read: `Leaf::present` says which
+    /// slots hold translations).
+    const EMPTY: Pte = Pte { frame: Frame(0), prot: VmProt::NONE };
+}
+
+/// Pages per leaf of a page table: one bit each in `Leaf::present`.
+const LEAF_PAGES: u64 = 64;
+
+/// The translations of `LEAF_PAGES` consecutive pages.
+struct Leaf {
+    /// Bit `i` is set when `ptes[i]` is a translation.
+    present: u64,
+    ptes: [Pte; LEAF_PAGES as usize],
+}
+
+/// The bits of a leaf's slots `lo..=hi`.
+fn slot_mask(lo: u64, hi: u64) -> u64 {
+    (u64::MAX << lo) & (u64::MAX >> (LEAF_PAGES - 1 - hi))
+}
+
+/// The slots whose bits are set in `bits`, lowest first.
+fn slots(mut bits: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (bits != 0).then(|| {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            i
+        })
+    })
+}
+
+/// One pmap's translations: leaves by leaf number (`vpn / LEAF_PAGES`),
+/// each holding at least one translation, and the leaf numbers in order.
 #[derive(Default)]
 struct PageTable {
-    ptes: HashMap<u64, Pte>,
+    leaves: HashMap<u64, Box<Leaf>>,
+    order: BTreeSet<u64>,
+    /// Translations held.
+    len: usize,
+}
+
+impl PageTable {
+    /// A page number's leaf and slot.
+    fn split(vpn: u64) -> (u64, usize) {
+        (vpn / LEAF_PAGES, (vpn % LEAF_PAGES) as usize)
+    }
+
+    fn get(&self, vpn: u64) -> Option<&Pte> {
+        let (l, i) = Self::split(vpn);
+        let leaf = self.leaves.get(&l)?;
+        (leaf.present & 1 << i != 0).then(|| &leaf.ptes[i])
+    }
+
+    fn get_mut(&mut self, vpn: u64) -> Option<&mut Pte> {
+        let (l, i) = Self::split(vpn);
+        let leaf = self.leaves.get_mut(&l)?;
+        (leaf.present & 1 << i != 0).then(|| &mut leaf.ptes[i])
+    }
+
+    /// Sets the translation of `vpn`; returns the one it replaces.
+    fn insert(&mut self, vpn: u64, pte: Pte) -> Option<Pte> {
+        let (l, i) = Self::split(vpn);
+        let order = &mut self.order;
+        let leaf = self.leaves.entry(l).or_insert_with(|| {
+            order.insert(l);
+            Box::new(Leaf { present: 0, ptes: [Pte::EMPTY; LEAF_PAGES as usize] })
+        });
+        let old = (leaf.present & 1 << i != 0).then_some(leaf.ptes[i]);
+        leaf.present |= 1 << i;
+        leaf.ptes[i] = pte;
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    /// Forgets the translation of `vpn`, if any.
+    fn remove(&mut self, vpn: u64) -> Option<Pte> {
+        let (l, i) = Self::split(vpn);
+        let leaf = self.leaves.get_mut(&l)?;
+        if leaf.present & 1 << i == 0 {
+            return None;
+        }
+        leaf.present &= !(1 << i);
+        let pte = leaf.ptes[i];
+        if leaf.present == 0 {
+            self.leaves.remove(&l);
+            self.order.remove(&l);
+        }
+        self.len -= 1;
+        Some(pte)
+    }
+
+    /// Calls `f` on every translation in `range` (page numbers), in order,
+    /// and forgets those for which it returns `false`; returns how many it
+    /// visited. Only the leaves the range meets are looked at (at most two
+    /// more than hold translations inside it), and in them only the slots
+    /// that hold translations.
+    fn for_range(&mut self, range: Range<u64>, mut f: impl FnMut(u64, &mut Pte) -> bool) -> usize {
+        if range.is_empty() {
+            return 0;
+        }
+        let (first, last) = (range.start / LEAF_PAGES, (range.end - 1) / LEAF_PAGES);
+        let (mut visited, mut emptied) = (0, Vec::new());
+        for &l in self.order.range(first..=last) {
+            let leaf = self.leaves.get_mut(&l).expect("leaves and their order agree");
+            let lo = if l == first { range.start % LEAF_PAGES } else { 0 };
+            let hi = if l == last { (range.end - 1) % LEAF_PAGES } else { LEAF_PAGES - 1 };
+            for i in slots(leaf.present & slot_mask(lo, hi)) {
+                visited += 1;
+                if !f(l * LEAF_PAGES + i as u64, &mut leaf.ptes[i]) {
+                    leaf.present &= !(1 << i);
+                    self.len -= 1;
+                }
+            }
+            if leaf.present == 0 {
+                emptied.push(l);
+            }
+        }
+        for l in emptied {
+            self.leaves.remove(&l);
+            self.order.remove(&l);
+        }
+        visited
+    }
+
+    /// Every translation, in no particular order.
+    fn into_translations(self) -> impl Iterator<Item = (u64, Pte)> {
+        self.leaves
+            .into_iter()
+            .flat_map(|(l, leaf)| slots(leaf.present).map(move |i| (l * LEAF_PAGES + i as u64, leaf.ptes[i])))
+    }
 }
 
 /// A software machine with `frame_count` physical pages.
@@ -64,11 +205,12 @@ impl SoftMachine {
         }
     }
 
-    /// How many page-table slots `remove`, `protect`, `page_protect` and
-    /// `destroy` have examined since the machine was made: each
-    /// translation visited, or each page number looked up. An operation
-    /// costs in proportion to this (for tests and benchmarks; single
-    /// accesses, `enter` and `extract` are not counted).
+    /// How many translations `remove`, `protect`, `page_protect` and
+    /// `destroy` have visited since the machine was made (for tests and
+    /// benchmarks; single accesses, `enter` and `extract` are not
+    /// counted). A range operation costs O(log n) per visit at worst, plus
+    /// O(log n) for finding the range (in which it meets at most two
+    /// leaves holding no translation it visits).
     pub fn pte_visits(&self) -> u64 {
         self.pte_visits.load(Ordering::Relaxed)
     }
@@ -107,14 +249,14 @@ impl SoftMachine {
     }
 
     /// The page numbers of `[start, end)`; empty if `end <= start`.
-    fn range(start: VmAddr, end: VmAddr) -> std::ops::Range<u64> {
+    fn range(start: VmAddr, end: VmAddr) -> Range<u64> {
         let (s, e) = (start.0 >> PAGE_SHIFT, end.0.div_ceil(PAGE_SIZE));
         s..e.max(s)
     }
 
     /// How many translations the pmap holds (for reports and tests).
     pub fn resident_count(&self, pmap: PmapId) -> usize {
-        self.with_table(pmap, |t| t.ptes.len()).unwrap_or(0)
+        self.with_table(pmap, |t| t.len).unwrap_or(0)
     }
 }
 
@@ -171,9 +313,9 @@ impl Pmap for SoftMachine {
             pmaps.get_mut(pmap.0 as usize).and_then(Option::take)
         };
         if let Some(table) = table {
-            let ptes = table.into_inner().ptes;
-            self.count_pte(ptes.len());
-            for (vpn, pte) in ptes {
+            let table = table.into_inner();
+            self.count_pte(table.len);
+            for (vpn, pte) in table.into_translations() {
                 self.pv_remove(pte.frame, pmap, vpn);
             }
         }
@@ -181,7 +323,7 @@ impl Pmap for SoftMachine {
 
     fn enter(&self, pmap: PmapId, va: VmAddr, frame: Frame, prot: VmProt) {
         let vpn = va.0 >> PAGE_SHIFT;
-        let old = self.with_table(pmap, |t| t.ptes.insert(vpn, Pte { frame, prot }));
+        let old = self.with_table(pmap, |t| t.insert(vpn, Pte { frame, prot }));
         let Some(old) = old else { return };
         if let Some(old) = old {
             if old.frame == frame {
@@ -195,18 +337,14 @@ impl Pmap for SoftMachine {
 
     fn remove(&self, pmap: PmapId, start: VmAddr, end: VmAddr) {
         let range = Self::range(start, end);
-        let removed: Vec<(u64, Pte)> = self
-            .with_table(pmap, |t| {
-                if (range.end - range.start) as usize > t.ptes.len() {
-                    self.count_pte(t.ptes.len());
-                    let vpns: Vec<u64> = t.ptes.keys().copied().filter(|v| range.contains(v)).collect();
-                    vpns.into_iter().filter_map(|v| t.ptes.remove(&v).map(|p| (v, p))).collect()
-                } else {
-                    self.count_pte((range.end - range.start) as usize);
-                    range.clone().filter_map(|v| t.ptes.remove(&v).map(|p| (v, p))).collect()
-                }
+        let mut removed = Vec::new();
+        let visited = self.with_table(pmap, |t| {
+            t.for_range(range, |vpn, pte| {
+                removed.push((vpn, *pte));
+                false
             })
-            .unwrap_or_default();
+        });
+        self.count_pte(visited.unwrap_or(0));
         for (vpn, pte) in removed {
             self.pv_remove(pte.frame, pmap, vpn);
         }
@@ -217,14 +355,13 @@ impl Pmap for SoftMachine {
             return self.remove(pmap, start, end);
         }
         let range = Self::range(start, end);
-        self.with_table(pmap, |t| {
-            self.count_pte(t.ptes.len());
-            for (vpn, pte) in t.ptes.iter_mut() {
-                if range.contains(vpn) {
-                    pte.prot &= prot;
-                }
-            }
+        let visited = self.with_table(pmap, |t| {
+            t.for_range(range, |_, pte| {
+                pte.prot &= prot;
+                true
+            })
         });
+        self.count_pte(visited.unwrap_or(0));
     }
 
     fn page_protect(&self, frame: Frame, prot: VmProt) {
@@ -233,10 +370,10 @@ impl Pmap for SoftMachine {
         self.count_pte(list.len());
         for (pmap, vpn) in list {
             let removed = self
-                .with_table(pmap, |t| match t.ptes.get_mut(&vpn) {
+                .with_table(pmap, |t| match t.get_mut(vpn) {
                     Some(pte) if pte.frame == frame => {
                         if prot.is_empty() {
-                            t.ptes.remove(&vpn);
+                            t.remove(vpn);
                             true
                         } else {
                             pte.prot &= prot;
@@ -269,7 +406,7 @@ impl Pmap for SoftMachine {
     }
 
     fn extract(&self, pmap: PmapId, va: VmAddr) -> Option<(Frame, VmProt)> {
-        self.with_table(pmap, |t| t.ptes.get(&(va.0 >> PAGE_SHIFT)).map(|p| (p.frame, p.prot))).flatten()
+        self.with_table(pmap, |t| t.get(va.0 >> PAGE_SHIFT).map(|p| (p.frame, p.prot))).flatten()
     }
 }
 
@@ -286,7 +423,7 @@ impl Machine for SoftMachine {
             return Err(fault(false));
         };
         let table = table.read();
-        let pte = *table.ptes.get(&(va.0 >> PAGE_SHIFT)).ok_or(fault(false))?;
+        let pte = *table.get(va.0 >> PAGE_SHIFT).ok_or(fault(false))?;
         if !pte.prot.contains(want) {
             return Err(fault(true));
         }
@@ -361,6 +498,121 @@ mod tests {
         assert_eq!(m.extract(p, VmAddr(3 * PAGE_SIZE)).unwrap().1, VmProt::ALL);
         m.remove(p, VmAddr(0), VmAddr(2 * PAGE_SIZE));
         assert_eq!(m.resident_count(p), 2);
+        m.destroy(p);
+        assert!(m.pv.lock().is_empty());
+    }
+
+    /// Sizes each growth test runs at: a cost that grows with the table
+    /// (or the frame's mappings) shows as an 8x larger count at the second.
+    const SIZES: [u64; 2] = [512, 4096];
+
+    /// A pmap mapping pages `0..n`, page `i` to frame `i`.
+    fn with_pages(n: u64) -> (SoftMachine, PmapId) {
+        let m = SoftMachine::new(n as usize + 1);
+        let p = m.create();
+        for i in 0..n {
+            m.enter(p, VmAddr(i * PAGE_SIZE), Frame(i as u32), VmProt::ALL);
+        }
+        (m, p)
+    }
+
+    fn page(i: u64) -> VmAddr {
+        VmAddr(i * PAGE_SIZE)
+    }
+
+    #[test]
+    fn protect_of_one_page_visits_one_translation_however_many_are_mapped() {
+        for n in SIZES {
+            let (m, p) = with_pages(n);
+            let before = m.pte_visits();
+            m.protect(p, page(7), page(8), VmProt::READ);
+            assert_eq!(m.pte_visits() - before, 1, "{n} translations mapped");
+            assert_eq!(m.extract(p, page(7)).unwrap().1, VmProt::READ);
+            assert_eq!(m.extract(p, page(8)).unwrap().1, VmProt::ALL);
+        }
+    }
+
+    #[test]
+    fn protecting_each_page_by_a_call_of_its_own_visits_each_translation_once() {
+        for n in SIZES {
+            let (m, p) = with_pages(n);
+            let before = m.pte_visits();
+            for i in 0..n {
+                m.protect(p, page(i), page(i + 1), VmProt::READ);
+            }
+            assert_eq!(m.pte_visits() - before, n, "{n} translations mapped");
+            assert!((0..n).all(|i| m.extract(p, page(i)).unwrap().1 == VmProt::READ));
+        }
+    }
+
+    #[test]
+    fn wide_ranges_visit_only_the_translations_inside_them() {
+        // `n` translations low, one far above: a range around the far one
+        // (wider than the table) must not walk the low ones.
+        for n in SIZES {
+            let (m, p) = with_pages(n);
+            let far = VmAddr(1 << 40);
+            m.enter(p, far, Frame(n as u32), VmProt::ALL);
+            let before = m.pte_visits();
+            m.protect(p, VmAddr(1 << 39), VmAddr(1 << 41), VmProt::READ);
+            assert_eq!(m.pte_visits() - before, 1, "protect, {n} translations mapped");
+            assert_eq!(m.extract(p, far).unwrap().1, VmProt::READ);
+            let before = m.pte_visits();
+            m.remove(p, VmAddr(1 << 39), VmAddr(1 << 41));
+            assert_eq!(m.pte_visits() - before, 1, "remove, {n} translations mapped");
+            assert_eq!((m.extract(p, far), m.resident_count(p)), (None, n as usize));
+            // A range over nothing at all visits nothing.
+            let before = m.pte_visits();
+            m.remove(p, VmAddr(1 << 39), VmAddr(1 << 41));
+            m.protect(p, VmAddr(1 << 39), VmAddr(1 << 41), VmProt::READ);
+            assert_eq!(m.pte_visits() - before, 0);
+        }
+    }
+
+    #[test]
+    fn the_page_table_agrees_with_a_plain_map_across_leaf_boundaries() {
+        use std::collections::BTreeMap;
+        // Pages around three leaf boundaries and near the top of the
+        // address space; ranges that start, end and span anywhere.
+        let pages: Vec<u64> = (0..200).chain(1000..1070).chain((1 << 52) - 130..(1 << 52)).collect();
+        let m = SoftMachine::new(8);
+        let p = m.create();
+        let mut model: BTreeMap<u64, (Frame, VmProt)> = BTreeMap::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        for step in 0..20_000 {
+            let a = pages[next(pages.len())];
+            let b = (a + next(150) as u64).min((1 << 52) - 1);
+            let prot = VmProt::from_bits_truncate(next(8) as u32);
+            match next(4) {
+                0 | 1 => {
+                    let f = Frame(next(8) as u32);
+                    m.enter(p, page(a), f, prot);
+                    model.insert(a, (f, prot));
+                }
+                2 => {
+                    m.remove(p, page(a), page(b));
+                    model.retain(|v, _| !(a..b).contains(v));
+                }
+                _ => {
+                    m.protect(p, page(a), page(b), prot);
+                    if prot.is_empty() {
+                        model.retain(|v, _| !(a..b).contains(v));
+                    } else {
+                        model.range_mut(a..b).for_each(|(_, (_, q))| *q &= prot);
+                    }
+                }
+            }
+            if step % 500 == 0 || step == 19_999 {
+                assert_eq!(m.resident_count(p), model.len(), "step {step}");
+                for &v in &pages {
+                    assert_eq!(m.extract(p, page(v)), model.get(&v).copied(), "step {step}, page {v:#x}");
+                }
+            }
+        }
         m.destroy(p);
         assert!(m.pv.lock().is_empty());
     }
