@@ -81,3 +81,80 @@ fn vm_protect_over_n_one_page_entries_visits_each_translation_once() {
         assert_eq!(w.k.read_u64(t, a.plus((n - 1) * P)), Err(KernError::ProtectionFailure));
     }
 }
+
+/// A task mapping page 0 of the world's object `n` times (one entry each),
+/// every mapping touched: one frame with `n` translations.
+fn one_page_mapped(w: &World, n: u64) -> (TaskId, Vec<VmAddr>) {
+    let t = w.task();
+    let name = w.give(w.objs[0], t);
+    let addrs: Vec<VmAddr> = (0..n).map(|_| w.map(t, name, 0, P).unwrap()).collect();
+    for &a in &addrs {
+        w.k.read_u64(t, a).unwrap();
+    }
+    assert_eq!(w.k.stats().resident, 1);
+    (t, addrs)
+}
+
+#[test]
+fn vm_deallocate_of_one_of_n_mappings_of_a_page_is_constant_work() {
+    for n in SIZES {
+        let (w, m) = world();
+        let (t, addrs) = one_page_mapped(&w, n);
+        let (pte, pv) = work(&m, || w.k.vm_deallocate(t, addrs[n as usize / 2], P).unwrap());
+        assert_eq!((pte, pv), (1, 1), "page mapped {n} times");
+        // The rest, one call each: n - 1 of the same.
+        let (pte, pv) = work(&m, || {
+            for (i, &a) in addrs.iter().enumerate() {
+                if i != n as usize / 2 {
+                    w.k.vm_deallocate(t, a, P).unwrap();
+                }
+            }
+        });
+        assert_eq!((pte, pv), (n - 1, n - 1), "page mapped {n} times");
+    }
+}
+
+#[test]
+fn vm_deallocate_of_every_mapping_of_a_page_at_once_is_linear() {
+    for n in SIZES {
+        let (w, m) = world();
+        let (t, addrs) = one_page_mapped(&w, n);
+        let (lo, hi) = (addrs.iter().min().unwrap().0, addrs.iter().max().unwrap().0 + P);
+        let (pte, pv) = work(&m, || w.k.vm_deallocate(t, VmAddr(lo), hi - lo).unwrap());
+        assert!(pte <= hi.saturating_sub(lo) / P, "{pte} slots for {n} mappings");
+        assert_eq!(pv, n, "page mapped {n} times");
+    }
+}
+
+#[test]
+fn task_terminate_with_a_page_mapped_n_times_is_linear() {
+    for n in SIZES {
+        let (w, m) = world();
+        let (t, _) = one_page_mapped(&w, n);
+        let (pte, pv) = work(&m, || w.k.task_terminate(t).unwrap());
+        // Each translation is removed once, by whichever of object
+        // termination and `pmap_destroy` comes first.
+        assert!(pte <= 2 * n && pv <= 2 * n, "page mapped {n} times: {pte} slots, {pv} reverse-map entries");
+    }
+}
+
+#[test]
+fn pageout_of_a_page_mapped_n_times_is_linear() {
+    for n in SIZES {
+        let (w, m) = world();
+        let (t, addrs) = one_page_mapped(&w, n);
+        // Two more pages, touched after it: the page mapped n times is the
+        // oldest, and goes first.
+        let more = w.map(t, w.give(w.objs[0], t), P, 2 * P).unwrap();
+        w.k.read_u64(t, more).unwrap();
+        w.k.read_u64(t, more.plus(P)).unwrap();
+        let pageouts = w.k.stats().vm.pageouts;
+        let (pte, pv) = work(&m, || w.k.set_resident_limit(2));
+        assert_eq!(w.k.stats().vm.pageouts, pageouts + 1);
+        assert!(pte <= n + 2 && pv <= n + 2, "page mapped {n} times: {pte} slots, {pv} reverse-map entries");
+        // Every mapping lost its translation: the next read faults.
+        let faults = w.k.stats().vm.faults;
+        w.k.read_u64(t, addrs[0]).unwrap();
+        assert!(w.k.stats().vm.faults > faults);
+    }
+}

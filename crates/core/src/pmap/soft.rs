@@ -9,7 +9,7 @@
 //!   pmaps[PmapId] ──► PageTable { vpn / 64 ─► Leaf { present, [Pte { frame, prot }; 64] } }
 //!                                                                  │
 //!   pv[frame] ◄── reverse map ─────────────────────────────────────┘
-//!                 (pmap, vpn) for page_protect
+//!                 { (pmap, vpn) } for page_protect
 //!   attrs[frame]: MODIFIED | REFERENCED        frames[frame]: 4 KiB of bytes
 //! ```
 //!
@@ -18,6 +18,13 @@
 //! access through the old translation has finished — the software TLB
 //! shootdown. The VM serialises all table updates under its own lock.
 //!
+//! Lock order: `pv`, then `pmaps`, then one page table. Only
+//! `page_protect` lowering a frame's translations holds `pv` while it takes
+//! table locks (it walks the frame's set in place); every other path
+//! updates the reverse map after it has released the table (`enter`,
+//! `remove`, `destroy`) or before it takes one (`page_protect` removing), so
+//! no thread ever waits for `pv` holding a table or `pmaps`.
+//!
 //! Cost: a page table is a hash table of 64-page leaves (a lookup is one
 //! hash probe and an index, as a two-level hardware table is two loads),
 //! whose leaf numbers are also kept in order. So `remove` and `protect`
@@ -25,12 +32,14 @@
 //! translations inside the range: O((k + 1) log n) at worst for k of n
 //! translations, however wide the range and however full the table. A
 //! leaf takes about 520 bytes however few of its pages are mapped, as a
-//! hardware page-table page does.
+//! hardware page-table page does. The reverse map holds a hash set per
+//! frame, so forgetting one translation of a frame mapped n times is O(1),
+//! and `page_protect` costs O(1) per translation of the frame.
 
 use super::{Access, Frame, HwFault, Machine, PhysMem, Pmap, PmapId};
 use crate::sync::{Mutex, RwLock};
 use crate::types::{VmAddr, VmProt, PAGE_SHIFT, PAGE_SIZE};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
@@ -178,16 +187,19 @@ impl PageTable {
     }
 }
 
+/// Every translation of each mapped frame, as `(pmap, vpn)`.
+type ReverseMap = HashMap<Frame, HashSet<(PmapId, u64)>>;
+
 /// A software machine with `frame_count` physical pages.
 #[allow(missing_debug_implementations)]
 pub struct SoftMachine {
     frames: Vec<RwLock<Box<[u8]>>>,
     attrs: Vec<AtomicU8>,
     pmaps: RwLock<Vec<Option<RwLock<PageTable>>>>,
-    pv: Mutex<HashMap<Frame, Vec<(PmapId, u64)>>>,
-    /// Translations examined by range operations (see [`SoftMachine::pte_visits`]).
+    pv: Mutex<ReverseMap>,
+    /// Translations visited (see [`SoftMachine::pte_visits`]).
     pte_visits: AtomicU64,
-    /// Reverse-map entries examined (see [`SoftMachine::pv_visits`]).
+    /// Reverse-map entries visited (see [`SoftMachine::pv_visits`]).
     pv_visits: AtomicU64,
 }
 
@@ -216,8 +228,8 @@ impl SoftMachine {
     }
 
     /// How many reverse-map (frame to translations) entries have been
-    /// examined, added or removed since the machine was made (for tests
-    /// and benchmarks).
+    /// visited, added or removed since the machine was made (for tests
+    /// and benchmarks). Each costs O(1).
     pub fn pv_visits(&self) -> u64 {
         self.pv_visits.load(Ordering::Relaxed)
     }
@@ -237,12 +249,12 @@ impl SoftMachine {
         Some(f(&mut t))
     }
 
-    fn pv_remove(&self, frame: Frame, pmap: PmapId, vpn: u64) {
-        let mut pv = self.pv.lock();
-        if let Some(list) = pv.get_mut(&frame) {
-            self.count_pv(list.len());
-            list.retain(|&(p, v)| !(p == pmap && v == vpn));
-            if list.is_empty() {
+    /// Forgets `(pmap, vpn)` among the translations of `frame`.
+    fn pv_remove(&self, pv: &mut ReverseMap, frame: Frame, pmap: PmapId, vpn: u64) {
+        if let Some(set) = pv.get_mut(&frame) {
+            self.count_pv(1);
+            set.remove(&(pmap, vpn));
+            if set.is_empty() {
                 pv.remove(&frame);
             }
         }
@@ -315,8 +327,9 @@ impl Pmap for SoftMachine {
         if let Some(table) = table {
             let table = table.into_inner();
             self.count_pte(table.len);
+            let mut pv = self.pv.lock();
             for (vpn, pte) in table.into_translations() {
-                self.pv_remove(pte.frame, pmap, vpn);
+                self.pv_remove(&mut pv, pte.frame, pmap, vpn);
             }
         }
     }
@@ -325,13 +338,14 @@ impl Pmap for SoftMachine {
         let vpn = va.0 >> PAGE_SHIFT;
         let old = self.with_table(pmap, |t| t.insert(vpn, Pte { frame, prot }));
         let Some(old) = old else { return };
-        if let Some(old) = old {
-            if old.frame == frame {
-                return;
-            }
-            self.pv_remove(old.frame, pmap, vpn);
+        if old.is_some_and(|o| o.frame == frame) {
+            return;
         }
-        self.pv.lock().entry(frame).or_default().push((pmap, vpn));
+        let mut pv = self.pv.lock();
+        if let Some(old) = old {
+            self.pv_remove(&mut pv, old.frame, pmap, vpn);
+        }
+        pv.entry(frame).or_default().insert((pmap, vpn));
         self.count_pv(1);
     }
 
@@ -345,8 +359,11 @@ impl Pmap for SoftMachine {
             })
         });
         self.count_pte(visited.unwrap_or(0));
-        for (vpn, pte) in removed {
-            self.pv_remove(pte.frame, pmap, vpn);
+        if !removed.is_empty() {
+            let mut pv = self.pv.lock();
+            for (vpn, pte) in removed {
+                self.pv_remove(&mut pv, pte.frame, pmap, vpn);
+            }
         }
     }
 
@@ -365,26 +382,33 @@ impl Pmap for SoftMachine {
     }
 
     fn page_protect(&self, frame: Frame, prot: VmProt) {
-        let list = self.pv.lock().get(&frame).cloned().unwrap_or_default();
-        self.count_pv(list.len());
-        self.count_pte(list.len());
-        for (pmap, vpn) in list {
-            let removed = self
-                .with_table(pmap, |t| match t.get_mut(vpn) {
-                    Some(pte) if pte.frame == frame => {
-                        if prot.is_empty() {
-                            t.remove(vpn);
-                            true
-                        } else {
-                            pte.prot &= prot;
-                            false
-                        }
+        if prot.is_empty() {
+            // Every translation goes: the frame's set leaves the reverse
+            // map whole, and the tables are visited after the pv lock is
+            // released.
+            let Some(set) = self.pv.lock().remove(&frame) else { return };
+            self.count_pv(set.len());
+            self.count_pte(set.len());
+            for (pmap, vpn) in set {
+                self.with_table(pmap, |t| {
+                    if t.get(vpn).is_some_and(|pte| pte.frame == frame) {
+                        t.remove(vpn);
                     }
-                    _ => false,
-                })
-                .unwrap_or(false);
-            if removed {
-                self.pv_remove(frame, pmap, vpn);
+                });
+            }
+        } else {
+            // Lowering changes no set: walk it in place, holding the pv
+            // lock over the table locks (the lock order above).
+            let pv = self.pv.lock();
+            let Some(set) = pv.get(&frame) else { return };
+            self.count_pv(set.len());
+            self.count_pte(set.len());
+            for &(pmap, vpn) in set {
+                self.with_table(pmap, |t| {
+                    if let Some(pte) = t.get_mut(vpn).filter(|pte| pte.frame == frame) {
+                        pte.prot &= prot;
+                    }
+                });
             }
         }
     }
@@ -516,6 +540,16 @@ mod tests {
         (m, p)
     }
 
+    /// A pmap mapping pages `0..n` all to frame 0.
+    fn one_frame_many_times(n: u64) -> (SoftMachine, PmapId) {
+        let m = SoftMachine::new(1);
+        let p = m.create();
+        for i in 0..n {
+            m.enter(p, VmAddr(i * PAGE_SIZE), Frame(0), VmProt::ALL);
+        }
+        (m, p)
+    }
+
     fn page(i: u64) -> VmAddr {
         VmAddr(i * PAGE_SIZE)
     }
@@ -570,7 +604,46 @@ mod tests {
     }
 
     #[test]
-    fn the_page_table_agrees_with_a_plain_map_across_leaf_boundaries() {
+    fn removing_one_of_many_translations_of_a_frame_is_constant_reverse_map_work() {
+        for n in SIZES {
+            let (m, p) = one_frame_many_times(n);
+            let before = m.pv_visits();
+            m.remove(p, page(5), page(6));
+            assert_eq!(m.pv_visits() - before, 1, "frame mapped {n} times");
+            // The rest, one call each: each costs the same.
+            let before = m.pv_visits();
+            for i in 0..n {
+                m.remove(p, page(i), page(i + 1));
+            }
+            assert_eq!(m.pv_visits() - before, n - 1, "frame mapped {n} times");
+            assert!(m.pv.lock().is_empty());
+        }
+    }
+
+    #[test]
+    fn page_protect_and_destroy_visit_each_translation_of_the_frame_once() {
+        for n in SIZES {
+            let (m, p) = one_frame_many_times(n);
+            let (pte, pv) = (m.pte_visits(), m.pv_visits());
+            m.page_protect(Frame(0), VmProt::READ);
+            assert_eq!((m.pte_visits() - pte, m.pv_visits() - pv), (n, n), "lowering, frame mapped {n} times");
+            assert!((0..n).all(|i| m.extract(p, page(i)) == Some((Frame(0), VmProt::READ))));
+            let (pte, pv) = (m.pte_visits(), m.pv_visits());
+            m.page_protect(Frame(0), VmProt::NONE);
+            assert_eq!((m.pte_visits() - pte, m.pv_visits() - pv), (n, n), "removing, frame mapped {n} times");
+            assert_eq!(m.resident_count(p), 0);
+            assert!(m.pv.lock().is_empty());
+
+            let (m, p) = one_frame_many_times(n);
+            let (pte, pv) = (m.pte_visits(), m.pv_visits());
+            m.destroy(p);
+            assert_eq!((m.pte_visits() - pte, m.pv_visits() - pv), (n, n), "destroy, frame mapped {n} times");
+            assert!(m.pv.lock().is_empty());
+        }
+    }
+
+    #[test]
+    fn the_page_table_and_reverse_map_agree_with_a_plain_map_across_leaf_boundaries() {
         use std::collections::BTreeMap;
         // Pages around three leaf boundaries and near the top of the
         // address space; ranges that start, end and span anywhere.
@@ -587,7 +660,7 @@ mod tests {
             let a = pages[next(pages.len())];
             let b = (a + next(150) as u64).min((1 << 52) - 1);
             let prot = VmProt::from_bits_truncate(next(8) as u32);
-            match next(4) {
+            match next(5) {
                 0 | 1 => {
                     let f = Frame(next(8) as u32);
                     m.enter(p, page(a), f, prot);
@@ -596,6 +669,15 @@ mod tests {
                 2 => {
                     m.remove(p, page(a), page(b));
                     model.retain(|v, _| !(a..b).contains(v));
+                }
+                3 => {
+                    let f = Frame(next(8) as u32);
+                    m.page_protect(f, prot);
+                    if prot.is_empty() {
+                        model.retain(|_, (g, _)| *g != f);
+                    } else {
+                        model.values_mut().filter(|(g, _)| *g == f).for_each(|(_, q)| *q &= prot);
+                    }
                 }
                 _ => {
                     m.protect(p, page(a), page(b), prot);
@@ -611,6 +693,11 @@ mod tests {
                 for &v in &pages {
                     assert_eq!(m.extract(p, page(v)), model.get(&v).copied(), "step {step}, page {v:#x}");
                 }
+                let mut reverse = ReverseMap::new();
+                for (&v, &(f, _)) in &model {
+                    reverse.entry(f).or_default().insert((p, v));
+                }
+                assert_eq!(*m.pv.lock(), reverse, "step {step}");
             }
         }
         m.destroy(p);
