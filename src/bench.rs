@@ -13,10 +13,15 @@
 //! 3. Memory per proxy is measured first, while the heap is fresh: the
 //!    process's resident set before and after creating many proxies, next
 //!    to the sum of the kernel records' sizes.
+//! 4. Growth rows time one operation at size n and at 8n, alternating
+//!    which goes first, and report the median of the per-round time
+//!    ratios (8 for a cost linear in n, 64 for a quadratic one), next to
+//!    the ratio of the work the software MMU counted.
 
 use crate::util::utc_now;
 use machvm_core::ipc::{Disposition, PortName};
 use machvm_core::memory_object::proxy::{Proxy, Window};
+use machvm_core::pmap::soft::SoftMachine;
 use machvm_core::vm::map::MapEntry;
 use machvm_core::vm::object::{ObjectId, VmObject};
 use machvm_core::{KernError, Kernel, KernelConfig, MapRequest, ProxyVersion, TaskId, VmAddr, VmProt, PAGE_SIZE};
@@ -45,6 +50,13 @@ struct Sizes {
     /// Paging proxies over one object, and pages each maps and touches.
     share_proxies: usize,
     share_pages: u64,
+    /// The n of the growth rows (each is also run at `GROWTH` n):
+    /// one-page entries `vm_protect` spans, mappings of one page
+    /// `vm_deallocate` removes, elements of a refused
+    /// `memory_object_create_proxy`.
+    grow_entries: u64,
+    grow_mappings: u64,
+    grow_elements: u64,
 }
 
 impl Sizes {
@@ -58,6 +70,9 @@ impl Sizes {
                 mem_proxies: 5_000,
                 share_proxies: 100,
                 share_pages: 64,
+                grow_entries: 512,
+                grow_mappings: 512,
+                grow_elements: 4,
             }
         } else {
             Sizes {
@@ -68,6 +83,9 @@ impl Sizes {
                 mem_proxies: 50_000,
                 share_proxies: 100,
                 share_pages: 64,
+                grow_entries: 2048,
+                grow_mappings: 2048,
+                grow_elements: 16,
             }
         }
     }
@@ -175,6 +193,191 @@ fn touch_and_access(regions: &[Region], pages: u64, passes: u64) -> Result<Vec<(
     Ok(first.iter().zip(&resident).map(|(f, r)| (touched / f, touched * passes as f64 / r)).collect())
 }
 
+/// How much larger the second size of a growth row is.
+const GROWTH: u64 = 8;
+/// Calls per contender per round in the growth rows that repeat a call.
+const GROWTH_CALLS: u64 = 4;
+/// Windows of the region proxy the refused `memory_object_create_proxy`
+/// names in every element.
+const REGION_WINDOWS: u64 = 4096;
+
+/// One growth row: an operation at n and at `GROWTH` n.
+struct Growth {
+    n: u64,
+    /// Seconds per operation at n and at 8n, one figure per round.
+    small: Vec<f64>,
+    large: Vec<f64>,
+    /// Per-round `large / small`.
+    ratio: Vec<f64>,
+    /// Software-MMU work per operation (translations and reverse-map
+    /// entries visited) at n and at 8n, where the MMU does any.
+    work: Option<(u64, u64)>,
+}
+
+impl Growth {
+    fn new(n: u64) -> Growth {
+        Growth { n, small: Vec::new(), large: Vec::new(), ratio: Vec::new(), work: None }
+    }
+
+    /// Records one round's seconds per operation.
+    fn round(&mut self, small: f64, large: f64) {
+        self.small.push(small);
+        self.large.push(large);
+        self.ratio.push(large / small);
+    }
+}
+
+/// The software MMU's work counters, summed.
+fn mmu_work(m: &SoftMachine) -> u64 {
+    m.pte_visits() + m.pv_visits()
+}
+
+/// A kernel on a software MMU whose counters the caller keeps.
+fn counted_kernel(frames: usize, config: KernelConfig) -> (Arc<Kernel>, Arc<SoftMachine>) {
+    let m = Arc::new(SoftMachine::new(frames));
+    let config = KernelConfig { phys_pages: frames, resident_limit: frames, ..config };
+    (Kernel::with_machine(config, m.clone()), m)
+}
+
+/// A task holding `pages` resident one-page entries of anonymous memory
+/// (every other page read-only, so that no two entries are alike).
+struct Entries {
+    k: Arc<Kernel>,
+    machine: Arc<SoftMachine>,
+    task: TaskId,
+    addr: VmAddr,
+    pages: u64,
+}
+
+impl Entries {
+    fn new(pages: u64) -> Result<Entries, Box<dyn Error>> {
+        let (k, machine) = counted_kernel(pages as usize + 256, KernelConfig::default());
+        let task = k.task_create(None)?;
+        let addr = k.vm_allocate(task, VmAddr(0), pages * P, true)?;
+        for i in 0..pages {
+            k.read_u64(task, VmAddr(addr.0 + i * P))?;
+        }
+        for i in (0..pages).step_by(2) {
+            k.vm_protect(task, VmAddr(addr.0 + i * P), P, false, VmProt::READ)?;
+        }
+        Ok(Entries { k, machine, task, addr, pages })
+    }
+
+    /// Call `step` of the row: the whole range read-only or read/write
+    /// in turn (either way every translation is visited: a pmap only
+    /// lowers).
+    fn protect(&self, step: u64) -> Result<(), KernError> {
+        let prot = if step % 2 == 0 { VmProt::READ } else { VmProt::DEFAULT };
+        self.k.vm_protect(self.task, self.addr, self.pages * P, false, prot)
+    }
+}
+
+/// (a) `vm_protect` over n one-page entries vs 8n.
+fn grow_protect(n: u64, reps: usize) -> Result<Growth, Box<dyn Error>> {
+    let mut g = Growth::new(n);
+    let (small, large) = (Entries::new(n)?, Entries::new(GROWTH * n)?);
+    let before = (mmu_work(&small.machine), mmu_work(&large.machine));
+    for _ in 0..reps {
+        let secs = interleave(GROWTH_CALLS, &mut [&mut |s| small.protect(s), &mut |s| large.protect(s)])?;
+        g.round(secs[0] / GROWTH_CALLS as f64, secs[1] / GROWTH_CALLS as f64);
+    }
+    let calls = reps as u64 * GROWTH_CALLS;
+    g.work = Some(((mmu_work(&small.machine) - before.0) / calls, (mmu_work(&large.machine) - before.1) / calls));
+    Ok(g)
+}
+
+/// A task in `env` mapping page 0 of the object `n` times, each mapping
+/// touched (one frame, `n` translations); returns it and the span of the
+/// mappings.
+fn page_mapped(env: &PagerEnv, n: u64) -> Result<(TaskId, VmAddr, u64), Box<dyn Error>> {
+    let task = env.k.task_create(None)?;
+    let name = env.k.port_transfer(env.owner, env.object, Disposition::CopySend, task)?;
+    let (mut lo, mut hi) = (u64::MAX, 0);
+    for _ in 0..n {
+        let a = env.k.vm_map(task, MapRequest::anywhere(P, Some(name)))?;
+        env.k.read_u64(task, a)?;
+        (lo, hi) = (lo.min(a.0), hi.max(a.0 + P));
+    }
+    Ok((task, VmAddr(lo), hi - lo))
+}
+
+/// (b) `vm_deallocate` of every mapping of a page mapped n times vs 8n
+/// times (one call over the span of the mappings), each size in a kernel
+/// of its own; the mappings are made again before every round.
+fn grow_deallocate(n: u64, reps: usize) -> Result<Growth, Box<dyn Error>> {
+    let mut g = Growth::new(n);
+    let envs = [PagerEnv::new(4, 1)?, PagerEnv::new(4, 1)?];
+    let (mut work, mut secs) = ([0u64; 2], [0f64; 2]);
+    for rep in 0..reps {
+        let tasks = [page_mapped(&envs[0], n)?, page_mapped(&envs[1], GROWTH * n)?];
+        for i in [rep % 2, 1 - rep % 2] {
+            let (task, addr, len) = tasks[i];
+            let w = mmu_work(&envs[i].machine);
+            let t = Instant::now();
+            envs[i].k.vm_deallocate(task, addr, len)?;
+            secs[i] = t.elapsed().as_secs_f64();
+            work[i] += mmu_work(&envs[i].machine) - w;
+            envs[i].k.task_terminate(task)?;
+        }
+        g.round(secs[0], secs[1]);
+    }
+    g.work = Some((work[0] / reps as u64, work[1] / reps as u64));
+    for env in envs {
+        env.pager.stop();
+    }
+    Ok(g)
+}
+
+/// (c) `memory_object_create_proxy` with n vs 8n elements, each naming
+/// the same region proxy of `REGION_WINDOWS` windows (made by
+/// `vm_region_create_proxy` over as many one-page entries of alternating
+/// protection), at consecutive offsets: refused with
+/// `KERN_RESOURCE_SHORTAGE` once the windows pass the limit.
+fn grow_proxy_elements(n: u64, reps: usize) -> Result<Growth, Box<dyn Error>> {
+    let mut g = Growth::new(n);
+    let k = Kernel::new(KernelConfig::default());
+    let task = k.task_create(None)?;
+    let len = REGION_WINDOWS * P;
+    let addr = k.vm_allocate(task, VmAddr(0), len, true)?;
+    for i in (0..REGION_WINDOWS).step_by(2) {
+        k.vm_protect(task, VmAddr(addr.0 + i * P), P, false, VmProt::READ)?;
+    }
+    let region = k.vm_region_create_proxy(task, addr, VmProt::DEFAULT, len)?;
+    let call = |elements: u64| {
+        let objects = vec![region.proxy; elements as usize];
+        let offsets: Vec<u64> = (0..elements).map(|i| i * len).collect();
+        let (starts, lens) = (vec![0; elements as usize], vec![len; elements as usize]);
+        k.memory_object_create_proxy(task, VmProt::READ, &objects, &offsets, &starts, &lens)
+    };
+    for elements in [n, GROWTH * n] {
+        match call(elements) {
+            Err(KernError::ResourceShortage) => {}
+            other => return Err(format!("{elements} elements: expected KERN_RESOURCE_SHORTAGE, got {other:?}").into()),
+        }
+    }
+    let refused = |elements: u64| match call(elements) {
+        Err(KernError::ResourceShortage) => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) => Err(KernError::Failure),
+    };
+    for _ in 0..reps {
+        let secs = interleave(GROWTH_CALLS, &mut [&mut |_| refused(n), &mut |_| refused(GROWTH * n)])?;
+        g.round(secs[0] / GROWTH_CALLS as f64, secs[1] / GROWTH_CALLS as f64);
+    }
+    Ok(g)
+}
+
+/// `0.0012` seconds as `1.20 ms`.
+fn duration(secs: f64) -> String {
+    if secs >= 1.0 {
+        format!("{secs:.2} s")
+    } else if secs >= 1e-3 {
+        format!("{:.2} ms", secs * 1e3)
+    } else {
+        format!("{:.1} µs", secs * 1e6)
+    }
+}
+
 /// The in-process zero-fill pager's store, asking the kernel for
 /// `cluster` pages per fault.
 struct Clustered {
@@ -201,6 +404,8 @@ impl Backing for Clustered {
 /// object, and an owner task holding a send right to it.
 struct PagerEnv {
     k: Arc<Kernel>,
+    /// The kernel's software MMU, for its work counters.
+    machine: Arc<SoftMachine>,
     pager: RunningPager,
     owner: TaskId,
     object: PortName,
@@ -209,12 +414,7 @@ struct PagerEnv {
 impl PagerEnv {
     fn new(pages: u64, cluster: u32) -> Result<PagerEnv, Box<dyn Error>> {
         let frames = pages as usize + 256;
-        let k = Kernel::new(KernelConfig {
-            phys_pages: frames,
-            resident_limit: frames,
-            cluster_pages: cluster,
-            ..KernelConfig::default()
-        });
+        let (k, machine) = counted_kernel(frames, KernelConfig { cluster_pages: cluster, ..KernelConfig::default() });
         let mut conn = PagerConn::new(k.clone())?;
         let obj = conn.new_object()?;
         let owner = k.task_create(None)?;
@@ -224,7 +424,7 @@ impl PagerEnv {
         // the owner touches one page far beyond what the runs use.
         let warm = k.vm_map(owner, MapRequest::anywhere(P, Some(object)).offset(1 << 40))?;
         k.read_u64(owner, warm)?;
-        Ok(PagerEnv { k, pager, owner, object })
+        Ok(PagerEnv { k, machine, pager, owner, object })
     }
 
     /// A client task mapping `pages` pages of the object from page
@@ -502,6 +702,18 @@ pub fn bench(quick: bool, output: &Path) -> Result<bool, Box<dyn Error>> {
     eprintln!("  proxies: {} paging proxies over one object", z.share_proxies);
     let sh = sharing_run(z.share_proxies, z.share_pages)?;
     let sharing_ok = sh.data_requests == sh.pages && sh.pages_requested == sh.pages && sh.resident == sh.pages as i64;
+
+    // (c) growth: each operation at n and at 8n.
+    eprintln!("  growth: vm_protect over {} vs {} one-page entries", z.grow_entries, GROWTH * z.grow_entries);
+    let grow_a = grow_protect(z.grow_entries, z.reps)?;
+    eprintln!("  growth: vm_deallocate of a page mapped {} vs {} times", z.grow_mappings, GROWTH * z.grow_mappings);
+    let grow_b = grow_deallocate(z.grow_mappings, z.reps)?;
+    eprintln!(
+        "  growth: memory_object_create_proxy, {} vs {} elements of a {REGION_WINDOWS}-window region proxy",
+        z.grow_elements,
+        GROWTH * z.grow_elements
+    );
+    let grow_c = grow_proxy_elements(z.grow_elements, z.reps)?;
     let elapsed = started.elapsed().as_secs_f64();
 
     // The report.
@@ -665,6 +877,44 @@ pub fn bench(quick: bool, output: &Path) -> Result<bool, Box<dyn Error>> {
         std::mem::size_of::<MapEntry>()
     )?;
     writeln!(w)?;
+    writeln!(w, "## Growth")?;
+    writeln!(w)?;
+    writeln!(
+        w,
+        "Each operation at size n and at {GROWTH}n, in kernels built beforehand; in every round the two sizes \
+         take turns (which goes first alternates), and the ratio is the median of the per-round ratios. A cost \
+         linear in n gives {GROWTH}, a quadratic one {}. *MMU work* is what the software MMU counted per \
+         operation: translations visited (`SoftMachine::pte_visits`) plus reverse-map entries visited \
+         (`pv_visits`).",
+        GROWTH * GROWTH
+    )?;
+    writeln!(w)?;
+    writeln!(w, "| operation | n | time at n | time at {GROWTH}n | time ratio | range | MMU work at n / {GROWTH}n |")?;
+    writeln!(w, "|---|---:|---:|---:|---:|---:|---:|")?;
+    let grows: [(&str, &Growth); 3] = [
+        ("`vm_protect` over n resident one-page entries (one call)", &grow_a),
+        ("`vm_deallocate` of a page mapped n times (one call over all the mappings)", &grow_b),
+        (
+            &format!(
+                "`memory_object_create_proxy` with n elements, each a {REGION_WINDOWS}-window region proxy \
+                 (refused, `KERN_RESOURCE_SHORTAGE`)"
+            ),
+            &grow_c,
+        ),
+    ];
+    for (name, g) in grows {
+        let work = g.work.map_or("—".to_string(), |(a, b)| format!("{a} / {b}"));
+        writeln!(
+            w,
+            "| {name} | {} | {} | {} | {:.1} | {} | {work} |",
+            g.n,
+            duration(median(&g.small)),
+            duration(median(&g.large)),
+            median(&g.ratio),
+            spread_plain(&g.ratio)
+        )?;
+    }
+    writeln!(w)?;
     writeln!(w, "## Reading these figures")?;
     writeln!(w)?;
     writeln!(
@@ -691,6 +941,12 @@ pub fn bench(quick: bool, output: &Path) -> Result<bool, Box<dyn Error>> {
         "- A mapping proxy leaves ordinary entries of the underlying object, so its fault and access paths are \
          the direct ones. A paging proxy's faults translate through the proxy's windows to the real object's \
          page (one frame for both); once the translation is in the MMU, access does not involve the proxy."
+    )?;
+    writeln!(
+        w,
+        "- A growth row's time ratio also holds the part of each call that does not grow with n (taking the \
+         kernel lock, checking the arguments), so a linear cost can show a little under {GROWTH} at small n, \
+         and one cache-resident at n but not at {GROWTH}n a little over; the MMU-work column is an exact count."
     )?;
 
     std::fs::write(output, &md)?;
@@ -724,6 +980,16 @@ mod tests {
         let secs = interleave(3, &mut [&mut fa, &mut fb]).unwrap();
         assert_eq!((a, b), (vec![0, 1, 2], vec![0, 1, 2]));
         assert_eq!(secs.len(), 2);
+    }
+
+    #[test]
+    fn growth_rows_do_work_linear_in_n() {
+        // Each translation visited once; each mapping's translation and
+        // reverse-map entry once.
+        assert_eq!(grow_protect(16, 1).unwrap().work, Some((16, 128)));
+        assert_eq!(grow_deallocate(16, 1).unwrap().work, Some((32, 256)));
+        let g = grow_proxy_elements(2, 1).unwrap();
+        assert_eq!((g.small.len(), g.large.len(), g.work), (1, 1, None));
     }
 
     #[test]
