@@ -33,8 +33,9 @@
 //! translations, however wide the range and however full the table. A
 //! leaf takes about 520 bytes however few of its pages are mapped, as a
 //! hardware page-table page does. The reverse map holds a hash set per
-//! frame, so forgetting one translation of a frame mapped n times is O(1),
-//! and `page_protect` costs O(1) per translation of the frame.
+//! frame (the first translation inline, so a frame mapped once allocates
+//! nothing), so forgetting one translation of a frame mapped n times is
+//! O(1), and `page_protect` costs O(1) per translation of the frame.
 
 use super::{Access, Frame, HwFault, Machine, PhysMem, Pmap, PmapId};
 use crate::sync::{Mutex, RwLock};
@@ -187,8 +188,56 @@ impl PageTable {
     }
 }
 
-/// Every translation of each mapped frame, as `(pmap, vpn)`.
-type ReverseMap = HashMap<Frame, HashSet<(PmapId, u64)>>;
+/// Every translation of each mapped frame.
+type ReverseMap = HashMap<Frame, Translations>;
+
+/// The translations of one frame, as `(pmap, vpn)`, each once. Most
+/// frames have one, kept inline; only a frame mapped more than once
+/// allocates a set.
+#[derive(Debug, Default)]
+struct Translations {
+    one: Option<(PmapId, u64)>,
+    /// Boxed so that the reverse map's entries stay 32 bytes, not 72:
+    /// entering a page (a fault) then costs a third less.
+    #[allow(clippy::box_collection)]
+    more: Option<Box<HashSet<(PmapId, u64)>>>,
+}
+
+impl Translations {
+    fn insert(&mut self, t: (PmapId, u64)) {
+        if self.one == Some(t) || self.more.as_ref().is_some_and(|m| m.contains(&t)) {
+            return;
+        }
+        match self.one {
+            None => self.one = Some(t),
+            Some(_) => {
+                self.more.get_or_insert_with(Box::default).insert(t);
+            }
+        }
+    }
+
+    fn remove(&mut self, t: (PmapId, u64)) {
+        // A vacated `one` is left empty, not refilled from `more`: finding
+        // an element of a hash set can cost a scan of it.
+        if self.one == Some(t) {
+            self.one = None;
+        } else if let Some(m) = &mut self.more {
+            m.remove(&t);
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.one.is_some()) + self.more.as_ref().map_or(0, |m| m.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (PmapId, u64)> + '_ {
+        self.one.into_iter().chain(self.more.iter().flat_map(|m| m.iter().copied()))
+    }
+}
 
 /// A software machine with `frame_count` physical pages.
 #[allow(missing_debug_implementations)]
@@ -253,7 +302,7 @@ impl SoftMachine {
     fn pv_remove(&self, pv: &mut ReverseMap, frame: Frame, pmap: PmapId, vpn: u64) {
         if let Some(set) = pv.get_mut(&frame) {
             self.count_pv(1);
-            set.remove(&(pmap, vpn));
+            set.remove((pmap, vpn));
             if set.is_empty() {
                 pv.remove(&frame);
             }
@@ -389,7 +438,7 @@ impl Pmap for SoftMachine {
             let Some(set) = self.pv.lock().remove(&frame) else { return };
             self.count_pv(set.len());
             self.count_pte(set.len());
-            for (pmap, vpn) in set {
+            for (pmap, vpn) in set.iter() {
                 self.with_table(pmap, |t| {
                     if t.get(vpn).is_some_and(|pte| pte.frame == frame) {
                         t.remove(vpn);
@@ -403,7 +452,7 @@ impl Pmap for SoftMachine {
             let Some(set) = pv.get(&frame) else { return };
             self.count_pv(set.len());
             self.count_pte(set.len());
-            for &(pmap, vpn) in set {
+            for (pmap, vpn) in set.iter() {
                 self.with_table(pmap, |t| {
                     if let Some(pte) = t.get_mut(vpn).filter(|pte| pte.frame == frame) {
                         pte.prot &= prot;
@@ -693,11 +742,14 @@ mod tests {
                 for &v in &pages {
                     assert_eq!(m.extract(p, page(v)), model.get(&v).copied(), "step {step}, page {v:#x}");
                 }
-                let mut reverse = ReverseMap::new();
+                let mut reverse: HashMap<Frame, HashSet<(PmapId, u64)>> = HashMap::new();
                 for (&v, &(f, _)) in &model {
                     reverse.entry(f).or_default().insert((p, v));
                 }
-                assert_eq!(*m.pv.lock(), reverse, "step {step}");
+                let pv = m.pv.lock();
+                let pv: HashMap<Frame, HashSet<(PmapId, u64)>> =
+                    pv.iter().map(|(&f, t)| (f, t.iter().collect())).collect();
+                assert_eq!(pv, reverse, "step {step}");
             }
         }
         m.destroy(p);
