@@ -933,7 +933,7 @@ pub fn bench(quick: bool, output: &Path) -> Result<bool, Box<dyn Error>> {
          each hand over between the faulting thread and the pager thread. A waiter spins for up to 30 µs \
          before it sleeps (`sync::Event`), so a quick answer costs no thread wake-up, but a slow one (or a \
          busy machine) does, and a wake-up takes tens of µs here. Contenders compared in one table share every round \
-         in turns, so their ratios stay steady while the absolute rates move; the two tables were measured \
+         in turns, so their ratios stay steady while the absolute rates move; different tables were measured \
          at different moments, so compare within a table, not across."
     )?;
     writeln!(
