@@ -188,6 +188,41 @@ fn a_fault_asleep_on_its_pager_wakes_when_its_mapping_changes() {
     }
 }
 
+/// Waiting costs no thread: `vm_fault_poll` asks the pager and returns
+/// `Pending` with the caller's waker registered; the pager's answer wakes
+/// it, and the next poll finds the page. Unrelated events wake nobody.
+#[test]
+fn a_fault_can_wait_without_a_thread() {
+    use machvm_core::kernel::wait::{Poll, Waker};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    #[derive(Default)]
+    struct Count(AtomicU32);
+    impl Waker for Count {
+        fn wake(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 1);
+    let count = Arc::new(Count::default());
+    let waker: Arc<dyn Waker> = count.clone();
+    assert!(matches!(k.vm_fault_poll(client, a, VmProt::READ, &waker), Ok(Poll::Pending(_))));
+    ready(&mut pager);
+    // `ready` wakes the fault; polling again sends the request.
+    assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    assert!(matches!(k.vm_fault_poll(client, a, VmProt::READ, &waker), Ok(Poll::Pending(_))));
+    expect_request(&mut pager, 0, P);
+    // Another task's call is no event for this fault.
+    let other = k.task_create(None).unwrap();
+    k.vm_allocate(other, VmAddr(0), P, true).unwrap();
+    assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    pager.supply(obj, 0, &page(4)).unwrap();
+    assert_eq!(count.0.load(Ordering::SeqCst), 2);
+    assert_eq!(k.vm_fault_poll(client, a, VmProt::READ, &waker), Ok(Poll::Ready(())));
+    assert_eq!(k.read_u64(client, a), Ok(4));
+}
+
 #[test]
 fn change_attributes_cluster_makes_one_request_per_cluster() {
     let k = kernel();

@@ -128,6 +128,16 @@ impl Event {
     ) -> MutexGuard<'a, T> {
         drop(guard);
         released();
+        self.wait_from(mutex, seen, deadline)
+    }
+
+    /// As [`Event::wait`], for a caller that does not hold the lock.
+    pub fn wait_from<'a, T>(
+        &self,
+        mutex: &'a Mutex<T>,
+        seen: u64,
+        deadline: Option<std::time::Instant>,
+    ) -> MutexGuard<'a, T> {
         let start = std::time::Instant::now();
         let mut spins = 0u32;
         while self.generation() == seen {

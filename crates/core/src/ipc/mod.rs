@@ -230,6 +230,14 @@ impl Ipc {
         }
     }
 
+    /// The space holding `port`'s receive right, if a space does.
+    pub fn receiver_space(&self, port: PortId) -> Option<SpaceId> {
+        match self.ports.get(&port)?.receiver {
+            Receiver::Space(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// The name `space` uses for `port`, if it holds a send or receive right.
     pub fn name_of(&self, space: SpaceId, port: PortId) -> Option<PortName> {
         self.spaces.get(&space)?.by_port.get(&port).copied()

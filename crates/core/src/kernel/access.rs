@@ -11,7 +11,9 @@
 //!                              └──────────────────────────► fault again
 //! ```
 
+use super::wait::{Poll, ThreadWaker, WaitKey, WaitTicket, Waker};
 use super::{Kernel, TaskId};
+use crate::sync::Arc;
 use crate::pmap::Access;
 use crate::types::{KernError, Result, VmAddr, VmProt, PAGE_SIZE};
 use crate::vm::fault::{fault_locked, FaultOutcome};
@@ -31,23 +33,58 @@ impl Kernel {
     /// `KERN_RESOURCE_SHORTAGE` (no free frame, and none could be reclaimed),
     /// `KERN_INVALID_TASK`.
     pub fn vm_fault(&self, task: TaskId, va: VmAddr, access: VmProt) -> Result<()> {
-        let mut st = self.lock();
+        let w = ThreadWaker::new();
+        let waker: Arc<dyn Waker> = w.clone();
+        let mut pending = None;
         loop {
-            let s = &mut *st;
-            let Some(t) = s.tasks.get_mut(&task.id) else {
+            let seen = w.generation();
+            match self.fault_step(task, va, access, &waker, pending.take())? {
+                Poll::Ready(()) => return Ok(()),
+                Poll::Pending(t) => pending = Some(t),
+            }
+            w.wait(self.lock_cell(), seen, None);
+        }
+    }
+
+    /// `vm_fault` without waiting: [`Poll::Pending`] when a provider has
+    /// been asked (or is being asked) for the page, with `waker`
+    /// registered to be woken when the fault is worth making again.
+    ///
+    /// Errors: as [`Kernel::vm_fault`].
+    pub fn vm_fault_poll(&self, task: TaskId, va: VmAddr, access: VmProt, waker: &Arc<dyn Waker>) -> Result<Poll<()>> {
+        self.fault_step(task, va, access, waker, None)
+    }
+
+    /// One walk of the fault path; `previous` is a registration to cancel.
+    fn fault_step(
+        &self,
+        task: TaskId,
+        va: VmAddr,
+        access: VmProt,
+        waker: &Arc<dyn Waker>,
+        previous: Option<WaitTicket>,
+    ) -> Result<Poll<()>> {
+        let mut st = self.lock();
+        if let Some(t) = previous {
+            st.waits.cancel(t);
+        }
+        let s = &mut *st;
+        let Some(t) = s.tasks.get_mut(&task.id) else {
+            self.unlock(st);
+            return Err(KernError::InvalidTask);
+        };
+        match fault_locked(&mut s.vm, &mut t.map, t.pmap, &s.proxies, va.0, access) {
+            FaultOutcome::Done => {
                 self.unlock(st);
-                return Err(KernError::InvalidTask);
-            };
-            match fault_locked(&mut s.vm, &mut t.map, t.pmap, &s.proxies, va.0, access) {
-                FaultOutcome::Done => {
-                    self.unlock(st);
-                    return Ok(());
-                }
-                FaultOutcome::Error(e) => {
-                    self.unlock(st);
-                    return Err(e);
-                }
-                FaultOutcome::Wait => st = self.settle_and_wait_locked(st, &self.page_cv, None),
+                Ok(Poll::Ready(()))
+            }
+            FaultOutcome::Error(e) => {
+                self.unlock(st);
+                Err(e)
+            }
+            FaultOutcome::Wait(object) => {
+                let keys = vec![WaitKey::Object(object), WaitKey::Task(task.id)];
+                Ok(Poll::Pending(self.unlock_waiting(st, keys, waker)))
             }
         }
     }

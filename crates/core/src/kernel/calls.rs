@@ -5,6 +5,7 @@
 //! Each checks everything first (decode) and only then changes the map
 //! (invoke), so a call that fails has changed nothing.
 
+use super::wait::{ThreadWaker, WaitKey, Waker};
 use super::{KObject, KState, Kernel, TaskId, TaskState};
 use crate::ipc::{PortName, SpaceId};
 use crate::pmap::Access;
@@ -127,7 +128,7 @@ impl Kernel {
             Some(p) => st.fork_copies(p),
             None => Ok(Vec::new()),
         };
-        self.with_copies(plan, |st| {
+        self.with_copies(parent, plan, |st| {
             if let Some(p) = parent {
                 st.task(p)?;
             }
@@ -161,8 +162,8 @@ impl Kernel {
             // The task's threads blocked in a receive (even on a port set
             // with no member, where no port dies) or in a fault must wake
             // to see that the task is gone.
-            st.msg_event = true;
-            st.page_event = true;
+            st.waits.mark(WaitKey::Space(t.space));
+            st.waits.mark(WaitKey::Task(task.id));
             Ok(())
         })
     }
@@ -202,7 +203,7 @@ impl Kernel {
         if !r.copy {
             return self.with(|st| st.vm_map(task, r));
         }
-        self.with_copies(|st| st.vm_map_copies(task, &r), |st| st.vm_map(task, r.clone()))
+        self.with_copies(Some(task), |st| st.vm_map_copies(task, &r), |st| st.vm_map(task, r.clone()))
     }
 
     /// `vm_deallocate`: unmaps `[address, address + size)`; holes in the
@@ -263,7 +264,7 @@ impl Kernel {
                 st.vm.machine.protect(pmap, VmAddr(s), VmAddr(e), cur);
             }
             // A fault asleep in the range may no longer be allowed.
-            st.page_event = true;
+            st.waits.mark(WaitKey::Task(task.id));
             Ok(())
         })
     }
@@ -373,10 +374,13 @@ impl Kernel {
     /// a pager that never answers unless it asked for eager copies.
     fn with_copies<T>(
         &self,
+        task: Option<TaskId>,
         plan: impl Fn(&KState) -> Result<Vec<CopySource>>,
         call: impl FnOnce(&mut KState) -> Result<T>,
     ) -> Result<T> {
         let mut jobs: Vec<EagerCopy> = Vec::new();
+        let w = ThreadWaker::new();
+        let waker: Arc<dyn Waker> = w.clone();
         let mut st = self.lock();
         let result = loop {
             let Ok(wanted) = plan(&st) else {
@@ -384,7 +388,14 @@ impl Kernel {
             };
             match st.step_copies(&wanted, &mut jobs) {
                 CopyStep::Wait => {
-                    st = self.settle_and_wait_locked(st, &self.page_cv, None);
+                    // Woken by the pages being copied, or the task's map.
+                    let mut keys: Vec<WaitKey> = jobs.iter().map(|j| WaitKey::Object(j.source)).collect();
+                    keys.extend(task.map(|t| WaitKey::Task(t.id)));
+                    let seen = w.generation();
+                    let ticket = self.unlock_waiting(st, keys, &waker);
+                    w.wait(self.lock_cell(), seen, None);
+                    st = self.lock();
+                    st.waits.cancel(ticket);
                     continue;
                 }
                 CopyStep::Error(e) => break Err(e),
@@ -659,7 +670,7 @@ impl KState {
     /// Removes `[start, end)` from the task's map and MMU. Faults asleep
     /// in the range wake to find it gone.
     pub(crate) fn unmap(&mut self, task: TaskId, start: u64, end: u64) {
-        self.page_event = true;
+        self.waits.mark(WaitKey::Task(task.id));
         self.clip_range(task, start, end);
         let Ok(t) = self.task_mut(task) else { return };
         let removed = t.map.remove_range(start, end);

@@ -2,9 +2,10 @@
 //! port sets, notifications, `mach_msg`. Messages to kernel objects are
 //! handled here, in the sender's thread, as Mach's kernel server does.
 
+use super::wait::{Poll, ThreadWaker, WaitKey, WaitTicket, Waker};
 use super::{KObject, Kernel, TaskId};
 use crate::ipc::{Disposition, NameInfo, NotifyKind, PortName, ReceivedMessage, RightKind, UserMessage};
-use crate::sync::Guard;
+use crate::sync::{Arc, Guard};
 use crate::types::{KernError, Result};
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,7 @@ impl Kernel {
             let space = st.task(task)?.space;
             st.ipc.move_member(space, member, set)?;
             // Receivers on the set must look at the messages it brings.
-            st.msg_event = true;
+            st.waits.mark(WaitKey::Space(space));
             Ok(())
         })
     }
@@ -75,7 +76,7 @@ impl Kernel {
             let (port, kind) = st.ipc.copyin(src, name, disposition)?;
             if disposition == Disposition::MoveReceive {
                 // Receivers in `from` waiting on it must see it gone.
-                st.msg_event = true;
+                st.waits.mark(WaitKey::Space(src));
             }
             st.ipc.copyout(dst, port, kind)
         })
@@ -100,7 +101,7 @@ impl Kernel {
             st.ipc.name_destroy(space, name)?;
             // Receivers waiting on the name (a port set has no port to
             // die) must see it gone.
-            st.msg_event = true;
+            st.waits.mark(WaitKey::Space(space));
             Ok(())
         })
     }
@@ -112,7 +113,11 @@ impl Kernel {
     pub fn port_mod_refs(&self, task: TaskId, name: PortName, right: RightKind, delta: i32) -> Result<()> {
         self.with(|st| {
             let space = st.task(task)?.space;
-            st.ipc.mod_refs(space, name, right, delta)
+            st.ipc.mod_refs(space, name, right, delta)?;
+            if right == RightKind::Receive {
+                st.waits.mark(WaitKey::Space(space));
+            }
+            Ok(())
         })
     }
 
@@ -158,9 +163,17 @@ impl Kernel {
     pub fn msg_send(&self, task: TaskId, msg: UserMessage) -> Result<()> {
         self.with(|st| {
             let space = st.task(task)?.space;
+            // A receive right may leave with the message.
+            let moves_receive = msg.rights.iter().any(|&(_, d)| d == Disposition::MoveReceive);
             let Some(kmsg) = st.ipc.send(space, msg)? else {
+                if moves_receive {
+                    st.waits.mark(WaitKey::Space(space));
+                }
                 return Ok(());
             };
+            if moves_receive {
+                st.waits.mark(WaitKey::Space(space));
+            }
             match st.kobject(kmsg.dest) {
                 Some(KObject::Control(object)) => st.control_message(object, kmsg),
                 Some(KObject::Proxy(_) | KObject::ProxyRevoke(_) | KObject::HostPriv) | None => {
@@ -178,31 +191,67 @@ impl Kernel {
     pub fn msg_receive(&self, task: TaskId, name: PortName, timeout: Option<Duration>) -> Result<ReceivedMessage> {
         // A timeout past the end of the clock is no deadline at all.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut st: Guard<'_, _> = self.lock();
+        let w = ThreadWaker::new();
+        let waker: Arc<dyn Waker> = w.clone();
+        let mut pending = None;
         loop {
-            let space = match st.task(task) {
-                Ok(t) => t.space,
-                Err(e) => {
-                    self.unlock(st);
-                    return Err(e);
-                }
-            };
-            match st.ipc.try_receive(space, name) {
-                Ok(Some(m)) => {
-                    self.unlock(st);
-                    return Ok(m);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.unlock(st);
-                    return Err(e);
-                }
+            let seen = w.generation();
+            let expired = deadline.is_some_and(|d| Instant::now() >= d);
+            match self.receive_step(task, name, (!expired).then_some(&waker), pending.take())? {
+                Poll::Ready(m) => return Ok(m),
+                Poll::Pending(t) => pending = Some(t),
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            w.wait(self.lock_cell(), seen, deadline);
+        }
+    }
+
+    /// `mach_msg(MACH_RCV_MSG)` without waiting: the next message, or
+    /// [`Poll::Pending`] with `waker` registered to be woken when the call
+    /// is worth making again (a message, or the name's right gone).
+    ///
+    /// Errors: as [`Kernel::msg_receive`], but never `MACH_RCV_TIMED_OUT`.
+    pub fn msg_receive_poll(
+        &self,
+        task: TaskId,
+        name: PortName,
+        waker: &Arc<dyn Waker>,
+    ) -> Result<Poll<ReceivedMessage>> {
+        self.receive_step(task, name, Some(waker), None)
+    }
+
+    /// One try at a receive; with no waker, nothing waiting is
+    /// `MACH_RCV_TIMED_OUT`. `previous` is a registration to cancel.
+    fn receive_step(
+        &self,
+        task: TaskId,
+        name: PortName,
+        waker: Option<&Arc<dyn Waker>>,
+        previous: Option<WaitTicket>,
+    ) -> Result<Poll<ReceivedMessage>> {
+        let mut st: Guard<'_, _> = self.lock();
+        if let Some(t) = previous {
+            st.waits.cancel(t);
+        }
+        let got = st.task(task).map(|t| t.space).and_then(|space| Ok((space, st.ipc.try_receive(space, name)?)));
+        match got {
+            Ok((_, Some(m))) => {
                 self.unlock(st);
-                return Err(KernError::RcvTimedOut);
+                Ok(Poll::Ready(m))
             }
-            st = self.settle_and_wait_locked(st, &self.msg_cv, deadline);
+            Ok((space, None)) => match waker {
+                Some(w) => {
+                    let keys = vec![WaitKey::Space(space), WaitKey::Task(task.id)];
+                    Ok(Poll::Pending(self.unlock_waiting(st, keys, w)))
+                }
+                None => {
+                    self.unlock(st);
+                    Err(KernError::RcvTimedOut)
+                }
+            },
+            Err(e) => {
+                self.unlock(st);
+                Err(e)
+            }
         }
     }
 }

@@ -9,12 +9,13 @@
 //!    current state, changing nothing (a bad call loses nothing);
 //! 3. **invoke**: change state; steps here cannot fail;
 //! 4. `KState::settle`: deliver the messages the VM asked for, react to
-//!    IPC events (no-senders, dead ports), wake sleepers;
-//! 5. drop the lock. A thread that must wait (a fault for a pager, a
-//!    receive for a message) settles, releases the lock, spins briefly and
-//!    then sleeps until woken (`Kernel::settle_and_wait_locked`, on a
-//!    [`crate::sync::Event`]), and, holding the lock again, starts over
-//!    from step 2.
+//!    IPC events (no-senders, dead ports), and mark the wait keys whose
+//!    waiters must look again;
+//! 5. drop the lock and wake those waiters. A call that must wait (a fault
+//!    for a pager, a receive for a message) registers a waker on its keys
+//!    before the lock goes and starts over from step 2 when woken
+//!    ([`wait`]); the in-process blocking calls are thin loops over the
+//!    non-blocking ones (`vm_fault_poll`, `msg_receive_poll`).
 //!
 //! Locking: `Kernel::st` protects everything but the MMU, which has its own
 //! locks and is taken only *after* the kernel lock (or alone, on the task
@@ -23,6 +24,7 @@
 pub(crate) mod access;
 pub(crate) mod calls;
 mod ipc_calls;
+pub mod wait;
 
 pub use calls::{MapRequest, RegionInfo};
 
@@ -31,7 +33,8 @@ use crate::memory_object::emmi::KernelToPager;
 use crate::memory_object::proxy::{ProxyTable, ProxyVersion};
 use crate::pmap::soft::SoftMachine;
 use crate::pmap::{Machine, PmapId};
-use crate::sync::{Arc, Event, Guard, Mutex};
+use crate::sync::{Arc, Guard, Mutex};
+use wait::{WaitKey, WaitTable, WaitTicket, Waker};
 use crate::types::{KernError, Result, PAGE_SIZE};
 use crate::vm::map::VmMap;
 use crate::vm::object::{ObjectId, Provider, VmObject};
@@ -169,19 +172,13 @@ pub(crate) struct KState {
     /// Eager copies made ready for the call running now, by source range
     /// (see `Kernel::with_copies`); each holds a reference.
     pub eager: HashMap<(ObjectId, u64, u64), ObjectId>,
-    /// Something a sleeping fault may wait for happened.
-    pub page_event: bool,
-    /// A message was queued.
-    pub msg_event: bool,
+    /// Who waits for what (see [`wait`]).
+    pub waits: WaitTable,
 }
 
 /// The kernel. Share it between threads with `Arc`.
 pub struct Kernel {
     st: Mutex<KState>,
-    /// Faults waiting for a page, an unlock, or a pager's `ready`.
-    page_cv: Event,
-    /// Receivers waiting for a message.
-    msg_cv: Event,
     machine: Arc<dyn Machine>,
 }
 
@@ -221,11 +218,8 @@ impl Kernel {
                 stats: KernelStats::default(),
                 config,
                 eager: HashMap::new(),
-                page_event: false,
-                msg_event: false,
+                waits: WaitTable::default(),
             }),
-            page_cv: Event::new(),
-            msg_cv: Event::new(),
             machine,
         })
     }
@@ -239,54 +233,40 @@ impl Kernel {
         self.st.lock()
     }
 
-    /// Settles the state after a call and wakes whoever must wake.
+    /// Settles the state after a call, releases the lock, and wakes the
+    /// waiters on the keys the call marked (see [`wait`]).
     pub(crate) fn unlock(&self, mut st: Guard<'_, KState>) {
         st.settle();
-        let (page, msg) = self.bump_events_locked(&mut st);
+        let woken = st.waits.take_woken();
         drop(st);
-        if page {
-            self.page_cv.notify();
-        }
-        if msg {
-            self.msg_cv.notify();
+        for w in woken {
+            w.wake();
         }
     }
 
-    /// Turns the state's pending events into generation bumps (lock held);
-    /// returns which queues to notify once the lock is dropped.
-    fn bump_events_locked(&self, st: &mut KState) -> (bool, bool) {
-        let (page, msg) = (std::mem::take(&mut st.page_event), std::mem::take(&mut st.msg_event));
-        if page {
-            self.page_cv.bump();
-        }
-        if msg {
-            self.msg_cv.bump();
-        }
-        (page, msg)
+    /// Registers `waker` on `keys` (cancelling `previous`, a registration
+    /// that was never woken), then unlocks as [`Kernel::unlock`]: an event
+    /// the settling causes wakes the new waiter too.
+    pub(crate) fn unlock_waiting(
+        &self,
+        mut st: Guard<'_, KState>,
+        keys: Vec<WaitKey>,
+        waker: &Arc<dyn Waker>,
+    ) -> WaitTicket {
+        let t = st.waits.register(keys, waker.clone());
+        self.unlock(st);
+        t
     }
 
-    /// Settles the state, releases the lock and waits on `event` (a page or
-    /// a message event) until it moves or `deadline` passes; returns with
-    /// the lock held again. The caller re-checks what it waits for.
-    pub(crate) fn settle_and_wait_locked<'a>(
-        &'a self,
-        mut st: Guard<'a, KState>,
-        event: &Event,
-        deadline: Option<std::time::Instant>,
-    ) -> Guard<'a, KState> {
-        st.settle();
-        let (page, msg) = self.bump_events_locked(&mut st);
-        // Read after the bumps: an event this settling caused is not
-        // waited for.
-        let seen = event.generation();
-        event.wait(&self.st, st, seen, deadline, || {
-            if page {
-                self.page_cv.notify();
-            }
-            if msg {
-                self.msg_cv.notify();
-            }
-        })
+    /// Cancels a wait registration that was never woken (a caller that
+    /// gives up on a [`wait::Poll::Pending`] call). Harmless if it was woken.
+    pub fn cancel_wait(&self, ticket: WaitTicket) {
+        self.with(|st| st.waits.cancel(ticket))
+    }
+
+    /// The kernel lock, for a [`wait::ThreadWaker`] to sleep on.
+    pub(crate) fn lock_cell(&self) -> &Mutex<KState> {
+        &self.st
     }
 
     /// Runs `f` under the kernel lock, then settles.
@@ -447,9 +427,15 @@ impl KState {
         let msg = KMessage::from_kernel(b.port, id, data, rights);
         self.count_to(kind);
         if self.ipc.kernel_send(msg).is_err() {
-            self.vm.pager_died(object);
-            self.page_event = true;
+            self.pager_died(object);
         }
+    }
+
+    /// The pager of `object` is gone (or refused delivery): its waiting
+    /// faults fail, and wake to find out.
+    pub fn pager_died(&mut self, object: ObjectId) {
+        self.vm.pager_died(object);
+        self.waits.mark(WaitKey::Object(object));
     }
 
     fn deliver(&mut self, op: PagerOp) {
@@ -473,7 +459,7 @@ impl KState {
                     // Faults asleep on its pages (for an answer that will
                     // now go to a dead control port, or a `ready` that will
                     // never come) must wake and walk their maps again.
-                    self.page_event = true;
+                    self.waits.mark(WaitKey::Object(object));
                 }
                 Provider::View(proxy) => {
                     self.proxies.view_of.remove(&object);
@@ -503,8 +489,7 @@ impl KState {
         let msg = KMessage::from_kernel(dp, id, data, rights);
         self.count_to("create");
         if self.ipc.kernel_send(msg).is_err() {
-            self.vm.pager_died(object);
-            self.page_event = true;
+            self.pager_died(object);
         }
     }
 
@@ -533,7 +518,7 @@ impl KState {
         let msg = KMessage::from_kernel(port, id, data, vec![(control, crate::ipc::RightKind::Send)]);
         self.count_to("init");
         if self.ipc.kernel_send(msg).is_err() {
-            self.vm.pager_died(object);
+            self.pager_died(object);
         }
         object
     }
@@ -550,13 +535,16 @@ impl KState {
 
     fn on_event(&mut self, e: IpcEvent) {
         match e {
-            IpcEvent::Queued(_) => self.msg_event = true,
+            IpcEvent::Queued(port) => {
+                if let Some(space) = self.ipc.receiver_space(port) {
+                    self.waits.mark(WaitKey::Space(space));
+                }
+            }
             IpcEvent::PortDied(port) => {
-                self.msg_event = true;
+                // Its receivers destroyed it (and marked their space).
                 if let Some(&object) = self.port_objects.get(&port) {
                     if self.bindings.get(&object).is_some_and(|b| b.port == port) {
-                        self.vm.pager_died(object);
-                        self.page_event = true;
+                        self.pager_died(object);
                     }
                 }
                 if self.default_pager == Some(port) {

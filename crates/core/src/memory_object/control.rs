@@ -14,6 +14,7 @@
 
 use machvm_protocol::emmi::{KernelReply, PagerToKernel};
 use crate::ipc::{KMessage, PortId, RightKind};
+use crate::kernel::wait::WaitKey;
 use crate::kernel::KState;
 use crate::types::{page_aligned, KernError, Result, PAGE_SIZE};
 use crate::vm::object::{CopyStrategy, ObjectId};
@@ -46,7 +47,7 @@ impl KState {
             self.drop_reply(reply);
             return Err(KernError::InvalidArgument);
         }
-        self.page_event = true;
+        self.waits.mark(WaitKey::Object(object));
         match m {
             PagerToKernel::Ready { may_cache, copy_strategy } => {
                 self.count_from("ready");
@@ -156,7 +157,7 @@ impl KState {
                 for off in offsets {
                     self.vm.page_evict(object, off, false);
                 }
-                self.vm.pager_died(object);
+                self.pager_died(object);
                 Ok(())
             }
         }

@@ -44,9 +44,10 @@ use crate::types::{KernError, Result, VmAddr, VmProt, PAGE_SIZE};
 pub enum FaultOutcome {
     /// The page is mapped; retry the access.
     Done,
-    /// A provider was asked (or is being asked) for the page: drop the lock,
-    /// wait for a page event, and fault again.
-    Wait,
+    /// A provider was asked (or is being asked) for a page of this
+    /// object (or its pager's `ready`, or an unlock): drop the lock, wait
+    /// for an event on the object, and fault again.
+    Wait(ObjectId),
     /// The access cannot succeed.
     Error(KernError),
 }
@@ -130,7 +131,7 @@ pub fn fault_locked(
         }
         if let Some(p) = o.pages.get(&cur_off) {
             if p.busy {
-                return FaultOutcome::Wait;
+                return FaultOutcome::Wait(cur);
             }
             if p.error {
                 return FaultOutcome::Error(KernError::MemoryError);
@@ -144,7 +145,7 @@ pub fn fault_locked(
             if o.ready {
                 request_cluster(vm, cur, cur_off, access);
             }
-            return FaultOutcome::Wait;
+            return FaultOutcome::Wait(cur);
         }
         if let Some((s, soff)) = o.shadow {
             (cur, cur_off) = (s, cur_off + soff);
@@ -182,7 +183,7 @@ pub fn fault_locked(
                 p.unlock_pending |= locked;
                 vm.outbox.push(PagerOp::DataUnlock { object: pobj, offset: poff, length: PAGE_SIZE, access: locked });
             }
-            return FaultOutcome::Wait;
+            return FaultOutcome::Wait(pobj);
         }
         // The pager's lock binds translations of its own page, not the
         // private copy about to be made of it.

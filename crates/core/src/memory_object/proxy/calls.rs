@@ -7,6 +7,7 @@ use super::compose::{cover, Composer, Request, Source, Window};
 use super::{Proxy, ProxyId, ProxyInfo, ProxyVersion};
 use crate::ipc::{PortId, PortName, RightKind, SpaceId};
 use crate::kernel::calls::Piece;
+use crate::kernel::wait::WaitKey;
 use crate::kernel::{KObject, KState, Kernel, TaskId};
 use crate::types::{KernError, Result, VmAddr, VmProt};
 use crate::vm::map::nonzero_pages;
@@ -218,12 +219,17 @@ impl Kernel {
                 return Err(KernError::NotSupported);
             }
             px.revoked = true;
-            for t in st.tasks.values() {
+            for (&id, t) in &st.tasks {
+                let mut cut = false;
                 for e in t.map.iter().filter(|e| e.via.contains(&p)) {
                     st.vm.machine.remove(t.pmap, VmAddr(e.start), VmAddr(e.end));
+                    cut = true;
+                }
+                // Its faults asleep through the proxy must fail now.
+                if cut {
+                    st.waits.mark(WaitKey::Task(id));
                 }
             }
-            st.page_event = true;
             st.proxy_maybe_free(p);
             Ok(())
         })
