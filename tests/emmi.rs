@@ -193,7 +193,7 @@ fn a_fault_asleep_on_its_pager_wakes_when_its_mapping_changes() {
 /// it, and the next poll finds the page. Unrelated events wake nobody.
 #[test]
 fn a_fault_can_wait_without_a_thread() {
-    use machvm_core::kernel::wait::{Poll, Waker};
+    use machvm_core::wait::{Poll, Waker};
     use std::sync::atomic::{AtomicU32, Ordering};
     #[derive(Default)]
     struct Count(AtomicU32);

@@ -23,6 +23,7 @@ pub mod pmap;
 pub mod sync;
 pub use machvm_protocol::types;
 pub mod vm;
+pub mod wait;
 
 pub use kernel::{Kernel, KernelConfig, KernelStats, MapRequest, RegionInfo, TaskId};
 pub use memory_object::proxy::{ProxyInfo, ProxyRights, ProxyVersion};

@@ -11,7 +11,7 @@
 //!                              └──────────────────────────► fault again
 //! ```
 
-use super::wait::{Poll, ThreadWaker, WaitKey, WaitTicket, Waker};
+use crate::wait::{Poll, ThreadWaker, WaitKey, WaitTicket, Waker};
 use super::{Kernel, TaskId};
 use crate::sync::Arc;
 use crate::pmap::Access;

@@ -5,7 +5,7 @@
 //! Each checks everything first (decode) and only then changes the map
 //! (invoke), so a call that fails has changed nothing.
 
-use super::wait::{ThreadWaker, WaitKey, Waker};
+use crate::wait::{ThreadWaker, WaitKey, Waker};
 use super::{KObject, KState, Kernel, TaskId, TaskState};
 use crate::ipc::{PortName, SpaceId};
 use crate::pmap::Access;

@@ -2,7 +2,7 @@
 //! port sets, notifications, `mach_msg`. Messages to kernel objects are
 //! handled here, in the sender's thread, as Mach's kernel server does.
 
-use super::wait::{Poll, ThreadWaker, WaitKey, WaitTicket, Waker};
+use crate::wait::{Poll, ThreadWaker, WaitKey, WaitTicket, Waker};
 use super::{KObject, Kernel, TaskId};
 use crate::ipc::{Disposition, NameInfo, NotifyKind, PortName, ReceivedMessage, RightKind, UserMessage};
 use crate::sync::{Arc, Guard};

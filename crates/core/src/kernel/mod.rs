@@ -14,7 +14,7 @@
 //! 5. drop the lock and wake those waiters. A call that must wait (a fault
 //!    for a pager, a receive for a message) registers a waker on its keys
 //!    before the lock goes and starts over from step 2 when woken
-//!    ([`wait`]); the in-process blocking calls are thin loops over the
+//!    ([`crate::wait`]); the in-process blocking calls are thin loops over the
 //!    non-blocking ones (`vm_fault_poll`, `msg_receive_poll`).
 //!
 //! Locking: `Kernel::st` protects everything but the MMU, which has its own
@@ -24,7 +24,6 @@
 pub(crate) mod access;
 pub(crate) mod calls;
 mod ipc_calls;
-pub mod wait;
 
 pub use calls::{MapRequest, RegionInfo};
 
@@ -34,7 +33,7 @@ use crate::memory_object::proxy::{ProxyTable, ProxyVersion};
 use crate::pmap::soft::SoftMachine;
 use crate::pmap::{Machine, PmapId};
 use crate::sync::{Arc, Guard, Mutex};
-use wait::{WaitKey, WaitTable, WaitTicket, Waker};
+use crate::wait::{WaitKey, WaitTable, WaitTicket, Waker};
 use crate::types::{KernError, Result, PAGE_SIZE};
 use crate::vm::map::VmMap;
 use crate::vm::object::{ObjectId, Provider, VmObject};
@@ -172,7 +171,7 @@ pub(crate) struct KState {
     /// Eager copies made ready for the call running now, by source range
     /// (see `Kernel::with_copies`); each holds a reference.
     pub eager: HashMap<(ObjectId, u64, u64), ObjectId>,
-    /// Who waits for what (see [`wait`]).
+    /// Who waits for what (see [`crate::wait`]).
     pub waits: WaitTable,
 }
 
@@ -234,7 +233,7 @@ impl Kernel {
     }
 
     /// Settles the state after a call, releases the lock, and wakes the
-    /// waiters on the keys the call marked (see [`wait`]).
+    /// waiters on the keys the call marked (see [`crate::wait`]).
     pub(crate) fn unlock(&self, mut st: Guard<'_, KState>) {
         st.settle();
         let woken = st.waits.take_woken();
@@ -259,12 +258,13 @@ impl Kernel {
     }
 
     /// Cancels a wait registration that was never woken (a caller that
-    /// gives up on a [`wait::Poll::Pending`] call). Harmless if it was woken.
+    /// gives up on a [`crate::wait::Poll::Pending`] call). Harmless if it
+    /// was woken.
     pub fn cancel_wait(&self, ticket: WaitTicket) {
         self.with(|st| st.waits.cancel(ticket))
     }
 
-    /// The kernel lock, for a [`wait::ThreadWaker`] to sleep on.
+    /// The kernel lock, for a [`crate::wait::ThreadWaker`] to sleep on.
     pub(crate) fn lock_cell(&self) -> &Mutex<KState> {
         &self.st
     }

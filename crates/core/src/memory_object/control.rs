@@ -14,7 +14,7 @@
 
 use machvm_protocol::emmi::{KernelReply, PagerToKernel};
 use crate::ipc::{KMessage, PortId, RightKind};
-use crate::kernel::wait::WaitKey;
+use crate::wait::WaitKey;
 use crate::kernel::KState;
 use crate::types::{page_aligned, KernError, Result, PAGE_SIZE};
 use crate::vm::object::{CopyStrategy, ObjectId};

@@ -7,7 +7,7 @@ use super::compose::{cover, Composer, Request, Source, Window};
 use super::{Proxy, ProxyId, ProxyInfo, ProxyVersion};
 use crate::ipc::{PortId, PortName, RightKind, SpaceId};
 use crate::kernel::calls::Piece;
-use crate::kernel::wait::WaitKey;
+use crate::wait::WaitKey;
 use crate::kernel::{KObject, KState, Kernel, TaskId};
 use crate::types::{KernError, Result, VmAddr, VmProt};
 use crate::vm::map::nonzero_pages;
