@@ -1668,10 +1668,7 @@ fn a_receiver_wakes_when_its_receive_right_is_moved_away() {
 
 /// A clean, read page mapped writable through `m` (a racing machine), with
 /// its pager: `(kernel, task, address, pager, object)`.
-fn racing_clean_page(
-    m: &Arc<RacingMachine>,
-    precious: bool,
-) -> (Arc<Kernel>, TaskId, VmAddr, PagerConn, PortName) {
+fn racing_clean_page(m: &Arc<RacingMachine>, precious: bool) -> (Arc<Kernel>, TaskId, VmAddr, PagerConn, PortName) {
     let k = Kernel::with_machine(
         KernelConfig { phys_pages: 64, resident_limit: 64, cluster_pages: 1, ..Default::default() },
         m.clone(),

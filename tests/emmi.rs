@@ -166,7 +166,15 @@ fn a_fault_asleep_on_its_pager_wakes_when_its_mapping_changes() {
         let (client, mut pager, _obj, name) = setup(&k);
         let target = if through_proxy {
             let px = k
-                .memory_object_create_proxy_version(client, VmProt::ALL, &[name], &[0], &[0], &[P], ProxyVersion::Paging)
+                .memory_object_create_proxy_version(
+                    client,
+                    VmProt::ALL,
+                    &[name],
+                    &[0],
+                    &[0],
+                    &[P],
+                    ProxyVersion::Paging,
+                )
                 .unwrap();
             px.proxy
         } else {
@@ -1105,7 +1113,8 @@ fn copy_strategy_call_is_refused_at_ready_and_change_attributes() {
     assert!(matches!(next(&mut pager).msg, KernelToPager::Init { .. }));
     let call = PagerToKernel::Ready { may_cache: true, copy_strategy: CopyStrategy::Call };
     assert_eq!(pager.call(obj, call), Err(KernError::InvalidArgument));
-    let change = PagerToKernel::ChangeAttributes { may_cache: true, copy_strategy: CopyStrategy::Call, cluster_pages: 1 };
+    let change =
+        PagerToKernel::ChangeAttributes { may_cache: true, copy_strategy: CopyStrategy::Call, cluster_pages: 1 };
     assert_eq!(pager.call(obj, change), Err(KernError::InvalidArgument));
     match attributes(&pager, obj) {
         KernelReply::Attributes { ready: false, copy_strategy: CopyStrategy::Delay, .. } => {}
@@ -1180,4 +1189,3 @@ fn anonymous_pages_cleaned_by_the_default_pager_are_asked_of_it_again() {
         assert_eq!(done(&rx), Ok(100 + i));
     }
 }
-

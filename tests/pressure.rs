@@ -215,7 +215,8 @@ fn pageout_keeps_clean_pages_whose_pager_died() {
     let mut served = 0;
     while served < 4 * P {
         let (o, off, len, _) = pager.expect_request(Duration::from_secs(5)).unwrap();
-        let data: Vec<u8> = (off..off + len).step_by(P as usize).flat_map(|p| vec![(p / P) as u8 + 1; P as usize]).collect();
+        let data: Vec<u8> =
+            (off..off + len).step_by(P as usize).flat_map(|p| vec![(p / P) as u8 + 1; P as usize]).collect();
         pager.supply(o, off, &data).unwrap();
         served = served.max(off + len);
     }

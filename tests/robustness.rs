@@ -570,16 +570,20 @@ fn a_forged_init_or_terminate_cannot_unbind_a_pager() {
     served_page("nothing");
     let own = s.k.port_allocate(s.client).unwrap();
     let forgeries: Vec<(&str, u32, Vec<u8>, Vec<(PortName, Disposition)>)> = vec![
-        ("an init naming another control", id::INIT, KernelToPager::Init { page_size: P }.encode().1, vec![(
-            own,
-            Disposition::MakeSend,
-        )]),
+        (
+            "an init naming another control",
+            id::INIT,
+            KernelToPager::Init { page_size: P }.encode().1,
+            vec![(own, Disposition::MakeSend)],
+        ),
         ("a bare terminate", id::TERMINATE, Vec::new(), Vec::new()),
         ("a terminate carrying a right", id::TERMINATE, Vec::new(), vec![(own, Disposition::MakeSend)]),
-        ("an init after a terminate", id::INIT, KernelToPager::Init { page_size: P }.encode().1, vec![(
-            own,
-            Disposition::MakeSend,
-        )]),
+        (
+            "an init after a terminate",
+            id::INIT,
+            KernelToPager::Init { page_size: P }.encode().1,
+            vec![(own, Disposition::MakeSend)],
+        ),
     ];
     for (what, msg_id, data, rights) in forgeries {
         let msg = UserMessage { rights, ..UserMessage::new(name, msg_id, data) };

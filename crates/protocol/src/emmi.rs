@@ -43,7 +43,6 @@ pub enum ReturnPolicy {
     All,
 }
 
-
 /// Message ids, kernel → pager.
 pub mod id {
     pub const INIT: u32 = 2200;

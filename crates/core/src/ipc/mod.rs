@@ -36,7 +36,6 @@ pub const MACH_NOTIFY_DEAD_NAME: u32 = 0o110;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortId(pub u64);
 
-
 /// An IPC name space (one per task).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SpaceId(pub u32);
@@ -228,6 +227,11 @@ impl Ipc {
         } else {
             Err(KernError::InvalidRight)
         }
+    }
+
+    /// Is `port`'s receive right the kernel's (a kernel object)?
+    pub fn is_kernel_port(&self, port: PortId) -> bool {
+        self.ports.get(&port).is_some_and(|p| p.receiver == Receiver::Kernel)
     }
 
     /// The space holding `port`'s receive right, if a space does.
@@ -871,7 +875,8 @@ impl Ipc {
         for (n, d) in msg.rights {
             rights.push(self.copyin(space, n, d)?);
         }
-        let k = KMessage { dest, dest_right: Some(dkind), reply, id: msg.id, data: msg.data, rights, from_kernel: false };
+        let k =
+            KMessage { dest, dest_right: Some(dkind), reply, id: msg.id, data: msg.data, rights, from_kernel: false };
         if self.ports.get(&dest).map(|p| p.receiver) == Some(Receiver::Kernel) {
             return Ok(Some(k));
         }

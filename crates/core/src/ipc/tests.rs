@@ -1314,8 +1314,7 @@ fn kernel_send_to_a_dead_port_is_invalid_dest_and_releases_the_rights() {
     let carried = w.ipc.port_allocate_kernel();
     w.ipc.kernel_make_send(carried);
     w.ipc.drain_events();
-    let msg =
-        KMessage::from_kernel(dest, 1, vec![], vec![(carried, RightKind::Send)]);
+    let msg = KMessage::from_kernel(dest, 1, vec![], vec![(carried, RightKind::Send)]);
     assert_eq!(w.ipc.kernel_send(msg), Err(KernError::SendInvalidDest));
     assert_eq!(w.ipc.send_rights(carried), 0);
     assert_eq!(w.ipc.drain_events(), vec![IpcEvent::NoSenders(carried)]);
@@ -1344,8 +1343,7 @@ fn kernel_send_to_a_kernel_port_is_refused_and_destroyed() {
     let dest = ipc.port_allocate_kernel();
     let carried = ipc.port_allocate_kernel();
     ipc.kernel_make_send(carried);
-    let msg =
-        KMessage::from_kernel(dest, 1, vec![], vec![(carried, RightKind::Send)]);
+    let msg = KMessage::from_kernel(dest, 1, vec![], vec![(carried, RightKind::Send)]);
     assert_eq!(ipc.kernel_send(msg), Err(KernError::MigBadId));
     assert_eq!(ipc.send_rights(carried), 0);
 }
@@ -1480,8 +1478,7 @@ fn a_receive_right_the_kernel_allocates_in_transit_can_be_handed_to_a_space() {
     let early = KMessage::notification(port, 1, vec![5]);
     w.ipc.kernel_send(KMessage { dest_right: None, ..early }).unwrap();
     let dest = w.port(w.b, w.inbox);
-    let carry =
-        KMessage::from_kernel(dest, 2, vec![], vec![(port, RightKind::Receive)]);
+    let carry = KMessage::from_kernel(dest, 2, vec![], vec![(port, RightKind::Receive)]);
     w.ipc.kernel_send(carry).unwrap();
     let (name, kind) = recv(&mut w.ipc, w.b, w.inbox).rights[0];
     assert_eq!(kind, RightKind::Receive);

@@ -11,12 +11,12 @@
 //!                              └──────────────────────────► fault again
 //! ```
 
-use crate::wait::{Poll, ThreadWaker, WaitKey, WaitTicket, Waker};
 use super::{Kernel, TaskId};
-use crate::sync::Arc;
 use crate::pmap::Access;
+use crate::sync::Arc;
 use crate::types::{KernError, Result, VmAddr, VmProt, PAGE_SIZE};
 use crate::vm::fault::{fault_locked, FaultOutcome};
+use crate::wait::{Poll, ThreadWaker, WaitKey, WaitTicket, Waker};
 
 /// After this many faults that each claimed success, an access that still
 /// misses gives up with `KERN_MEMORY_FAILURE` (the page is being stolen
@@ -73,7 +73,7 @@ impl Kernel {
             self.unlock(st);
             return Err(KernError::InvalidTask);
         };
-        match fault_locked(&mut s.vm, &mut t.map, t.pmap, &s.proxies, va.0, access) {
+        match fault_locked(&mut s.vm, &mut t.map, t.pmap, &s.mo.proxies, va.0, access) {
             FaultOutcome::Done => {
                 self.unlock(st);
                 Ok(Poll::Ready(()))

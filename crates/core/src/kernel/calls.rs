@@ -5,15 +5,15 @@
 //! Each checks everything first (decode) and only then changes the map
 //! (invoke), so a call that fails has changed nothing.
 
-use crate::wait::{ThreadWaker, WaitKey, Waker};
 use super::{KObject, KState, Kernel, TaskId, TaskState};
 use crate::ipc::{PortName, SpaceId};
+use crate::memory_object::proxy::{MapPiece, ProxyId};
 use crate::pmap::Access;
 use crate::types::{KernError, Result, VmAddr, VmInherit, VmOffset, VmProt, PAGE_SIZE};
+use crate::vm::copy::{CopyStep, EagerCopy};
 use crate::vm::map::{nonzero_pages, MapEntry, VmMap};
 use crate::vm::object::{ObjectId, Provider, VmObject};
-use crate::vm::copy::{CopyStep, EagerCopy};
-use crate::vm::ViewResolver;
+use crate::wait::{ThreadWaker, WaitKey, Waker};
 use std::sync::Arc;
 
 /// How often `vm_write` faults its whole range in again when pageout keeps
@@ -96,26 +96,9 @@ pub struct RegionInfo {
     pub shared: bool,
 }
 
-/// A piece of memory seen through paging-proxy views: `(relative start,
-/// length, object, offset, allowed, via)` (see [`KState::flatten`]).
-pub(crate) type FlatPiece = (u64, u64, ObjectId, u64, VmProt, Vec<u64>);
-
 /// A copy a call will make: `(object, offset, length)`, as it will ask
 /// [`KState::copy_of`] for it.
 pub(crate) type CopySource = (ObjectId, u64, u64);
-
-/// One entry `vm_map` will insert, relative to the mapped address.
-#[derive(Debug)]
-pub(crate) struct Piece {
-    pub rel: u64,
-    pub len: u64,
-    pub object: Option<ObjectId>,
-    pub offset: u64,
-    pub cur: VmProt,
-    pub max: VmProt,
-    pub needs_copy: bool,
-    pub via: Vec<u64>,
-}
 
 impl Kernel {
     /// `task_create(parent, inherit_memory)`: a new task. With a parent,
@@ -511,11 +494,11 @@ impl KState {
         let port = self.ipc.send_port_of(space, name)?;
         match self.kobject(port) {
             Some(KObject::Proxy(p)) => {
-                let pieces = self.proxy_plan(p, r.offset.0, size, true, r.cur, r.max)?;
+                let pieces = self.mo.proxy_plan(p, r.offset.0, size, true, r.cur, r.max)?;
                 Ok(pieces.iter().filter_map(|p| Some((p.object?, p.offset, p.len))).collect())
             }
             Some(_) => Err(KernError::InvalidArgument),
-            None => Ok(self.port_objects.get(&port).map(|&o| (o, r.offset.0, size)).into_iter().collect()),
+            None => Ok(self.mo.port_objects.get(&port).map(|&o| (o, r.offset.0, size)).into_iter().collect()),
         }
     }
 
@@ -556,7 +539,7 @@ impl KState {
         // Decode.
         let (address, size, space) = self.map_placement(task, &r)?;
         let pieces = match r.object {
-            None => vec![Piece {
+            None => vec![MapPiece {
                 rel: 0,
                 len: size,
                 object: None,
@@ -575,8 +558,9 @@ impl KState {
                         // Invoke starts here for plain objects: bind, and
                         // snapshot if a copy was asked for.
                         let o = self.bind(port);
-                        let (object, needs_copy) = if r.copy { (self.copy_of(o, r.offset.0, size), true) } else { (o, false) };
-                        vec![Piece {
+                        let (object, needs_copy) =
+                            if r.copy { (self.copy_of(o, r.offset.0, size), true) } else { (o, false) };
+                        vec![MapPiece {
                             rel: 0,
                             len: size,
                             object: Some(object),
@@ -628,32 +612,29 @@ impl KState {
         c
     }
 
-    /// Splits `[offset, offset + len)` of `object` through paging-proxy
-    /// views down to real objects: `(relative start, length, object,
-    /// offset, allowed, via)` pieces. `KERN_MEMORY_ERROR` if a view is
-    /// revoked or has a gap.
-    pub(crate) fn flatten(&self, object: ObjectId, offset: u64, len: u64) -> Result<Vec<FlatPiece>> {
-        let mut out = Vec::new();
-        let mut todo = vec![(0u64, len, object, offset, VmProt::ALL, Vec::new())];
-        while let Some((rel, len, obj, off, prot, via)) = todo.pop() {
-            let Some(&proxy) = self.proxies.view_of.get(&obj) else {
-                out.push((rel, len, obj, off, prot, via));
-                continue;
-            };
-            let px = self.proxies.get(proxy)?;
-            let pieces =
-                crate::memory_object::proxy::cover(&px.windows, off, len).map_err(|_| KernError::MemoryError)?;
-            let mut at = rel;
-            for (w, within, plen) in pieces {
-                let mut v = via.clone();
-                v.push(proxy);
-                let (inner, ioff, _) = self.proxies.resolve(proxy, w.offset + within)?;
-                todo.push((at, plen, inner, ioff, prot & w.prot, v));
-                at += plen;
+    /// The entries `vm_map` makes for `[offset, offset + size)` of proxy
+    /// `p`: checked completely first (`MemoryObjects::proxy_plan`), then
+    /// references taken.
+    pub(crate) fn proxy_pieces(
+        &mut self,
+        p: ProxyId,
+        offset: u64,
+        size: u64,
+        copy: bool,
+        cur: VmProt,
+        max: VmProt,
+    ) -> Result<Vec<MapPiece>> {
+        let mut pieces = self.mo.proxy_plan(p, offset, size, copy, cur, max)?;
+        // Invoke: each entry holds a reference on its object; a copy's
+        // object is a fresh copy.
+        for piece in &mut pieces {
+            let object = piece.object.expect("every piece has an object");
+            self.vm.object_reference(object);
+            if piece.needs_copy {
+                piece.object = Some(self.copy_of(object, piece.offset, piece.len));
             }
         }
-        out.sort_by_key(|p| p.0);
-        Ok(out)
+        Ok(pieces)
     }
 
     /// Makes `addr` and `end` entry boundaries, taking the extra object
@@ -719,7 +700,7 @@ impl KState {
             let Some(o) = e.object else { continue };
             if matches!(self.vm.object(o).provider, Provider::View(_)) {
                 // A revoked view is not copied (see `fork_map`).
-                if let Ok(pieces) = self.flatten(o, e.offset, e.len()) {
+                if let Ok(pieces) = self.mo.proxies.flatten(o, e.offset, e.len()) {
                     out.extend(pieces.into_iter().map(|(_, len, obj, off, _, _)| (obj, off, len)));
                 }
             } else {
@@ -747,7 +728,7 @@ impl KState {
                         // A copy of memory seen through a paging proxy is a
                         // snapshot of what is behind it, still subject to
                         // the proxy's revocation.
-                        match self.flatten(o, e.offset, e.len()) {
+                        match self.mo.proxies.flatten(o, e.offset, e.len()) {
                             Ok(pieces) => {
                                 for (rel, len, obj, off, prot, via) in pieces {
                                     self.vm.object_reference(obj);

@@ -2,11 +2,11 @@
 //! port sets, notifications, `mach_msg`. Messages to kernel objects are
 //! handled here, in the sender's thread, as Mach's kernel server does.
 
-use crate::wait::{Poll, ThreadWaker, WaitKey, WaitTicket, Waker};
 use super::{KObject, Kernel, TaskId};
 use crate::ipc::{Disposition, NameInfo, NotifyKind, PortName, ReceivedMessage, RightKind, UserMessage};
 use crate::sync::{Arc, Guard};
 use crate::types::{KernError, Result};
+use crate::wait::{Poll, ThreadWaker, WaitKey, WaitTicket, Waker};
 use std::time::{Duration, Instant};
 
 impl Kernel {
@@ -175,7 +175,10 @@ impl Kernel {
                 st.waits.mark(WaitKey::Space(space));
             }
             match st.kobject(kmsg.dest) {
-                Some(KObject::Control(object)) => st.control_message(object, kmsg),
+                Some(KObject::Control(object)) => {
+                    let (mo, mut cx) = st.split();
+                    mo.control_message(&mut cx, object, kmsg)
+                }
                 Some(KObject::Proxy(_) | KObject::ProxyRevoke(_) | KObject::HostPriv) | None => {
                     st.ipc.destroy_message(kmsg);
                     Err(KernError::MigBadId)

@@ -24,20 +24,21 @@
 pub(crate) mod access;
 pub(crate) mod calls;
 mod ipc_calls;
+mod proxy_calls;
 
 pub use calls::{MapRequest, RegionInfo};
 
-use crate::ipc::{Disposition, Ipc, IpcEvent, KMessage, PortId, PortName, SpaceId};
-use crate::memory_object::emmi::KernelToPager;
-use crate::memory_object::proxy::{ProxyTable, ProxyVersion};
+use crate::ipc::{Disposition, Ipc, IpcEvent, PortId, PortName, SpaceId};
+use crate::memory_object::proxy::ProxyVersion;
+use crate::memory_object::{Ctx, MemoryObjects, MoPort};
 use crate::pmap::soft::SoftMachine;
 use crate::pmap::{Machine, PmapId};
 use crate::sync::{Arc, Guard, Mutex};
-use crate::wait::{WaitKey, WaitTable, WaitTicket, Waker};
-use crate::types::{KernError, Result, PAGE_SIZE};
+use crate::types::{KernError, Result};
 use crate::vm::map::VmMap;
-use crate::vm::object::{ObjectId, Provider, VmObject};
-use crate::vm::{PagerOp, Vm, VmStats};
+use crate::vm::object::ObjectId;
+use crate::vm::{Vm, VmStats};
+use crate::wait::{WaitKey, WaitTable, WaitTicket, Waker};
 use std::collections::{BTreeMap, HashMap};
 
 /// Settings fixed at boot.
@@ -104,14 +105,6 @@ pub(crate) struct TaskState {
     pub pmap: PmapId,
 }
 
-/// An external object's ports: the pager's memory object port (the kernel
-/// holds one send right) and the kernel's control port for it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Binding {
-    pub port: PortId,
-    pub control: PortId,
-}
-
 /// The kernel's counters ([`Kernel::stats`]): VM events, messages by
 /// kind in both directions, and what is alive now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -155,13 +148,8 @@ pub(crate) struct KState {
     pub vm: Vm,
     pub tasks: HashMap<u32, TaskState>,
     next_task: u32,
-    pub kobjects: HashMap<PortId, KObject>,
-    /// Memory object port (a pager's) → its VM object.
-    pub port_objects: HashMap<PortId, ObjectId>,
-    /// External object → its ports.
-    pub bindings: HashMap<ObjectId, Binding>,
-    pub proxies: ProxyTable,
-    pub default_pager: Option<PortId>,
+    /// The memory-object layer: pager bindings, the default pager, proxies.
+    pub mo: MemoryObjects,
     /// The host-privilege port, a kernel object.
     pub host_priv: PortId,
     /// [`Kernel::boot_host_priv`] has handed it out.
@@ -207,11 +195,7 @@ impl Kernel {
                 vm,
                 tasks: HashMap::new(),
                 next_task: 0,
-                kobjects: HashMap::from([(host_priv, KObject::HostPriv)]),
-                port_objects: HashMap::new(),
-                bindings: HashMap::new(),
-                proxies: ProxyTable::default(),
-                default_pager: None,
+                mo: MemoryObjects::new(config.cluster_pages),
                 host_priv,
                 host_priv_given: false,
                 stats: KernelStats::default(),
@@ -285,7 +269,10 @@ impl Kernel {
             s.resident = st.vm.resident;
             s.resident_limit = st.vm.resident_limit;
             s.objects = st.vm.objects.len();
-            s.proxies = st.proxies.proxies.len();
+            s.proxies = st.mo.proxies.proxies.len();
+            s.to_pagers = st.mo.stats.to_pagers.clone();
+            s.from_pagers = st.mo.stats.from_pagers.clone();
+            s.proxy_windows_examined = st.mo.stats.proxy_windows_examined;
             s
         })
     }
@@ -352,10 +339,8 @@ impl Kernel {
                     Err(e)
                 }
             })?;
-            if let Some(old) = st.default_pager.replace(port) {
-                st.ipc.release_send(old);
-            }
-            st.vm.default_pager = true;
+            let (mo, mut cx) = st.split();
+            mo.set_default_pager(&mut cx, port);
             Ok(())
         })
     }
@@ -384,12 +369,16 @@ impl KState {
         TaskId { id: self.next_task, pmap }
     }
 
-    fn count_to(&mut self, kind: &'static str) {
-        *self.stats.to_pagers.entry(kind).or_default() += 1;
+    /// The memory-object layer, and the layers below it for its calls.
+    pub fn split(&mut self) -> (&mut MemoryObjects, Ctx<'_>) {
+        (&mut self.mo, Ctx { ipc: &mut self.ipc, vm: &mut self.vm, waits: &mut self.waits })
     }
 
-    pub fn count_from(&mut self, kind: &'static str) {
-        *self.stats.from_pagers.entry(kind).or_default() += 1;
+    /// Binds a pager's memory object port to a VM object (see
+    /// `MemoryObjects::bind`); takes a reference for the caller.
+    pub fn bind(&mut self, port: PortId) -> ObjectId {
+        let (mo, mut cx) = self.split();
+        mo.bind(&mut cx, port)
     }
 
     /// Delivers the VM's outbox and reacts to IPC events until both are
@@ -402,7 +391,8 @@ impl KState {
                 return;
             }
             for op in ops {
-                self.deliver(op);
+                let (mo, mut cx) = self.split();
+                mo.deliver(&mut cx, op);
             }
             for e in events {
                 self.on_event(e);
@@ -410,204 +400,32 @@ impl KState {
         }
     }
 
-    /// Sends a kernel → pager message on `object`'s memory object port.
-    fn send_to_pager(&mut self, object: ObjectId, m: KernelToPager, kind: &'static str) {
-        let Some(b) = self.bindings.get(&object).copied() else {
-            return;
-        };
-        let (id, data) = m.encode();
-        // `terminate` carries the control port, as in Mach: a pager acts
-        // only on a terminate naming the control right it already holds.
-        let rights = if m == KernelToPager::Terminate {
-            self.ipc.kernel_make_send(b.control);
-            vec![(b.control, crate::ipc::RightKind::Send)]
-        } else {
-            Vec::new()
-        };
-        let msg = KMessage::from_kernel(b.port, id, data, rights);
-        self.count_to(kind);
-        if self.ipc.kernel_send(msg).is_err() {
-            self.pager_died(object);
-        }
-    }
-
-    /// The pager of `object` is gone (or refused delivery): its waiting
-    /// faults fail, and wake to find out.
-    pub fn pager_died(&mut self, object: ObjectId) {
-        self.vm.pager_died(object);
-        self.waits.mark(WaitKey::Object(object));
-    }
-
-    fn deliver(&mut self, op: PagerOp) {
-        match op {
-            PagerOp::DataRequest { object, offset, length, access } => {
-                self.send_to_pager(object, KernelToPager::DataRequest { offset, length, access }, "data_request")
-            }
-            PagerOp::DataUnlock { object, offset, length, access } => {
-                self.send_to_pager(object, KernelToPager::DataUnlock { offset, length, access }, "data_unlock")
-            }
-            PagerOp::DataReturn { object, offset, data, dirty, kernel_copy } => self.send_to_pager(
-                object,
-                KernelToPager::DataReturn { offset, data, dirty, kernel_copy },
-                "data_return",
-            ),
-            PagerOp::CreateDefault { object, size } => self.create_default(object, size),
-            PagerOp::Terminated { object, provider } => match provider {
-                Provider::External => {
-                    self.send_to_pager(object, KernelToPager::Terminate, "terminate");
-                    self.unbind(object);
-                    // Faults asleep on its pages (for an answer that will
-                    // now go to a dead control port, or a `ready` that will
-                    // never come) must wake and walk their maps again.
-                    self.waits.mark(WaitKey::Object(object));
-                }
-                Provider::View(proxy) => {
-                    self.proxies.view_of.remove(&object);
-                    if let Some(p) = self.proxies.proxies.get_mut(&proxy) {
-                        p.view = None;
-                    }
-                    self.proxy_maybe_free(proxy);
-                }
-                Provider::None => {}
-            },
-        }
-    }
-
-    /// Hands an anonymous object to the default pager
-    /// (`memory_object_create`): a new memory object port whose receive
-    /// right goes to the default pager, and a control port for it.
-    fn create_default(&mut self, object: ObjectId, size: u64) {
-        let Some(dp) = self.default_pager else { return };
-        let port = self.ipc.port_allocate_in_transit();
-        self.ipc.kernel_make_send(port); // the kernel's reference
-        let control = self.control_port(object);
-        self.ipc.kernel_make_send(control); // the pager's
-        self.bindings.insert(object, Binding { port, control });
-        self.port_objects.insert(port, object);
-        let (id, data) = KernelToPager::Create { size }.encode();
-        let rights = vec![(port, crate::ipc::RightKind::Receive), (control, crate::ipc::RightKind::Send)];
-        let msg = KMessage::from_kernel(dp, id, data, rights);
-        self.count_to("create");
-        if self.ipc.kernel_send(msg).is_err() {
-            self.pager_died(object);
-        }
-    }
-
-    /// A new control port for `object` (a kernel object).
-    pub fn control_port(&mut self, object: ObjectId) -> PortId {
-        let control = self.ipc.port_allocate_kernel();
-        self.kobjects.insert(control, KObject::Control(object));
-        control
-    }
-
-    /// Binds a pager's memory object port to a VM object (creating it and
-    /// sending `memory_object_init` the first time). Takes an object
-    /// reference for the caller.
-    pub fn bind(&mut self, port: PortId) -> ObjectId {
-        if let Some(&o) = self.port_objects.get(&port) {
-            self.vm.object_reference(o);
-            return o;
-        }
-        let object = self.vm.object_insert(VmObject::external(self.config.cluster_pages));
-        let control = self.control_port(object);
-        self.ipc.kernel_make_send(control); // travels in init
-        self.ipc.kernel_copy_send(port); // the kernel's reference
-        self.bindings.insert(object, Binding { port, control });
-        self.port_objects.insert(port, object);
-        let (id, data) = KernelToPager::Init { page_size: PAGE_SIZE }.encode();
-        let msg = KMessage::from_kernel(port, id, data, vec![(control, crate::ipc::RightKind::Send)]);
-        self.count_to("init");
-        if self.ipc.kernel_send(msg).is_err() {
-            self.pager_died(object);
-        }
-        object
-    }
-
-    fn unbind(&mut self, object: ObjectId) {
-        let Some(b) = self.bindings.remove(&object) else {
-            return;
-        };
-        self.port_objects.remove(&b.port);
-        self.ipc.release_send(b.port);
-        self.kobjects.remove(&b.control);
-        self.ipc.port_destroy(b.control);
-    }
-
     fn on_event(&mut self, e: IpcEvent) {
+        let (mo, mut cx) = self.split();
         match e {
             IpcEvent::Queued(port) => {
-                if let Some(space) = self.ipc.receiver_space(port) {
-                    self.waits.mark(WaitKey::Space(space));
+                if let Some(space) = cx.ipc.receiver_space(port) {
+                    cx.waits.mark(WaitKey::Space(space));
                 }
             }
             IpcEvent::PortDied(port) => {
                 // Its receivers destroyed it (and marked their space).
-                if let Some(&object) = self.port_objects.get(&port) {
-                    if self.bindings.get(&object).is_some_and(|b| b.port == port) {
-                        self.pager_died(object);
-                    }
-                }
-                if self.default_pager == Some(port) {
-                    self.default_pager = None;
-                    self.vm.default_pager = false;
-                    self.ipc.release_send(port);
-                }
-                self.ipc.reap(port);
+                mo.port_died(&mut cx, port);
+                cx.ipc.reap(port);
             }
-            IpcEvent::NoSenders(port) => match self.kobjects.get(&port).copied() {
-                Some(KObject::Proxy(p)) => {
-                    self.kobjects.remove(&port);
-                    self.ipc.port_destroy(port);
-                    let mut view = None;
-                    if let Some(px) = self.proxies.proxies.get_mut(&p) {
-                        px.port_dead = true;
-                        view = px.view;
-                    }
-                    // The proxy's own reference on its view: mappings keep
-                    // the view (and so the proxy) alive past this point.
-                    if let Some(v) = view {
-                        self.vm.object_deallocate(v);
-                    }
-                    self.proxy_maybe_free(p);
-                }
-                Some(KObject::ProxyRevoke(p)) => {
-                    self.kobjects.remove(&port);
-                    self.ipc.port_destroy(port);
-                    self.proxy_maybe_free(p);
-                }
-                Some(KObject::Control(_) | KObject::HostPriv) | None => {}
-            },
-        }
-    }
-
-    /// Lets go of what a proxy holds once nobody can map through it any
-    /// more (its port is dead and its view, if any, is gone: no mapping and
-    /// no other proxy's window holds it): the references on its windows'
-    /// objects are released at once. The record itself stays while the
-    /// revoke right lives (revoking must still reach copy mappings made
-    /// through it); once revoked, only its id is kept (so that those
-    /// mappings stay dead).
-    pub fn proxy_maybe_free(&mut self, p: u64) {
-        let Some(px) = self.proxies.proxies.get_mut(&p) else {
-            return;
-        };
-        if !px.port_dead || px.view.is_some() {
-            return;
-        }
-        for w in std::mem::take(&mut px.windows) {
-            self.vm.object_deallocate(w.target);
-        }
-        let (revoke_port, revoked) = (px.revoke_port, px.revoked);
-        if revoked {
-            self.proxies.revoked_gone.insert(p);
-            self.proxies.proxies.remove(&p);
-        } else if !self.kobjects.contains_key(&revoke_port) {
-            self.proxies.proxies.remove(&p);
+            IpcEvent::NoSenders(port) => mo.no_senders(&mut cx, port),
         }
     }
 
     /// Is this port a kernel object (one that takes no memory-object role)?
     pub fn kobject(&self, port: PortId) -> Option<KObject> {
-        self.kobjects.get(&port).copied()
+        if port == self.host_priv {
+            return Some(KObject::HostPriv);
+        }
+        self.mo.port(port).map(|p| match p {
+            MoPort::Control(o) => KObject::Control(o),
+            MoPort::Proxy(p) => KObject::Proxy(p),
+            MoPort::ProxyRevoke(p) => KObject::ProxyRevoke(p),
+        })
     }
 }

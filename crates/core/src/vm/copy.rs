@@ -99,7 +99,12 @@ impl Vm {
                 if !p.unlock_pending.contains(VmProt::READ) {
                     let source = job.source;
                     self.object_mut(source).pages.get_mut(&off).expect("found above").unlock_pending |= VmProt::READ;
-                    self.outbox.push(PagerOp::DataUnlock { object: source, offset: off, length: PAGE_SIZE, access: VmProt::READ });
+                    self.outbox.push(PagerOp::DataUnlock {
+                        object: source,
+                        offset: off,
+                        length: PAGE_SIZE,
+                        access: VmProt::READ,
+                    });
                 }
                 return CopyStep::Wait;
             }

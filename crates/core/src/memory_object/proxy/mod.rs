@@ -44,7 +44,11 @@ use crate::vm::object::ObjectId;
 use crate::vm::ViewResolver;
 use std::collections::{HashMap, HashSet};
 
-pub use calls::ProxyRights;
+pub use calls::{MapPiece, ProxyRights, Target};
+
+/// A piece of memory seen through paging-proxy views: `(relative start,
+/// length, object, offset, allowed, via)` (see [`ProxyTable::flatten`]).
+pub type FlatPiece = (u64, u64, ObjectId, u64, VmProt, Vec<u64>);
 pub use compose::{compose, cover, Source, Window};
 
 /// Which implementation backs a proxy.
@@ -202,6 +206,33 @@ impl ProxyTable {
     /// The paging proxies a mapping of `object` goes through.
     pub fn via_object(&self, object: ObjectId) -> Vec<ProxyId> {
         self.view_of.get(&object).map_or_else(Vec::new, |&p| self.chain(p))
+    }
+
+    /// Splits `[offset, offset + len)` of `object` through paging-proxy
+    /// views down to real objects: `(relative start, length, object,
+    /// offset, allowed, via)` pieces. `KERN_MEMORY_ERROR` if a view is
+    /// revoked or has a gap.
+    pub fn flatten(&self, object: ObjectId, offset: u64, len: u64) -> Result<Vec<FlatPiece>> {
+        let mut out = Vec::new();
+        let mut todo = vec![(0u64, len, object, offset, VmProt::ALL, Vec::new())];
+        while let Some((rel, len, obj, off, prot, via)) = todo.pop() {
+            let Some(&proxy) = self.view_of.get(&obj) else {
+                out.push((rel, len, obj, off, prot, via));
+                continue;
+            };
+            let px = self.get(proxy)?;
+            let pieces = cover(&px.windows, off, len).map_err(|_| KernError::MemoryError)?;
+            let mut at = rel;
+            for (w, within, plen) in pieces {
+                let mut v = via.clone();
+                v.push(proxy);
+                let (inner, ioff, _) = self.resolve(proxy, w.offset + within)?;
+                todo.push((at, plen, inner, ioff, prot & w.prot, v));
+                at += plen;
+            }
+        }
+        out.sort_by_key(|p| p.0);
+        Ok(out)
     }
 
     /// Introspection.
