@@ -1015,6 +1015,35 @@ fn the_object_cache_is_trimmed_oldest_first() {
     assert_eq!(k.stats().sent("data_request"), requests + 1);
 }
 
+/// A pager whose memory object port dies in the very call that makes the
+/// kernel page out one of its dirty pages (its `data_supply` carries the
+/// port's own receive right): the page cannot be returned, so the kernel
+/// keeps it, and what the task wrote stays readable.
+#[test]
+fn a_dirty_page_is_kept_when_its_pager_dies_in_the_call_that_pages_it_out() {
+    let k = kernel_with(KernelConfig { phys_pages: 64, resident_limit: 2, cluster_pages: 1, ..Default::default() });
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 3);
+    ready(&mut pager);
+    let w = write_at(&k, client, a, 77);
+    expect_request(&mut pager, 0, P);
+    pager.supply(obj, 0, &page(1)).unwrap();
+    assert_eq!(done(&w), Ok(()));
+    let r1 = read_at(&k, client, VmAddr(a.0 + P));
+    expect_request(&mut pager, P, P);
+    pager.supply(obj, P, &page(2)).unwrap();
+    assert_eq!(done(&r1), Ok(2));
+    let r2 = read_at(&k, client, VmAddr(a.0 + 2 * P));
+    expect_request(&mut pager, 2 * P, P);
+    let (id, data) =
+        PagerToKernel::DataSupply { offset: 2 * P, data: page(3), lock: VmProt::NONE, precious: false }.encode();
+    let mut m = UserMessage::new(pager.control(obj).unwrap(), id, data);
+    m.rights.push((obj, Disposition::MoveReceive));
+    k.msg_send(pager.task, m).unwrap();
+    let _ = done(&r2);
+    assert_eq!(k.read_u64(client, a), Ok(77), "the dirty page of a dying pager was lost");
+}
+
 // ----- copy strategies -----
 
 /// Receives `init` and answers `ready` with copy strategy `NONE`.
@@ -1100,6 +1129,61 @@ fn an_eager_copy_of_a_failed_page_fails_the_map_and_changes_nothing() {
     pager.error(obj, 0, P).unwrap();
     assert_eq!(done(&copying), Err(KernError::MemoryError));
     assert_eq!(k.vm_region(client, VmAddr(before.start.0 + before.size)), Err(KernError::InvalidAddress));
+}
+
+/// An eager copy whose pager changes its mind half way (`change_attributes`
+/// to `DELAY`) falls back to a delayed copy: no page of the copy is made
+/// up, and what the source has shows in it.
+#[test]
+fn an_eager_copy_whose_pager_switches_to_delay_falls_back_to_a_delayed_copy() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let direct = map(&k, client, name, 3);
+    ready_copy_none(&mut pager);
+    for (i, v) in [(0u64, 10u64), (2, 30)] {
+        let r = read_at(&k, client, VmAddr(direct.0 + i * P));
+        expect_request(&mut pager, i * P, P);
+        pager.supply(obj, i * P, &page(v)).unwrap();
+        assert_eq!(done(&r), Ok(v));
+    }
+    let k2 = k.clone();
+    let copying = spawn(move || k2.vm_map(client, MapRequest::anywhere(3 * P, Some(name)).copy(true)));
+    expect_request(&mut pager, P, P);
+    still_waiting(&copying);
+    let delay =
+        PagerToKernel::ChangeAttributes { may_cache: true, copy_strategy: CopyStrategy::Delay, cluster_pages: 1 };
+    pager.call(obj, delay).unwrap();
+    let copy = done(&copying).unwrap();
+    pager.supply(obj, P, &page(20)).unwrap();
+    for (i, v) in [(0u64, 10u64), (1, 20), (2, 30)] {
+        assert_eq!(k.read_u64(client, VmAddr(copy.0 + i * P)), Ok(v), "page {i} of the copy");
+    }
+}
+
+/// A pager that dies while a child's eager copy is being made: the copy
+/// falls back to a delayed one, so the child reads what the kernel still
+/// has and fails where the dead pager never answered; nothing is made up.
+#[test]
+fn a_pager_dying_during_an_eager_copy_at_task_create_fabricates_nothing() {
+    let k = kernel();
+    let (parent, mut pager, obj, name) = setup(&k);
+    let direct = map(&k, parent, name, 3);
+    ready_copy_none(&mut pager);
+    for (i, v) in [(0u64, 10u64), (2, 30)] {
+        let r = read_at(&k, parent, VmAddr(direct.0 + i * P));
+        expect_request(&mut pager, i * P, P);
+        pager.supply(obj, i * P, &page(v)).unwrap();
+        assert_eq!(done(&r), Ok(v));
+    }
+    let k2 = k.clone();
+    let forking = spawn(move || k2.task_create(Some(parent)));
+    expect_request(&mut pager, P, P);
+    still_waiting(&forking);
+    pager.die().unwrap();
+    let child = done(&forking).unwrap();
+    assert_eq!(k.read_u64(child, direct), Ok(10));
+    assert_eq!(k.read_u64(child, VmAddr(direct.0 + P)), Err(KernError::MemoryError), "never answered");
+    assert_eq!(k.read_u64(child, VmAddr(direct.0 + 2 * P)), Ok(30));
 }
 
 /// `MEMORY_OBJECT_COPY_CALL` (the kernel asks the pager to make copies) is

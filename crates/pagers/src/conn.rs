@@ -174,7 +174,9 @@ impl PagerConn {
         }
     }
 
-    fn control(&self, object: PortName) -> Result<PortName> {
+    /// The control port the kernel gave for `object` (in `init` or
+    /// `create`); `KERN_INVALID_NAME` if it is not bound.
+    pub fn control(&self, object: PortName) -> Result<PortName> {
         self.controls.get(&object).copied().ok_or(KernError::InvalidName)
     }
 

@@ -668,6 +668,17 @@ impl KState {
     /// `Done` once every one is complete.
     fn step_copies(&mut self, wanted: &[CopySource], jobs: &mut Vec<EagerCopy>) -> CopyStep {
         let mut outcome = CopyStep::Done;
+        // A copy started for an object that no longer asks for eager
+        // copies (its pager changed its strategy, or died) is dropped, half
+        // made: the call makes a delayed copy instead, which shows what the
+        // object has, and never pages the copy did not get.
+        let (keep, dropped): (Vec<_>, Vec<_>) =
+            std::mem::take(jobs).into_iter().partition(|j| self.vm.copies_eagerly(j.source));
+        *jobs = keep;
+        for job in dropped {
+            let dest = self.vm.eager_copy_finish(job);
+            self.vm.object_deallocate(dest);
+        }
         for &(object, offset, len) in wanted {
             if !self.vm.copies_eagerly(object) {
                 continue;

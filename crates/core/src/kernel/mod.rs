@@ -28,7 +28,7 @@ mod proxy_calls;
 
 pub use calls::{MapRequest, RegionInfo};
 
-use crate::ipc::{Disposition, Ipc, IpcEvent, PortId, PortName, SpaceId};
+use crate::ipc::{Disposition, Ipc, PortId, PortName, SpaceId};
 use crate::memory_object::proxy::ProxyVersion;
 use crate::memory_object::{Ctx, MemoryObjects, MoPort};
 use crate::pmap::soft::SoftMachine;
@@ -395,25 +395,9 @@ impl KState {
                 mo.deliver(&mut cx, op);
             }
             for e in events {
-                self.on_event(e);
+                let (mo, mut cx) = self.split();
+                mo.ipc_event(&mut cx, e);
             }
-        }
-    }
-
-    fn on_event(&mut self, e: IpcEvent) {
-        let (mo, mut cx) = self.split();
-        match e {
-            IpcEvent::Queued(port) => {
-                if let Some(space) = cx.ipc.receiver_space(port) {
-                    cx.waits.mark(WaitKey::Space(space));
-                }
-            }
-            IpcEvent::PortDied(port) => {
-                // Its receivers destroyed it (and marked their space).
-                mo.port_died(&mut cx, port);
-                cx.ipc.reap(port);
-            }
-            IpcEvent::NoSenders(port) => mo.no_senders(&mut cx, port),
         }
     }
 

@@ -37,6 +37,10 @@ impl MemoryObjects {
         // The rights in the body are not used by any EMMI call.
         let body = KMessage { reply: None, ..kmsg };
         cx.ipc.destroy_message(body);
+        // Destroying them may have killed a port (even the pager's own):
+        // what that means must hold before the message is applied, so that
+        // no page is handed to a dead pager.
+        self.ipc_events_now(cx);
         let m = match decoded {
             Ok(m) => m,
             Err(e) => {

@@ -20,7 +20,7 @@
 //! ([`MemoryObjects::no_senders`]) lets the proxy go.
 
 use super::{Binding, Ctx, MemoryObjects, MoPort};
-use crate::ipc::{KMessage, PortId, RightKind};
+use crate::ipc::{IpcEvent, KMessage, PortId, RightKind};
 use crate::types::PAGE_SIZE;
 use crate::vm::object::{ObjectId, Provider, VmObject};
 use crate::vm::PagerOp;
@@ -28,10 +28,11 @@ use crate::wait::WaitKey;
 use machvm_protocol::emmi::KernelToPager;
 
 impl MemoryObjects {
-    /// Sends a kernel → pager message on `object`'s memory object port.
-    fn send_to_pager(&mut self, cx: &mut Ctx<'_>, object: ObjectId, m: KernelToPager, kind: &'static str) {
+    /// Sends a kernel → pager message on `object`'s memory object port;
+    /// `false` if it could not be delivered (the pager is then dead).
+    fn send_to_pager(&mut self, cx: &mut Ctx<'_>, object: ObjectId, m: KernelToPager, kind: &'static str) -> bool {
         let Some(b) = self.bindings.get(&object).copied() else {
-            return;
+            return false;
         };
         let (id, data) = m.encode();
         // `terminate` carries the control port, as in Mach: a pager acts
@@ -46,28 +47,32 @@ impl MemoryObjects {
         self.count_to(kind);
         if cx.ipc.kernel_send(msg).is_err() {
             pager_died(cx, object);
+            return false;
         }
+        true
     }
 
     /// Delivers one request of the VM (step 2).
     pub fn deliver(&mut self, cx: &mut Ctx<'_>, op: PagerOp) {
         match op {
             PagerOp::DataRequest { object, offset, length, access } => {
-                self.send_to_pager(cx, object, KernelToPager::DataRequest { offset, length, access }, "data_request")
+                self.send_to_pager(cx, object, KernelToPager::DataRequest { offset, length, access }, "data_request");
             }
             PagerOp::DataUnlock { object, offset, length, access } => {
-                self.send_to_pager(cx, object, KernelToPager::DataUnlock { offset, length, access }, "data_unlock")
+                self.send_to_pager(cx, object, KernelToPager::DataUnlock { offset, length, access }, "data_unlock");
             }
-            PagerOp::DataReturn { object, offset, data, dirty, kernel_copy } => self.send_to_pager(
-                cx,
-                object,
-                KernelToPager::DataReturn { offset, data, dirty, kernel_copy },
-                "data_return",
-            ),
+            PagerOp::DataReturn { object, offset, data, dirty, kernel_copy } => {
+                let m = KernelToPager::DataReturn { offset, data: data.clone(), dirty, kernel_copy };
+                // A return the pager can no longer take (it died since the
+                // page was given up) is the only copy: the page comes back.
+                if !self.send_to_pager(cx, object, m, "data_return") && !kernel_copy {
+                    cx.vm.page_restore(object, offset, &data);
+                }
+            }
             PagerOp::CreateDefault { object, size } => self.create_default(cx, object, size),
             PagerOp::Terminated { object, provider } => match provider {
                 Provider::External => {
-                    self.send_to_pager(cx, object, KernelToPager::Terminate, "terminate");
+                    let _ = self.send_to_pager(cx, object, KernelToPager::Terminate, "terminate");
                     self.unbind(cx, object);
                     // Faults asleep on its pages (for an answer that will
                     // now go to a dead control port, or a `ready` that will
@@ -152,6 +157,33 @@ impl MemoryObjects {
             cx.ipc.release_send(old);
         }
         cx.vm.default_pager = true;
+    }
+
+    /// Reacts to what the IPC layer reports: a queued message wakes its
+    /// receivers, a dead port may fail an object or unregister the default
+    /// pager, a kernel port without senders may let a proxy go.
+    pub fn ipc_event(&mut self, cx: &mut Ctx<'_>, e: IpcEvent) {
+        match e {
+            IpcEvent::Queued(port) => {
+                if let Some(space) = cx.ipc.receiver_space(port) {
+                    cx.waits.mark(WaitKey::Space(space));
+                }
+            }
+            IpcEvent::PortDied(port) => {
+                // Its receivers destroyed it (and marked their space).
+                self.port_died(cx, port);
+                cx.ipc.reap(port);
+            }
+            IpcEvent::NoSenders(port) => self.no_senders(cx, port),
+        }
+    }
+
+    /// Handles the IPC events pending now, before anything else depends on
+    /// them (a pager's port that died in this very call).
+    pub fn ipc_events_now(&mut self, cx: &mut Ctx<'_>) {
+        for e in cx.ipc.drain_events() {
+            self.ipc_event(cx, e);
+        }
     }
 
     /// A port died: a pager's memory object port fails its object; the

@@ -299,6 +299,23 @@ impl Vm {
         self.stats.pages_returned += 1;
     }
 
+    /// Puts back a page whose `data_return` could not be delivered (its
+    /// pager died since): resident again and dirty, unless the object has
+    /// gone or holds a page there already. With no free frame the data is
+    /// lost, as nothing else holds it.
+    pub fn page_restore(&mut self, object: ObjectId, offset: u64, data: &[u8]) {
+        if self.objects.get(&object).is_none_or(|o| o.pages.contains_key(&offset)) {
+            return;
+        }
+        let Ok(frame) = self.frame_alloc() else { return };
+        if self.objects.get(&object).is_none_or(|o| o.pages.contains_key(&offset)) {
+            self.frame_free(frame);
+            return;
+        }
+        self.machine.write(frame, 0, data);
+        self.page_insert(object, offset, Page { dirty: true, ..Page::resident(frame) });
+    }
+
     /// Removes every translation in `[start, end)` of `pmap`.
     pub fn pmap_remove_range(&self, pmap: PmapId, start: u64, end: u64) {
         self.machine.remove(pmap, crate::types::VmAddr(start), crate::types::VmAddr(end));
