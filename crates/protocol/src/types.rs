@@ -3,8 +3,15 @@
 //! Addresses and offsets are newtypes so that a task address can never be
 //! passed where an object offset is meant. Every arithmetic helper is
 //! checked: an overflow is an error (`KERN_INVALID_ARGUMENT`), never a wrap.
+//!
+//! Every type here that travels between processes is `Serialize` and
+//! `Deserialize`, and decoding it is total: a protection keeps whatever
+//! bits it was sent (the kernel refuses unknown ones with
+//! `KERN_INVALID_ARGUMENT`, as it does for a local caller), and an error
+//! code the decoder does not know reads as `KERN_FAILURE`.
 
 use bitflags::bitflags;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 /// The machine-independent page size, which the software MMU also uses as
@@ -16,7 +23,11 @@ pub const PAGE_SHIFT: u32 = 12;
 
 bitflags! {
     /// `vm_prot_t`: what a mapping, a proxy window or a pager lock allows.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+    ///
+    /// It travels as its bits (a `u32`) in binary formats, unknown bits
+    /// included; check it with [`VmProt::from_raw`] before trusting it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+    #[serde(transparent)]
     pub struct VmProt: u32 {
         /// `VM_PROT_READ`
         const READ = 1;
@@ -43,7 +54,7 @@ impl VmProt {
 }
 
 /// `vm_inherit_t`: what a child task gets of a map entry at `task_create`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum VmInherit {
     /// `VM_INHERIT_SHARE`: the child maps the same memory.
     Share,
@@ -61,7 +72,10 @@ impl VmInherit {
 macro_rules! checked_newtype {
     ($(#[$m:meta])* $name:ident) => {
         $(#[$m])*
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        ///
+        /// It travels as its `u64`.
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+        #[serde(transparent)]
         pub struct $name(pub u64);
 
         impl $name {
@@ -263,6 +277,22 @@ impl KernError {
     }
 }
 
+/// A `KernError` travels as its numeric code ([`KernError::code`]), as a
+/// `kern_return_t` does in a Mach message.
+impl Serialize for KernError {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.code())
+    }
+}
+
+/// Decoding is total: a code this side does not know (a newer peer's, or
+/// garbage) reads as `KERN_FAILURE` ([`KernError::from_code`]).
+impl<'de> Deserialize<'de> for KernError {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<KernError, D::Error> {
+        u32::deserialize(d).map(KernError::from_code)
+    }
+}
+
 /// `kern_return_t` as a Rust result.
 pub type Result<T, E = KernError> = std::result::Result<T, E>;
 
@@ -278,5 +308,36 @@ mod tests {
         assert_eq!(round_page(1), Ok(PAGE_SIZE));
         assert_eq!(VmProt::from_raw(8), Err(KernError::InvalidArgument));
         assert_eq!(KernError::ProtectionFailure.mach_name(), "KERN_PROTECTION_FAILURE");
+    }
+
+    #[test]
+    fn errors_travel_as_codes_and_decode_totally() {
+        for code in (0..64).chain([0x1000_0003, 0x1000_4003, 303u32.wrapping_neg(), u32::MAX]) {
+            let e = KernError::from_code(code);
+            let bytes = postcard::to_stdvec(&e).unwrap();
+            assert_eq!(bytes, postcard::to_stdvec(&e.code()).unwrap(), "{e} travels as its code");
+            assert_eq!(postcard::from_bytes::<KernError>(&bytes).unwrap(), e);
+            // Any code decodes: unknown ones as KERN_FAILURE.
+            let raw = postcard::to_stdvec(&code).unwrap();
+            assert_eq!(postcard::from_bytes::<KernError>(&raw).unwrap(), e);
+        }
+        assert_eq!(KernError::from_code(11), KernError::Failure);
+    }
+
+    #[test]
+    fn protections_addresses_and_inheritance_travel_as_numbers() {
+        let p = VmProt::READ | VmProt::EXECUTE;
+        assert_eq!(postcard::to_stdvec(&p).unwrap(), postcard::to_stdvec(&5u32).unwrap());
+        // Unknown bits are carried for the kernel to refuse, not dropped.
+        let odd: VmProt = postcard::from_bytes(&postcard::to_stdvec(&9u32).unwrap()).unwrap();
+        assert_eq!(odd.bits(), 9);
+        assert_eq!(VmProt::from_raw(odd.bits()), Err(KernError::InvalidArgument));
+        let a = VmAddr(0xdead_b000);
+        assert_eq!(postcard::to_stdvec(&a).unwrap(), postcard::to_stdvec(&a.0).unwrap());
+        assert_eq!(postcard::from_bytes::<VmOffset>(&postcard::to_stdvec(&7u64).unwrap()).unwrap(), VmOffset(7));
+        for i in [VmInherit::Share, VmInherit::Copy, VmInherit::None] {
+            assert_eq!(postcard::from_bytes::<VmInherit>(&postcard::to_stdvec(&i).unwrap()).unwrap(), i);
+        }
+        assert!(postcard::from_bytes::<VmInherit>(&[3]).is_err());
     }
 }
