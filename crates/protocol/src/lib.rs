@@ -5,13 +5,16 @@
 //!   inheritance) and return codes ([`types::KernError`]);
 //! - [`ipc`]: port names and rights as a task names them;
 //! - [`emmi`]: the external memory management interface, the messages
-//!   between the kernel and pagers, with their encoding.
+//!   between the kernel and pagers, with their encoding;
+//! - [`frame`]: how messages are cut out of a byte stream (a length, then a
+//!   postcard body), bounded so that no peer's claim is trusted.
 //!
-//! It does no I/O.
+//! Its only I/O is [`frame`]'s, over the `Read` and `Write` it is handed.
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
 pub mod emmi;
+pub mod frame;
 pub mod ipc;
 pub mod types;
 
