@@ -7,7 +7,9 @@
 //! - [`emmi`]: the external memory management interface, the messages
 //!   between the kernel and pagers, with their encoding;
 //! - [`frame`]: how messages are cut out of a byte stream (a length, then a
-//!   postcard body), bounded so that no peer's claim is trusted.
+//!   postcard body), bounded so that no peer's claim is trusted;
+//! - [`wire`]: the messages between the daemon `machvmd` and the tasks and
+//!   pagers that connect to it.
 //!
 //! Its only I/O is [`frame`]'s, over the `Read` and `Write` it is handed.
 #![deny(unsafe_code)]
@@ -17,5 +19,6 @@ pub mod emmi;
 pub mod frame;
 pub mod ipc;
 pub mod types;
+pub mod wire;
 
 pub use types::{KernError, Result, VmAddr, VmInherit, VmOffset, VmProt, PAGE_SIZE};
