@@ -85,6 +85,9 @@ pub use std::sync::{Arc, MutexGuard as Guard};
 #[derive(Debug, Default)]
 pub struct Event {
     generation: std::sync::atomic::AtomicU64,
+    /// Threads asleep on `cv` (changed with the lock held): a notify with
+    /// nobody asleep costs no system call.
+    sleepers: std::sync::atomic::AtomicU32,
     cv: Condvar,
 }
 
@@ -93,7 +96,11 @@ const SPIN: Duration = Duration::from_micros(30);
 
 impl Event {
     pub const fn new() -> Event {
-        Event { generation: std::sync::atomic::AtomicU64::new(0), cv: Condvar::new() }
+        Event {
+            generation: std::sync::atomic::AtomicU64::new(0),
+            sleepers: std::sync::atomic::AtomicU32::new(0),
+            cv: Condvar::new(),
+        }
     }
 
     /// The current generation (read it with the lock held).
@@ -109,7 +116,12 @@ impl Event {
     /// Wakes the sleepers (best after releasing the lock, so that they do
     /// not wake only to block on it).
     pub fn notify(&self) {
-        self.cv.notify_all();
+        // A sleeper counts itself with the lock held before it sleeps, and
+        // the bump this notify follows was made with the lock held after:
+        // it cannot be missed.
+        if self.sleepers.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            self.cv.notify_all();
+        }
     }
 
     /// Releases `guard`, waits until the generation differs from `seen` (or
@@ -131,6 +143,55 @@ impl Event {
         self.wait_from(mutex, seen, deadline)
     }
 
+    /// As [`Event::wait`], for a caller that does not hold the lock and
+    /// does not want it back: the lock is taken only to sleep, so a wake-up
+    /// that comes during the spin costs no lock at all.
+    pub fn wait_unlocked<T>(&self, mutex: &Mutex<T>, seen: u64, deadline: Option<std::time::Instant>) {
+        if self.spin(seen) {
+            return;
+        }
+        drop(self.sleep(mutex.lock(), seen, deadline));
+    }
+
+    /// Spins for up to `SPIN` while the generation is `seen`; whether it
+    /// moved.
+    fn spin(&self, seen: u64) -> bool {
+        let start = std::time::Instant::now();
+        let mut spins = 0u32;
+        while self.generation() == seen {
+            std::hint::spin_loop();
+            spins += 1;
+            if spins % 64 == 0 && start.elapsed() >= SPIN {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// With the lock held: sleeps unless the generation moved past `seen`.
+    fn sleep<'a, T>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        seen: u64,
+        deadline: Option<std::time::Instant>,
+    ) -> MutexGuard<'a, T> {
+        if self.generation() != seen {
+            return guard;
+        }
+        use std::sync::atomic::Ordering::AcqRel;
+        let now = std::time::Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return guard;
+        }
+        self.sleepers.fetch_add(1, AcqRel);
+        let guard = match deadline {
+            None => self.cv.wait(guard),
+            Some(d) => self.cv.wait_timeout(guard, d - now).0,
+        };
+        self.sleepers.fetch_sub(1, AcqRel);
+        guard
+    }
+
     /// As [`Event::wait`], for a caller that does not hold the lock.
     pub fn wait_from<'a, T>(
         &self,
@@ -138,29 +199,7 @@ impl Event {
         seen: u64,
         deadline: Option<std::time::Instant>,
     ) -> MutexGuard<'a, T> {
-        let start = std::time::Instant::now();
-        let mut spins = 0u32;
-        while self.generation() == seen {
-            std::hint::spin_loop();
-            spins += 1;
-            if spins % 64 == 0 && start.elapsed() >= SPIN {
-                break;
-            }
-        }
-        let guard = mutex.lock();
-        if self.generation() != seen {
-            return guard;
-        }
-        match deadline {
-            None => self.cv.wait(guard),
-            Some(d) => {
-                let now = std::time::Instant::now();
-                if now >= d {
-                    guard
-                } else {
-                    self.cv.wait_timeout(guard, d - now).0
-                }
-            }
-        }
+        self.spin(seen);
+        self.sleep(mutex.lock(), seen, deadline)
     }
 }

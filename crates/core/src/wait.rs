@@ -26,7 +26,7 @@
 use crate::ipc::SpaceId;
 use crate::sync::{Arc, Event, Mutex};
 use crate::vm::object::ObjectId;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::time::Instant;
 
 /// Something a waiting call waits to change.
@@ -67,12 +67,97 @@ pub enum Poll<T> {
     Pending(WaitTicket),
 }
 
+/// Whose waker a call that must wait registers: its caller's, or, for the
+/// in-process blocking calls, the calling thread's own (fetched only when
+/// the call really waits, so a call that finishes at once pays nothing).
+#[derive(Clone, Copy)]
+pub(crate) enum WaitBy<'a> {
+    Caller(&'a Arc<dyn Waker>),
+    Thread,
+}
+
+/// A registration made for a call that waits: its ticket, and for a
+/// blocking thread its waker and the generation to wait past.
+pub(crate) struct Waiting {
+    pub ticket: WaitTicket,
+    pub thread: Option<(Arc<ThreadWaker>, u64)>,
+}
+
+impl Waiting {
+    /// Sleeps (spinning first) until the blocking thread's waker moves.
+    pub fn sleep<T>(&self, mutex: &Mutex<T>, deadline: Option<Instant>) {
+        if let Some((w, seen)) = &self.thread {
+            w.wait(mutex, *seen, deadline);
+        }
+    }
+}
+
+/// What a step of a call that may wait came to (inside the kernel).
+pub(crate) enum Step<T> {
+    Ready(T),
+    Pending(Waiting),
+}
+
+impl<T> Step<T> {
+    /// The public form.
+    pub fn poll(self) -> Poll<T> {
+        match self {
+            Step::Ready(v) => Poll::Ready(v),
+            Step::Pending(w) => Poll::Pending(w.ticket),
+        }
+    }
+}
+
+/// The waiters on one key: almost always one, so one needs no allocation.
+#[derive(Debug)]
+enum Tickets {
+    One(WaitTicket),
+    Many(Vec<WaitTicket>),
+}
+
+impl Tickets {
+    fn push(&mut self, t: WaitTicket) {
+        match self {
+            Tickets::One(a) => *self = Tickets::Many(vec![*a, t]),
+            Tickets::Many(v) => v.push(t),
+        }
+    }
+    /// Removes `t`; whether none is left.
+    fn remove(&mut self, t: WaitTicket) -> bool {
+        match self {
+            Tickets::One(a) => *a == t,
+            Tickets::Many(v) => {
+                v.retain(|&x| x != t);
+                v.is_empty()
+            }
+        }
+    }
+    fn each(self, mut f: impl FnMut(WaitTicket)) {
+        match self {
+            Tickets::One(a) => f(a),
+            Tickets::Many(v) => v.into_iter().for_each(f),
+        }
+    }
+}
+
+/// One registration: its waker and the keys it waits on (at most
+/// [`MAX_KEYS`]).
+struct Waiter {
+    waker: Arc<dyn Waker>,
+    keys: [Option<WaitKey>; MAX_KEYS],
+}
+
+/// The most keys one registration waits on.
+pub const MAX_KEYS: usize = 3;
+
 /// The waiters, by key, and the keys marked since the lock was taken.
+/// Keys and tickets are the kernel's own numbers, never a task's choice,
+/// so the maps use a fast hasher.
 #[derive(Default)]
 pub struct WaitTable {
     next: u64,
-    by_key: HashMap<WaitKey, Vec<WaitTicket>>,
-    waiters: HashMap<WaitTicket, (Arc<dyn Waker>, Vec<WaitKey>)>,
+    by_key: FxHashMap<WaitKey, Tickets>,
+    waiters: FxHashMap<WaitTicket, Waiter>,
     marked: Vec<WaitKey>,
 }
 
@@ -83,28 +168,39 @@ impl std::fmt::Debug for WaitTable {
 }
 
 impl WaitTable {
-    /// Registers `waker` on `keys` (step 1).
-    pub fn register(&mut self, keys: Vec<WaitKey>, waker: Arc<dyn Waker>) -> WaitTicket {
+    /// Registers `waker` on `keys` (step 1; at most [`MAX_KEYS`], the rest
+    /// are ignored).
+    pub fn register(&mut self, keys: &[WaitKey], waker: Arc<dyn Waker>) -> WaitTicket {
+        debug_assert!(keys.len() <= MAX_KEYS);
         self.next += 1;
         let t = WaitTicket(self.next);
-        for &k in &keys {
-            self.by_key.entry(k).or_default().push(t);
+        let mut held = [None; MAX_KEYS];
+        for (slot, &k) in held.iter_mut().zip(keys) {
+            *slot = Some(k);
+            match self.by_key.get_mut(&k) {
+                Some(list) => list.push(t),
+                None => {
+                    self.by_key.insert(k, Tickets::One(t));
+                }
+            }
         }
-        self.waiters.insert(t, (waker, keys));
+        self.waiters.insert(t, Waiter { waker, keys: held });
         t
+    }
+
+    /// Takes `t` off `key`'s list.
+    fn unlink(&mut self, key: WaitKey, t: WaitTicket) {
+        if self.by_key.get_mut(&key).is_some_and(|list| list.remove(t)) {
+            self.by_key.remove(&key);
+        }
     }
 
     /// Forgets a registration that was not woken (a timeout, a caller that
     /// gave up). Cancelling one already woken does nothing.
     pub fn cancel(&mut self, t: WaitTicket) {
-        if let Some((_, keys)) = self.waiters.remove(&t) {
-            for k in keys {
-                if let Some(list) = self.by_key.get_mut(&k) {
-                    list.retain(|&x| x != t);
-                    if list.is_empty() {
-                        self.by_key.remove(&k);
-                    }
-                }
+        if let Some(w) = self.waiters.remove(&t) {
+            for k in w.keys.into_iter().flatten() {
+                self.unlink(k, t);
             }
         }
     }
@@ -122,19 +218,17 @@ impl WaitTable {
     pub fn take_woken(&mut self) -> Vec<Arc<dyn Waker>> {
         let mut out = Vec::new();
         for key in std::mem::take(&mut self.marked) {
-            for t in self.by_key.remove(&key).unwrap_or_default() {
-                let Some((waker, keys)) = self.waiters.remove(&t) else { continue };
-                for k in keys.into_iter().filter(|&k| k != key) {
-                    if let Some(list) = self.by_key.get_mut(&k) {
-                        list.retain(|&x| x != t);
-                        if list.is_empty() {
-                            self.by_key.remove(&k);
-                        }
+            let Some(list) = self.by_key.remove(&key) else { continue };
+            list.each(|t| {
+                let Some(w) = self.waiters.remove(&t) else { return };
+                for k in w.keys.into_iter().flatten().filter(|&k| k != key) {
+                    if self.by_key.get_mut(&k).is_some_and(|list| list.remove(t)) {
+                        self.by_key.remove(&k);
                     }
                 }
-                waker.wake_locked();
-                out.push(waker);
-            }
+                w.waker.wake_locked();
+                out.push(w.waker);
+            });
         }
         out
     }
@@ -152,9 +246,20 @@ pub struct ThreadWaker {
     event: Event,
 }
 
+std::thread_local! {
+    static CURRENT: Arc<ThreadWaker> = Arc::new(ThreadWaker::default());
+}
+
 impl ThreadWaker {
     pub fn new() -> Arc<ThreadWaker> {
         Arc::new(ThreadWaker::default())
+    }
+
+    /// The calling thread's own waker, made once per thread (a kernel
+    /// thread's wait structure): a blocking call leaves it registered
+    /// nowhere when it returns, so the next call can use it again.
+    pub fn current() -> Arc<ThreadWaker> {
+        CURRENT.with(Arc::clone)
     }
 
     /// The generation to wait past (read before the call that may register
@@ -166,7 +271,7 @@ impl ThreadWaker {
     /// Waits until woken after `seen` (or `deadline`), spinning briefly
     /// first; `mutex` is the kernel lock, not held by the caller.
     pub fn wait<T>(&self, mutex: &Mutex<T>, seen: u64, deadline: Option<Instant>) {
-        drop(self.event.wait_from(mutex, seen, deadline));
+        self.event.wait_unlocked(mutex, seen, deadline);
     }
 }
 
@@ -200,7 +305,7 @@ mod tests {
         let mut t = WaitTable::default();
         let c = Arc::new(Count::default());
         let (a, b) = (WaitKey::Task(1), WaitKey::Object(ObjectId(7)));
-        t.register(vec![a, b], c.clone());
+        t.register(&[a, b], c.clone());
         t.mark(WaitKey::Task(2)); // nobody waits there
         assert!(t.take_woken().is_empty());
         t.mark(b);
@@ -217,7 +322,7 @@ mod tests {
         let mut t = WaitTable::default();
         let c = Arc::new(Count::default());
         let k = WaitKey::Space(SpaceId(3));
-        let ticket = t.register(vec![k], c.clone());
+        let ticket = t.register(&[k], c.clone());
         t.cancel(ticket);
         t.cancel(ticket);
         t.mark(k);

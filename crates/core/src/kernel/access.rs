@@ -16,7 +16,7 @@ use crate::pmap::Access;
 use crate::sync::Arc;
 use crate::types::{KernError, Result, VmAddr, VmProt, PAGE_SIZE};
 use crate::vm::fault::{fault_locked, FaultOutcome};
-use crate::wait::{Poll, ThreadWaker, WaitKey, WaitTicket, Waker};
+use crate::wait::{Poll, Step, WaitBy, WaitKey, WaitTicket, Waker};
 
 /// After this many faults that each claimed success, an access that still
 /// misses gives up with `KERN_MEMORY_FAILURE` (the page is being stolen
@@ -33,16 +33,15 @@ impl Kernel {
     /// `KERN_RESOURCE_SHORTAGE` (no free frame, and none could be reclaimed),
     /// `KERN_INVALID_TASK`.
     pub fn vm_fault(&self, task: TaskId, va: VmAddr, access: VmProt) -> Result<()> {
-        let w = ThreadWaker::new();
-        let waker: Arc<dyn Waker> = w.clone();
         let mut pending = None;
         loop {
-            let seen = w.generation();
-            match self.fault_step(task, va, access, &waker, pending.take())? {
-                Poll::Ready(()) => return Ok(()),
-                Poll::Pending(t) => pending = Some(t),
+            match self.fault_step(task, va, access, WaitBy::Thread, pending.take())? {
+                Step::Ready(()) => return Ok(()),
+                Step::Pending(w) => {
+                    w.sleep(self.lock_cell(), None);
+                    pending = Some(w.ticket);
+                }
             }
-            w.wait(self.lock_cell(), seen, None);
         }
     }
 
@@ -52,7 +51,7 @@ impl Kernel {
     ///
     /// Errors: as [`Kernel::vm_fault`].
     pub fn vm_fault_poll(&self, task: TaskId, va: VmAddr, access: VmProt, waker: &Arc<dyn Waker>) -> Result<Poll<()>> {
-        self.fault_step(task, va, access, waker, None)
+        Ok(self.fault_step(task, va, access, WaitBy::Caller(waker), None)?.poll())
     }
 
     /// One walk of the fault path; `previous` is a registration to cancel.
@@ -61,9 +60,9 @@ impl Kernel {
         task: TaskId,
         va: VmAddr,
         access: VmProt,
-        waker: &Arc<dyn Waker>,
+        by: WaitBy<'_>,
         previous: Option<WaitTicket>,
-    ) -> Result<Poll<()>> {
+    ) -> Result<Step<()>> {
         let mut st = self.lock();
         if let Some(t) = previous {
             st.waits.cancel(t);
@@ -76,15 +75,15 @@ impl Kernel {
         match fault_locked(&mut s.vm, &mut t.map, t.pmap, &s.mo.proxies, va.0, access) {
             FaultOutcome::Done => {
                 self.unlock(st);
-                Ok(Poll::Ready(()))
+                Ok(Step::Ready(()))
             }
             FaultOutcome::Error(e) => {
                 self.unlock(st);
                 Err(e)
             }
             FaultOutcome::Wait(object) => {
-                let keys = vec![WaitKey::Object(object), WaitKey::Task(task.id)];
-                Ok(Poll::Pending(self.unlock_waiting(st, keys, waker)))
+                let keys = [WaitKey::Object(object), WaitKey::Task(task.id)];
+                Ok(Step::Pending(self.unlock_waiting(st, &keys, by)))
             }
         }
     }

@@ -13,7 +13,7 @@ use crate::types::{KernError, Result, VmAddr, VmInherit, VmOffset, VmProt, PAGE_
 use crate::vm::copy::{CopyStep, EagerCopy};
 use crate::vm::map::{nonzero_pages, MapEntry, VmMap};
 use crate::vm::object::{ObjectId, Provider, VmObject};
-use crate::wait::{ThreadWaker, WaitKey, Waker};
+use crate::wait::{ThreadWaker, WaitKey, Waker, MAX_KEYS};
 use std::sync::Arc;
 
 /// How often `vm_write` faults its whole range in again when pageout keeps
@@ -362,7 +362,7 @@ impl Kernel {
         call: impl FnOnce(&mut KState) -> Result<T>,
     ) -> Result<T> {
         let mut jobs: Vec<EagerCopy> = Vec::new();
-        let w = ThreadWaker::new();
+        let w = ThreadWaker::current();
         let waker: Arc<dyn Waker> = w.clone();
         let mut st = self.lock();
         let result = loop {
@@ -375,10 +375,14 @@ impl Kernel {
                     let mut keys: Vec<WaitKey> = jobs.iter().map(|j| WaitKey::Object(j.source)).collect();
                     keys.extend(task.map(|t| WaitKey::Task(t.id)));
                     let seen = w.generation();
-                    let ticket = self.unlock_waiting(st, keys, &waker);
+                    let tickets: Vec<_> =
+                        keys.chunks(MAX_KEYS).map(|chunk| st.waits.register(chunk, waker.clone())).collect();
+                    self.unlock(st);
                     w.wait(self.lock_cell(), seen, None);
                     st = self.lock();
-                    st.waits.cancel(ticket);
+                    for t in tickets {
+                        st.waits.cancel(t);
+                    }
                     continue;
                 }
                 CopyStep::Error(e) => break Err(e),

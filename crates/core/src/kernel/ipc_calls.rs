@@ -6,7 +6,7 @@ use super::{KObject, Kernel, TaskId};
 use crate::ipc::{Disposition, NameInfo, NotifyKind, PortName, ReceivedMessage, RightKind, UserMessage};
 use crate::sync::{Arc, Guard};
 use crate::types::{KernError, Result};
-use crate::wait::{Poll, ThreadWaker, WaitKey, WaitTicket, Waker};
+use crate::wait::{Poll, Step, WaitBy, WaitKey, WaitTicket, Waker};
 use std::time::{Duration, Instant};
 
 impl Kernel {
@@ -194,17 +194,16 @@ impl Kernel {
     pub fn msg_receive(&self, task: TaskId, name: PortName, timeout: Option<Duration>) -> Result<ReceivedMessage> {
         // A timeout past the end of the clock is no deadline at all.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let w = ThreadWaker::new();
-        let waker: Arc<dyn Waker> = w.clone();
         let mut pending = None;
         loop {
-            let seen = w.generation();
-            let expired = deadline.is_some_and(|d| Instant::now() >= d);
-            match self.receive_step(task, name, (!expired).then_some(&waker), pending.take())? {
-                Poll::Ready(m) => return Ok(m),
-                Poll::Pending(t) => pending = Some(t),
+            let by = if deadline.is_some_and(|d| Instant::now() >= d) { None } else { Some(WaitBy::Thread) };
+            match self.receive_step(task, name, by, pending.take())? {
+                Step::Ready(m) => return Ok(m),
+                Step::Pending(w) => {
+                    w.sleep(self.lock_cell(), deadline);
+                    pending = Some(w.ticket);
+                }
             }
-            w.wait(self.lock_cell(), seen, deadline);
         }
     }
 
@@ -219,7 +218,7 @@ impl Kernel {
         name: PortName,
         waker: &Arc<dyn Waker>,
     ) -> Result<Poll<ReceivedMessage>> {
-        self.receive_step(task, name, Some(waker), None)
+        Ok(self.receive_step(task, name, Some(WaitBy::Caller(waker)), None)?.poll())
     }
 
     /// One try at a receive; with no waker, nothing waiting is
@@ -228,9 +227,9 @@ impl Kernel {
         &self,
         task: TaskId,
         name: PortName,
-        waker: Option<&Arc<dyn Waker>>,
+        by: Option<WaitBy<'_>>,
         previous: Option<WaitTicket>,
-    ) -> Result<Poll<ReceivedMessage>> {
+    ) -> Result<Step<ReceivedMessage>> {
         let mut st: Guard<'_, _> = self.lock();
         if let Some(t) = previous {
             st.waits.cancel(t);
@@ -239,12 +238,12 @@ impl Kernel {
         match got {
             Ok((_, Some(m))) => {
                 self.unlock(st);
-                Ok(Poll::Ready(m))
+                Ok(Step::Ready(m))
             }
-            Ok((space, None)) => match waker {
-                Some(w) => {
-                    let keys = vec![WaitKey::Space(space), WaitKey::Task(task.id)];
-                    Ok(Poll::Pending(self.unlock_waiting(st, keys, w)))
+            Ok((space, None)) => match by {
+                Some(by) => {
+                    let keys = [WaitKey::Space(space), WaitKey::Task(task.id)];
+                    Ok(Step::Pending(self.unlock_waiting(st, &keys, by)))
                 }
                 None => {
                     self.unlock(st);

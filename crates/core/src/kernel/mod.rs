@@ -38,7 +38,7 @@ use crate::types::{KernError, Result};
 use crate::vm::map::VmMap;
 use crate::vm::object::ObjectId;
 use crate::vm::{Vm, VmStats};
-use crate::wait::{WaitKey, WaitTable, WaitTicket, Waker};
+use crate::wait::{ThreadWaker, WaitBy, WaitKey, WaitTable, WaitTicket, Waiting, Waker};
 use std::collections::{BTreeMap, HashMap};
 
 /// Settings fixed at boot.
@@ -227,18 +227,22 @@ impl Kernel {
         }
     }
 
-    /// Registers `waker` on `keys` (cancelling `previous`, a registration
-    /// that was never woken), then unlocks as [`Kernel::unlock`]: an event
-    /// the settling causes wakes the new waiter too.
-    pub(crate) fn unlock_waiting(
-        &self,
-        mut st: Guard<'_, KState>,
-        keys: Vec<WaitKey>,
-        waker: &Arc<dyn Waker>,
-    ) -> WaitTicket {
-        let t = st.waits.register(keys, waker.clone());
+    /// Registers a waker on `keys` (see [`crate::wait::WaitBy`]), then
+    /// unlocks as [`Kernel::unlock`]: an event the settling causes wakes
+    /// the new waiter too.
+    pub(crate) fn unlock_waiting(&self, mut st: Guard<'_, KState>, keys: &[WaitKey], by: WaitBy<'_>) -> Waiting {
+        let (waker, thread) = match by {
+            WaitBy::Caller(w) => (w.clone(), None),
+            WaitBy::Thread => {
+                let t = ThreadWaker::current();
+                // Read under the lock: every wake-up bumps under it.
+                let seen = t.generation();
+                (t.clone() as Arc<dyn Waker>, Some((t, seen)))
+            }
+        };
+        let ticket = st.waits.register(keys, waker);
         self.unlock(st);
-        t
+        Waiting { ticket, thread }
     }
 
     /// Cancels a wait registration that was never woken (a caller that
