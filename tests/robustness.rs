@@ -569,7 +569,8 @@ fn a_forged_init_or_terminate_cannot_unbind_a_pager() {
     };
     served_page("nothing");
     let own = s.k.port_allocate(s.client).unwrap();
-    let forgeries: Vec<(&str, u32, Vec<u8>, Vec<(PortName, Disposition)>)> = vec![
+    type Forgery = (&'static str, u32, Vec<u8>, Vec<(PortName, Disposition)>);
+    let forgeries: Vec<Forgery> = vec![
         (
             "an init naming another control",
             id::INIT,

@@ -6,7 +6,7 @@
 use super::{KObject, Kernel, TaskId};
 use crate::ipc::PortName;
 use crate::memory_object::proxy::compose::{Window, MAX_PROXY_WINDOWS};
-use crate::memory_object::proxy::{ProxyInfo, ProxyRights, ProxyVersion};
+use crate::memory_object::proxy::{ProxyInfo, ProxyRights, ProxySpec, ProxyVersion};
 use crate::types::{KernError, Result, VmAddr, VmProt};
 use crate::vm::map::nonzero_pages;
 use crate::wait::WaitKey;
@@ -76,7 +76,8 @@ impl Kernel {
         self.with(|st| {
             let space = st.task(task)?.space;
             let (mo, mut cx) = st.split();
-            mo.create_proxy(&mut cx, space, max_protection, objects, offsets, starts, lens, version)
+            let spec = ProxySpec { max_protection, objects, offsets, starts, lens };
+            mo.create_proxy(&mut cx, space, &spec, version)
         })
     }
 

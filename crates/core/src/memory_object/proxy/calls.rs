@@ -21,6 +21,18 @@ pub struct ProxyRights {
     pub revoke: PortName,
 }
 
+/// The arguments of `memory_object_create_proxy`, as a task passes them:
+/// entry *i* shows `[starts[i], starts[i] + lens[i])` of `objects[i]` at
+/// `offsets[i]`, granting at most `max_protection`.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxySpec<'a> {
+    pub max_protection: VmProt,
+    pub objects: &'a [PortName],
+    pub offsets: &'a [u64],
+    pub starts: &'a [u64],
+    pub lens: &'a [u64],
+}
+
 /// One entry `vm_map` will insert, relative to the mapped address.
 #[derive(Debug)]
 pub struct MapPiece {
@@ -62,18 +74,14 @@ impl MemoryObjects {
     /// never copied; and each proxy named, or reached through those named,
     /// is walked once for revocation and gives its `via` once, however many
     /// entries name it.
-    #[allow(clippy::too_many_arguments)]
     pub fn create_proxy_decode(
         &self,
         ipc: &Ipc,
         space: SpaceId,
-        max_protection: VmProt,
-        objects: &[PortName],
-        offsets: &[u64],
-        starts: &[u64],
-        lens: &[u64],
+        spec: &ProxySpec<'_>,
         examined: &mut u64,
     ) -> Result<(Vec<Window<Target>>, Vec<ProxyId>)> {
+        let ProxySpec { max_protection, objects, offsets, starts, lens } = *spec;
         VmProt::from_raw(max_protection.bits())?;
         let n = objects.len();
         if n == 0 || offsets.len() != n || starts.len() != n || lens.len() != n {
@@ -211,21 +219,15 @@ impl MemoryObjects {
     /// `memory_object_create_proxy` in `space`: decodes (counting the
     /// windows examined), then binds the windows' memory objects and makes
     /// the proxy. A failed call has changed nothing.
-    #[allow(clippy::too_many_arguments)]
     pub fn create_proxy(
         &mut self,
         cx: &mut Ctx<'_>,
         space: SpaceId,
-        max_protection: VmProt,
-        objects: &[PortName],
-        offsets: &[u64],
-        starts: &[u64],
-        lens: &[u64],
+        spec: &ProxySpec<'_>,
         version: ProxyVersion,
     ) -> Result<ProxyRights> {
         let mut examined = 0;
-        let decoded =
-            self.create_proxy_decode(cx.ipc, space, max_protection, objects, offsets, starts, lens, &mut examined);
+        let decoded = self.create_proxy_decode(cx.ipc, space, spec, &mut examined);
         self.stats.proxy_windows_examined += examined;
         let (windows, via) = decoded?;
         // Invoke: every window holds a reference on its target.

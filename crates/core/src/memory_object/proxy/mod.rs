@@ -44,7 +44,7 @@ use crate::vm::object::ObjectId;
 use crate::vm::ViewResolver;
 use std::collections::{HashMap, HashSet};
 
-pub use calls::{MapPiece, ProxyRights, Target};
+pub use calls::{MapPiece, ProxyRights, ProxySpec, Target};
 
 /// A piece of memory seen through paging-proxy views: `(relative start,
 /// length, object, offset, allowed, via)` (see [`ProxyTable::flatten`]).
