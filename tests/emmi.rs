@@ -737,13 +737,13 @@ fn a_cached_object_outlives_its_mappings_with_its_pages() {
 /// The control port's name, taken from `init` by hand so that raw bytes
 /// can be sent to it.
 fn raw_control(k: &Kernel, pager: &PagerConn, obj: PortName) -> PortName {
-    let m = k.msg_receive(pager.task, obj, Some(T)).unwrap();
+    let m = k.msg_receive(pager.link.task, obj, Some(T)).unwrap();
     assert_eq!(m.id, id::INIT);
     m.rights[0].0
 }
 
 fn raw(k: &Kernel, pager: &PagerConn, control: PortName, id: u32, data: Vec<u8>) -> Result<()> {
-    k.msg_send(pager.task, UserMessage::new(control, id, data))
+    k.msg_send(pager.link.task, UserMessage::new(control, id, data))
 }
 
 fn send(k: &Kernel, pager: &PagerConn, control: PortName, m: PagerToKernel) -> Result<()> {
@@ -759,7 +759,7 @@ fn malformed_pager_messages_are_refused_and_change_nothing() {
     let control = raw_control(&k, &pager, obj);
     send(&k, &pager, control, PagerToKernel::Ready { may_cache: true, copy_strategy: CopyStrategy::Delay }).unwrap();
     let rx = read_at(&k, client, a);
-    let m = k.msg_receive(pager.task, obj, Some(T)).unwrap();
+    let m = k.msg_receive(pager.link.task, obj, Some(T)).unwrap();
     assert_eq!(
         KernelToPager::decode(m.id, &m.data),
         Ok(KernelToPager::DataRequest { offset: 0, length: P, access: VmProt::READ })
@@ -822,7 +822,7 @@ fn malformed_pager_messages_are_refused_and_change_nothing() {
     // pager heard nothing, and a proper answer still works.
     still_waiting(&rx);
     assert_eq!(k.stats().resident, resident);
-    assert!(matches!(k.msg_receive(pager.task, obj, Some(QUIET)), Err(KernError::RcvTimedOut)));
+    assert!(matches!(k.msg_receive(pager.link.task, obj, Some(QUIET)), Err(KernError::RcvTimedOut)));
     raw(&k, &pager, control, sid, good).unwrap();
     assert_eq!(done(&rx), Ok(1));
 }
@@ -833,13 +833,13 @@ fn a_refused_supply_with_a_reply_port_reports_the_error() {
     let (client, pager, obj, name) = setup(&k);
     map(&k, client, name, 1);
     let control = raw_control(&k, &pager, obj);
-    let reply = k.port_allocate(pager.task).unwrap();
+    let reply = k.port_allocate(pager.link.task).unwrap();
     let (sid, data) =
         PagerToKernel::DataSupply { offset: 8, data: page(1), lock: VmProt::NONE, precious: false }.encode();
     let mut msg = UserMessage::new(control, sid, data);
     msg.reply = Some((reply, Disposition::MakeSendOnce));
-    assert_eq!(k.msg_send(pager.task, msg), Err(KernError::InvalidArgument));
-    let m = k.msg_receive(pager.task, reply, Some(T)).unwrap();
+    assert_eq!(k.msg_send(pager.link.task, msg), Err(KernError::InvalidArgument));
+    let m = k.msg_receive(pager.link.task, reply, Some(T)).unwrap();
     assert_eq!(
         KernelReply::decode(m.id, &m.data),
         Ok(KernelReply::SupplyCompleted {
@@ -1039,7 +1039,7 @@ fn a_dirty_page_is_kept_when_its_pager_dies_in_the_call_that_pages_it_out() {
         PagerToKernel::DataSupply { offset: 2 * P, data: page(3), lock: VmProt::NONE, precious: false }.encode();
     let mut m = UserMessage::new(pager.control(obj).unwrap(), id, data);
     m.rights.push((obj, Disposition::MoveReceive));
-    k.msg_send(pager.task, m).unwrap();
+    k.msg_send(pager.link.task, m).unwrap();
     let _ = done(&r2);
     assert_eq!(k.read_u64(client, a), Ok(77), "the dirty page of a dying pager was lost");
 }
@@ -1219,8 +1219,8 @@ fn scripted_default_pager(k: &Arc<Kernel>) -> PagerConn {
     let host_priv = k.boot_host_priv(booter).unwrap();
     let mut dp = PagerConn::new(k.clone()).unwrap();
     let port = dp.new_object().unwrap();
-    let lent = k.port_transfer(booter, host_priv, Disposition::CopySend, dp.task).unwrap();
-    k.set_default_memory_manager(dp.task, lent, port).unwrap();
+    let lent = k.port_transfer(booter, host_priv, Disposition::CopySend, dp.link.task).unwrap();
+    k.set_default_memory_manager(dp.link.task, lent, port).unwrap();
     dp
 }
 

@@ -242,7 +242,7 @@ fn destroying_the_memory_object_port_fails_waiting_faults() {
     pager.expect_request(T).unwrap();
     wait_until("the faults to wait", || k.stats().vm.faults >= 4);
     // The pager task lives on; only this object's port dies.
-    k.port_destroy(pager.task, obj).unwrap();
+    k.port_destroy(pager.link.task, obj).unwrap();
     let results = waiting.join().unwrap();
     assert!(results.iter().all(|r| *r == Err(KernError::MemoryError)), "{results:?}");
 }

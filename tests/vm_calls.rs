@@ -582,7 +582,7 @@ fn a_send_once_right_is_not_a_memory_object() {
     let t = task(&k);
     let mut pager = PagerConn::new(k.clone()).unwrap();
     let obj = pager.new_object().unwrap();
-    let once = k.port_transfer(pager.task, obj, Disposition::MakeSendOnce, t).unwrap();
+    let once = k.port_transfer(pager.link.task, obj, Disposition::MakeSendOnce, t).unwrap();
     assert_eq!(k.vm_map(t, MapRequest::anywhere(P, Some(once))), Err(KernError::InvalidRight));
     assert_eq!(k.vm_map(t, MapRequest::anywhere(P, Some(once)).copy(true)), Err(KernError::InvalidRight));
     assert_eq!(k.memory_object_create_proxy(t, RO, &[once], &[0], &[0], &[P]), Err(KernError::InvalidRight));
@@ -593,7 +593,7 @@ fn a_send_once_right_is_not_a_memory_object() {
     // Still good for exactly one message to the pager.
     let msg = UserMessage { dest_disposition: Disposition::MoveSendOnce, ..UserMessage::new(once, 77, vec![1]) };
     k.msg_send(t, msg).unwrap();
-    let got = k.msg_receive(pager.task, obj, Some(WAIT)).unwrap();
+    let got = k.msg_receive(pager.link.task, obj, Some(WAIT)).unwrap();
     assert_eq!((got.id, got.data), (77, vec![1]));
     assert_eq!(k.port_lookup(t, once), Err(KernError::InvalidName));
 }

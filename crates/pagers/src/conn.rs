@@ -10,11 +10,10 @@
 //!   pager.error(object, offset, PAGE_SIZE)?;                              // or fail it
 //! ```
 
-use machvm_core::ipc::{Disposition, PortName, ReceivedMessage, RightKind, UserMessage};
-use machvm_core::memory_object::emmi::{KernelReply, KernelToPager, PagerToKernel};
-use machvm_core::vm::object::CopyStrategy;
-use machvm_core::vm::paging::ReturnPolicy;
+use crate::link::{Incoming, KernelLink, Local};
+use machvm_core::ipc::{Disposition, PortName, RightKind};
 use machvm_core::{KernError, Kernel, Result, TaskId, VmProt};
+use machvm_protocol::emmi::{CopyStrategy, KernelReply, KernelToPager, PagerToKernel, ReturnPolicy};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,11 +26,12 @@ pub struct Request {
     pub msg: KernelToPager,
 }
 
-/// A pager task and the memory objects it serves.
+/// A pager task and the memory objects it serves, over a link to its
+/// kernel (in-process by default; see [`crate::link`]).
 #[derive(Debug)]
-pub struct PagerConn {
-    pub kernel: Arc<Kernel>,
-    pub task: TaskId,
+pub struct PagerConn<L: KernelLink = Local> {
+    /// How the pager reaches its kernel.
+    pub link: L,
     set: PortName,
     /// Memory object → control port (from `init` / `create`).
     controls: HashMap<PortName, PortName>,
@@ -41,26 +41,38 @@ pub struct PagerConn {
     pub ignored: u64,
 }
 
-impl PagerConn {
-    /// A new pager task with an empty port set.
+impl PagerConn<Local> {
+    /// A new pager task, in the kernel's process, with an empty port set.
     pub fn new(kernel: Arc<Kernel>) -> Result<PagerConn> {
         let task = kernel.task_create(None)?;
-        let set = kernel.port_set_allocate(task)?;
-        Ok(PagerConn { kernel, task, set, controls: HashMap::new(), created: Vec::new(), ignored: 0 })
+        PagerConn::over(Local { kernel, task })
+    }
+
+    /// Gives `task` a send right to the memory object; returns its name.
+    pub fn give(&self, object: PortName, task: TaskId) -> Result<PortName> {
+        self.link.kernel.port_transfer(self.link.task, object, Disposition::MakeSend, task)
+    }
+
+    /// Kills the pager: its task ends, its ports die.
+    pub fn die(self) -> Result<()> {
+        self.link.kernel.task_terminate(self.link.task)
+    }
+}
+
+impl<L: KernelLink> PagerConn<L> {
+    /// A pager over `link` (its task), with an empty port set.
+    pub fn over(link: L) -> Result<PagerConn<L>> {
+        let set = link.port_set_allocate()?;
+        Ok(PagerConn { link, set, controls: HashMap::new(), created: Vec::new(), ignored: 0 })
     }
 
     /// A new memory object this pager serves: a receive right in the set,
     /// and a send right under the same name to give to clients.
     pub fn new_object(&mut self) -> Result<PortName> {
-        let name = self.kernel.port_allocate(self.task)?;
-        self.kernel.port_make_send(self.task, name)?;
-        self.kernel.port_move_member(self.task, name, Some(self.set))?;
+        let name = self.link.port_allocate()?;
+        self.link.port_make_send(name)?;
+        self.link.port_move_member(name, Some(self.set))?;
         Ok(name)
-    }
-
-    /// Gives `task` a send right to the memory object; returns its name.
-    pub fn give(&self, object: PortName, task: TaskId) -> Result<PortName> {
-        self.kernel.port_transfer(self.task, object, Disposition::MakeSend, task)
     }
 
     /// The next kernel message, within `timeout` (`None`: wait forever).
@@ -78,7 +90,7 @@ impl PagerConn {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let m = self.kernel.msg_receive(self.task, self.set, left)?;
+            let m = self.link.msg_receive(self.set, left)?;
             if let Some(r) = self.accept(m)? {
                 return Ok(r);
             }
@@ -88,7 +100,7 @@ impl PagerConn {
 
     /// Decodes a received message and applies what it means for the
     /// connection (control ports); `None` if it is to be ignored.
-    fn accept(&mut self, m: ReceivedMessage) -> Result<Option<Request>> {
+    fn accept(&mut self, m: Incoming) -> Result<Option<Request>> {
         if !m.from_kernel {
             self.drop_rights(&m);
             return Ok(None);
@@ -121,7 +133,7 @@ impl PagerConn {
                     self.drop_rights(&m);
                     return Err(KernError::MigBadArguments);
                 };
-                self.kernel.port_move_member(self.task, new, Some(self.set))?;
+                self.link.port_move_member(new, Some(self.set))?;
                 self.controls.insert(new, control);
                 self.created.push(new);
                 object = new;
@@ -135,7 +147,7 @@ impl PagerConn {
                         self.controls.remove(&object);
                         // Every reference the name holds goes: init's and
                         // the one terminate brought.
-                        let _ = self.kernel.port_destroy(self.task, c);
+                        let _ = self.link.port_destroy(c);
                     }
                     _ => {
                         self.drop_rights(&m);
@@ -151,12 +163,12 @@ impl PagerConn {
     /// Releases the rights an ignored message brought into the pager's
     /// space (one reference each; a name the pager held before keeps the
     /// references it had).
-    fn drop_rights(&self, m: &ReceivedMessage) {
+    fn drop_rights(&self, m: &Incoming) {
         if let Some(reply) = m.reply {
-            let _ = self.kernel.port_deallocate(self.task, reply);
+            let _ = self.link.port_deallocate(reply);
         }
         for &(name, kind) in &m.rights {
-            let _ = self.kernel.port_mod_refs(self.task, name, kind, -1);
+            let _ = self.link.port_mod_refs(name, kind, -1);
         }
     }
 
@@ -183,19 +195,18 @@ impl PagerConn {
     /// Sends a pager → kernel call on `object`'s control port.
     pub fn call(&self, object: PortName, m: PagerToKernel) -> Result<()> {
         let (id, data) = m.encode();
-        self.kernel.msg_send(self.task, UserMessage::new(self.control(object)?, id, data))
+        self.link.msg_send(self.control(object)?, id, data, None)
     }
 
     /// Sends a call with a reply port and waits for the kernel's answer
     /// (at most 10 s, then `MACH_RCV_TIMED_OUT`).
     pub fn call_with_reply(&self, object: PortName, m: PagerToKernel) -> Result<KernelReply> {
-        let reply = self.kernel.port_allocate(self.task)?;
+        let control = self.control(object)?;
+        let reply = self.link.port_allocate()?;
         let (id, data) = m.encode();
-        let mut msg = UserMessage::new(self.control(object)?, id, data);
-        msg.reply = Some((reply, Disposition::MakeSendOnce));
-        let sent = self.kernel.msg_send(self.task, msg);
-        let answer = sent.and_then(|()| self.kernel.msg_receive(self.task, reply, Some(Duration::from_secs(10))));
-        let _ = self.kernel.port_destroy(self.task, reply);
+        let sent = self.link.msg_send(control, id, data, Some((reply, Disposition::MakeSendOnce)));
+        let answer = sent.and_then(|()| self.link.msg_receive(reply, Some(Duration::from_secs(10))));
+        let _ = self.link.port_destroy(reply);
         let answer = answer?;
         KernelReply::decode(answer.id, &answer.data)
     }
@@ -259,8 +270,4 @@ impl PagerConn {
         self.call(object, PagerToKernel::Destroy { reason: KernError::Terminated })
     }
 
-    /// Kills the pager: its task ends, its ports die.
-    pub fn die(self) -> Result<()> {
-        self.kernel.task_terminate(self.task)
-    }
 }

@@ -10,9 +10,11 @@
 #![warn(missing_debug_implementations)]
 
 pub mod conn;
+pub mod link;
 pub mod serve;
 
 pub use conn::{PagerConn, Request};
+pub use link::{Incoming, KernelLink, Local};
 pub use serve::{serve, Backing, FileBacking, MemBacking, PagerStats, SwapBacking};
 
 use machvm_core::ipc::{Disposition, PortName};
@@ -33,7 +35,7 @@ impl RunningPager {
     /// Starts serving `conn`'s objects from `backing` on a new thread.
     pub fn spawn(mut conn: PagerConn, mut backing: impl Backing + 'static) -> RunningPager {
         let stats = Arc::new(PagerStats::default());
-        let (kernel, task) = (conn.kernel.clone(), conn.task);
+        let (kernel, task) = (conn.link.kernel.clone(), conn.link.task);
         let s = stats.clone();
         let join = std::thread::Builder::new()
             .name("pager".into())
@@ -78,9 +80,9 @@ pub fn start_default_pager(
     let mut conn = PagerConn::new(kernel.clone())?;
     let port: PortName = conn.new_object()?;
     let registered = kernel
-        .port_transfer(holder, host_priv, Disposition::CopySend, conn.task)
+        .port_transfer(holder, host_priv, Disposition::CopySend, conn.link.task)
         .map_err(|_| KernError::InvalidHost)
-        .and_then(|priv_name| kernel.set_default_memory_manager(conn.task, priv_name, port));
+        .and_then(|priv_name| kernel.set_default_memory_manager(conn.link.task, priv_name, port));
     if let Err(e) = registered {
         let _ = conn.die();
         return Err(e);

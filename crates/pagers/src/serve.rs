@@ -18,9 +18,8 @@
 
 use crate::conn::PagerConn;
 use machvm_core::ipc::PortName;
-use machvm_core::memory_object::emmi::{KernelToPager, PagerToKernel};
-use machvm_core::vm::object::CopyStrategy;
-use machvm_core::vm::paging::ReturnPolicy;
+use crate::link::KernelLink;
+use machvm_protocol::emmi::{CopyStrategy, KernelToPager, PagerToKernel, ReturnPolicy};
 use machvm_core::{KernError, VmProt, PAGE_SIZE};
 use std::collections::HashMap;
 use std::fs::File;
@@ -76,7 +75,7 @@ fn bump(c: &AtomicU64, n: u64) {
 }
 
 /// Serves kernel messages until the pager's task is terminated.
-pub fn serve(conn: &mut PagerConn, backing: &mut dyn Backing, stats: &Arc<PagerStats>) {
+pub fn serve<L: KernelLink>(conn: &mut PagerConn<L>, backing: &mut dyn Backing, stats: &Arc<PagerStats>) {
     let page = PAGE_SIZE as usize;
     loop {
         let r = match conn.recv(None) {

@@ -96,6 +96,16 @@ pub struct RegionInfo {
     pub shared: bool,
 }
 
+/// What [`Kernel::task_info`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskInfo {
+    /// Map entries.
+    pub entries: usize,
+    /// Resident pages of the objects the entries map, within their ranges
+    /// (a page two entries map counts twice).
+    pub resident: usize,
+}
+
 /// A copy a call will make: `(object, offset, length)`, as it will ask
 /// [`KState::copy_of`] for it.
 pub(crate) type CopySource = (ObjectId, u64, u64);
@@ -148,6 +158,22 @@ impl Kernel {
             st.waits.mark(WaitKey::Space(t.space));
             st.waits.mark(WaitKey::Task(task.id));
             Ok(())
+        })
+    }
+
+    /// What a task holds, for inspection: its map entries and the pages
+    /// resident in the ranges they map.
+    ///
+    /// Errors: `KERN_INVALID_TASK`.
+    pub fn task_info(&self, task: TaskId) -> Result<TaskInfo> {
+        self.with(|st| {
+            let t = st.task(task)?;
+            let mut resident = 0;
+            for e in t.map.iter() {
+                let Some(o) = e.object.and_then(|o| st.vm.objects.get(&o)) else { continue };
+                resident += o.pages.range(e.offset..e.offset + e.len()).filter(|(_, p)| p.frame.is_some()).count();
+            }
+            Ok(TaskInfo { entries: t.map.entry_count(), resident })
         })
     }
 

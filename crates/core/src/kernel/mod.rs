@@ -26,7 +26,7 @@ pub(crate) mod calls;
 mod ipc_calls;
 mod proxy_calls;
 
-pub use calls::{MapRequest, RegionInfo};
+pub use calls::{MapRequest, RegionInfo, TaskInfo};
 
 use crate::ipc::{Disposition, Ipc, PortId, PortName, SpaceId};
 use crate::memory_object::proxy::ProxyVersion;

@@ -1,0 +1,253 @@
+//! `machvmd`: the machvm kernel as a service. Pagers and tasks are
+//! processes that connect over a Unix socket; a connection *is* a task.
+//!
+//! 1. [`Daemon::boot`] boots the kernel, takes its host privilege into the
+//!    daemon's own task (which also holds the name table's rights), and
+//!    starts the default pager if a swap file was named.
+//! 2. [`Daemon::serve`] binds the socket ([`listen`]) and accepts; each
+//!    connection is served by [`conn`]: a hello, then calls, each made by
+//!    [`dispatch`] on the connection's task.
+//! 3. A connection that closes (or breaks the protocol) is a task that
+//!    terminates: its rights go, no-senders and dead-name notifications
+//!    fire, faults waiting on its objects fail, its names leave the table.
+//! 4. On SIGTERM or SIGINT the daemon stops accepting, closes every
+//!    connection (their tasks terminate: uncached objects return their
+//!    dirty pages and are terminated), removes the socket and returns.
+//!
+//! Host privilege: connections from the uid named at boot
+//! ([`DaemonConfig::host_priv_uid`], by default the daemon's own) get a
+//! send right to the host-privilege port in their welcome; no other
+//! connection can set the default pager.
+//!
+//! Threads: each connection has a reader (which notices a peer that goes
+//! away, and terminates its task at once) and a worker that makes its
+//! calls in order; a call that waits (a fault for a pager, a receive)
+//! waits in the worker. The kernel's non-blocking calls
+//! (`vm_fault_poll`, `msg_receive_poll`) are what an event loop serving
+//! many waiting clients from a few threads will use.
+#![deny(unsafe_code)]
+#![warn(missing_debug_implementations)]
+
+pub mod conn;
+pub mod dispatch;
+pub mod listen;
+
+use machvm_core::ipc::PortName;
+use machvm_core::{KernError, Kernel, KernelConfig, Result, TaskId};
+use machvm_pagers::RunningPager;
+use machvm_protocol::ipc::Disposition;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the daemon is started.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    /// Opens the socket to this group (mode 0660 instead of 0600).
+    pub group: Option<u32>,
+    pub phys_pages: usize,
+    pub resident_limit: usize,
+    /// The default pager's swap file (none: anonymous memory stays
+    /// resident).
+    pub swap: Option<PathBuf>,
+    /// Connections from this uid get the host privilege (default: the
+    /// daemon's own uid).
+    pub host_priv_uid: Option<u32>,
+}
+
+/// One live connection, as inspection shows it.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub task: TaskId,
+    pub pid: u32,
+    pub uid: u32,
+    pub name: String,
+    pub pager: bool,
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub kernel: Arc<Kernel>,
+    /// The daemon's own task: it holds the host privilege and the rights
+    /// registered in the name table.
+    pub own: TaskId,
+    pub host_priv: PortName,
+    pub host_priv_uid: u32,
+    /// Name → (registering connection, the daemon's send right).
+    names: Mutex<HashMap<String, (u64, PortName)>>,
+    /// Child tasks made by `task_create`, not claimed yet: token → (parent
+    /// connection, task).
+    children: Mutex<HashMap<u64, (u64, TaskId)>>,
+    conns: Mutex<BTreeMap<u64, ConnInfo>>,
+    /// The streams of live connections, to close them at shutdown.
+    streams: Mutex<HashMap<u64, UnixStream>>,
+    next_conn: AtomicU64,
+    token_seed: std::collections::hash_map::RandomState,
+}
+
+/// The daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    pub config: DaemonConfig,
+    pub shared: Arc<Shared>,
+    _default_pager: Option<RunningPager>,
+}
+
+impl Daemon {
+    /// Boots the kernel and the daemon's own task (step 1).
+    pub fn boot(config: DaemonConfig) -> std::io::Result<Daemon> {
+        let kernel = Kernel::new(KernelConfig {
+            phys_pages: config.phys_pages,
+            resident_limit: config.resident_limit,
+            ..KernelConfig::default()
+        });
+        let own = kernel.task_create(None).map_err(kern_io)?;
+        let host_priv = kernel.boot_host_priv(own).map_err(kern_io)?;
+        let default_pager = match &config.swap {
+            Some(path) => {
+                let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+                Some(machvm_pagers::start_default_pager(&kernel, own, host_priv, f).map_err(kern_io)?)
+            }
+            None => None,
+        };
+        let host_priv_uid = config.host_priv_uid.unwrap_or_else(|| rustix::process::geteuid().as_raw());
+        let shared = Arc::new(Shared {
+            kernel,
+            own,
+            host_priv,
+            host_priv_uid,
+            names: Mutex::default(),
+            children: Mutex::default(),
+            conns: Mutex::default(),
+            streams: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+            token_seed: std::collections::hash_map::RandomState::new(),
+        });
+        Ok(Daemon { config, shared, _default_pager: default_pager })
+    }
+
+    /// Binds the socket (see [`listen::bind`]).
+    pub fn bind(&self) -> std::result::Result<UnixListener, listen::ListenError> {
+        listen::bind(&self.config.socket, self.config.group)
+    }
+
+    /// Accepts and serves connections until `stop` is set (steps 2–4);
+    /// then closes every connection and removes the socket.
+    pub fn serve(&self, listener: UnixListener, stop: &AtomicBool) -> std::io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let mut threads = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false)?;
+                    let sh = self.shared.clone();
+                    threads.push(std::thread::spawn(move || conn::serve(sh, stream)));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => tracing::warn!("accept: {e}"),
+            }
+            threads.retain(|t: &std::thread::JoinHandle<()>| !t.is_finished());
+        }
+        tracing::info!("stopping: closing {} connections", threads.len());
+        for s in self.shared.streams.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.config.socket);
+        Ok(())
+    }
+}
+
+fn kern_io(e: KernError) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl Shared {
+    /// Registers a new connection.
+    pub(crate) fn conn_add(&self, info: ConnInfo, stream: &UnixStream) -> u64 {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, info);
+        if let Ok(s) = stream.try_clone() {
+            self.streams.lock().unwrap_or_else(|e| e.into_inner()).insert(id, s);
+        }
+        id
+    }
+
+    /// A connection is gone: its names leave the table, its unclaimed
+    /// children and its task terminate.
+    pub(crate) fn conn_gone(&self, id: u64, task: TaskId) {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.streams.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        let names: Vec<PortName> = {
+            let mut t = self.names.lock().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<String> = t.iter().filter(|(_, (c, _))| *c == id).map(|(n, _)| n.clone()).collect();
+            gone.into_iter().filter_map(|n| t.remove(&n)).map(|(_, p)| p).collect()
+        };
+        for n in names {
+            let _ = self.kernel.port_deallocate(self.own, n);
+        }
+        let orphans: Vec<TaskId> = {
+            let mut c = self.children.lock().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<u64> = c.iter().filter(|(_, (p, _))| *p == id).map(|(t, _)| *t).collect();
+            gone.into_iter().filter_map(|t| c.remove(&t)).map(|(_, t)| t).collect()
+        };
+        for t in orphans {
+            let _ = self.kernel.task_terminate(t);
+        }
+        let _ = self.kernel.task_terminate(task);
+    }
+
+    /// The live connections.
+    pub fn connections(&self) -> Vec<ConnInfo> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Records a child task made by `task_create`; returns the token a
+    /// process presents in its hello to become it (random, used once).
+    pub(crate) fn child_made(&self, parent: u64, child: TaskId) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.token_seed.build_hasher();
+        h.write_u64(parent);
+        h.write_u32(child.number());
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        let token = h.finish();
+        self.children.lock().unwrap_or_else(|e| e.into_inner()).insert(token, (parent, child));
+        token
+    }
+
+    /// Claims the child task behind `token` (once).
+    pub(crate) fn child_claim(&self, token: u64) -> Option<TaskId> {
+        self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(&token).map(|(_, t)| t)
+    }
+
+    /// Registers a send right to `object` (in the caller's space) under
+    /// `name`: first come, first served (`KERN_NAME_EXISTS`); an empty
+    /// name is `KERN_INVALID_ARGUMENT`.
+    pub(crate) fn name_register(&self, caller: dispatch::Caller, name: &str, object: PortName) -> Result<()> {
+        if name.is_empty() {
+            return Err(KernError::InvalidArgument);
+        }
+        let mut t = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if t.contains_key(name) {
+            return Err(KernError::NameExists);
+        }
+        let held = self.kernel.port_transfer(caller.task, object, Disposition::CopySend, self.own)?;
+        t.insert(name.to_string(), (caller.conn, held));
+        Ok(())
+    }
+
+    /// A send right to what `name` was registered with, in the caller's
+    /// space; `KERN_INVALID_NAME` if nothing is.
+    pub(crate) fn name_lookup(&self, caller: dispatch::Caller, name: &str) -> Result<PortName> {
+        let t = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        let &(_, held) = t.get(name).ok_or(KernError::InvalidName)?;
+        self.kernel.port_transfer(self.own, held, Disposition::CopySend, caller.task)
+    }
+}
