@@ -4,11 +4,15 @@
 //! - `machvm run`: a real file mapped shared and copied by two tasks under
 //!   memory pressure, with a report.
 //! - `machvm bench`: the benchmarks, written to `BENCHMARKS.md`.
+//! - `machvm daemon` (as `machvmd`), `machvm pager zero|file|swap`,
+//!   `machvm ps`, `machvm stats`: the kernel as a service, pager programs,
+//!   and inspection of a live daemon.
 //!
 //! Each exits non-zero if the system did not behave as it must.
 #![deny(unsafe_code)]
 
 mod bench;
+mod remote;
 mod run;
 mod tour;
 mod util;
@@ -19,6 +23,11 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "machvm", version, about = "A Mach-style VM with proxy memory objects")]
 struct Cli {
+    /// The daemon's socket, for the commands that talk to it (else
+    /// `$MACHVM_SOCKET`, else `$XDG_RUNTIME_DIR/machvm.sock`, else
+    /// `/run/machvm/machvm.sock`).
+    #[arg(long, global = true)]
+    socket: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +68,28 @@ enum Command {
         #[arg(long, default_value = "BENCHMARKS.md")]
         output: std::path::PathBuf,
     },
+    /// Serves the kernel on a Unix socket in the foreground (as `machvmd`).
+    Daemon {
+        #[command(flatten)]
+        args: machvm_daemon::cli::DaemonArgs,
+    },
+    /// A pager program: connects to the daemon and serves an object.
+    Pager {
+        #[command(subcommand)]
+        kind: remote::PagerKind,
+    },
+    /// The daemon's tasks: pid, uid, map entries, resident pages.
+    Ps {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon kernel's counters.
+    Stats {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +101,13 @@ fn main() -> ExitCode {
             run::run(&run::RunOptions { pages, anon_pages, resident_limit: resident_limit as usize, cluster, keep })
         }
         Command::Bench { quick, output } => bench::bench(quick, &output),
+        Command::Daemon { mut args } => {
+            args.socket = args.socket.or(cli.socket);
+            return machvm_daemon::cli::run(args);
+        }
+        Command::Pager { kind } => remote::pager(cli.socket.as_deref(), kind),
+        Command::Ps { json } => remote::ps(cli.socket.as_deref(), json),
+        Command::Stats { json } => remote::stats(cli.socket.as_deref(), json),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@
 //! each `data_request` itself.
 #![allow(dead_code, unused_macros)]
 
+pub mod daemon;
 pub mod racing;
 
 use machvm_core::ipc::PortName;

@@ -24,8 +24,8 @@
 use machvm_protocol::frame::{read_frame, write_frame, FrameError};
 use machvm_protocol::ipc::{Disposition, PortName, RightKind};
 use machvm_protocol::wire::{
-    Call, InspectWhat, MapArgs, MessageWire, NameInfoWire, ProxyInfoWire, ProxyVersion, Reply, Request, Response,
-    Role, SendArgs, PROTOCOL_VERSION,
+    Call, InspectWhat, MapArgs, MessageWire, NameInfoWire, ProxyInfoWire, ProxyVersion, Reply, Request, Response, Role,
+    SendArgs, PROTOCOL_VERSION,
 };
 use machvm_protocol::{KernError, VmAddr, VmProt};
 use std::io::{BufReader, BufWriter};

@@ -127,7 +127,9 @@ pub fn dispatch(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
         }
         Call::ProxyCreate { max, objects, offsets, starts, lens, version: v } => {
             let r = match v {
-                Some(v) => k.memory_object_create_proxy_version(t, max, &objects, &offsets, &starts, &lens, version(v))?,
+                Some(v) => {
+                    k.memory_object_create_proxy_version(t, max, &objects, &offsets, &starts, &lens, version(v))?
+                }
                 None => k.memory_object_create_proxy(t, max, &objects, &offsets, &starts, &lens)?,
             };
             Reply::Names { proxy: r.proxy, revoke: r.revoke }

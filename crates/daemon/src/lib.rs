@@ -28,6 +28,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+pub mod cli;
 pub mod conn;
 pub mod dispatch;
 pub mod listen;

@@ -269,5 +269,4 @@ impl<L: KernelLink> PagerConn<L> {
     pub fn destroy(&self, object: PortName) -> Result<()> {
         self.call(object, PagerToKernel::Destroy { reason: KernError::Terminated })
     }
-
 }

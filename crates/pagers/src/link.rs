@@ -78,7 +78,14 @@ impl KernelLink for Local {
     }
     fn msg_receive(&self, name: PortName, timeout: Option<Duration>) -> Result<Incoming> {
         let m = self.kernel.msg_receive(self.task, name, timeout)?;
-        Ok(Incoming { local: m.local, id: m.id, data: m.data, reply: m.reply, rights: m.rights, from_kernel: m.from_kernel })
+        Ok(Incoming {
+            local: m.local,
+            id: m.id,
+            data: m.data,
+            reply: m.reply,
+            rights: m.rights,
+            from_kernel: m.from_kernel,
+        })
     }
 }
 
@@ -121,6 +128,13 @@ impl KernelLink for machvm_client::Connection {
     fn msg_receive(&self, name: PortName, timeout: Option<Duration>) -> Result<Incoming> {
         let ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         let m = machvm_client::Connection::msg_receive(self, name, ms).map_err(|e| e.kern())?;
-        Ok(Incoming { local: m.local, id: m.id, data: m.data, reply: m.reply, rights: m.rights, from_kernel: m.from_kernel })
+        Ok(Incoming {
+            local: m.local,
+            id: m.id,
+            data: m.data,
+            reply: m.reply,
+            rights: m.rights,
+            from_kernel: m.from_kernel,
+        })
     }
 }

@@ -17,10 +17,10 @@
 //! receive fails).
 
 use crate::conn::PagerConn;
-use machvm_core::ipc::PortName;
 use crate::link::KernelLink;
-use machvm_protocol::emmi::{CopyStrategy, KernelToPager, PagerToKernel, ReturnPolicy};
+use machvm_core::ipc::PortName;
 use machvm_core::{KernError, VmProt, PAGE_SIZE};
+use machvm_protocol::emmi::{CopyStrategy, KernelToPager, PagerToKernel, ReturnPolicy};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;

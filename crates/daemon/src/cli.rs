@@ -1,0 +1,88 @@
+//! The daemon's command line, shared by `machvmd` and `machvm daemon`.
+
+use crate::{Daemon, DaemonConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// `machvmd`: serves the machvm kernel on a Unix socket, in the
+/// foreground, until SIGTERM or SIGINT. Logs go to standard error
+/// (`RUST_LOG` chooses what, `info` by default).
+#[derive(clap::Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// The socket (else `$MACHVM_SOCKET`, else `$XDG_RUNTIME_DIR/machvm.sock`,
+    /// else `/run/machvm/machvm.sock`).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Opens the socket to this group id (mode 0660; 0600 otherwise).
+    #[arg(long)]
+    pub group: Option<u32>,
+    /// Physical pages of the machine.
+    #[arg(long, default_value_t = 1 << 16)]
+    pub phys_pages: usize,
+    /// Pages the kernel keeps resident before paging out.
+    #[arg(long, default_value_t = 1 << 16)]
+    pub resident_limit: usize,
+    /// A swap file for an in-daemon default pager (anonymous memory then
+    /// pages out); without it, a privileged client may register one.
+    #[arg(long)]
+    pub swap: Option<PathBuf>,
+    /// Connections from this uid get the host privilege (default: the
+    /// daemon's own uid).
+    #[arg(long)]
+    pub host_priv_uid: Option<u32>,
+}
+
+/// Runs the daemon; the exit status says whether it stopped cleanly.
+pub fn run(args: DaemonArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let socket = machvm_client::socket_path(args.socket.as_deref());
+    let config = DaemonConfig {
+        socket: socket.clone(),
+        group: args.group,
+        phys_pages: args.phys_pages,
+        resident_limit: args.resident_limit,
+        swap: args.swap,
+        host_priv_uid: args.host_priv_uid,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("machvmd: cannot handle signal {sig}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let daemon = match Daemon::boot(config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("machvmd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match daemon.bind() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("machvmd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(socket = %socket.display(), host_priv_uid = daemon.shared.host_priv_uid, "serving");
+    match daemon.serve(listener, &stop) {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("machvmd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

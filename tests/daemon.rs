@@ -1,0 +1,264 @@
+//! `machvmd` end to end: the daemon, pager programs and clients as
+//! separate processes (the clients here are connections of the test
+//! process; each connection is a task of its own). Each test has its own
+//! socket; every process is killed when its guard drops.
+
+mod common;
+use common::daemon::{client, daemon, machvmd, pager, wait_until, Dir, Proc};
+use machvm_client::{map_anywhere, ClientError, Connection};
+use machvm_protocol::frame::{read_frame, write_frame};
+use machvm_protocol::ipc::Disposition;
+use machvm_protocol::wire::{Call, InspectWhat, Reply, Request, Response, Role};
+use machvm_protocol::{KernError, VmAddr, VmProt, PAGE_SIZE};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const P: u64 = PAGE_SIZE;
+
+fn tasks(c: &Connection) -> Vec<(u32, Option<u32>, String)> {
+    match c.inspect(InspectWhat::Tasks).unwrap() {
+        Reply::Tasks(rows) => rows.into_iter().map(|r| (r.task, r.pid, r.name)).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn kern<T: std::fmt::Debug>(r: Result<T, ClientError>) -> KernError {
+    match r {
+        Err(ClientError::Kern(e)) => e,
+        other => panic!("expected a Mach error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_client_maps_memory_a_pager_process_serves() {
+    let dir = Dir::new("daemon-map");
+    let _d = daemon(&dir.socket(), &[]);
+    let _p = pager(&dir.socket(), &["zero", "--name", "zero"], "zero");
+    let c = client(&dir.socket(), "client");
+    let obj = c.name_lookup("zero").unwrap();
+    let a = c.vm_map(map_anywhere(4 * P, Some(obj))).unwrap();
+    assert_eq!(c.load(VmAddr(a.0 + P), 8).unwrap(), vec![0; 8]);
+    c.store(VmAddr(a.0 + 2 * P + 5), b"through the daemon").unwrap();
+    assert_eq!(c.load(VmAddr(a.0 + 2 * P + 5), 18).unwrap(), b"through the daemon");
+    // A second client shares the object: it sees the store.
+    let other = client(&dir.socket(), "other");
+    let obj2 = other.name_lookup("zero").unwrap();
+    let b = other.vm_map(map_anywhere(4 * P, Some(obj2))).unwrap();
+    assert_eq!(other.load(VmAddr(b.0 + 2 * P + 5), 18).unwrap(), b"through the daemon");
+    // The daemon shows every task, with the process behind it.
+    let names: Vec<String> = tasks(&c).into_iter().map(|t| t.2).collect();
+    assert!(names.iter().any(|n| n.contains("pager zero")) && names.contains(&"client".to_string()), "{names:?}");
+    assert!(tasks(&c).iter().all(|t| t.1 == Some(std::process::id()) || t.2.contains("pager") || t.2 == "probe"));
+    // A client that goes is a task that ends.
+    drop(other);
+    wait_until("the other task to end", || !tasks(&c).iter().any(|t| t.2 == "other"));
+}
+
+#[test]
+fn a_read_only_proxy_passed_in_a_message_is_read_only_for_its_receiver() {
+    let dir = Dir::new("daemon-proxy");
+    let _d = daemon(&dir.socket(), &[]);
+    let _p = pager(&dir.socket(), &["zero", "--name", "data"], "data");
+    let owner = client(&dir.socket(), "owner");
+    let reader = client(&dir.socket(), "reader");
+    let obj = owner.name_lookup("data").unwrap();
+    let a = owner.vm_map(map_anywhere(2 * P, Some(obj))).unwrap();
+    owner.store(a, b"owner's data").unwrap();
+    let (proxy, _revoke) = owner.proxy_create(VmProt::READ, &[obj], &[0], &[0], &[2 * P], None).unwrap();
+    // The reader's inbox, found through the name table.
+    let inbox = reader.port_allocate().unwrap();
+    reader.port_make_send(inbox).unwrap();
+    reader.name_register("reader-inbox", inbox).unwrap();
+    let to_reader = owner.name_lookup("reader-inbox").unwrap();
+    owner.send(to_reader, 7, b"a proxy for you".to_vec(), vec![(proxy, Disposition::MoveSend)]).unwrap();
+    let m = reader.msg_receive(inbox, Some(5000)).unwrap();
+    assert_eq!((m.id, &m.data[..]), (7, &b"a proxy for you"[..]));
+    let got = m.rights[0].0;
+    let r = reader.vm_map(map_anywhere(2 * P, Some(got))).unwrap();
+    assert_eq!(reader.load(r, 12).unwrap(), b"owner's data");
+    assert_eq!(kern(reader.store(r, b"mine")), KernError::ProtectionFailure);
+    assert_eq!(kern(reader.vm_protect(r, P, false, VmProt::DEFAULT)), KernError::ProtectionFailure);
+    // The reader cannot reach the object itself.
+    assert_eq!(kern(reader.name_lookup("no-such-name")), KernError::InvalidName);
+}
+
+#[test]
+fn killing_a_pager_fails_its_waiting_faults_within_a_second_and_spares_the_others() {
+    let dir = Dir::new("daemon-kill");
+    let _d = daemon(&dir.socket(), &[]);
+    let mut slow = pager(&dir.socket(), &["zero", "--name", "slow", "--delay-ms", "5000"], "slow");
+    let _fast = pager(&dir.socket(), &["zero", "--name", "fast"], "fast");
+    let socket = dir.socket();
+    let (mapped_tx, mapped) = mpsc::channel();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let c = client(&socket, "waits on the slow pager");
+        let obj = c.name_lookup("slow").unwrap();
+        let a = c.vm_map(map_anywhere(P, Some(obj))).unwrap();
+        let _ = mapped_tx.send(());
+        let _ = tx.send(c.load(a, 8));
+    });
+    mapped.recv_timeout(Duration::from_secs(10)).expect("the client mapped the slow object");
+    std::thread::sleep(Duration::from_millis(100));
+    // Meanwhile the slow pager delays no one else.
+    let c = client(&dir.socket(), "uses the fast pager");
+    let fast = c.name_lookup("fast").unwrap();
+    let f = c.vm_map(map_anywhere(P, Some(fast))).unwrap();
+    let started = Instant::now();
+    assert_eq!(c.load(f, 8).unwrap(), vec![0; 8]);
+    assert!(started.elapsed() < Duration::from_secs(3), "a slow pager delayed another object's fault");
+    slow.kill();
+    let killed = Instant::now();
+    let r = rx.recv_timeout(Duration::from_secs(5)).expect("the waiting fault ended");
+    assert!(killed.elapsed() < Duration::from_secs(1), "took {:?}", killed.elapsed());
+    assert_eq!(kern(r), KernError::MemoryError);
+    // The daemon and the other pager carry on.
+    assert_eq!(c.load(f, 8).unwrap(), vec![0; 8]);
+}
+
+#[test]
+fn a_second_daemon_refuses_a_live_socket_and_replaces_a_stale_one() {
+    let dir = Dir::new("daemon-socket");
+    let mut first = daemon(&dir.socket(), &[]);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.socket()).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let out = std::process::Command::new(machvmd()).arg("--socket").arg(dir.socket()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another machvmd"), "{out:?}");
+    // Killed, it leaves its socket behind; the next daemon replaces it.
+    first.kill();
+    assert!(dir.socket().exists());
+    let _second = daemon(&dir.socket(), &[]);
+    let c = client(&dir.socket(), "after");
+    assert!(c.vm_allocate(VmAddr(0), P, true).is_ok());
+}
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly_and_its_clients_get_a_clean_error() {
+    let dir = Dir::new("daemon-term");
+    let mut d = daemon(&dir.socket(), &[]);
+    let c = client(&dir.socket(), "client");
+    d.signal("TERM");
+    let status = d.wait_exit(Duration::from_secs(5)).expect("the daemon stopped");
+    assert!(status.success(), "{status:?}");
+    assert!(!dir.socket().exists(), "the socket is removed");
+    assert!(matches!(c.vm_allocate(VmAddr(0), P, true), Err(ClientError::Closed | ClientError::Io(_))));
+}
+
+/// Raw frames: what a hostile or broken peer can send.
+fn raw(socket: &std::path::Path) -> UnixStream {
+    let s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+fn answer(s: &mut UnixStream) -> Option<Response> {
+    read_frame::<Response>(s).ok().flatten()
+}
+
+#[test]
+fn bad_frames_get_a_protocol_error_and_close_only_their_connection() {
+    let dir = Dir::new("daemon-frames");
+    let _d = daemon(&dir.socket(), &[]);
+    let good = client(&dir.socket(), "good");
+    // Garbage as a first frame.
+    let mut s = raw(&dir.socket());
+    s.write_all(&[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    assert!(matches!(answer(&mut s), Some(Response::ProtocolError { .. })));
+    // A length of 4 GiB: refused, nothing allocated.
+    let mut s = raw(&dir.socket());
+    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    match answer(&mut s) {
+        Some(Response::ProtocolError { what }) => assert!(what.contains("frame"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    // A call before the hello.
+    let mut s = raw(&dir.socket());
+    write_frame(&mut s, &Request::Call { seq: 1, call: Call::PortAllocate }).unwrap();
+    assert!(matches!(answer(&mut s), Some(Response::ProtocolError { .. })));
+    // Another version is refused by name.
+    let mut s = raw(&dir.socket());
+    write_frame(&mut s, &Request::Hello { version: 999, role: Role::Pager, name: "old".into() }).unwrap();
+    assert!(matches!(answer(&mut s), Some(Response::Refused { .. })));
+    // A frame cut short, then the peer goes.
+    let mut s = raw(&dir.socket());
+    s.write_all(&[100, 0, 0, 0, 1, 2]).unwrap();
+    drop(s);
+    // A second hello after a good one.
+    let mut s = raw(&dir.socket());
+    let hello =
+        Request::Hello { version: machvm_protocol::wire::PROTOCOL_VERSION, role: Role::Pager, name: "x".into() };
+    write_frame(&mut s, &hello).unwrap();
+    assert!(matches!(answer(&mut s), Some(Response::Welcome { .. })));
+    write_frame(&mut s, &hello).unwrap();
+    assert!(matches!(answer(&mut s), Some(Response::ProtocolError { .. })));
+    // The good client was never disturbed.
+    let a = good.vm_allocate(VmAddr(0), P, true).unwrap();
+    good.store(a, b"fine").unwrap();
+    assert_eq!(good.load(a, 4).unwrap(), b"fine");
+}
+
+#[test]
+fn only_the_privileged_uid_may_set_the_default_pager() {
+    let dir = Dir::new("daemon-priv");
+    // Nobody connecting here is uid 4242.
+    let _d = daemon(&dir.socket(), &["--host-priv-uid", "4242"]);
+    let c = client(&dir.socket(), "unprivileged");
+    assert_eq!(c.host_priv(), None);
+    let mine = c.port_allocate().unwrap();
+    c.port_make_send(mine).unwrap();
+    assert_eq!(kern(c.set_default_memory_manager(mine, mine)), KernError::InvalidHost);
+    let swap = dir.0.join("swap");
+    let mut p = Proc(
+        std::process::Command::new(common::daemon::machvm())
+            .arg("--socket")
+            .arg(dir.socket())
+            .args(["pager", "swap"])
+            .arg(&swap)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let status = p.wait_exit(Duration::from_secs(10)).expect("the swap pager gives up");
+    assert!(!status.success());
+    // Where the daemon's own uid is privileged, it may.
+    let dir2 = Dir::new("daemon-priv2");
+    let _d2 = daemon(&dir2.socket(), &[]);
+    let root = client(&dir2.socket(), "privileged");
+    let hp = root.host_priv().expect("the daemon's uid gets the host privilege");
+    let dp = root.port_allocate().unwrap();
+    root.port_make_send(dp).unwrap();
+    assert!(root.set_default_memory_manager(hp, dp).is_ok());
+}
+
+/// A client that disconnects is a task that terminates: the send right it
+/// held goes, so the port's receiver gets its no-senders notification.
+#[test]
+fn a_client_that_disconnects_releases_its_rights() {
+    let dir = Dir::new("daemon-release");
+    let _d = daemon(&dir.socket(), &[]);
+    let owner = client(&dir.socket(), "owner");
+    let holder = client(&dir.socket(), "holder");
+    let inbox = holder.port_allocate().unwrap();
+    holder.port_make_send(inbox).unwrap();
+    holder.name_register("holder-inbox", inbox).unwrap();
+    let port = owner.port_allocate().unwrap();
+    let notify = owner.port_allocate().unwrap();
+    // The holder gets the only send right to `port`, in a message.
+    let to_holder = owner.name_lookup("holder-inbox").unwrap();
+    owner.send(to_holder, 1, Vec::new(), vec![(port, Disposition::MakeSend)]).unwrap();
+    let m = holder.msg_receive(inbox, Some(5000)).unwrap();
+    assert_eq!(m.rights.len(), 1);
+    owner
+        .call(Call::PortRequestNotification { name: port, kind: machvm_protocol::wire::NotifyKind::NoSenders, notify })
+        .unwrap();
+    assert_eq!(kern(owner.msg_receive(notify, Some(50))), KernError::RcvTimedOut);
+    drop(holder);
+    let n = owner.msg_receive(notify, Some(5000)).expect("a no-senders notification");
+    assert_eq!(n.id, machvm_core::ipc::MACH_NOTIFY_NO_SENDERS);
+    assert!(n.from_kernel);
+    // Its names went with it.
+    wait_until("the holder's name to go", || owner.name_lookup("holder-inbox").is_err());
+}
