@@ -78,6 +78,11 @@ enum Command {
         #[command(subcommand)]
         kind: remote::PagerKind,
     },
+    /// Small client programs: share a read-only proxy, read one.
+    Client {
+        #[command(subcommand)]
+        kind: remote::ClientKind,
+    },
     /// The daemon's tasks: pid, uid, map entries, resident pages.
     Ps {
         /// Machine-readable output.
@@ -106,6 +111,7 @@ fn main() -> ExitCode {
             return machvm_daemon::cli::run(args);
         }
         Command::Pager { kind } => remote::pager(cli.socket.as_deref(), kind),
+        Command::Client { kind } => remote::client(cli.socket.as_deref(), kind),
         Command::Ps { json } => remote::ps(cli.socket.as_deref(), json),
         Command::Stats { json } => remote::stats(cli.socket.as_deref(), json),
     };

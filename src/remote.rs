@@ -152,3 +152,97 @@ pub fn stats(socket: Option<&Path>, json: bool) -> Result<bool, Box<dyn Error>> 
     }
     Ok(true)
 }
+
+/// Small client programs for trying the daemon by hand.
+#[derive(clap::Subcommand, Debug)]
+pub enum ClientKind {
+    /// Maps a registered object, makes a read-only proxy of it and sends
+    /// the proxy in a message to a reader's inbox.
+    Share {
+        /// The object's name (as a pager registered it).
+        #[arg(long)]
+        object: String,
+        /// The reader's inbox name (`machvm client read --inbox`).
+        #[arg(long)]
+        to: String,
+        /// Pages to share.
+        #[arg(long, default_value_t = 64)]
+        pages: u64,
+        /// Stay connected this long afterwards (to look at it with `ps`,
+        /// `vmmap`, `proxies`).
+        #[arg(long, default_value_t = 0)]
+        linger_secs: u64,
+    },
+    /// Registers an inbox, waits for a proxy, maps it, reads it, tries a
+    /// store (refused), and with `--watch` goes on reading the next page
+    /// every half second, until a read fails (the pager went) or the end.
+    Read {
+        /// The inbox name to register.
+        #[arg(long)]
+        inbox: String,
+        /// Keep reading the next page every half second until one fails.
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
+/// `machvm client KIND`.
+pub fn client(socket: Option<&Path>, kind: ClientKind) -> Result<bool, Box<dyn Error>> {
+    use machvm_protocol::ipc::Disposition;
+    use machvm_protocol::{VmAddr, VmProt, PAGE_SIZE};
+    let path = socket_path(socket);
+    match kind {
+        ClientKind::Share { object, to, pages, linger_secs } => {
+            let c = Connection::connect(&path, Role::Task { child_token: None }, "client share")?;
+            let obj = c.name_lookup(&object)?;
+            let size = pages * PAGE_SIZE;
+            let (proxy, _revoke) = c.proxy_create(VmProt::READ, &[obj], &[0], &[0], &[size], None)?;
+            println!("share: made a read-only proxy of {object:?} ({pages} pages)");
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let inbox = loop {
+                match c.name_lookup(&to) {
+                    Ok(n) => break n,
+                    Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                    Err(e) => return Err(format!("no inbox {to:?}: {e}").into()),
+                }
+            };
+            c.send(inbox, 1, size.to_le_bytes().to_vec(), vec![(proxy, Disposition::MoveSend)])?;
+            println!("share: sent it to {to:?}");
+            std::thread::sleep(Duration::from_secs(linger_secs));
+            Ok(true)
+        }
+        ClientKind::Read { inbox, watch } => {
+            let c = Connection::connect(&path, Role::Task { child_token: None }, "client read")?;
+            let port = c.port_allocate()?;
+            c.port_make_send(port)?;
+            c.name_register(&inbox, port)?;
+            println!("read: waiting on inbox {inbox:?}");
+            let m = c.msg_receive(port, Some(60_000))?;
+            let Some(&(proxy, _)) = m.rights.first() else {
+                return Err("the message carried no right".into());
+            };
+            let size = m.data.get(..8).and_then(|b| b.try_into().ok()).map_or(PAGE_SIZE, u64::from_le_bytes);
+            let at = c.vm_map(machvm_client::map_anywhere(size, Some(proxy)))?;
+            let first = c.load(at, 64)?;
+            let text: String = String::from_utf8_lossy(&first).chars().take_while(|&ch| ch != '\n').collect();
+            println!("read: mapped {size} bytes at {:#x}; it begins {text:?}", at.0);
+            match c.store(at, b"x") {
+                Err(e) => println!("read: a store is refused: {e}"),
+                Ok(()) => return Err("a store through a read-only proxy succeeded".into()),
+            }
+            if watch {
+                for page in 1..size / PAGE_SIZE {
+                    std::thread::sleep(Duration::from_millis(500));
+                    match c.load(VmAddr(at.0 + page * PAGE_SIZE), 8) {
+                        Ok(_) => println!("read: page {page} read"),
+                        Err(e) => {
+                            println!("read: page {page} fails: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(true)
+        }
+    }
+}
