@@ -262,3 +262,26 @@ fn a_client_that_disconnects_releases_its_rights() {
     // Its names went with it.
     wait_until("the holder's name to go", || owner.name_lookup("holder-inbox").is_err());
 }
+
+/// SIGTERM: the daemon ends its tasks first, so their dirty pages go back
+/// to their pagers, and lets the pagers go only once they have taken them:
+/// a file written through the daemon holds the write after the stop.
+#[test]
+fn sigterm_returns_dirty_pages_to_their_pagers_before_it_stops() {
+    let dir = Dir::new("daemon-term-file");
+    let file = dir.0.join("data");
+    std::fs::write(&file, vec![b'.'; 4 * P as usize]).unwrap();
+    let mut d = daemon(&dir.socket(), &[]);
+    let f = file.to_str().unwrap().to_string();
+    let mut p = pager(&dir.socket(), &["file", "--name", "data", &f], "data");
+    let c = client(&dir.socket(), "writer");
+    let obj = c.name_lookup("data").unwrap();
+    let a = c.vm_map(map_anywhere(4 * P, Some(obj))).unwrap();
+    c.store(VmAddr(a.0 + P + 10), b"written through machvmd").unwrap();
+    d.signal("TERM");
+    assert!(d.wait_exit(Duration::from_secs(10)).expect("the daemon stopped").success());
+    assert!(p.wait_exit(Duration::from_secs(10)).is_some(), "the pager exits when the daemon goes");
+    let data = std::fs::read(&file).unwrap();
+    assert_eq!(&data[P as usize + 10..P as usize + 33], b"written through machvmd");
+    drop(c);
+}

@@ -732,6 +732,31 @@ fn a_cached_object_outlives_its_mappings_with_its_pages() {
     assert!(matches!(next(&mut pager).msg, KernelToPager::DataReturn { offset: 0, dirty: true, .. }));
 }
 
+/// At shutdown the cache is flushed: a cached object's dirty page goes
+/// back to its pager, then the object is terminated.
+#[test]
+fn cache_flush_returns_dirty_pages_then_terminates() {
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 1);
+    ready(&mut pager);
+    let rx = write_at(&k, client, a, 7);
+    expect_request(&mut pager, 0, P);
+    pager.supply(obj, 0, &page(0)).unwrap();
+    assert_eq!(done(&rx), Ok(()));
+    k.vm_deallocate(client, a, P).unwrap();
+    quiet(&mut pager);
+    assert_eq!(k.queued_for(pager.link.task), Ok(0));
+    k.cache_flush();
+    assert_eq!(k.queued_for(pager.link.task), Ok(2), "a data_return and a terminate wait for the pager");
+    match next(&mut pager).msg {
+        KernelToPager::DataReturn { offset: 0, data, dirty: true, .. } => assert_eq!(data[..8], 7u64.to_le_bytes()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(next(&mut pager).msg, KernelToPager::Terminate);
+    assert_eq!(k.queued_for(pager.link.task), Ok(0));
+}
+
 // ----- malformed and hostile messages -----
 
 /// The control port's name, taken from `init` by hand so that raw bytes

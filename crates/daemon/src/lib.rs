@@ -155,14 +155,49 @@ impl Daemon {
             threads.retain(|t: &std::thread::JoinHandle<()>| !t.is_finished());
         }
         tracing::info!("stopping: closing {} connections", threads.len());
-        for s in self.shared.streams.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+        // Tasks first: their objects end, and uncached ones return their
+        // dirty pages; then the cache goes the same way. The pagers stay
+        // connected until they have taken what was sent to them (or a
+        // deadline passes), then they go too.
+        self.close(|c| !c.pager);
+        self.shared.kernel.cache_flush();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let pagers: Vec<TaskId> = self.shared.connections().iter().filter(|c| c.pager).map(|c| c.task).collect();
+        let backlog = || pagers.iter().map(|&t| self.shared.kernel.queued_for(t).unwrap_or(0)).sum::<usize>();
+        while backlog() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
+        self.close(|_| true);
         for t in threads {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.config.socket);
         Ok(())
+    }
+}
+
+impl Daemon {
+    /// Closes the connections `which` picks and waits (up to 2 s) for
+    /// them to be gone.
+    fn close(&self, which: impl Fn(&ConnInfo) -> bool) {
+        let ids: Vec<u64> = {
+            let conns = self.shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+            conns.iter().filter(|(_, c)| which(c)).map(|(&id, _)| id).collect()
+        };
+        for id in &ids {
+            if let Some(s) = self.shared.streams.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            let conns = self.shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+            if !ids.iter().any(|id| conns.contains_key(id)) {
+                break;
+            }
+            drop(conns);
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

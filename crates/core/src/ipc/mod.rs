@@ -963,6 +963,11 @@ impl Ipc {
         }
     }
 
+    /// Messages queued on the ports whose receive right `space` holds.
+    pub fn queued_in(&self, space: SpaceId) -> usize {
+        self.ports.values().filter(|p| p.receiver == Receiver::Space(space)).map(|p| p.queue.len()).sum()
+    }
+
     /// Number of messages queued on a port.
     pub fn queue_len(&self, port: PortId) -> usize {
         self.ports.get(&port).map_or(0, |p| p.queue.len())

@@ -170,13 +170,18 @@ impl Kernel {
             let t = st.task(task)?;
             let mut resident = 0;
             let count = |o: ObjectId, off: u64, len: u64| {
-                st.vm.objects.get(&o).map_or(0, |o| o.pages.range(off..off + len).filter(|(_, p)| p.frame.is_some()).count())
+                st.vm
+                    .objects
+                    .get(&o)
+                    .map_or(0, |o| o.pages.range(off..off + len).filter(|(_, p)| p.frame.is_some()).count())
             };
             for e in t.map.iter() {
                 let Some(o) = e.object else { continue };
                 // Through a paging proxy, the pages are the real objects'.
                 match st.mo.proxies.flatten(o, e.offset, e.len()) {
-                    Ok(pieces) => resident += pieces.iter().map(|&(_, len, obj, off, _, _)| count(obj, off, len)).sum::<usize>(),
+                    Ok(pieces) => {
+                        resident += pieces.iter().map(|&(_, len, obj, off, _, _)| count(obj, off, len)).sum::<usize>()
+                    }
                     Err(_) => resident += count(o, e.offset, e.len()),
                 }
             }

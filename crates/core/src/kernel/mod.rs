@@ -295,6 +295,25 @@ impl Kernel {
         })
     }
 
+    /// Terminates every object kept in the object cache: their pagers get
+    /// their dirty and precious pages back (`data_return`), then
+    /// `memory_object_terminate`. For a shutdown.
+    pub fn cache_flush(&self) {
+        self.with(|st| st.vm.cache_flush())
+    }
+
+    /// Messages queued on the ports whose receive rights `task` holds and
+    /// not received yet (a shutdown waits for its pagers' to drain before
+    /// it lets them go).
+    ///
+    /// Errors: `KERN_INVALID_TASK`.
+    pub fn queued_for(&self, task: TaskId) -> Result<usize> {
+        self.with(|st| {
+            let space = st.task(task)?.space;
+            Ok(st.ipc.queued_in(space))
+        })
+    }
+
     /// Hands a send right to the host-privilege port (Mach's `host_priv`)
     /// to `task`, once: it is for whoever boots the kernel, which passes it
     /// on in messages to the tasks it trusts (as Mach gives it to the

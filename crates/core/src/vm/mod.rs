@@ -179,6 +179,17 @@ impl Vm {
         }
     }
 
+    /// Terminates every object the cache keeps (their dirty and precious
+    /// pages go back to their pagers first), as at shutdown.
+    pub fn cache_flush(&mut self) {
+        for id in std::mem::take(&mut self.cached) {
+            if self.objects.get(&id).is_some_and(|o| o.refs == 0) {
+                // Cached objects are external: they shadow nothing.
+                let _ = self.object_terminate(id);
+            }
+        }
+    }
+
     /// Tears an unreferenced object down; returns its shadow to release.
     fn object_terminate(&mut self, id: ObjectId) -> Option<ObjectId> {
         let offsets: Vec<u64> = self.object(id).pages.keys().copied().collect();
