@@ -1224,3 +1224,51 @@ fn vm_write_larger_than_the_resident_limit_writes_everything() {
     assert_eq!(k.vm_read(t, a, 16 * P).unwrap(), data);
     assert!(k.stats().resident <= 4);
 }
+
+// ----- message queues -----
+
+/// A port's queue is bounded (`MACH_PORT_QLIMIT_DEFAULT`): a task's send to
+/// a full queue is `MACH_SEND_TIMED_OUT` at once, changes nothing (the
+/// rights it would carry stay), and `msg_send_timeout` waits for room; a
+/// reply to a send-once right is never held back.
+#[test]
+fn a_full_queue_refuses_or_holds_back_its_senders() {
+    use machvm_core::ipc::QLIMIT;
+    let k = kernel();
+    let (rcv, snd) = (task(&k), task(&k));
+    let port = k.port_allocate(rcv).unwrap();
+    let name = k.port_transfer(rcv, port, Disposition::MakeSend, snd).unwrap();
+    for i in 0..QLIMIT {
+        k.msg_send(snd, UserMessage::new(name, i as u32, vec![])).unwrap();
+    }
+    let carried = k.port_allocate(snd).unwrap();
+    let msg = UserMessage { rights: vec![(carried, Disposition::MakeSend)], ..UserMessage::new(name, 99, vec![]) };
+    assert_eq!(k.msg_send(snd, msg.clone()), Err(KernError::SendTimedOut));
+    assert_eq!(k.port_lookup(snd, carried).unwrap().send_urefs, 0, "nothing moved");
+    let started = std::time::Instant::now();
+    assert_eq!(k.msg_send_timeout(snd, msg.clone(), Some(Duration::from_millis(50))), Err(KernError::SendTimedOut));
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    // A sender waiting for room goes on when the receiver takes a message.
+    let k2 = k.clone();
+    let waiting = spawn(move || k2.msg_send_timeout(snd, msg, Some(WAIT)));
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(k.msg_receive(rcv, port, Some(WAIT)).unwrap().id, 0);
+    assert_eq!(waiting.join().unwrap(), Ok(()));
+    // A reply to a send-once right is never held back.
+    let reply = k.port_allocate(snd).unwrap();
+    let once = k.port_transfer(snd, reply, Disposition::MakeSendOnce, rcv).unwrap();
+    for i in 0..QLIMIT {
+        let _ = k.msg_send(
+            rcv,
+            UserMessage::new(k.port_transfer(snd, reply, Disposition::MakeSend, rcv).unwrap(), i as u32, vec![]),
+        );
+    }
+    let answer = UserMessage { dest_disposition: Disposition::MoveSendOnce, ..UserMessage::new(once, 7, vec![]) };
+    assert_eq!(k.msg_send(rcv, answer), Ok(()));
+    // A port that dies wakes a sender waiting for room.
+    let k3 = k.clone();
+    let blocked = spawn(move || k3.msg_send_timeout(snd, UserMessage::new(name, 5, vec![]), Some(WAIT)));
+    std::thread::sleep(Duration::from_millis(30));
+    k.port_destroy(rcv, port).unwrap();
+    assert_eq!(blocked.join().unwrap(), Err(KernError::SendInvalidDest));
+}

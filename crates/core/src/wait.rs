@@ -23,7 +23,7 @@
 //! object, not a page): a spurious wake-up costs one retry, a missed one
 //! would cost a hang, and every retry re-checks.
 
-use crate::ipc::SpaceId;
+use crate::ipc::{PortId, SpaceId};
 use crate::sync::{Arc, Event, Mutex};
 use crate::vm::object::ObjectId;
 use rustc_hash::FxHashMap;
@@ -40,6 +40,9 @@ pub enum WaitKey {
     /// The receive rights of an IPC space: a message queued on one of its
     /// ports, a port or set gone or moved.
     Space(SpaceId),
+    /// Room in a port's queue (a message received), or the port's death:
+    /// what a sender to a full queue waits for.
+    Port(PortId),
 }
 
 /// Whoever must hear that a key it waits on changed.

@@ -180,6 +180,8 @@ pub enum KernError {
     SendInvalidRight,
     #[error("MACH_SEND_INVALID_REPLY")]
     SendInvalidReply,
+    #[error("MACH_SEND_TIMED_OUT")]
+    SendTimedOut,
     #[error("MACH_RCV_INVALID_NAME")]
     RcvInvalidName,
     #[error("MACH_RCV_PORT_DIED")]
@@ -228,6 +230,7 @@ impl KernError {
             SendInvalidDest => 0x1000_0003,
             SendInvalidRight => 0x1000_0007,
             SendInvalidReply => 0x1000_0009,
+            SendTimedOut => 0x1000_0004,
             RcvInvalidName => 0x1000_4002,
             RcvPortDied => 0x1000_4009,
             RcvTimedOut => 0x1000_4003,
@@ -265,6 +268,7 @@ impl KernError {
             SendInvalidDest,
             SendInvalidRight,
             SendInvalidReply,
+            SendTimedOut,
             RcvInvalidName,
             RcvPortDied,
             RcvTimedOut,

@@ -32,6 +32,12 @@ pub const MACH_NOTIFY_NO_SENDERS: u32 = 0o106;
 /// `MACH_NOTIFY_DEAD_NAME`
 pub const MACH_NOTIFY_DEAD_NAME: u32 = 0o110;
 
+/// `MACH_PORT_QLIMIT_DEFAULT`: the most messages a task's sends may queue
+/// on one port. A send to a full queue is `MACH_SEND_TIMED_OUT` (at once,
+/// or after the sender's timeout); a message to a send-once right (a
+/// reply) and the kernel's own messages are never held back, as in Mach.
+pub const QLIMIT: usize = 5;
+
 /// A kernel-internal port identity; never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortId(pub u64);
@@ -644,6 +650,10 @@ impl Ipc {
             .map_err(|_| KernError::SendInvalidDest)?;
         if !self.port_alive(dest) {
             return Err(KernError::SendInvalidDest);
+        }
+        let once = matches!(msg.dest_disposition, Disposition::MoveSendOnce | Disposition::MakeSendOnce);
+        if !once && self.ports.get(&dest).is_some_and(|p| p.receiver != Receiver::Kernel && p.queue.len() >= QLIMIT) {
+            return Err(KernError::SendTimedOut);
         }
         if let Some((n, d)) = msg.reply {
             if d == Disposition::MoveReceive {

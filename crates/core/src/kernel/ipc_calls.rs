@@ -2,11 +2,11 @@
 //! port sets, notifications, `mach_msg`. Messages to kernel objects are
 //! handled here, in the sender's thread, as Mach's kernel server does.
 
-use super::{KObject, Kernel, TaskId};
+use super::{KObject, KState, Kernel, TaskId};
 use crate::ipc::{Disposition, NameInfo, NotifyKind, PortName, ReceivedMessage, RightKind, UserMessage};
 use crate::sync::{Arc, Guard};
 use crate::types::{KernError, Result};
-use crate::wait::{Poll, Step, WaitBy, WaitKey, WaitTicket, Waker};
+use crate::wait::{Poll, Step, WaitBy, WaitKey, WaitTicket, Waiting, Waker};
 use std::time::{Duration, Instant};
 
 impl Kernel {
@@ -157,34 +157,54 @@ impl Kernel {
     /// forged notification to them is refused the same way and changes
     /// nothing.
     ///
+    /// A port's queue holds at most [`crate::ipc::QLIMIT`] messages: a send
+    /// to a full queue fails at once with `MACH_SEND_TIMED_OUT` and changes
+    /// nothing ([`Kernel::msg_send_timeout`] waits for room instead).
+    ///
     /// Errors: `MACH_SEND_INVALID_DEST`, `MACH_SEND_INVALID_RIGHT`,
-    /// `MACH_SEND_INVALID_REPLY`, `MIG_BAD_ID`, `MIG_BAD_ARGUMENTS`, and the
-    /// error of an EMMI call that failed its checks; `KERN_INVALID_TASK`.
+    /// `MACH_SEND_INVALID_REPLY`, `MACH_SEND_TIMED_OUT`, `MIG_BAD_ID`,
+    /// `MIG_BAD_ARGUMENTS`, and the error of an EMMI call that failed its
+    /// checks; `KERN_INVALID_TASK`.
     pub fn msg_send(&self, task: TaskId, msg: UserMessage) -> Result<()> {
-        self.with(|st| {
-            let space = st.task(task)?.space;
-            // A receive right may leave with the message.
-            let moves_receive = msg.rights.iter().any(|&(_, d)| d == Disposition::MoveReceive);
-            let Some(kmsg) = st.ipc.send(space, msg)? else {
-                if moves_receive {
-                    st.waits.mark(WaitKey::Space(space));
-                }
-                return Ok(());
-            };
-            if moves_receive {
-                st.waits.mark(WaitKey::Space(space));
+        self.msg_send_timeout(task, msg, Some(Duration::ZERO))
+    }
+
+    /// `mach_msg(MACH_SEND_MSG | MACH_SEND_TIMEOUT)`: as
+    /// [`Kernel::msg_send`], but a send to a full queue waits up to
+    /// `timeout` (`None`: for good) for room (a receive), then fails with
+    /// `MACH_SEND_TIMED_OUT`; a port that dies meanwhile is
+    /// `MACH_SEND_INVALID_DEST`.
+    ///
+    /// Errors: as [`Kernel::msg_send`].
+    pub fn msg_send_timeout(&self, task: TaskId, msg: UserMessage, timeout: Option<Duration>) -> Result<()> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let once = matches!(msg.dest_disposition, Disposition::MoveSendOnce | Disposition::MakeSendOnce);
+        let mut pending: Option<Waiting> = None;
+        loop {
+            let mut st = self.lock();
+            if let Some(w) = pending.take() {
+                st.waits.cancel(w.ticket);
             }
-            match st.kobject(kmsg.dest) {
-                Some(KObject::Control(object)) => {
-                    let (mo, mut cx) = st.split();
-                    mo.control_message(&mut cx, object, kmsg)
+            let expired = deadline.is_some_and(|d| Instant::now() >= d);
+            // A user port whose queue is full: wait for room, if there is
+            // time left (the send itself refuses a full queue).
+            let full = st.task(task).ok().map(|t| t.space).and_then(|space| {
+                let port = st.ipc.send_port_of(space, msg.dest).ok()?;
+                (st.kobject(port).is_none() && st.ipc.queue_len(port) >= crate::ipc::QLIMIT).then_some(port)
+            });
+            match full {
+                Some(port) if !expired && !once => {
+                    let w = self.unlock_waiting(st, &[WaitKey::Port(port), WaitKey::Task(task.id)], WaitBy::Thread);
+                    w.sleep(self.lock_cell(), deadline);
+                    pending = Some(w);
                 }
-                Some(KObject::Proxy(_) | KObject::ProxyRevoke(_) | KObject::HostPriv) | None => {
-                    st.ipc.destroy_message(kmsg);
-                    Err(KernError::MigBadId)
+                _ => {
+                    let r = send_locked(&mut st, task, msg);
+                    self.unlock(st);
+                    return r;
                 }
             }
-        })
+        }
     }
 
     /// `mach_msg(MACH_RCV_MSG)` on a receive right or port set, waiting at
@@ -236,7 +256,11 @@ impl Kernel {
         }
         let got = st.task(task).map(|t| t.space).and_then(|space| Ok((space, st.ipc.try_receive(space, name)?)));
         match got {
-            Ok((_, Some(m))) => {
+            Ok((space, Some(m))) => {
+                // Room in that queue: a sender may be waiting for it.
+                if let Ok(port) = st.ipc.port_of(space, m.local) {
+                    st.waits.mark(WaitKey::Port(port));
+                }
                 self.unlock(st);
                 Ok(Step::Ready(m))
             }
@@ -254,6 +278,32 @@ impl Kernel {
                 self.unlock(st);
                 Err(e)
             }
+        }
+    }
+}
+
+/// One send, under the kernel lock (`Kernel::msg_send`).
+fn send_locked(st: &mut KState, task: TaskId, msg: UserMessage) -> Result<()> {
+    let space = st.task(task)?.space;
+    // A receive right may leave with the message.
+    let moves_receive = msg.rights.iter().any(|&(_, d)| d == Disposition::MoveReceive);
+    let Some(kmsg) = st.ipc.send(space, msg)? else {
+        if moves_receive {
+            st.waits.mark(WaitKey::Space(space));
+        }
+        return Ok(());
+    };
+    if moves_receive {
+        st.waits.mark(WaitKey::Space(space));
+    }
+    match st.kobject(kmsg.dest) {
+        Some(KObject::Control(object)) => {
+            let (mo, mut cx) = st.split();
+            mo.control_message(&mut cx, object, kmsg)
+        }
+        Some(KObject::Proxy(_) | KObject::ProxyRevoke(_) | KObject::HostPriv) | None => {
+            st.ipc.destroy_message(kmsg);
+            Err(KernError::MigBadId)
         }
     }
 }

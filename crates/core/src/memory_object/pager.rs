@@ -170,7 +170,9 @@ impl MemoryObjects {
                 }
             }
             IpcEvent::PortDied(port) => {
-                // Its receivers destroyed it (and marked their space).
+                // Its receivers destroyed it (and marked their space); its
+                // senders waiting for room must see it gone.
+                cx.waits.mark(WaitKey::Port(port));
                 self.port_died(cx, port);
                 cx.ipc.reap(port);
             }
