@@ -272,7 +272,8 @@ impl Connection {
         self.unit(Call::MsgSend(args))
     }
 
-    /// A message with data and rights (copy-send to `dest`).
+    /// A message with data and rights (copy-send to `dest`); a full queue
+    /// is `MACH_SEND_TIMED_OUT` at once.
     pub fn send(&self, dest: PortName, id: u32, data: Vec<u8>, rights: Vec<(PortName, Disposition)>) -> Result<()> {
         self.msg_send(SendArgs {
             dest,
@@ -281,7 +282,7 @@ impl Connection {
             id,
             data,
             rights,
-            timeout_ms: None,
+            timeout_ms: Some(0),
         })
     }
 

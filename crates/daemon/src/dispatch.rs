@@ -112,7 +112,7 @@ pub fn dispatch(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
                 data: a.data,
                 rights: a.rights,
             };
-            unit(k.msg_send(t, msg))?
+            unit(k.msg_send_timeout(t, msg, a.timeout_ms.map(Duration::from_millis)))?
         }
         Call::MsgReceive { name, timeout_ms } => {
             let m = k.msg_receive(t, name, timeout_ms.map(Duration::from_millis))?;

@@ -121,7 +121,7 @@ impl KernelLink for machvm_client::Connection {
             id,
             data,
             rights: Vec::new(),
-            timeout_ms: None,
+            timeout_ms: Some(0),
         };
         machvm_client::Connection::msg_send(self, args).map_err(|e| e.kern())
     }
