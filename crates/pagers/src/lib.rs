@@ -1,7 +1,10 @@
 //! User-space pagers for machvm: independent actors (threads) that own
 //! memory object ports and speak the EMMI with the kernel.
 //!
-//! - [`conn::PagerConn`]: a pager's connection, also the scripted test pager.
+//! - [`pager::Pager`]: the trait a pager implements, one method per
+//!   kernel message, and [`pager::serve_pager`], the loop that calls it.
+//! - [`conn::PagerConn`]: a pager's connection, also the scripted test pager;
+//!   over a [`link::KernelLink`], in-process or a socket to `machvmd`.
 //! - [`serve::serve`] with a [`serve::Backing`]: the server loop.
 //! - Backings: [`serve::FileBacking`] (the file pager),
 //!   [`serve::SwapBacking`] (the default pager's swap file),
@@ -11,10 +14,12 @@
 
 pub mod conn;
 pub mod link;
+pub mod pager;
 pub mod serve;
 
 pub use conn::{PagerConn, Request};
 pub use link::{Incoming, KernelLink, Local};
+pub use pager::{serve_pager, Answer, Attributes, Pager};
 pub use serve::{serve, Backing, FileBacking, MemBacking, PagerStats, SwapBacking};
 
 use machvm_core::ipc::{Disposition, PortName};

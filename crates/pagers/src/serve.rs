@@ -1,6 +1,7 @@
 //! The pager server loop and the stores pagers keep their data in.
 //!
-//! [`serve`] answers the kernel for any [`Backing`]:
+//! [`serve`] answers the kernel for any [`Backing`] (a [`Pager`] made of
+//! a store that reads and writes pages):
 //!
 //! 1. `init`: `ready`, or `change_attributes` if the backing picks a
 //!    cluster size; either way with the backing's caching policy
@@ -18,9 +19,10 @@
 
 use crate::conn::PagerConn;
 use crate::link::KernelLink;
+use crate::pager::{serve_pager, Answer, Attributes, Pager};
 use machvm_core::ipc::PortName;
-use machvm_core::{KernError, VmProt, PAGE_SIZE};
-use machvm_protocol::emmi::{CopyStrategy, KernelToPager, PagerToKernel, ReturnPolicy};
+use machvm_core::{VmProt, PAGE_SIZE};
+use machvm_protocol::emmi::CopyStrategy;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
@@ -74,82 +76,96 @@ fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// Serves kernel messages until the pager's task is terminated.
+/// Serves kernel messages from `backing` until the pager's task is
+/// terminated (see the module comment), counting in `stats`.
 pub fn serve<L: KernelLink>(conn: &mut PagerConn<L>, backing: &mut dyn Backing, stats: &Arc<PagerStats>) {
-    let page = PAGE_SIZE as usize;
-    loop {
-        let r = match conn.recv(None) {
-            Ok(r) => r,
-            Err(KernError::MigBadId) | Err(KernError::MigBadArguments) => continue,
-            Err(_) => return,
-        };
-        let obj = r.object;
-        // A failed answer (the object terminated meanwhile) is not the
-        // pager's problem: the kernel no longer waits for it.
-        let _ = match r.msg {
-            KernelToPager::Init { .. } => {
-                let (may_cache, copy_strategy) = (backing.may_cache(), CopyStrategy::Delay);
-                let m = match backing.cluster_pages() {
-                    Some(cluster_pages) => PagerToKernel::ChangeAttributes { may_cache, copy_strategy, cluster_pages },
-                    None => PagerToKernel::Ready { may_cache, copy_strategy },
-                };
-                conn.call(obj, m)
-            }
-            KernelToPager::Create { .. } => Ok(()),
-            KernelToPager::DataRequest { offset, length, .. } => {
-                bump(&stats.requests, 1);
-                let mut run: Vec<u8> = Vec::new();
-                let mut run_start = offset;
-                let mut buf = vec![0u8; page];
-                let mut result = Ok(());
-                for off in (offset..offset.saturating_add(length)).step_by(page) {
-                    match backing.read(obj, off, &mut buf) {
-                        Ok(true) => {
-                            if run.is_empty() {
-                                run_start = off;
-                            }
-                            run.extend_from_slice(&buf);
-                            bump(&stats.pages_supplied, 1);
-                        }
-                        other => {
-                            if !run.is_empty() {
-                                result = result.and(conn.supply(obj, run_start, &run));
-                                run.clear();
-                            }
-                            if other.is_ok() {
-                                bump(&stats.pages_unavailable, 1);
-                                result = result.and(conn.unavailable(obj, off, PAGE_SIZE));
-                            } else {
-                                bump(&stats.errors, 1);
-                                result = result.and(conn.error(obj, off, PAGE_SIZE));
-                            }
-                        }
+    serve_pager(conn, &mut BackingPager { backing, stats })
+}
+
+/// A [`Backing`] as a [`Pager`].
+struct BackingPager<'a> {
+    backing: &'a mut dyn Backing,
+    stats: &'a PagerStats,
+}
+
+impl Pager for BackingPager<'_> {
+    fn init(&mut self, _object: PortName) -> Attributes {
+        Attributes {
+            may_cache: self.backing.may_cache(),
+            copy_strategy: CopyStrategy::Delay,
+            cluster_pages: self.backing.cluster_pages(),
+        }
+    }
+
+    fn data_request(
+        &mut self,
+        obj: PortName,
+        offset: u64,
+        length: u64,
+        _access: VmProt,
+        answer: &mut dyn Answer,
+    ) -> machvm_core::Result<()> {
+        let (page, stats) = (PAGE_SIZE as usize, self.stats);
+        bump(&stats.requests, 1);
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start = offset;
+        let mut buf = vec![0u8; page];
+        let mut result = Ok(());
+        for off in (offset..offset.saturating_add(length)).step_by(page) {
+            match self.backing.read(obj, off, &mut buf) {
+                Ok(true) => {
+                    if run.is_empty() {
+                        run_start = off;
                     }
+                    run.extend_from_slice(&buf);
+                    bump(&stats.pages_supplied, 1);
                 }
-                if !run.is_empty() {
-                    result = result.and(conn.supply(obj, run_start, &run));
-                }
-                result
-            }
-            KernelToPager::DataUnlock { offset, length, .. } => {
-                bump(&stats.unlocks, 1);
-                conn.lock_request(obj, offset, length, ReturnPolicy::None, false, VmProt::NONE)
-            }
-            KernelToPager::DataReturn { offset, data, .. } => {
-                bump(&stats.pages_returned, (data.len() / page) as u64);
-                for (i, p) in data.chunks(page).enumerate() {
-                    if backing.write(obj, offset + (i * page) as u64, p).is_err() {
+                other => {
+                    if !run.is_empty() {
+                        result = result.and(answer.supply(run_start, &run));
+                        run.clear();
+                    }
+                    if other.is_ok() {
+                        bump(&stats.pages_unavailable, 1);
+                        result = result.and(answer.unavailable(off, PAGE_SIZE));
+                    } else {
                         bump(&stats.errors, 1);
+                        result = result.and(answer.error(off, PAGE_SIZE));
                     }
                 }
-                Ok(())
             }
-            KernelToPager::Terminate => {
-                bump(&stats.terminates, 1);
-                backing.terminate(obj);
-                Ok(())
+        }
+        if !run.is_empty() {
+            result = result.and(answer.supply(run_start, &run));
+        }
+        result
+    }
+
+    fn data_unlock(
+        &mut self,
+        _object: PortName,
+        offset: u64,
+        length: u64,
+        _access: VmProt,
+        answer: &mut dyn Answer,
+    ) -> machvm_core::Result<()> {
+        bump(&self.stats.unlocks, 1);
+        answer.unlock(offset, length)
+    }
+
+    fn data_return(&mut self, obj: PortName, offset: u64, data: &[u8], _dirty: bool, _kernel_copy: bool) {
+        let page = PAGE_SIZE as usize;
+        bump(&self.stats.pages_returned, (data.len() / page) as u64);
+        for (i, p) in data.chunks(page).enumerate() {
+            if self.backing.write(obj, offset + (i * page) as u64, p).is_err() {
+                bump(&self.stats.errors, 1);
             }
-        };
+        }
+    }
+
+    fn terminate(&mut self, obj: PortName) {
+        bump(&self.stats.terminates, 1);
+        self.backing.terminate(obj);
     }
 }
 
