@@ -421,6 +421,7 @@ fn revoke_round(seed: u64) {
         resident_limit: 4 + rng.below(20) as usize,
         proxy_version: if rng.chance(50) { ProxyVersion::Paging } else { ProxyVersion::Mapping },
         cluster_pages: 1 + rng.below(4) as u32,
+        ..KernelConfig::default()
     };
     let k = round_kernel(config, &mut rng);
     let (_swap, swapf) = Swap::new("revoke");
@@ -800,6 +801,7 @@ fn pageout_round(seed: u64) {
         resident_limit: 4 + rng.below(12) as usize,
         proxy_version: ProxyVersion::Paging,
         cluster_pages: 1 + rng.below(4) as u32,
+        ..KernelConfig::default()
     };
     let k = round_kernel(config, &mut rng);
     let (_swap, swapf) = Swap::new("pageout");
@@ -1158,6 +1160,7 @@ fn lifecycle_round(seed: u64) {
         resident_limit: 8 + rng.below(48) as usize,
         proxy_version: if rng.chance(50) { ProxyVersion::Paging } else { ProxyVersion::Mapping },
         cluster_pages: 1 + rng.below(4) as u32,
+        ..KernelConfig::default()
     };
     let k = round_kernel(config, &mut rng);
     let holder = k.task_create(None).unwrap();

@@ -285,3 +285,28 @@ fn sigterm_returns_dirty_pages_to_their_pagers_before_it_stops() {
     assert_eq!(&data[P as usize + 10..P as usize + 33], b"written through machvmd");
     drop(c);
 }
+
+/// One client over its limits gets `KERN_RESOURCE_SHORTAGE`; the others
+/// carry on.
+#[test]
+fn a_client_over_its_limits_gets_resource_shortage_and_the_others_carry_on() {
+    let dir = Dir::new("daemon-limits");
+    let _d = daemon(&dir.socket(), &["--max-ports", "8", "--max-entries", "4"]);
+    let greedy = client(&dir.socket(), "greedy");
+    let mut refused = None;
+    for i in 0..16 {
+        if let Err(e) = greedy.port_allocate() {
+            refused = Some((i, e.kern()));
+            break;
+        }
+    }
+    assert!(matches!(refused, Some((_, KernError::ResourceShortage))), "{refused:?}");
+    for _ in 0..4 {
+        greedy.vm_allocate(VmAddr(0), P, true).unwrap();
+    }
+    assert_eq!(kern(greedy.vm_allocate(VmAddr(0), P, true)), KernError::ResourceShortage);
+    let other = client(&dir.socket(), "other");
+    let a = other.vm_allocate(VmAddr(0), P, true).unwrap();
+    other.store(a, b"fine").unwrap();
+    assert!(other.port_allocate().is_ok());
+}

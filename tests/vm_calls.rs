@@ -1272,3 +1272,39 @@ fn a_full_queue_refuses_or_holds_back_its_senders() {
     k.port_destroy(rcv, port).unwrap();
     assert_eq!(blocked.join().unwrap(), Err(KernError::SendInvalidDest));
 }
+
+/// No task can exhaust the kernel for the others: past its limits (port
+/// names it allocates, map entries, live proxies it made) a call fails
+/// with `KERN_RESOURCE_SHORTAGE` and changes nothing, and another task is
+/// not affected.
+#[test]
+fn a_task_over_its_limits_gets_resource_shortage_and_the_others_carry_on() {
+    let limits = TaskLimits { port_names: 4, map_entries: 3, proxies: 2 };
+    let k = Kernel::new(KernelConfig { phys_pages: 64, resident_limit: 64, limits, ..KernelConfig::default() });
+    let (greedy, other) = (task(&k), task(&k));
+    for _ in 0..4 {
+        k.port_allocate(greedy).unwrap();
+    }
+    assert_eq!(k.port_allocate(greedy), Err(KernError::ResourceShortage));
+    assert_eq!(k.port_set_allocate(greedy), Err(KernError::ResourceShortage));
+    assert!(k.port_allocate(other).is_ok());
+    let a = alloc(&k, greedy, 4);
+    k.vm_allocate(greedy, VmAddr(0), P, true).unwrap();
+    // Splitting the 4-page entry in three would make four entries.
+    assert_eq!(k.vm_protect(greedy, at(a, 1), P, false, RO), Err(KernError::ResourceShortage));
+    assert_eq!(regions(&k, greedy).len(), 2, "nothing changed");
+    k.vm_allocate(greedy, VmAddr(0), P, true).unwrap();
+    assert_eq!(k.vm_allocate(greedy, VmAddr(0), P, true), Err(KernError::ResourceShortage));
+    let mine = k.vm_allocate(other, VmAddr(0), P, true).unwrap();
+    // Proxies: two live ones at most.
+    let (_pager, _obj, names) = pager_object(&k, &[other]);
+    let mk = || k.memory_object_create_proxy(other, RO, &[names[0]], &[0], &[0], &[P]);
+    let first = mk().unwrap();
+    mk().unwrap();
+    assert_eq!(mk().map(|_| ()), Err(KernError::ResourceShortage));
+    assert_eq!(k.vm_region_create_proxy(other, mine, RO, P).map(|_| ()), Err(KernError::ResourceShortage));
+    // One gone (its rights dropped, nothing maps it): room for one more.
+    k.port_deallocate(other, first.proxy).unwrap();
+    k.port_deallocate(other, first.revoke).unwrap();
+    assert!(mk().is_ok());
+}

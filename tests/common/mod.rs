@@ -43,7 +43,13 @@ pub fn word(obj: usize, offset: u64) -> u64 {
 /// Kernel settings for the suites: one page per pager request so that
 /// request counts are exact.
 pub fn config(version: ProxyVersion) -> KernelConfig {
-    KernelConfig { phys_pages: 4096, resident_limit: 4096, proxy_version: version, cluster_pages: 1 }
+    KernelConfig {
+        phys_pages: 4096,
+        resident_limit: 4096,
+        proxy_version: version,
+        cluster_pages: 1,
+        ..KernelConfig::default()
+    }
 }
 
 /// Protections by their three bits.

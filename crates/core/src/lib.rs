@@ -25,6 +25,6 @@ pub use machvm_protocol::types;
 pub mod vm;
 pub mod wait;
 
-pub use kernel::{Kernel, KernelConfig, KernelStats, MapRequest, RegionInfo, TaskId, TaskInfo};
+pub use kernel::{Kernel, KernelConfig, KernelStats, MapRequest, RegionInfo, TaskId, TaskInfo, TaskLimits};
 pub use memory_object::proxy::{ProxyInfo, ProxyRights, ProxyVersion};
 pub use types::{KernError, Result, VmAddr, VmInherit, VmOffset, VmProt, PAGE_SIZE};

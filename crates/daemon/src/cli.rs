@@ -32,6 +32,15 @@ pub struct DaemonArgs {
     /// daemon's own uid).
     #[arg(long)]
     pub host_priv_uid: Option<u32>,
+    /// Port names each connection's task may allocate.
+    #[arg(long, default_value_t = machvm_core::TaskLimits::default().port_names)]
+    pub max_ports: usize,
+    /// Map entries each connection's task may have.
+    #[arg(long, default_value_t = machvm_core::TaskLimits::default().map_entries)]
+    pub max_entries: usize,
+    /// Live proxies each connection's task may have made.
+    #[arg(long, default_value_t = machvm_core::TaskLimits::default().proxies)]
+    pub max_proxies: usize,
 }
 
 /// Runs the daemon; the exit status says whether it stopped cleanly.
@@ -52,6 +61,11 @@ pub fn run(args: DaemonArgs) -> ExitCode {
         resident_limit: args.resident_limit,
         swap: args.swap,
         host_priv_uid: args.host_priv_uid,
+        limits: machvm_core::TaskLimits {
+            port_names: args.max_ports,
+            map_entries: args.max_entries,
+            proxies: args.max_proxies,
+        },
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -58,6 +58,8 @@ pub struct DaemonConfig {
     /// Connections from this uid get the host privilege (default: the
     /// daemon's own uid).
     pub host_priv_uid: Option<u32>,
+    /// What each connection's task may hold.
+    pub limits: machvm_core::TaskLimits,
 }
 
 /// One live connection, as inspection shows it.
@@ -105,6 +107,7 @@ impl Daemon {
         let kernel = Kernel::new(KernelConfig {
             phys_pages: config.phys_pages,
             resident_limit: config.resident_limit,
+            limits: config.limits,
             ..KernelConfig::default()
         });
         let own = kernel.task_create(None).map_err(kern_io)?;

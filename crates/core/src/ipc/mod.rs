@@ -235,6 +235,11 @@ impl Ipc {
         }
     }
 
+    /// How many names `space` holds (0 for no such space).
+    pub fn names_in(&self, space: SpaceId) -> usize {
+        self.spaces.get(&space).map_or(0, |s| s.entries.len())
+    }
+
     /// Is `port`'s receive right the kernel's (a kernel object)?
     pub fn is_kernel_port(&self, port: PortId) -> bool {
         self.ports.get(&port).is_some_and(|p| p.receiver == Receiver::Kernel)

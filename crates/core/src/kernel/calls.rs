@@ -213,6 +213,9 @@ impl Kernel {
     /// overflow, a range outside the proxy's windows, a port that is no
     /// memory object),
     /// `KERN_NO_SPACE` (no room, or the fixed range is in use),
+    /// `KERN_RESOURCE_SHORTAGE` (the map holds
+    /// [`crate::TaskLimits::map_entries`] entries; and, for a copy of
+    /// memory whose pager wants eager copies, not enough memory for it),
     /// `KERN_INVALID_ADDRESS` (fixed range outside the map),
     /// `KERN_INVALID_NAME` / `KERN_INVALID_RIGHT` (the object name; a
     /// send-once right is not a memory object, and is left untouched),
@@ -231,7 +234,9 @@ impl Kernel {
     /// range are fine.
     ///
     /// Errors: `KERN_INVALID_ARGUMENT` (unaligned, overflow),
-    /// `KERN_INVALID_ADDRESS` (outside the map), `KERN_INVALID_TASK`.
+    /// `KERN_INVALID_ADDRESS` (outside the map), `KERN_RESOURCE_SHORTAGE`
+    /// (the map is at [`crate::TaskLimits::map_entries`] and the range
+    /// would split an entry), `KERN_INVALID_TASK`.
     pub fn vm_deallocate(&self, task: TaskId, address: VmAddr, size: u64) -> Result<()> {
         self.with(|st| {
             if size == 0 {
@@ -239,6 +244,8 @@ impl Kernel {
                 return Ok(());
             }
             let end = st.task(task)?.map.check_range(address, size)?;
+            // Cutting out the middle of an entry leaves two.
+            st.check_entries(task, 1)?;
             st.unmap(task, address.0, end);
             Ok(())
         })
@@ -251,7 +258,8 @@ impl Kernel {
     /// Errors: `KERN_PROTECTION_FAILURE` (current above maximum, or a new
     /// maximum above the old one), `KERN_INVALID_ADDRESS` (a hole in the
     /// range), `KERN_INVALID_ARGUMENT` (unaligned, overflow, bad bits),
-    /// `KERN_INVALID_TASK`.
+    /// `KERN_RESOURCE_SHORTAGE` (the map is near
+    /// [`crate::TaskLimits::map_entries`]), `KERN_INVALID_TASK`.
     pub fn vm_protect(&self, task: TaskId, address: VmAddr, size: u64, set_max: bool, prot: VmProt) -> Result<()> {
         self.with(|st| {
             let t = st.task(task)?;
@@ -268,7 +276,9 @@ impl Kernel {
                     return Err(KernError::ProtectionFailure);
                 }
             }
-            let pmap = t.pmap;
+            // Clipping the ends may add two entries.
+            st.check_entries(task, 2)?;
+            let pmap = st.task(task)?.pmap;
             st.clip_range(task, address.0, end);
             let t = st.task_mut(task).expect("checked");
             t.map.for_each_in_mut(address.0, end, |e| {
@@ -294,7 +304,9 @@ impl Kernel {
     /// A zero size does nothing.
     ///
     /// Errors: `KERN_INVALID_ARGUMENT` (unaligned, overflow),
-    /// `KERN_INVALID_ADDRESS` (outside the map), `KERN_INVALID_TASK`.
+    /// `KERN_INVALID_ADDRESS` (outside the map), `KERN_RESOURCE_SHORTAGE`
+    /// (the map is near [`crate::TaskLimits::map_entries`]),
+    /// `KERN_INVALID_TASK`.
     pub fn vm_inherit(&self, task: TaskId, address: VmAddr, size: u64, inherit: VmInherit) -> Result<()> {
         self.with(|st| {
             if size == 0 {
@@ -302,6 +314,7 @@ impl Kernel {
                 return Ok(());
             }
             let end = st.task(task)?.map.check_range(address, size)?;
+            st.check_entries(task, 2)?;
             st.clip_range(task, address.0, end);
             st.task_mut(task)?.map.for_each_in_mut(address.0, end, |e| e.inherit = inherit);
             Ok(())
@@ -557,6 +570,7 @@ impl KState {
             return Err(KernError::InvalidArgument);
         }
         r.offset.checked_add(size)?;
+        self.check_entries(task, 1)?;
         let t = self.task(task)?;
         let space = t.space;
         let address = if r.anywhere {

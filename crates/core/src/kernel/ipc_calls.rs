@@ -12,20 +12,24 @@ use std::time::{Duration, Instant};
 impl Kernel {
     /// `mach_port_allocate(MACH_PORT_RIGHT_RECEIVE)`.
     ///
-    /// Errors: `KERN_INVALID_TASK`.
+    /// Errors: `KERN_RESOURCE_SHORTAGE` (the space holds
+    /// [`crate::TaskLimits::port_names`] names), `KERN_INVALID_TASK`.
     pub fn port_allocate(&self, task: TaskId) -> Result<PortName> {
         self.with(|st| {
             let space = st.task(task)?.space;
+            st.check_names(space)?;
             st.ipc.port_allocate(space)
         })
     }
 
     /// `mach_port_allocate(MACH_PORT_RIGHT_PORT_SET)`.
     ///
-    /// Errors: `KERN_INVALID_TASK`.
+    /// Errors: `KERN_RESOURCE_SHORTAGE` (the space holds
+    /// [`crate::TaskLimits::port_names`] names), `KERN_INVALID_TASK`.
     pub fn port_set_allocate(&self, task: TaskId) -> Result<PortName> {
         self.with(|st| {
             let space = st.task(task)?.space;
+            st.check_names(space)?;
             st.ipc.pset_allocate(space)
         })
     }

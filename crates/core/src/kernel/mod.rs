@@ -58,6 +58,29 @@ pub struct KernelConfig {
     /// (1 to [`crate::memory_object::control::MAX_CLUSTER_PAGES`]; other
     /// values are brought into that range at boot).
     pub cluster_pages: u32,
+    /// What one task may hold, so that none can exhaust the kernel for the
+    /// others.
+    pub limits: TaskLimits,
+}
+
+/// The most one task may hold; a call that would take it past a limit
+/// fails with `KERN_RESOURCE_SHORTAGE` and changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskLimits {
+    /// Names in its IPC space that it allocates (`mach_port_allocate`);
+    /// rights it receives are not refused.
+    pub port_names: usize,
+    /// Entries in its address map. A mapping of a proxy adds one entry per
+    /// window it spans, so a map may pass the limit by one call's windows.
+    pub map_entries: usize,
+    /// Live proxies it made.
+    pub proxies: usize,
+}
+
+impl Default for TaskLimits {
+    fn default() -> Self {
+        TaskLimits { port_names: 1 << 20, map_entries: 1 << 20, proxies: 1 << 16 }
+    }
 }
 
 impl Default for KernelConfig {
@@ -67,6 +90,7 @@ impl Default for KernelConfig {
             resident_limit: 1 << 16,
             proxy_version: ProxyVersion::Paging,
             cluster_pages: 8,
+            limits: TaskLimits::default(),
         }
     }
 }
@@ -195,7 +219,7 @@ impl Kernel {
                 vm,
                 tasks: HashMap::new(),
                 next_task: 0,
-                mo: MemoryObjects::new(config.cluster_pages),
+                mo: MemoryObjects::new(config.cluster_pages, config.limits.proxies),
                 host_priv,
                 host_priv_given: false,
                 stats: KernelStats::default(),
@@ -377,6 +401,24 @@ impl KState {
             Ok(port) if port == self.host_priv => Ok(()),
             _ => Err(KernError::InvalidHost),
         }
+    }
+
+    /// May `space` allocate one more name? (`KERN_RESOURCE_SHORTAGE` at
+    /// [`TaskLimits::port_names`].)
+    pub fn check_names(&self, space: SpaceId) -> Result<()> {
+        if self.ipc.names_in(space) >= self.config.limits.port_names {
+            return Err(KernError::ResourceShortage);
+        }
+        Ok(())
+    }
+
+    /// May `task`'s map grow by `more` entries? (`KERN_RESOURCE_SHORTAGE`
+    /// at [`TaskLimits::map_entries`].)
+    pub fn check_entries(&self, task: TaskId, more: usize) -> Result<()> {
+        if self.task(task)?.map.entry_count() + more > self.config.limits.map_entries {
+            return Err(KernError::ResourceShortage);
+        }
+        Ok(())
     }
 
     pub fn task(&self, task: TaskId) -> Result<&TaskState> {

@@ -47,7 +47,8 @@ impl Kernel {
     /// `KERN_RESOURCE_SHORTAGE` (more than
     /// [`MAX_PROXY_WINDOWS`] windows; decided before the
     /// ranges are walked, so it is the answer even if a range also runs
-    /// across a gap in an inner proxy), `KERN_INVALID_TASK`.
+    /// across a gap in an inner proxy; or the task has made
+    /// [`crate::TaskLimits::proxies`] live proxies), `KERN_INVALID_TASK`.
     pub fn memory_object_create_proxy(
         &self,
         task: TaskId,
@@ -96,7 +97,8 @@ impl Kernel {
     /// protection bits), `KERN_INVALID_ADDRESS` (nothing mapped in the
     /// range, or outside the map), `KERN_PROTECTION_FAILURE` (no entry
     /// grants any of `max_protection`), `KERN_RESOURCE_SHORTAGE` (more
-    /// entries than a proxy may have windows), `KERN_INVALID_TASK`.
+    /// entries than a proxy may have windows, or the task has made
+    /// [`crate::TaskLimits::proxies`] live proxies), `KERN_INVALID_TASK`.
     pub fn vm_region_create_proxy(
         &self,
         task: TaskId,
@@ -127,7 +129,7 @@ impl Kernel {
             if spans.is_empty() {
                 return Err(KernError::ProtectionFailure);
             }
-            if spans.len() > MAX_PROXY_WINDOWS {
+            if spans.len() > MAX_PROXY_WINDOWS || st.mo.proxies.made_by(space) >= st.mo.max_proxies {
                 return Err(KernError::ResourceShortage);
             }
             let mut windows = Vec::with_capacity(spans.len());

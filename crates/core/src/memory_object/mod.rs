@@ -74,6 +74,8 @@ pub struct MemoryObjects {
     pub stats: EmmiStats,
     /// Pages asked of a new pager per fault until it sets its own.
     pub cluster_pages: u32,
+    /// The most live proxies one task may have made.
+    pub max_proxies: usize,
 }
 
 /// The layers below, borrowed for one call.
@@ -85,8 +87,9 @@ pub struct Ctx<'a> {
 }
 
 impl MemoryObjects {
-    /// An empty layer; new pagers are asked `cluster_pages` pages per fault.
-    pub fn new(cluster_pages: u32) -> MemoryObjects {
+    /// An empty layer; new pagers are asked `cluster_pages` pages per
+    /// fault; a task may have made at most `max_proxies` live proxies.
+    pub fn new(cluster_pages: u32, max_proxies: usize) -> MemoryObjects {
         MemoryObjects {
             ports: HashMap::new(),
             port_objects: HashMap::new(),
@@ -95,6 +98,7 @@ impl MemoryObjects {
             default_pager: None,
             stats: EmmiStats::default(),
             cluster_pages,
+            max_proxies,
         }
     }
 

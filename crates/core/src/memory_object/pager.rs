@@ -251,9 +251,9 @@ impl MemoryObjects {
         let (revoke_port, revoked) = (px.revoke_port, px.revoked);
         if revoked {
             self.proxies.revoked_gone.insert(p);
-            self.proxies.proxies.remove(&p);
+            self.proxies.remove(p);
         } else if !self.ports.contains_key(&revoke_port) {
-            self.proxies.proxies.remove(&p);
+            self.proxies.remove(p);
         }
     }
 }

@@ -82,6 +82,9 @@ impl MemoryObjects {
         examined: &mut u64,
     ) -> Result<(Vec<Window<Target>>, Vec<ProxyId>)> {
         let ProxySpec { max_protection, objects, offsets, starts, lens } = *spec;
+        if self.proxies.made_by(space) >= self.max_proxies {
+            return Err(KernError::ResourceShortage);
+        }
         VmProt::from_raw(max_protection.bits())?;
         let n = objects.len();
         if n == 0 || offsets.len() != n || starts.len() != n || lens.len() != n {
@@ -133,6 +136,7 @@ impl MemoryObjects {
         let view = (version == ProxyVersion::Paging).then(|| cx.vm.object_insert(VmObject::view(next, size)));
         let p = self.proxies.insert(Proxy {
             version,
+            creator: space,
             windows,
             revoked: false,
             port,

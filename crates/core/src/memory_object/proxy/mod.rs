@@ -67,6 +67,8 @@ pub type ProxyId = u64;
 #[derive(Debug)]
 pub struct Proxy {
     pub version: ProxyVersion,
+    /// The space of the task that made it (its creations are limited).
+    pub creator: crate::ipc::SpaceId,
     /// Sorted by offset, never overlapping.
     pub windows: Vec<Window<ObjectId>>,
     /// Revoked through its revoke right (paging proxies only).
@@ -120,6 +122,8 @@ pub struct ProxyTable {
     /// any more): just their ids, so that mappings and proxies made through
     /// them before stay dead.
     pub revoked_gone: HashSet<ProxyId>,
+    /// Live proxy records by the space that made them.
+    by_creator: HashMap<crate::ipc::SpaceId, usize>,
 }
 
 impl ProxyTable {
@@ -129,12 +133,30 @@ impl ProxyTable {
     }
 
     pub fn insert(&mut self, p: Proxy) -> ProxyId {
+        *self.by_creator.entry(p.creator).or_default() += 1;
         self.next += 1;
         if let Some(v) = p.view {
             self.view_of.insert(v, self.next);
         }
         self.proxies.insert(self.next, p);
         self.next
+    }
+
+    /// Forgets a proxy's record.
+    pub fn remove(&mut self, id: ProxyId) -> Option<Proxy> {
+        let p = self.proxies.remove(&id)?;
+        if let Some(n) = self.by_creator.get_mut(&p.creator) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_creator.remove(&p.creator);
+            }
+        }
+        Some(p)
+    }
+
+    /// How many live proxy records `space` made.
+    pub fn made_by(&self, space: crate::ipc::SpaceId) -> usize {
+        self.by_creator.get(&space).copied().unwrap_or(0)
     }
 
     pub fn get(&self, id: ProxyId) -> Result<&Proxy> {
