@@ -310,3 +310,41 @@ fn a_client_over_its_limits_gets_resource_shortage_and_the_others_carry_on() {
     other.store(a, b"fine").unwrap();
     assert!(other.port_allocate().is_ok());
 }
+
+/// A task process killed mid-call (waiting in a receive) is a task that
+/// terminates: it leaves the daemon's task list and its names go.
+#[test]
+fn killing_a_task_process_mid_call_releases_what_it_held() {
+    let dir = Dir::new("daemon-kill-task");
+    let _d = daemon(&dir.socket(), &[]);
+    let probe = client(&dir.socket(), "probe");
+    let mut reader = Proc(
+        std::process::Command::new(common::daemon::machvm())
+            .arg("--socket")
+            .arg(dir.socket())
+            .args(["client", "read", "--inbox", "doomed"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the reader to register its inbox", || probe.name_lookup("doomed").is_ok());
+    assert!(tasks(&probe).iter().any(|t| t.2 == "client read"));
+    reader.kill();
+    wait_until("the reader's task to end", || !tasks(&probe).iter().any(|t| t.2 == "client read"));
+    wait_until("its name to go", || probe.name_lookup("doomed").is_err());
+}
+
+/// The daemon killed: its pagers and clients get a clean error and exit;
+/// nothing hangs.
+#[test]
+fn when_the_daemon_is_killed_pagers_and_clients_end_cleanly() {
+    let dir = Dir::new("daemon-killed");
+    let mut d = daemon(&dir.socket(), &[]);
+    let mut p = pager(&dir.socket(), &["zero", "--name", "z"], "z");
+    let c = client(&dir.socket(), "client");
+    d.kill();
+    let status = p.wait_exit(Duration::from_secs(5)).expect("the pager exits");
+    assert!(status.success(), "{status:?}");
+    assert!(matches!(c.port_allocate(), Err(ClientError::Closed | ClientError::Io(_))));
+}
