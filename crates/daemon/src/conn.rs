@@ -27,6 +27,9 @@ use std::time::Duration;
 /// How long a new connection may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Calls of one connection read and not yet made.
+pub const CALLS_QUEUED: usize = 16;
+
 fn send(w: &mut BufWriter<UnixStream>, r: &Response) -> bool {
     write_frame(w, r).is_ok() && w.flush().is_ok()
 }
@@ -104,7 +107,9 @@ pub fn serve(sh: Arc<Shared>, stream: UnixStream) {
     }
 
     // 3. The reader.
-    let (tx, rx) = mpsc::channel::<Result<Request, String>>();
+    // Bounded: a client that sends faster than its calls are made is held
+    // back by its own socket, and costs the daemon no more memory.
+    let (tx, rx) = mpsc::sync_channel::<Result<Request, String>>(CALLS_QUEUED);
     let reader_sh = sh.clone();
     let reader_stream = stream.try_clone().ok();
     let reader_thread = std::thread::spawn(move || {
