@@ -348,3 +348,32 @@ fn when_the_daemon_is_killed_pagers_and_clients_end_cleanly() {
     assert!(status.success(), "{status:?}");
     assert!(matches!(c.port_allocate(), Err(ClientError::Closed | ClientError::Io(_))));
 }
+
+/// A client may have at most 16 calls waiting for their replies; one that
+/// sends more while its first call waits breaks the protocol and is closed
+/// (the daemon holds no more of it than that), and no one else notices.
+#[test]
+fn a_client_flooding_calls_behind_a_waiting_one_is_closed() {
+    let dir = Dir::new("daemon-flood");
+    let _d = daemon(&dir.socket(), &[]);
+    let mut s = raw(&dir.socket());
+    let hello =
+        Request::Hello { version: machvm_protocol::wire::PROTOCOL_VERSION, role: Role::Pager, name: "f".into() };
+    write_frame(&mut s, &hello).unwrap();
+    assert!(matches!(answer(&mut s), Some(Response::Welcome { .. })));
+    write_frame(&mut s, &Request::Call { seq: 1, call: Call::PortAllocate }).unwrap();
+    let Some(Response::Reply { result: Ok(Reply::Name(port)), .. }) = answer(&mut s) else { panic!() };
+    // Waits for good: nothing will ever come.
+    write_frame(&mut s, &Request::Call { seq: 2, call: Call::MsgReceive { name: port, timeout_ms: None } }).unwrap();
+    for seq in 3..64 {
+        if write_frame(&mut s, &Request::Call { seq, call: Call::PortAllocate }).is_err() {
+            break;
+        }
+    }
+    match answer(&mut s) {
+        Some(Response::ProtocolError { what }) => assert!(what.contains("calls waiting"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    let good = client(&dir.socket(), "good");
+    assert!(good.vm_allocate(VmAddr(0), P, true).is_ok());
+}

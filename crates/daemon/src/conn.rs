@@ -106,23 +106,33 @@ pub fn serve(sh: Arc<Shared>, stream: UnixStream) {
         return;
     }
 
-    // 3. The reader.
-    // Bounded: a client that sends faster than its calls are made is held
-    // back by its own socket, and costs the daemon no more memory.
-    let (tx, rx) = mpsc::sync_channel::<Result<Request, String>>(CALLS_QUEUED);
+    // 3. The reader. At most CALLS_QUEUED calls wait to be made: a client
+    // that sends more before its answers come breaks the protocol (the
+    // client library makes one call at a time), so the daemon never holds
+    // more of it than that, and never stops reading (it must see the
+    // peer go).
+    let writer = Arc::new(std::sync::Mutex::new(writer));
+    let (tx, rx) = mpsc::sync_channel::<Request>(CALLS_QUEUED);
     let reader_sh = sh.clone();
     let reader_stream = stream.try_clone().ok();
+    let reader_writer = writer.clone();
     let reader_thread = std::thread::spawn(move || {
+        let refuse = |what: String| {
+            send(&mut reader_writer.lock().unwrap_or_else(|e| e.into_inner()), &Response::ProtocolError { what });
+        };
         loop {
             match read_frame::<Request>(&mut reader) {
-                Ok(Some(r)) => {
-                    if tx.send(Ok(r)).is_err() {
+                Ok(Some(r)) => match tx.try_send(r) {
+                    Ok(()) => {}
+                    Err(mpsc::TrySendError::Full(_)) => {
+                        refuse(format!("more than {CALLS_QUEUED} calls waiting for their replies"));
                         break;
                     }
-                }
+                    Err(mpsc::TrySendError::Disconnected(_)) => break,
+                },
                 Ok(None) | Err(FrameError::Io(_)) | Err(FrameError::Truncated { .. }) => break,
                 Err(e) => {
-                    let _ = tx.send(Err(what(&e)));
+                    refuse(what(&e));
                     break;
                 }
             }
@@ -137,28 +147,24 @@ pub fn serve(sh: Arc<Shared>, stream: UnixStream) {
     });
 
     let caller = Caller { conn: id, task };
+    let reply = |r: &Response| send(&mut writer.lock().unwrap_or_else(|e| e.into_inner()), r);
     for req in rx {
-        let call = match req {
-            Ok(Request::Call { seq, call }) => match call.check() {
+        let (seq, call) = match req {
+            Request::Call { seq, call } => match call.check() {
                 Ok(()) => (seq, call),
                 Err(what) => {
-                    send(&mut writer, &Response::ProtocolError { what });
+                    reply(&Response::ProtocolError { what });
                     break;
                 }
             },
-            Ok(Request::Hello { .. }) => {
-                send(&mut writer, &Response::ProtocolError { what: "a second hello".into() });
-                break;
-            }
-            Err(what) => {
-                send(&mut writer, &Response::ProtocolError { what });
+            Request::Hello { .. } => {
+                reply(&Response::ProtocolError { what: "a second hello".into() });
                 break;
             }
         };
-        let (seq, call) = call;
         tracing::debug!(conn = id, seq, call = call.name(), "call");
         let result = dispatch(&sh, caller, call);
-        if !send(&mut writer, &Response::Reply { seq, result }) {
+        if !reply(&Response::Reply { seq, result }) {
             break;
         }
     }
