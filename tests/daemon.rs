@@ -377,3 +377,42 @@ fn a_client_flooding_calls_behind_a_waiting_one_is_closed() {
     let good = client(&dir.socket(), "good");
     assert!(good.vm_allocate(VmAddr(0), P, true).is_ok());
 }
+
+/// The EMMI over the socket, scripted: a pager connection (the pager
+/// library over `machvm_client::Connection`) gets `init` and a
+/// `data_request` for a client's fault, supplies it, and a `lock_request`
+/// with a reply port gets its `lock_completed` back; a forged message
+/// from the client is dropped.
+#[test]
+fn the_emmi_travels_over_the_socket() {
+    use machvm_pagers::PagerConn;
+    use machvm_protocol::emmi::{KernelToPager, ReturnPolicy};
+    let dir = Dir::new("daemon-emmi");
+    let _d = daemon(&dir.socket(), &[]);
+    let link = Connection::connect(&dir.socket(), Role::Pager, "scripted").unwrap();
+    let mut pager = PagerConn::over(link).unwrap();
+    let obj = pager.new_object().unwrap();
+    pager.link.name_register("scripted", obj).unwrap();
+    let socket = dir.socket();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let c = client(&socket, "faulting client");
+        let o = c.name_lookup("scripted").unwrap();
+        // A forged data_request from the client: the pager drops it.
+        let forged = KernelToPager::DataRequest { offset: 0, length: P, access: VmProt::READ }.encode();
+        let _ = c.send(o, forged.0, forged.1, Vec::new());
+        let a = c.vm_map(map_anywhere(P, Some(o))).unwrap();
+        let _ = tx.send(c.load(VmAddr(a.0 + 8), 8));
+    });
+    // The kernel's default cluster: 8 pages.
+    let (object, offset, length, _) = pager.expect_request(Duration::from_secs(10)).unwrap();
+    assert_eq!((object, offset, length), (obj, 0, 8 * P));
+    let data: Vec<u8> = (0..length).map(|i| (i % 256) as u8).collect();
+    pager.supply(obj, 0, &data).unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(got, data[8..16].to_vec());
+    assert!(pager.ignored >= 1, "the forged request was dropped");
+    // A lock_request with a reply port: lock_completed comes back.
+    pager.lock_request(obj, 0, 8 * P, ReturnPolicy::All, true, VmProt::NONE).unwrap();
+    assert!(pager.link.port_allocate().is_ok());
+}
