@@ -55,7 +55,7 @@ impl MemoryObjects {
         cx.waits.mark(WaitKey::Object(object));
         match m {
             PagerToKernel::Ready { may_cache, copy_strategy } => {
-                self.count_from("ready");
+                self.count_from(object, "ready");
                 if copy_strategy == CopyStrategy::Call {
                     drop_reply(cx, reply);
                     return Err(KernError::InvalidArgument);
@@ -68,7 +68,7 @@ impl MemoryObjects {
                 Ok(())
             }
             PagerToKernel::ChangeAttributes { may_cache, copy_strategy, cluster_pages } => {
-                self.count_from("change_attributes");
+                self.count_from(object, "change_attributes");
                 if cluster_pages == 0 || cluster_pages > MAX_CLUSTER_PAGES || copy_strategy == CopyStrategy::Call {
                     drop_reply(cx, reply);
                     return Err(KernError::InvalidArgument);
@@ -82,7 +82,7 @@ impl MemoryObjects {
                 Ok(())
             }
             PagerToKernel::DataSupply { offset, data, lock, precious } => {
-                self.count_from("data_supply");
+                self.count_from(object, "data_supply");
                 let length = data.len() as u64;
                 if let Err(e) = check_range(offset, length) {
                     reply_to(
@@ -107,7 +107,7 @@ impl MemoryObjects {
                 result.map_or(Ok(()), Err)
             }
             PagerToKernel::DataUnavailable { offset, size } => {
-                self.count_from("data_unavailable");
+                self.count_from(object, "data_unavailable");
                 drop_reply(cx, reply);
                 check_range(offset, size)?;
                 for off in awaited(cx, object, offset, size) {
@@ -119,7 +119,7 @@ impl MemoryObjects {
                 Ok(())
             }
             PagerToKernel::DataError { offset, size, reason: _ } => {
-                self.count_from("data_error");
+                self.count_from(object, "data_error");
                 drop_reply(cx, reply);
                 check_range(offset, size)?;
                 for off in awaited(cx, object, offset, size) {
@@ -128,7 +128,7 @@ impl MemoryObjects {
                 Ok(())
             }
             PagerToKernel::LockRequest { offset, size, should_return, should_flush, lock } => {
-                self.count_from("lock_request");
+                self.count_from(object, "lock_request");
                 if let Err(e) = check_range(offset, size) {
                     drop_reply(cx, reply);
                     return Err(e);
@@ -138,7 +138,7 @@ impl MemoryObjects {
                 Ok(())
             }
             PagerToKernel::GetAttributes => {
-                self.count_from("get_attributes");
+                self.count_from(object, "get_attributes");
                 if reply.is_none() {
                     return Err(KernError::SendInvalidReply);
                 }
@@ -153,7 +153,7 @@ impl MemoryObjects {
                 Ok(())
             }
             PagerToKernel::Destroy { reason: _ } => {
-                self.count_from("destroy");
+                self.count_from(object, "destroy");
                 drop_reply(cx, reply);
                 // Every page goes, data included: the pager destroyed the
                 // object. Faults waiting on it, and later ones on pages

@@ -39,11 +39,26 @@ pub enum MoPort {
 }
 
 /// An external object's ports: the pager's memory object port (the kernel
-/// holds one send right) and the kernel's control port for it.
-#[derive(Clone, Copy, Debug)]
+/// holds one send right) and the kernel's control port for it; and the
+/// messages exchanged about the object, which go with the binding.
+#[derive(Clone, Debug)]
 pub struct Binding {
     pub port: PortId,
     pub control: PortId,
+    /// The object was handed to the default pager (`memory_object_create`)
+    /// rather than mapped from a pager's port.
+    pub default_pager: bool,
+    pub messages: MessageCounts,
+}
+
+/// The EMMI messages about one object, by name, in each direction (kept
+/// while it is bound: a few map entries per object, one look-up each).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageCounts {
+    /// Kernel → pager messages.
+    pub to_pager: BTreeMap<&'static str, u64>,
+    /// Pager → kernel messages.
+    pub from_pager: BTreeMap<&'static str, u64>,
 }
 
 /// Messages between the kernel and pagers, by EMMI name, and the work
@@ -107,11 +122,21 @@ impl MemoryObjects {
         self.ports.get(&port).copied()
     }
 
-    pub(crate) fn count_to(&mut self, kind: &'static str) {
+    /// Counts a kernel → pager message about `object`, in all and for the
+    /// object.
+    pub(crate) fn count_to(&mut self, object: ObjectId, kind: &'static str) {
         *self.stats.to_pagers.entry(kind).or_default() += 1;
+        if let Some(b) = self.bindings.get_mut(&object) {
+            *b.messages.to_pager.entry(kind).or_default() += 1;
+        }
     }
 
-    pub(crate) fn count_from(&mut self, kind: &'static str) {
+    /// Counts a pager → kernel message about `object`, in all and for the
+    /// object.
+    pub(crate) fn count_from(&mut self, object: ObjectId, kind: &'static str) {
         *self.stats.from_pagers.entry(kind).or_default() += 1;
+        if let Some(b) = self.bindings.get_mut(&object) {
+            *b.messages.from_pager.entry(kind).or_default() += 1;
+        }
     }
 }

@@ -31,20 +31,20 @@ impl MemoryObjects {
     /// Sends a kernel → pager message on `object`'s memory object port;
     /// `false` if it could not be delivered (the pager is then dead).
     fn send_to_pager(&mut self, cx: &mut Ctx<'_>, object: ObjectId, m: KernelToPager, kind: &'static str) -> bool {
-        let Some(b) = self.bindings.get(&object).copied() else {
+        let Some((port, control)) = self.bindings.get(&object).map(|b| (b.port, b.control)) else {
             return false;
         };
         let (id, data) = m.encode();
         // `terminate` carries the control port, as in Mach: a pager acts
         // only on a terminate naming the control right it already holds.
         let rights = if m == KernelToPager::Terminate {
-            cx.ipc.kernel_make_send(b.control);
-            vec![(b.control, RightKind::Send)]
+            cx.ipc.kernel_make_send(control);
+            vec![(control, RightKind::Send)]
         } else {
             Vec::new()
         };
-        let msg = KMessage::from_kernel(b.port, id, data, rights);
-        self.count_to(kind);
+        let msg = KMessage::from_kernel(port, id, data, rights);
+        self.count_to(object, kind);
         if cx.ipc.kernel_send(msg).is_err() {
             pager_died(cx, object);
             return false;
@@ -99,12 +99,12 @@ impl MemoryObjects {
         cx.ipc.kernel_make_send(port); // the kernel's reference
         let control = self.control_port(cx, object);
         cx.ipc.kernel_make_send(control); // the pager's
-        self.bindings.insert(object, Binding { port, control });
+        self.bindings.insert(object, Binding { port, control, default_pager: true, messages: Default::default() });
         self.port_objects.insert(port, object);
         let (id, data) = KernelToPager::Create { size }.encode();
         let rights = vec![(port, RightKind::Receive), (control, RightKind::Send)];
         let msg = KMessage::from_kernel(dp, id, data, rights);
-        self.count_to("create");
+        self.count_to(object, "create");
         if cx.ipc.kernel_send(msg).is_err() {
             pager_died(cx, object);
         }
@@ -129,11 +129,11 @@ impl MemoryObjects {
         let control = self.control_port(cx, object);
         cx.ipc.kernel_make_send(control); // travels in init
         cx.ipc.kernel_copy_send(port); // the kernel's reference
-        self.bindings.insert(object, Binding { port, control });
+        self.bindings.insert(object, Binding { port, control, default_pager: false, messages: Default::default() });
         self.port_objects.insert(port, object);
         let (id, data) = KernelToPager::Init { page_size: PAGE_SIZE }.encode();
         let msg = KMessage::from_kernel(port, id, data, vec![(control, RightKind::Send)]);
-        self.count_to("init");
+        self.count_to(object, "init");
         if cx.ipc.kernel_send(msg).is_err() {
             pager_died(cx, object);
         }

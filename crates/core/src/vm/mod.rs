@@ -247,7 +247,9 @@ impl Vm {
     /// pageout candidate.
     pub fn page_insert(&mut self, object: ObjectId, offset: u64, page: Page) {
         let resident = page.frame.is_some();
-        self.object_mut(object).pages.insert(offset, page);
+        let o = self.object_mut(object);
+        let old = o.pages.insert(offset, page);
+        o.resident = o.resident + usize::from(resident) - usize::from(old.is_some_and(|p| p.frame.is_some()));
         if resident {
             self.queue.push_back((object, offset));
             if self.queue.len() > 4 * (self.resident + 64) {
@@ -285,6 +287,7 @@ impl Vm {
             return;
         };
         let Some(frame) = page.frame else { return };
+        self.object_mut(object).resident -= 1;
         self.machine.page_protect(frame, VmProt::NONE);
         if give_back {
             let dirty = self.page_is_dirty(&page);

@@ -85,6 +85,10 @@ pub struct VmObject {
     pub size: u64,
     /// Resident pages by offset.
     pub pages: BTreeMap<u64, Page>,
+    /// How many of `pages` hold a frame (kept by `Vm::page_insert` and
+    /// `Vm::page_evict`, the only ways a page with a frame comes or goes):
+    /// see [`VmObject::resident`].
+    pub(super) resident: usize,
     /// The object behind this one (copy-on-write), and the offset into it.
     pub shadow: Option<(ObjectId, u64)>,
     /// The newest copy object made of this one.
@@ -114,6 +118,7 @@ impl VmObject {
         VmObject {
             size,
             pages: BTreeMap::new(),
+            resident: 0,
             shadow: None,
             copy: None,
             provider: Provider::None,
@@ -143,6 +148,12 @@ impl VmObject {
     /// A paging proxy's view object.
     pub fn view(proxy: u64, size: u64) -> VmObject {
         VmObject { provider: Provider::View(proxy), temporary: false, ..VmObject::temporary(size) }
+    }
+
+    /// Pages holding data now (placeholders for pages asked of the pager
+    /// and failed pages are not counted), in O(1).
+    pub fn resident(&self) -> usize {
+        self.resident
     }
 
     /// Must a fault ask the provider for the page at `offset`?
