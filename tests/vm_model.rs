@@ -18,8 +18,8 @@
 //!
 //! After every step the model's prediction of the call's result (value or
 //! Mach error) must match, and every live task's `vm_region` layout must
-//! match the model page for page. At the end every readable page of every
-//! task is read in full and compared.
+//! match the model page for page (and `vm_map_info`'s must match it). At
+//! the end every readable page of every task is read in full and compared.
 //!
 //! The same sequences run a second time with six resident pages and a
 //! default pager, so that anonymous pages, copies and pager-object pages
@@ -327,6 +327,19 @@ fn kernel_layout(k: &Kernel, t: TaskId) -> BTreeMap<u64, (VmProt, VmProt, VmInhe
             }
         }
     }
+}
+
+/// The same attributes from `vm_map_info`, which must agree with
+/// `vm_region`'s.
+fn map_info_layout(k: &Kernel, t: TaskId) -> BTreeMap<u64, (VmProt, VmProt, VmInherit)> {
+    let mut out = BTreeMap::new();
+    for e in k.vm_map_info(t).unwrap() {
+        assert!(e.start < e.end && e.start.is_page_aligned() && e.end.is_page_aligned(), "{e:?}");
+        for p in (e.start.0..e.end.0).step_by(P as usize) {
+            assert!(out.insert(p, (e.cur, e.max, e.inherit)).is_none(), "entries overlap at {p:#x}");
+        }
+    }
+    out
 }
 
 fn model_layout(m: &Model, t: usize) -> BTreeMap<u64, (VmProt, VmProt, VmInherit)> {
@@ -652,7 +665,9 @@ fn step(s: &Sut, m: &mut Model, op: &Op, value: u64) {
         }
     }
     for (i, t) in m.tasks.iter().enumerate().filter(|(_, t)| t.alive) {
-        assert_eq!(kernel_layout(k, t.id), model_layout(m, i), "after {what}: layout of task {}", t.id.number());
+        let layout = kernel_layout(k, t.id);
+        assert_eq!(layout, model_layout(m, i), "after {what}: layout of task {}", t.id.number());
+        assert_eq!(map_info_layout(k, t.id), layout, "after {what}: vm_map_info of task {}", t.id.number());
     }
     written.sort_unstable();
     written.dedup();

@@ -8,7 +8,8 @@
 //! - [`memory_object`]: the external pager protocol (EMMI) and proxy memory
 //!   objects ([`memory_object::proxy`]).
 //! - [`pmap`]: the contract with the MMU, and the software MMU.
-//! - [`kernel`]: the calls tasks and pagers make, under one lock.
+//! - [`kernel`]: the calls tasks and pagers make, under one lock, and
+//!   introspection ([`kernel::inspect`]).
 //!
 //! The core does no I/O and wraps no OS calls: what it takes from `std`
 //! is concurrency (locks and wait queues, all in [`sync`]) and the clock
@@ -25,6 +26,9 @@ pub use machvm_protocol::types;
 pub mod vm;
 pub mod wait;
 
-pub use kernel::{Kernel, KernelConfig, KernelStats, MapRequest, RegionInfo, TaskId, TaskInfo, TaskLimits};
+pub use kernel::{
+    EntryInfo, Kernel, KernelConfig, KernelStats, MapRequest, ObjectInfo, ObjectKind, PagerInfo, ProxyRecord,
+    RegionInfo, TaskId, TaskInfo, TaskLimits,
+};
 pub use memory_object::proxy::{ProxyInfo, ProxyRights, ProxyVersion};
 pub use types::{KernError, Result, VmAddr, VmInherit, VmOffset, VmProt, PAGE_SIZE};

@@ -23,10 +23,12 @@
 
 pub(crate) mod access;
 pub(crate) mod calls;
+pub mod inspect;
 mod ipc_calls;
 mod proxy_calls;
 
 pub use calls::{MapRequest, RegionInfo, TaskInfo};
+pub use inspect::{EntryInfo, ObjectInfo, ObjectKind, PagerInfo, ProxyRecord};
 
 use crate::ipc::{Disposition, Ipc, PortId, PortName, SpaceId};
 use crate::memory_object::proxy::ProxyVersion;

@@ -259,8 +259,13 @@ impl ProxyTable {
 
     /// Introspection.
     pub fn info(&self, id: ProxyId) -> Result<ProxyInfo> {
-        let p = self.get(id)?;
-        Ok(ProxyInfo {
+        Ok(self.info_of(self.get(id)?, self.chain_revoked(id)))
+    }
+
+    /// What `p` grants, its revocation (see [`ProxyInfo::revoked`]) found
+    /// by the caller: O(windows).
+    pub fn info_of(&self, p: &Proxy, revoked: bool) -> ProxyInfo {
+        ProxyInfo {
             version: p.version,
             protection: p.windows.iter().fold(VmProt::NONE, |a, w| a | w.prot),
             windows: p
@@ -274,8 +279,34 @@ impl ProxyTable {
                     target_is_proxy: self.view_of.contains_key(&w.target),
                 })
                 .collect(),
-            revoked: self.chain_revoked(id),
-        })
+            revoked,
+        }
+    }
+
+    /// [`ProxyTable::chain_revoked`] of every proxy at once, in id order.
+    /// A proxy reaches only proxies older than itself (its windows and
+    /// `via` name proxies that existed when it was made), so in id order
+    /// each inner proxy's answer is known before it is needed: each proxy's
+    /// windows and `via` are looked at once, O(proxies · log proxies +
+    /// windows), where asking each proxy alone would walk shared inner
+    /// proxies again for every outer one.
+    pub fn chains_revoked(&self) -> Vec<(ProxyId, bool)> {
+        let mut ids: Vec<ProxyId> = self.proxies.keys().copied().collect();
+        ids.sort_unstable();
+        let mut known: HashMap<ProxyId, bool> = HashMap::with_capacity(ids.len());
+        for &id in &ids {
+            let px = &self.proxies[&id];
+            let inner = px.windows.iter().filter_map(|w| self.view_of.get(&w.target).copied());
+            let revoked = self.is_revoked(id)
+                || inner.chain(px.via.iter().copied()).any(|p| match known.get(&p) {
+                    Some(&r) => r,
+                    // Not older than `id` (no path makes one such, but
+                    // the answer must not depend on it), or gone.
+                    None => self.chain_revoked(p),
+                });
+            known.insert(id, revoked);
+        }
+        ids.into_iter().map(|id| (id, known[&id])).collect()
     }
 }
 
