@@ -48,6 +48,7 @@
 
 #![warn(missing_docs)]
 
+use crate::emmi::CopyStrategy;
 use crate::ipc::{Disposition, PortName, RightKind};
 use crate::types::{KernError, VmAddr, VmInherit, VmOffset, VmProt};
 use serde::{Deserialize, Serialize};
@@ -456,14 +457,17 @@ pub enum ProxyVersion {
     Paging,
 }
 
-/// What the daemon's introspection reports on.
+/// What the daemon's introspection reports on. Any connection may ask
+/// about any task; a listing too large for one frame is
+/// `KERN_RESOURCE_SHORTAGE`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum InspectWhat {
     /// Every task → [`Reply::Tasks`].
     Tasks,
     /// One task's address space → [`Reply::VmMap`].
     VmMap {
-        /// The task's number.
+        /// The task's number (as in [`TaskRow::task`]): a connected one,
+        /// else `KERN_INVALID_TASK`.
         task: u32,
     },
     /// Every VM object → [`Reply::Objects`].
@@ -632,8 +636,24 @@ pub struct EntryRow {
     pub object: Option<u64>,
     /// Offset in the object.
     pub offset: VmOffset,
-    /// The paging proxies the memory is reached through.
+    /// The paging proxies the memory is reached through (as in
+    /// [`ProxyRow::proxy`]): revoking any of them cuts the entry.
     pub via: Vec<u64>,
+    /// Others may map the same memory (Mach's `is_shared`).
+    pub shared: bool,
+    /// The object is shared copy-on-write: the first write makes a shadow.
+    pub needs_copy: bool,
+}
+
+/// What a VM object is.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    /// Served by a pager over the EMMI.
+    External,
+    /// Anonymous memory (served by the default pager once paged out).
+    Temporary,
+    /// A paging proxy's view (the kernel is its pager; no pages of its own).
+    View,
 }
 
 /// Introspection: one VM object.
@@ -641,15 +661,52 @@ pub struct EntryRow {
 pub struct ObjectRow {
     /// The object's number.
     pub object: u64,
-    /// Who pages it (the pager's name from its hello, or the kernel's),
-    /// `None` for anonymous memory with no default pager.
+    /// What it is.
+    pub kind: ObjectKind,
+    /// Who pages it, for a person: the task holding the memory object
+    /// port's receive right and the name from its hello, or the kernel (a
+    /// view's proxy); `None` for anonymous memory no pager has, or a pager
+    /// that is gone.
     pub pager: Option<String>,
+    /// The pager's task number (as in [`TaskRow::task`]), if its port has
+    /// a receiver.
+    pub pager_task: Option<u32>,
+    /// The pager's side of the object, for an object a pager was given.
+    pub pager_state: Option<PagerState>,
     /// Pages resident.
     pub resident: u64,
-    /// Size in bytes.
+    /// Size in bytes (an external object's is the whole offset space).
     pub size: u64,
-    /// EMMI messages exchanged about it, by name.
-    pub messages: Vec<(String, u64)>,
+    /// References (map entries, shadows, proxies); 0: only the object
+    /// cache keeps it.
+    pub refs: u32,
+    /// The object behind it (copy-on-write) and the offset into that.
+    pub shadow: Option<(u64, u64)>,
+    /// The newest copy object made of it.
+    pub copy: Option<u64>,
+    /// The paging proxy a view belongs to (as in [`ProxyRow::proxy`]).
+    pub proxy: Option<u64>,
+    /// Kernel → pager EMMI messages about it, by name.
+    pub sent: Vec<(String, u64)>,
+    /// Pager → kernel EMMI messages about it, by name.
+    pub received: Vec<(String, u64)>,
+}
+
+/// Introspection: what the kernel knows of an object's pager.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PagerState {
+    /// The object was handed to the default pager (`memory_object_create`).
+    pub default_pager: bool,
+    /// The pager said `ready`.
+    pub ready: bool,
+    /// The pager's port died, or the pager destroyed the object.
+    pub dead: bool,
+    /// The object may outlive its last reference (the object cache).
+    pub may_cache: bool,
+    /// How copies of it are made.
+    pub copy_strategy: CopyStrategy,
+    /// Pages asked of the pager at once on a fault.
+    pub cluster_pages: u32,
 }
 
 /// Introspection: one proxy.
@@ -665,6 +722,18 @@ pub struct ProxyRow {
     pub protection: VmProt,
     /// It, or a paging proxy it reaches, was revoked.
     pub revoked: bool,
+    /// The VM object behind each window, in the order of `windows` (as in
+    /// [`ObjectRow::object`]; an inner paging proxy's view for a window
+    /// over that proxy).
+    pub targets: Vec<u64>,
+    /// A paging proxy's view object (what mapping it maps).
+    pub view: Option<u64>,
+    /// Nobody holds a send right to it any more: it lives on for the
+    /// mappings made through it, or for its revoke right.
+    pub port_dead: bool,
+    /// Paging proxies its memory is reached through although no window
+    /// targets their view (a proxy of memory mapped through them).
+    pub via: Vec<u64>,
 }
 
 impl Request {

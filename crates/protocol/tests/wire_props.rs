@@ -64,6 +64,15 @@ fn proxy_version() -> impl Strategy<Value = ProxyVersion> {
     prop_oneof![Just(ProxyVersion::Mapping), Just(ProxyVersion::Paging)]
 }
 
+fn object_kind() -> impl Strategy<Value = ObjectKind> {
+    prop_oneof![Just(ObjectKind::External), Just(ObjectKind::Temporary), Just(ObjectKind::View)]
+}
+
+fn copy_strategy() -> impl Strategy<Value = machvm_protocol::emmi::CopyStrategy> {
+    use machvm_protocol::emmi::CopyStrategy;
+    prop_oneof![Just(CopyStrategy::None), Just(CopyStrategy::Call), Just(CopyStrategy::Delay)]
+}
+
 fn notify_kind() -> impl Strategy<Value = NotifyKind> {
     prop_oneof![Just(NotifyKind::NoSenders), Just(NotifyKind::DeadName)]
 }
@@ -235,8 +244,19 @@ fn reply() -> impl Strategy<Value = Reply> {
         .prop_map(|(version, protection, windows, revoked)| ProxyInfoWire { version, protection, windows, revoked });
     let task = (any::<u32>(), option::of(any::<u32>()), option::of(any::<u32>()), text(), u(), u())
         .prop_map(|(task, pid, uid, name, entries, resident)| TaskRow { task, pid, uid, name, entries, resident });
-    let entry = (addr(), addr(), prot(), prot(), inherit(), option::of(u()), offset(), vec(u(), 0..3)).prop_map(
-        |(start, end, cur, max, inherit, object, offset, via)| EntryRow {
+    let entry = (
+        addr(),
+        addr(),
+        prot(),
+        prot(),
+        inherit(),
+        option::of(u()),
+        offset(),
+        vec(u(), 0..3),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(start, end, cur, max, inherit, object, offset, via, shared, needs_copy)| EntryRow {
             start,
             end,
             cur,
@@ -245,13 +265,52 @@ fn reply() -> impl Strategy<Value = Reply> {
             object,
             offset,
             via,
-        },
-    );
-    let object = (u(), option::of(text()), u(), u(), counters())
-        .prop_map(|(object, pager, resident, size, messages)| ObjectRow { object, pager, resident, size, messages });
-    let proxy = (u(), proxy_version(), vec(window(), 0..3), prot(), any::<bool>()).prop_map(
-        |(proxy, version, windows, protection, revoked)| ProxyRow { proxy, version, windows, protection, revoked },
-    );
+            shared,
+            needs_copy,
+        });
+    let pager_state = (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), copy_strategy(), any::<u32>())
+        .prop_map(|(default_pager, ready, dead, may_cache, copy_strategy, cluster_pages)| PagerState {
+            default_pager,
+            ready,
+            dead,
+            may_cache,
+            copy_strategy,
+            cluster_pages,
+        });
+    let object = (
+        (u(), object_kind(), option::of(text()), option::of(any::<u32>()), option::of(pager_state)),
+        (u(), u(), any::<u32>(), option::of((u(), u())), option::of(u()), option::of(u())),
+        (counters(), counters()),
+    )
+        .prop_map(
+            |(
+                (object, kind, pager, pager_task, pager_state),
+                (resident, size, refs, shadow, copy, proxy),
+                (sent, received),
+            )| ObjectRow {
+                object,
+                kind,
+                pager,
+                pager_task,
+                pager_state,
+                resident,
+                size,
+                refs,
+                shadow,
+                copy,
+                proxy,
+                sent,
+                received,
+            },
+        );
+    let proxy =
+        (
+            (u(), proxy_version(), vec(window(), 0..3), prot(), any::<bool>()),
+            (vec(u(), 0..3), option::of(u()), any::<bool>(), vec(u(), 0..3)),
+        )
+            .prop_map(|((proxy, version, windows, protection, revoked), (targets, view, port_dead, via))| {
+                ProxyRow { proxy, version, windows, protection, revoked, targets, view, port_dead, via }
+            });
     prop_oneof![
         Just(Reply::Unit),
         addr().prop_map(Reply::Addr),
