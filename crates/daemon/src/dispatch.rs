@@ -1,17 +1,23 @@
 //! One call of a connection's task, from the wire to the kernel and back.
 //!
-//! Every call acts on the connection's own task: the wire names no task,
-//! so a connection can reach only itself and what its rights reach. The
+//! Every call acts on the connection's own task: the wire names no task
+//! (but introspection, which only reads), so a connection can reach only
+//! itself and what its rights reach. The
 //! kernel checks the arguments (and answers with the Mach error a local
 //! caller would get); this file only converts.
 
 use crate::Shared;
 use machvm_core::ipc::{NotifyKind, UserMessage};
-use machvm_core::{KernError, MapRequest, ProxyVersion, Result, TaskId};
+use machvm_core::{
+    EntryInfo, KernError, MapRequest, ObjectInfo, ObjectKind, ProxyRecord, ProxyVersion, Result, TaskId,
+};
+use machvm_protocol::frame::{encode_frame, FrameError};
 use machvm_protocol::ipc::Disposition;
 use machvm_protocol::wire::{
-    self, Call, InspectWhat, MessageWire, NameInfoWire, ProxyInfoWire, RegionWire, Reply, TaskRow, WindowWire,
+    self, Call, EntryRow, InspectWhat, MessageWire, NameInfoWire, ObjectRow, PagerState, ProxyInfoWire, ProxyRow,
+    RegionWire, Reply, Response, TaskRow, WindowWire,
 };
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// The task a connection is, and its number among the daemon's
@@ -174,6 +180,10 @@ fn unit(r: Result<()>) -> Result<Reply> {
     r.map(|()| Reply::Unit)
 }
 
+/// The daemon's introspection: every connection may look at every task,
+/// object and proxy (it changes nothing). A task in `VmMap` is the number
+/// of a live connection's task (`KERN_INVALID_TASK` otherwise); a listing
+/// too large for one frame is `KERN_RESOURCE_SHORTAGE`.
 fn inspect(sh: &Shared, what: InspectWhat) -> Result<Reply> {
     match what {
         InspectWhat::Tasks => {
@@ -211,8 +221,125 @@ fn inspect(sh: &Shared, what: InspectWhat) -> Result<Reply> {
             rows.extend(s.from_pagers.iter().map(|(k, v)| (format!("received {k}"), *v)));
             Ok(Reply::Stats(rows))
         }
-        // Not served yet.
-        InspectWhat::VmMap { .. } | InspectWhat::Objects | InspectWhat::Proxies => Err(KernError::NotSupported),
+        InspectWhat::VmMap { task } => {
+            let task = sh.connections().into_iter().find(|c| c.task.number() == task).ok_or(KernError::InvalidTask)?;
+            let rows = sh.kernel.vm_map_info(task.task)?.into_iter().map(entry_row).collect();
+            fits(Reply::VmMap(rows))
+        }
+        InspectWhat::Objects => {
+            let names: HashMap<u32, String> = sh.connections().into_iter().map(|c| (c.task.number(), c.name)).collect();
+            let rows = sh.kernel.objects_info().into_iter().map(|o| object_row(sh, &names, o)).collect();
+            fits(Reply::Objects(rows))
+        }
+        InspectWhat::Proxies => fits(Reply::Proxies(sh.kernel.proxies_info().into_iter().map(proxy_row).collect())),
+    }
+}
+
+/// `reply` if its frame fits [`MAX_FRAME`](machvm_protocol::frame::MAX_FRAME)
+/// (with the largest `seq`);
+/// `KERN_RESOURCE_SHORTAGE` rather than a reply the connection could not
+/// carry. Costs one encoding of the reply.
+fn fits(reply: Reply) -> Result<Reply> {
+    let response = Response::Reply { seq: u64::MAX, result: Ok(reply) };
+    let fits = !matches!(encode_frame(&response), Err(FrameError::Oversized { .. }));
+    match response {
+        Response::Reply { result: Ok(reply), .. } if fits => Ok(reply),
+        _ => Err(KernError::ResourceShortage),
+    }
+}
+
+fn entry_row(e: EntryInfo) -> EntryRow {
+    EntryRow {
+        start: e.start,
+        end: e.end,
+        cur: e.cur,
+        max: e.max,
+        inherit: e.inherit,
+        object: e.object,
+        offset: e.offset,
+        via: e.via,
+        shared: e.shared,
+        needs_copy: e.needs_copy,
+    }
+}
+
+/// Who pages an object, for a person: a connection's task and name, the
+/// daemon itself, the default pager, or the kernel for a proxy's view.
+fn pager_label(sh: &Shared, names: &HashMap<u32, String>, o: &ObjectInfo) -> Option<String> {
+    if let Some(p) = o.proxy {
+        return Some(format!("kernel (proxy {p})"));
+    }
+    let pager = o.pager.as_ref()?;
+    let task = pager.task?;
+    let n = task.number();
+    Some(match names.get(&n) {
+        Some(name) => format!("task {n} ({name})"),
+        None if task == sh.own => format!("task {n} (machvmd)"),
+        None if pager.default_pager => format!("task {n} (default pager)"),
+        None => format!("task {n}"),
+    })
+}
+
+fn counts(m: &std::collections::BTreeMap<&'static str, u64>) -> Vec<(String, u64)> {
+    m.iter().map(|(k, v)| ((*k).to_string(), *v)).collect()
+}
+
+fn object_row(sh: &Shared, names: &HashMap<u32, String>, o: ObjectInfo) -> ObjectRow {
+    let pager = pager_label(sh, names, &o);
+    let p = o.pager.as_ref();
+    ObjectRow {
+        object: o.id,
+        kind: match o.kind {
+            ObjectKind::External => wire::ObjectKind::External,
+            ObjectKind::Temporary => wire::ObjectKind::Temporary,
+            ObjectKind::View => wire::ObjectKind::View,
+        },
+        pager,
+        pager_task: p.and_then(|p| p.task).map(|t| t.number()),
+        pager_state: p.map(|p| PagerState {
+            default_pager: p.default_pager,
+            ready: p.ready,
+            dead: p.dead,
+            may_cache: p.may_cache,
+            copy_strategy: p.copy_strategy,
+            cluster_pages: p.cluster_pages,
+        }),
+        resident: o.resident as u64,
+        size: o.size,
+        refs: o.refs,
+        shadow: o.shadow,
+        copy: o.copy,
+        proxy: o.proxy,
+        sent: p.map_or_else(Vec::new, |p| counts(&p.messages.to_pager)),
+        received: p.map_or_else(Vec::new, |p| counts(&p.messages.from_pager)),
+    }
+}
+
+fn proxy_row(p: ProxyRecord) -> ProxyRow {
+    ProxyRow {
+        proxy: p.id,
+        version: match p.info.version {
+            ProxyVersion::Mapping => wire::ProxyVersion::Mapping,
+            ProxyVersion::Paging => wire::ProxyVersion::Paging,
+        },
+        windows: p
+            .info
+            .windows
+            .iter()
+            .map(|w| WindowWire {
+                offset: w.offset,
+                len: w.len,
+                start: w.start,
+                prot: w.prot,
+                target_is_proxy: w.target_is_proxy,
+            })
+            .collect(),
+        protection: p.info.protection,
+        revoked: p.info.revoked,
+        targets: p.targets,
+        view: p.view,
+        port_dead: p.port_dead,
+        via: p.via,
     }
 }
 
