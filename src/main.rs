@@ -5,8 +5,9 @@
 //!   memory pressure, with a report.
 //! - `machvm bench`: the benchmarks, written to `BENCHMARKS.md`.
 //! - `machvm daemon` (as `machvmd`), `machvm pager zero|file|swap`,
-//!   `machvm ps`, `machvm stats`: the kernel as a service, pager programs,
-//!   and inspection of a live daemon.
+//!   `machvm ps`, `machvm vmmap TASK`, `machvm objects`, `machvm proxies`,
+//!   `machvm stats`: the kernel as a service, pager programs, and
+//!   inspection of a live daemon.
 //!
 //! Each exits non-zero if the system did not behave as it must.
 #![deny(unsafe_code)]
@@ -89,6 +90,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A task's map entries: range, protections, inheritance, object,
+    /// the proxies reached through.
+    Vmmap {
+        /// The task's number (as `machvm ps` shows it).
+        task: u32,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The VM objects: kind, resident pages, pager, messages by kind.
+    Objects {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The proxies: version, protection, windows, revocation.
+    Proxies {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// The daemon kernel's counters.
     Stats {
         /// Machine-readable output.
@@ -113,6 +135,9 @@ fn main() -> ExitCode {
         Command::Pager { kind } => remote::pager(cli.socket.as_deref(), kind),
         Command::Client { kind } => remote::client(cli.socket.as_deref(), kind),
         Command::Ps { json } => remote::ps(cli.socket.as_deref(), json),
+        Command::Vmmap { task, json } => remote::vmmap(cli.socket.as_deref(), task, json),
+        Command::Objects { json } => remote::objects(cli.socket.as_deref(), json),
+        Command::Proxies { json } => remote::proxies(cli.socket.as_deref(), json),
         Command::Stats { json } => remote::stats(cli.socket.as_deref(), json),
     };
     match result {

@@ -1,11 +1,15 @@
 //! The `machvm` subcommands that talk to a running `machvmd`: pager
 //! programs (each its own process, serving objects it registers in the
-//! daemon's name table) and inspection.
+//! daemon's name table) and inspection (`ps`, `vmmap`, `objects`,
+//! `proxies`, `stats`): aligned tables for people, `--json` for scripts,
+//! where protections are `rwx` strings and numbers are plain numbers.
 
 use machvm_client::{socket_path, Connection};
 use machvm_pagers::{serve, Backing, FileBacking, MemBacking, PagerConn, PagerStats, SwapBacking};
+use machvm_protocol::emmi::CopyStrategy;
 use machvm_protocol::ipc::PortName;
-use machvm_protocol::wire::{InspectWhat, Reply, Role};
+use machvm_protocol::wire::{EntryRow, InspectWhat, ObjectKind, ObjectRow, ProxyRow, ProxyVersion, Reply, Role};
+use machvm_protocol::{VmInherit, VmProt};
 use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -245,4 +249,357 @@ pub fn client(socket: Option<&Path>, kind: ClientKind) -> Result<bool, Box<dyn E
             Ok(true)
         }
     }
+}
+
+/// One inspection call on a connection of its own.
+fn inspect(socket: Option<&Path>, what: InspectWhat, label: &str) -> Result<Reply, Box<dyn Error>> {
+    let conn = Connection::connect(&socket_path(socket), Role::Task { child_token: None }, label)?;
+    Ok(conn.inspect(what)?)
+}
+
+/// `rwx`, with `-` for what is not allowed.
+fn rwx(p: VmProt) -> String {
+    [(VmProt::READ, 'r'), (VmProt::WRITE, 'w'), (VmProt::EXECUTE, 'x')]
+        .iter()
+        .map(|&(f, c)| if p.contains(f) { c } else { '-' })
+        .collect()
+}
+
+fn inherit_str(i: VmInherit) -> &'static str {
+    match i {
+        VmInherit::Share => "share",
+        VmInherit::Copy => "copy",
+        VmInherit::None => "none",
+    }
+}
+
+/// A byte count for a person (`16K`, `1.5M`); `-` for the whole offset
+/// space (an external object's size).
+fn size_str(bytes: u64) -> String {
+    if bytes >= 1 << 63 {
+        return "-".into();
+    }
+    for (unit, name) in [(1u64 << 50, "P"), (1 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")] {
+        if bytes >= unit {
+            return if bytes % unit == 0 {
+                format!("{}{name}", bytes / unit)
+            } else {
+                format!("{:.1}{name}", bytes as f64 / unit as f64)
+            };
+        }
+    }
+    bytes.to_string()
+}
+
+/// A list of numbers, `-` if empty.
+fn list(v: &[u64]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn or_dash<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// How a column's cells line up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// Prints `rows` under `headers`, two spaces apart, each column as wide as
+/// its widest cell (the last one unpadded), so that every field starts (or,
+/// right-aligned, ends) where its header does whatever the values.
+fn print_table(headers: &[(&str, Align)], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|(h, _)| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.enumerate() {
+            let (w, last) = (widths[i], i + 1 == headers.len());
+            if i > 0 {
+                out.push_str("  ");
+            }
+            match headers[i].1 {
+                Align::Right => out.push_str(&format!("{cell:>w$}")),
+                Align::Left if last => out.push_str(cell),
+                Align::Left => out.push_str(&format!("{cell:<w$}")),
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(&mut headers.iter().map(|(h, _)| *h));
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+}
+
+/// `machvm vmmap TASK`: a task's map entries.
+pub fn vmmap(socket: Option<&Path>, task: u32, json: bool) -> Result<bool, Box<dyn Error>> {
+    let Reply::VmMap(rows) = inspect(socket, InspectWhat::VmMap { task }, "machvm vmmap")? else {
+        return Err("unexpected reply".into());
+    };
+    if json {
+        let v: Vec<serde_json::Value> = rows.iter().map(entry_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(true);
+    }
+    use Align::{Left, Right};
+    let headers = [
+        ("START", Left),
+        ("END", Left),
+        ("SIZE", Right),
+        ("CUR/MAX", Left),
+        ("INHERIT", Left),
+        ("OBJECT", Right),
+        ("OFFSET", Right),
+        ("FLAGS", Left),
+        ("VIA", Left),
+    ];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let flags: Vec<&str> = [(r.shared, "shared"), (r.needs_copy, "cow")]
+                .into_iter()
+                .filter_map(|(on, name)| on.then_some(name))
+                .collect();
+            vec![
+                format!("{:#014x}", r.start.0),
+                format!("{:#014x}", r.end.0),
+                size_str(r.end.0.saturating_sub(r.start.0)),
+                format!("{}/{}", rwx(r.cur), rwx(r.max)),
+                inherit_str(r.inherit).to_string(),
+                or_dash(r.object),
+                format!("{:#x}", r.offset.0),
+                if flags.is_empty() { "-".to_string() } else { flags.join(",") },
+                list(&r.via),
+            ]
+        })
+        .collect();
+    print_table(&headers, &cells);
+    Ok(true)
+}
+
+fn entry_json(r: &EntryRow) -> serde_json::Value {
+    serde_json::json!({
+        "start": r.start.0, "end": r.end.0, "size": r.end.0.saturating_sub(r.start.0),
+        "cur": rwx(r.cur), "max": rwx(r.max), "inherit": inherit_str(r.inherit),
+        "object": r.object, "offset": r.offset.0, "via": r.via,
+        "shared": r.shared, "needs_copy": r.needs_copy,
+    })
+}
+
+fn kind_str(k: ObjectKind) -> &'static str {
+    match k {
+        ObjectKind::External => "external",
+        ObjectKind::Temporary => "temporary",
+        ObjectKind::View => "view",
+    }
+}
+
+fn copy_str(c: CopyStrategy) -> &'static str {
+    match c {
+        CopyStrategy::None => "none",
+        CopyStrategy::Call => "call",
+        CopyStrategy::Delay => "delay",
+    }
+}
+
+/// What an object's row says of its state: the pager's (`ready`,
+/// `waiting` for its `ready`, or `dead`; the copy strategy; `may_cache`;
+/// `default` for the default pager's), then `cached` (no reference), its
+/// shadow and its copy.
+fn object_state(r: &ObjectRow) -> String {
+    let mut parts = Vec::new();
+    if let Some(p) = &r.pager_state {
+        parts.push(
+            if p.dead {
+                "dead"
+            } else if p.ready {
+                "ready"
+            } else {
+                "waiting"
+            }
+            .to_string(),
+        );
+        parts.push(copy_str(p.copy_strategy).to_string());
+        if p.may_cache {
+            parts.push("may_cache".into());
+        }
+        if p.default_pager {
+            parts.push("default".into());
+        }
+    }
+    if r.refs == 0 {
+        parts.push("cached".into());
+    }
+    if let Some((s, off)) = r.shadow {
+        parts.push(format!("shadow={s}@{off:#x}"));
+    }
+    if let Some(c) = r.copy {
+        parts.push(format!("copy={c}"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+fn pairs(v: &[(String, u64)]) -> String {
+    v.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(" ")
+}
+
+/// `machvm objects`: the VM objects.
+pub fn objects(socket: Option<&Path>, json: bool) -> Result<bool, Box<dyn Error>> {
+    let Reply::Objects(rows) = inspect(socket, InspectWhat::Objects, "machvm objects")? else {
+        return Err("unexpected reply".into());
+    };
+    if json {
+        let v: Vec<serde_json::Value> = rows.iter().map(object_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(true);
+    }
+    use Align::{Left, Right};
+    let headers = [
+        ("OBJECT", Right),
+        ("KIND", Left),
+        ("SIZE", Right),
+        ("RESIDENT", Right),
+        ("REFS", Right),
+        ("PAGER", Left),
+        ("STATE", Left),
+        ("MESSAGES (SENT / RECEIVED)", Left),
+    ];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let messages = match (r.sent.is_empty(), r.received.is_empty()) {
+                (true, true) => "-".to_string(),
+                _ => format!("{} / {}", pairs(&r.sent), pairs(&r.received)).trim().to_string(),
+            };
+            vec![
+                r.object.to_string(),
+                kind_str(r.kind).to_string(),
+                size_str(r.size),
+                r.resident.to_string(),
+                r.refs.to_string(),
+                r.pager.clone().unwrap_or_else(|| "-".into()),
+                object_state(r),
+                messages,
+            ]
+        })
+        .collect();
+    print_table(&headers, &cells);
+    Ok(true)
+}
+
+fn object_json(r: &ObjectRow) -> serde_json::Value {
+    let counts = |v: &[(String, u64)]| -> serde_json::Map<String, serde_json::Value> {
+        v.iter().map(|(k, n)| (k.clone(), (*n).into())).collect()
+    };
+    let state = r.pager_state.as_ref().map(|p| {
+        serde_json::json!({
+            "ready": p.ready, "dead": p.dead, "may_cache": p.may_cache,
+            "copy_strategy": copy_str(p.copy_strategy), "cluster_pages": p.cluster_pages,
+            "default_pager": p.default_pager,
+        })
+    });
+    serde_json::json!({
+        "object": r.object, "kind": kind_str(r.kind), "size": r.size,
+        "resident": r.resident, "refs": r.refs,
+        "pager": r.pager, "pager_task": r.pager_task, "pager_state": state,
+        "shadow": r.shadow.map(|(o, off)| serde_json::json!({ "object": o, "offset": off })),
+        "copy": r.copy, "proxy": r.proxy,
+        "sent": counts(&r.sent), "received": counts(&r.received),
+    })
+}
+
+fn version_str(v: ProxyVersion) -> &'static str {
+    match v {
+        ProxyVersion::Mapping => "mapping",
+        ProxyVersion::Paging => "paging",
+    }
+}
+
+/// `machvm proxies`: the proxies, one line per window (`PROT` is what the
+/// proxy grants in all, `ALLOWS` what the window does).
+pub fn proxies(socket: Option<&Path>, json: bool) -> Result<bool, Box<dyn Error>> {
+    let Reply::Proxies(rows) = inspect(socket, InspectWhat::Proxies, "machvm proxies")? else {
+        return Err("unexpected reply".into());
+    };
+    if json {
+        let v: Vec<serde_json::Value> = rows.iter().map(proxy_json).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(true);
+    }
+    use Align::{Left, Right};
+    let headers = [
+        ("PROXY", Right),
+        ("VERSION", Left),
+        ("PROT", Left),
+        ("REVOKED", Left),
+        ("PORT", Left),
+        ("VIEW", Right),
+        ("VIA", Left),
+        ("OFFSET", Right),
+        ("LEN", Right),
+        ("TARGET", Left),
+        ("START", Right),
+        ("ALLOWS", Left),
+    ];
+    let mut cells: Vec<Vec<String>> = Vec::new();
+    for r in &rows {
+        let head = vec![
+            r.proxy.to_string(),
+            version_str(r.version).to_string(),
+            rwx(r.protection),
+            if r.revoked { "yes" } else { "no" }.to_string(),
+            if r.port_dead { "dead" } else { "live" }.to_string(),
+            or_dash(r.view),
+            list(&r.via),
+        ];
+        if r.windows.is_empty() {
+            cells.push(head.iter().cloned().chain(["-", "-", "-", "-", "-"].map(String::from)).collect());
+        }
+        for (i, w) in r.windows.iter().enumerate() {
+            let target = match r.targets.get(i) {
+                Some(t) if w.target_is_proxy => format!("view {t}"),
+                Some(t) => format!("object {t}"),
+                None => "-".into(),
+            };
+            // The proxy's own columns only on its first window's line.
+            let lead = if i == 0 { head.clone() } else { vec![String::new(); head.len()] };
+            let window = [format!("{:#x}", w.offset), size_str(w.len), target, format!("{:#x}", w.start), rwx(w.prot)];
+            cells.push(lead.into_iter().chain(window).collect());
+        }
+    }
+    print_table(&headers, &cells);
+    Ok(true)
+}
+
+fn proxy_json(r: &ProxyRow) -> serde_json::Value {
+    let windows: Vec<serde_json::Value> = r
+        .windows
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            serde_json::json!({
+                "offset": w.offset, "len": w.len, "start": w.start, "prot": rwx(w.prot),
+                "target": r.targets.get(i), "target_is_proxy": w.target_is_proxy,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "proxy": r.proxy, "version": version_str(r.version), "protection": rwx(r.protection),
+        "revoked": r.revoked, "port_dead": r.port_dead, "view": r.view, "via": r.via,
+        "windows": windows,
+    })
 }
