@@ -416,3 +416,29 @@ fn the_emmi_travels_over_the_socket() {
     pager.lock_request(obj, 0, 8 * P, ReturnPolicy::All, true, VmProt::NONE).unwrap();
     assert!(pager.link.port_allocate().is_ok());
 }
+
+/// `task_create` over the socket makes a child task a process claims with
+/// the token it returns (once): the child sees its parent's memory as of
+/// the call, and later writes on either side stay private.
+#[test]
+fn a_child_task_is_claimed_once_by_its_token_and_inherits_a_copy() {
+    let dir = Dir::new("daemon-child");
+    let _d = daemon(&dir.socket(), &[]);
+    let parent = client(&dir.socket(), "parent");
+    let a = parent.vm_allocate(VmAddr(0), 2 * P, true).unwrap();
+    parent.store(a, b"before the fork").unwrap();
+    let Reply::ChildToken(token) = parent.call(Call::TaskCreate { inherit_memory: true }).unwrap() else {
+        panic!("no token")
+    };
+    let child = Connection::connect(&dir.socket(), Role::Task { child_token: Some(token) }, "child").unwrap();
+    assert_eq!(child.load(a, 15).unwrap(), b"before the fork");
+    child.store(a, b"the child's").unwrap();
+    parent.store(VmAddr(a.0 + P), b"parent's later").unwrap();
+    assert_eq!(parent.load(a, 15).unwrap(), b"before the fork");
+    assert_eq!(child.load(VmAddr(a.0 + P), 4).unwrap(), vec![0; 4]);
+    // A token works once.
+    let again = Connection::connect(&dir.socket(), Role::Task { child_token: Some(token) }, "again");
+    assert!(matches!(again, Err(ClientError::Refused(_))), "{again:?}");
+    let bogus = Connection::connect(&dir.socket(), Role::Task { child_token: Some(token ^ 1) }, "bogus");
+    assert!(matches!(bogus, Err(ClientError::Refused(_))));
+}
