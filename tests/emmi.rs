@@ -231,6 +231,33 @@ fn a_fault_can_wait_without_a_thread() {
     assert_eq!(k.read_u64(client, a), Ok(4));
 }
 
+/// A task thread's access without a thread that waits: `access_poll`
+/// faults, asks the pager and returns `Pending`; once woken, the same
+/// access goes through.
+#[test]
+fn an_access_can_wait_without_a_thread() {
+    use machvm_core::pmap::Access;
+    use machvm_core::wait::{Poll, ThreadWaker, Waker};
+    let k = kernel();
+    let (client, mut pager, obj, name) = setup(&k);
+    let a = map(&k, client, name, 1);
+    ready(&mut pager);
+    let w = ThreadWaker::new();
+    let waker: Arc<dyn Waker> = w.clone();
+    let mut buf = [0u8; 8];
+    assert!(matches!(k.access_poll(client, a, Access::Load(&mut buf), &waker), Ok(Poll::Pending(_))));
+    let seen = w.generation();
+    expect_request(&mut pager, 0, P);
+    pager.supply(obj, 0, &page(21)).unwrap();
+    assert_ne!(w.generation(), seen, "the supply woke the waiter");
+    assert_eq!(k.access_poll(client, a, Access::Load(&mut buf), &waker), Ok(Poll::Ready(())));
+    assert_eq!(u64::from_le_bytes(buf), 21);
+    assert_eq!(
+        k.access_poll(client, VmAddr(0x7000_0000), Access::Load(&mut buf), &waker),
+        Err(KernError::InvalidAddress)
+    );
+}
+
 #[test]
 fn change_attributes_cluster_makes_one_request_per_cluster() {
     let k = kernel();

@@ -1265,6 +1265,19 @@ fn a_full_queue_refuses_or_holds_back_its_senders() {
     }
     let answer = UserMessage { dest_disposition: Disposition::MoveSendOnce, ..UserMessage::new(once, 7, vec![]) };
     assert_eq!(k.msg_send(rcv, answer), Ok(()));
+    // Without a thread: `msg_send_poll` is Pending on a full queue, and
+    // woken when a message is received.
+    {
+        use machvm_core::wait::{Poll, ThreadWaker, Waker};
+        let w = ThreadWaker::new();
+        let waker: Arc<dyn Waker> = w.clone();
+        let seen = w.generation();
+        let m = UserMessage::new(name, 8, vec![]);
+        assert!(matches!(k.msg_send_poll(snd, m.clone(), &waker), Ok(Poll::Pending(_))));
+        k.msg_receive(rcv, port, Some(WAIT)).unwrap();
+        assert_ne!(w.generation(), seen);
+        assert_eq!(k.msg_send_poll(snd, m, &waker), Ok(Poll::Ready(())));
+    }
     // A port that dies wakes a sender waiting for room.
     let k3 = k.clone();
     let blocked = spawn(move || k3.msg_send_timeout(snd, UserMessage::new(name, 5, vec![]), Some(WAIT)));

@@ -105,6 +105,36 @@ impl Kernel {
         Err(KernError::MemoryFailure)
     }
 
+    /// One access within one page without waiting: [`Poll::Pending`] when
+    /// its fault waits for a provider, with `waker` registered (the access
+    /// is then made again from the start). `access` must not cross a page.
+    ///
+    /// Errors: as [`Kernel::read`].
+    pub fn access_poll(
+        &self,
+        task: TaskId,
+        va: VmAddr,
+        mut access: Access<'_>,
+        waker: &Arc<dyn Waker>,
+    ) -> Result<Poll<()>> {
+        for _ in 0..ACCESS_RETRIES {
+            let again = match &mut access {
+                Access::Load(b) => Access::Load(b),
+                Access::Store(d) => Access::Store(d),
+                Access::Execute => Access::Execute,
+            };
+            match self.machine.access(task.pmap, va, again) {
+                Ok(()) => return Ok(Poll::Ready(())),
+                Err(fault) => {
+                    if let Poll::Pending(t) = self.vm_fault_poll(task, fault.va, fault.access, waker)? {
+                        return Ok(Poll::Pending(t));
+                    }
+                }
+            }
+        }
+        Err(KernError::MemoryFailure)
+    }
+
     /// A task thread loads `buf.len()` bytes from `addr`.
     ///
     /// Errors: as [`Kernel::vm_fault`]; bytes before the failing page have

@@ -211,6 +211,32 @@ impl Kernel {
         }
     }
 
+    /// `mach_msg(MACH_SEND_MSG)` without waiting: a send to a full queue is
+    /// [`Poll::Pending`] with `waker` registered to be woken when there may
+    /// be room (or the port died); the message is then sent again. Any
+    /// other outcome is as [`Kernel::msg_send`]'s.
+    ///
+    /// Errors: as [`Kernel::msg_send`], but never `MACH_SEND_TIMED_OUT`.
+    pub fn msg_send_poll(&self, task: TaskId, msg: UserMessage, waker: &Arc<dyn Waker>) -> Result<Poll<()>> {
+        let mut st = self.lock();
+        let once = matches!(msg.dest_disposition, Disposition::MoveSendOnce | Disposition::MakeSendOnce);
+        let full = st.task(task).ok().map(|t| t.space).and_then(|space| {
+            let port = st.ipc.send_port_of(space, msg.dest).ok()?;
+            (st.kobject(port).is_none() && st.ipc.queue_len(port) >= crate::ipc::QLIMIT).then_some(port)
+        });
+        match full {
+            Some(port) if !once => {
+                let w = self.unlock_waiting(st, &[WaitKey::Port(port), WaitKey::Task(task.id)], WaitBy::Caller(waker));
+                Ok(Poll::Pending(w.ticket))
+            }
+            _ => {
+                let r = send_locked(&mut st, task, msg);
+                self.unlock(st);
+                r.map(Poll::Ready)
+            }
+        }
+    }
+
     /// `mach_msg(MACH_RCV_MSG)` on a receive right or port set, waiting at
     /// most `timeout` (forever if `None`).
     ///
