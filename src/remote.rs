@@ -26,6 +26,10 @@ pub enum PagerKind {
         /// Sleep this long before answering each request (a slow pager).
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Pages the kernel asks for per fault (1 to 256; default: the
+        /// kernel's own cluster size).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+        cluster: Option<u32>,
     },
     /// A real file; returned pages are written back to it.
     File {
@@ -69,6 +73,31 @@ impl<B: Backing> Backing for Slow<B> {
     }
 }
 
+/// A backing that asks the kernel for `cluster` pages per fault (the
+/// zero-fill store has no cluster size of its own).
+struct Clustered<B> {
+    inner: B,
+    cluster: Option<u32>,
+}
+
+impl<B: Backing> Backing for Clustered<B> {
+    fn read(&mut self, object: PortName, offset: u64, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.read(object, offset, buf)
+    }
+    fn write(&mut self, object: PortName, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.inner.write(object, offset, data)
+    }
+    fn terminate(&mut self, object: PortName) {
+        self.inner.terminate(object)
+    }
+    fn cluster_pages(&self) -> Option<u32> {
+        self.cluster.or_else(|| self.inner.cluster_pages())
+    }
+    fn may_cache(&self) -> bool {
+        self.inner.may_cache()
+    }
+}
+
 fn kern(e: machvm_core::KernError) -> Box<dyn Error> {
     e.to_string().into()
 }
@@ -86,10 +115,11 @@ pub fn pager(socket: Option<&Path>, kind: PagerKind) -> Result<bool, Box<dyn Err
     let mut pager = PagerConn::over(conn).map_err(kern)?;
     let object = pager.new_object().map_err(kern)?;
     let mut backing: Box<dyn Backing> = match kind {
-        PagerKind::Zero { name, delay_ms } => {
+        PagerKind::Zero { name, delay_ms, cluster } => {
             pager.link.name_register(&name, object)?;
             eprintln!("machvm: serving zero-filled memory as {name:?}");
-            Box::new(Slow { inner: MemBacking::default(), delay: Duration::from_millis(delay_ms) })
+            let slow = Slow { inner: MemBacking::default(), delay: Duration::from_millis(delay_ms) };
+            Box::new(Clustered { inner: slow, cluster })
         }
         PagerKind::File { name, cluster, path } => {
             let name = name.unwrap_or_else(|| path.file_name().map_or("file".into(), |n| n.to_string_lossy().into()));
