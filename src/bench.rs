@@ -17,6 +17,13 @@
 //!    which goes first, and report the median of the per-round time
 //!    ratios (8 for a cost linear in n, 64 for a quadratic one), next to
 //!    the ratio of the work the software MMU counted.
+//! 5. The daemon section ([`daemon`], in `bench_daemon.rs`) goes last: the
+//!    same figures through `machvmd`'s socket and out-of-process pagers,
+//!    each next to a baseline measured in the same rounds (a raw socket
+//!    ping-pong, or the in-process pager).
+
+#[path = "bench_daemon.rs"]
+mod daemon;
 
 use crate::util::utc_now;
 use machvm_core::ipc::{Disposition, PortName};
@@ -57,6 +64,10 @@ struct Sizes {
     grow_entries: u64,
     grow_mappings: u64,
     grow_elements: u64,
+    /// The daemon section: operations of each round-trip contender and
+    /// pages of each cluster-table contender per round.
+    daemon_calls: u64,
+    daemon_pages: u64,
 }
 
 impl Sizes {
@@ -73,6 +84,8 @@ impl Sizes {
                 grow_entries: 512,
                 grow_mappings: 512,
                 grow_elements: 4,
+                daemon_calls: 64,
+                daemon_pages: 256,
             }
         } else {
             Sizes {
@@ -86,6 +99,8 @@ impl Sizes {
                 grow_entries: 2048,
                 grow_mappings: 2048,
                 grow_elements: 16,
+                daemon_calls: 512,
+                daemon_pages: 1024,
             }
         }
     }
@@ -140,10 +155,7 @@ fn spread_plain(v: &[f64]) -> String {
 
 /// Runs `steps` turns of every contender, in rotating order, timing each
 /// contender's turns separately; returns each one's total seconds.
-fn interleave(
-    steps: u64,
-    contenders: &mut [&mut dyn FnMut(u64) -> Result<(), KernError>],
-) -> Result<Vec<f64>, KernError> {
+fn interleave<E>(steps: u64, contenders: &mut [&mut dyn FnMut(u64) -> Result<(), E>]) -> Result<Vec<f64>, E> {
     let n = contenders.len();
     let mut secs = vec![0.0; n];
     for s in 0..steps {
@@ -714,6 +726,15 @@ pub fn bench(quick: bool, output: &Path) -> Result<bool, Box<dyn Error>> {
         GROWTH * z.grow_elements
     );
     let grow_c = grow_proxy_elements(z.grow_elements, z.reps)?;
+
+    // (d) the daemon: pagers as child processes of this executable.
+    eprintln!(
+        "  daemon: pager round trips, calls and raw ping-pongs; first touch with {:?}-page clusters",
+        daemon::CLUSTERS
+    );
+    let host = daemon::PagerHost::Process(std::env::current_exe()?);
+    let dz = daemon::DaemonSizes { reps: z.reps, calls: z.daemon_calls, pages: z.daemon_pages };
+    let served = daemon::measure(dz, &host)?;
     let elapsed = started.elapsed().as_secs_f64();
 
     // The report.
@@ -949,6 +970,8 @@ pub fn bench(quick: bool, output: &Path) -> Result<bool, Box<dyn Error>> {
          and one cache-resident at n but not at {GROWTH}n a little over; the MMU-work column is an exact count."
     )?;
 
+    daemon::report(&mut md, &served)?;
+
     std::fs::write(output, &md)?;
     println!("{md}");
     eprintln!("wrote {} ({elapsed:.1} s)", output.display());
@@ -977,7 +1000,7 @@ mod tests {
             b.push(s);
             Ok(())
         };
-        let secs = interleave(3, &mut [&mut fa, &mut fb]).unwrap();
+        let secs = interleave::<KernError>(3, &mut [&mut fa, &mut fb]).unwrap();
         assert_eq!((a, b), (vec![0, 1, 2], vec![0, 1, 2]));
         assert_eq!(secs.len(), 2);
     }
