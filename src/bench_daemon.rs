@@ -110,6 +110,7 @@ impl Served {
             resident_limit: phys_pages,
             swap: None,
             host_priv_uid: None,
+            limits: machvm_core::TaskLimits::default(),
         };
         let daemon = Daemon::boot(config)?;
         let listener = daemon.bind()?;
