@@ -980,10 +980,10 @@ pub(super) fn report(w: &mut String, f: &DaemonFigures) -> std::fmt::Result {
     writeln!(w)?;
     writeln!(
         w,
-        "- The serve loop answers a request for absent pages with one `data_unavailable` per page (the *pager \
-         answers per page* column). In-process each is a cheap kernel call; out of process each is a `msg_send` \
-         call over the socket, which the pager waits on before the next. So a larger cluster saves \
-         `data_request`s and their round trips, but the pager still makes one socket round trip per page."
+        "- The serve loop answers a request with one `data_supply` per run of pages it has and one \
+         `data_unavailable` per run of pages it has not (the *pager answers per page* column): a zero-fill pager \
+         answers a whole cluster in one call, so out of process a larger cluster saves socket round trips as \
+         well as `data_request`s."
     )?;
     writeln!(
         w,
@@ -1083,8 +1083,8 @@ mod tests {
         for c in &f.clusters {
             let want = 1.0 / f64::from(c.cluster);
             assert_eq!((c.local_requests[0], c.remote_requests[0]), (want, want), "cluster {}", c.cluster);
-            // One data_unavailable per page.
-            assert_eq!(c.remote_answers[0], 1.0, "cluster {}", c.cluster);
+            // One data_unavailable per request: the whole cluster at once.
+            assert_eq!(c.remote_answers[0], want, "cluster {}", c.cluster);
         }
         let mut md = String::new();
         report(&mut md, &f).unwrap();

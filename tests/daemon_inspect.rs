@@ -205,7 +205,9 @@ fn objects_show_resident_pages_who_pages_them_and_their_messages() {
     assert_eq!(count(&ext.sent, "init"), 1);
     assert!(count(&ext.sent, "data_request") >= 1, "{ext:?}");
     assert_eq!(count(&ext.received, "ready") + count(&ext.received, "change_attributes"), 1, "{ext:?}");
-    assert!(count(&ext.received, "data_unavailable") + count(&ext.received, "data_supply") >= 3, "{ext:?}");
+    // One answer per run of pages: at least one per request.
+    let answers = count(&ext.received, "data_unavailable") + count(&ext.received, "data_supply");
+    assert!(answers >= count(&ext.sent, "data_request"), "{ext:?}");
     let tmp = rows.iter().find(|o| o.object == anon).unwrap();
     assert_eq!((tmp.kind, tmp.resident, tmp.size, tmp.pager.as_deref()), (ObjectKind::Temporary, 1, 2 * P, None));
     assert!(tmp.pager_state.is_none() && tmp.sent.is_empty() && tmp.received.is_empty());

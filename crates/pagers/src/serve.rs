@@ -7,8 +7,8 @@
 //!    cluster size; either way with the backing's caching policy
 //!    ([`Backing::may_cache`]) and delayed copy;
 //! 2. `data_request`: read each page; runs of pages with data go back in
-//!    one `data_supply`, pages without data as `data_unavailable` (zero
-//!    fill), read errors as `data_error`;
+//!    one `data_supply`, runs of pages without data in one
+//!    `data_unavailable` (zero fill), read errors as `data_error`;
 //! 3. `data_unlock`: granted (a `lock_request` that clears the lock);
 //! 4. `data_return`: written to the backing;
 //! 5. `terminate`: the backing forgets the object.
@@ -107,13 +107,26 @@ impl Pager for BackingPager<'_> {
     ) -> machvm_core::Result<()> {
         let (page, stats) = (PAGE_SIZE as usize, self.stats);
         bump(&stats.requests, 1);
+        // Runs of pages with data go back in one data_supply, runs of
+        // pages without in one data_unavailable: one answer per run.
         let mut run: Vec<u8> = Vec::new();
         let mut run_start = offset;
+        let mut zeroes: Option<(u64, u64)> = None;
         let mut buf = vec![0u8; page];
         let mut result = Ok(());
+        fn flush_zeroes(
+            zeroes: &mut Option<(u64, u64)>,
+            answer: &mut dyn Answer,
+            result: &mut machvm_core::Result<()>,
+        ) {
+            if let Some((start, len)) = zeroes.take() {
+                *result = std::mem::replace(result, Ok(())).and(answer.unavailable(start, len));
+            }
+        }
         for off in (offset..offset.saturating_add(length)).step_by(page) {
             match self.backing.read(obj, off, &mut buf) {
                 Ok(true) => {
+                    flush_zeroes(&mut zeroes, answer, &mut result);
                     if run.is_empty() {
                         run_start = off;
                     }
@@ -127,14 +140,16 @@ impl Pager for BackingPager<'_> {
                     }
                     if other.is_ok() {
                         bump(&stats.pages_unavailable, 1);
-                        result = result.and(answer.unavailable(off, PAGE_SIZE));
+                        zeroes = Some(zeroes.map_or((off, PAGE_SIZE), |(s, l)| (s, l + PAGE_SIZE)));
                     } else {
+                        flush_zeroes(&mut zeroes, answer, &mut result);
                         bump(&stats.errors, 1);
                         result = result.and(answer.error(off, PAGE_SIZE));
                     }
                 }
             }
         }
+        flush_zeroes(&mut zeroes, answer, &mut result);
         if !run.is_empty() {
             result = result.and(answer.supply(run_start, &run));
         }
