@@ -80,8 +80,10 @@ pub use std::sync::{Arc, MutexGuard as Guard};
 /// 1. the waiter, holding the lock, reads [`Event::generation`];
 /// 2. the waker, holding the lock, calls [`Event::bump`], and after
 ///    releasing it, [`Event::notify`];
-/// 3. the waiter calls [`Event::wait`] with its guard: a bump after step 1
-///    is never missed, whether it lands during the spin or the sleep.
+/// 3. the waiter, having released the lock, calls [`Event::wait_unlocked`]
+///    with the generation it read: a bump after step 1 is never missed,
+///    whether it lands during the spin or the sleep (the sleeper re-reads
+///    the generation under the lock before it sleeps).
 #[derive(Debug, Default)]
 pub struct Event {
     generation: std::sync::atomic::AtomicU64,
@@ -124,28 +126,12 @@ impl Event {
         }
     }
 
-    /// Releases `guard`, waits until the generation differs from `seen` (or
-    /// `deadline` passes), spinning for up to `SPIN` (30 µs) before it sleeps, and
-    /// re-takes the lock. Spurious returns are possible: callers re-check
-    /// their condition.
-    /// `released` runs just after the lock is dropped (to wake others
-    /// without making them block on the lock we still hold).
-    pub fn wait<'a, T>(
-        &self,
-        mutex: &'a Mutex<T>,
-        guard: MutexGuard<'a, T>,
-        seen: u64,
-        deadline: Option<std::time::Instant>,
-        released: impl FnOnce(),
-    ) -> MutexGuard<'a, T> {
-        drop(guard);
-        released();
-        self.wait_from(mutex, seen, deadline)
-    }
-
-    /// As [`Event::wait`], for a caller that does not hold the lock and
-    /// does not want it back: the lock is taken only to sleep, so a wake-up
-    /// that comes during the spin costs no lock at all.
+    /// Waits until the generation differs from `seen` (or `deadline`
+    /// passes), spinning for up to `SPIN` (30 µs) before it sleeps. The
+    /// caller does not hold `mutex` (the lock the wakers bump under); it is
+    /// taken only to sleep, so a wake-up during the spin costs no lock at
+    /// all. Spurious returns are possible: callers re-check their
+    /// condition.
     pub fn wait_unlocked<T>(&self, mutex: &Mutex<T>, seen: u64, deadline: Option<std::time::Instant>) {
         if self.spin(seen) {
             return;
@@ -190,16 +176,5 @@ impl Event {
         };
         self.sleepers.fetch_sub(1, AcqRel);
         guard
-    }
-
-    /// As [`Event::wait`], for a caller that does not hold the lock.
-    pub fn wait_from<'a, T>(
-        &self,
-        mutex: &'a Mutex<T>,
-        seen: u64,
-        deadline: Option<std::time::Instant>,
-    ) -> MutexGuard<'a, T> {
-        self.spin(seen);
-        self.sleep(mutex.lock(), seen, deadline)
     }
 }

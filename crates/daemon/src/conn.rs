@@ -12,7 +12,7 @@
 //!    a protocol error naming what was wrong; the connection closes.
 //! 4. When the peer goes (end of stream, an error, a protocol error), the
 //!    reader terminates the task at once, which wakes a call waiting in
-//!    the worker; the worker then cleans up ([`Shared::conn_gone`]).
+//!    the worker; the worker then cleans up (`Shared::conn_gone`).
 
 use crate::dispatch::{dispatch, Caller};
 use crate::{ConnInfo, Shared};

@@ -12,7 +12,6 @@ use machvm_core::{
     EntryInfo, KernError, MapRequest, ObjectInfo, ObjectKind, ProxyRecord, ProxyVersion, Result, TaskId,
 };
 use machvm_protocol::frame::{encode_frame, FrameError};
-use machvm_protocol::ipc::Disposition;
 use machvm_protocol::wire::{
     self, Call, EntryRow, InspectWhat, MessageWire, NameInfoWire, ObjectRow, PagerState, ProxyInfoWire, ProxyRow,
     RegionWire, Reply, Response, TaskRow, WindowWire,
@@ -340,40 +339,5 @@ fn proxy_row(p: ProxyRecord) -> ProxyRow {
         view: p.view,
         port_dead: p.port_dead,
         via: p.via,
-    }
-}
-
-/// A right carried to the name table keeps the disposition Mach gives a
-/// copied send right.
-pub const NAME_RIGHT: Disposition = Disposition::CopySend;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use machvm_core::{VmAddr, VmInherit, VmOffset, VmProt};
-
-    fn entry(i: u64) -> EntryRow {
-        EntryRow {
-            start: VmAddr(i << 12),
-            end: VmAddr((i + 1) << 12),
-            cur: VmProt::DEFAULT,
-            max: VmProt::ALL,
-            inherit: VmInherit::Copy,
-            object: Some(u64::MAX - i),
-            offset: VmOffset(u64::MAX - (i << 12)),
-            via: vec![u64::MAX; 4],
-            shared: true,
-            needs_copy: false,
-        }
-    }
-
-    #[test]
-    fn a_listing_too_large_for_a_frame_is_a_resource_shortage() {
-        let small = Reply::VmMap((0..10).map(entry).collect());
-        assert_eq!(fits(small.clone()), Ok(small));
-        // Each row takes well over 32 bytes: 100 000 of them are more
-        // than a frame holds.
-        let large = Reply::VmMap((0..100_000).map(entry).collect());
-        assert_eq!(fits(large), Err(KernError::ResourceShortage));
     }
 }
