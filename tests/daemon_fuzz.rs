@@ -44,6 +44,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1755,6 +1756,8 @@ fn claim_child(ctx: &Ctx, r: &mut Rng, token: u64, parent: &State) -> Result<Tal
 // ----- the daemon under test, and what must hold afterwards -----
 
 struct Harness {
+    /// First, so that it is disarmed before the daemon is killed.
+    _watchdog: Watchdog,
     dir: Dir,
     daemon: Proc,
     zero: Proc,
@@ -1762,6 +1765,36 @@ struct Harness {
     /// Objects and proxies in the kernel, threads and open files in the
     /// daemon's process, with the pagers and one client connected.
     baseline: (u64, u64, u64, u64),
+}
+
+/// Kills the daemon if the test is still running after `limit`: every
+/// call blocked on it then fails, so that even a wedged daemon (a call
+/// that never returns, a connection never welcomed) cannot hang the test.
+struct Watchdog(Arc<AtomicBool>);
+
+impl Watchdog {
+    fn new(pid: u32, limit: Duration) -> Watchdog {
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        std::thread::spawn(move || {
+            let end = Instant::now() + limit;
+            while Instant::now() < end {
+                if d.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("watchdog: the test is still running after {limit:?}: killing the daemon (pid {pid})");
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        });
+        Watchdog(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The daemon's threads and open file descriptors.
@@ -1802,7 +1835,10 @@ impl Harness {
         std::thread::sleep(Duration::from_millis(50));
         let (threads, fds) = threads_and_fds(daemon.0.id());
         let baseline = (stat(&probe, "objects"), stat(&probe, "proxies"), threads, fds);
-        Harness { dir, daemon, zero, quiet, baseline }
+        // The longest a run may take: its budget, the time it may go on
+        // for coverage, and the checks.
+        let limit = budget(Duration::from_secs(2)) + Duration::from_secs(90);
+        Harness { _watchdog: Watchdog::new(daemon.0.id(), limit), dir, daemon, zero, quiet, baseline }
     }
 
     fn socket(&self) -> PathBuf {
@@ -2082,6 +2118,7 @@ fn a_connection_whose_call_waits_cannot_make_the_daemon_buffer_without_bound() {
     let dir = Dir::new("fuzz-backlog");
     let mut d = daemon(&dir.socket(), &[]);
     let pid = d.0.id();
+    let _watchdog = Watchdog::new(pid, Duration::from_secs(60));
     let ctx = Ctx { socket: dir.socket(), registered: Mutex::default() };
     let mut w = Wire::connect(&dir.socket()).unwrap();
     let (mut r, mut st) = (Rng::new(1), State::default());
@@ -2127,6 +2164,7 @@ fn a_port_queue_nobody_receives_from_cannot_grow_without_bound() {
     let dir = Dir::new("fuzz-queue");
     let mut d = daemon(&dir.socket(), &[]);
     let pid = d.0.id();
+    let _watchdog = Watchdog::new(pid, Duration::from_secs(60));
     let c = client(&dir.socket(), "queues");
     let port = c.port_allocate().unwrap();
     let before = rss_kib(pid);

@@ -37,7 +37,7 @@ use machvm_protocol::{KernError, VmAddr, VmOffset, VmProt, PAGE_SIZE};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -659,6 +659,36 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// Kills the daemon if the test is still running after `limit`: every
+/// call blocked on it then fails, so that even a wedged daemon (a call
+/// that never returns, a connection never welcomed) cannot hang the test.
+struct Watchdog(Arc<AtomicBool>);
+
+impl Watchdog {
+    fn new(pid: u32, limit: Duration) -> Watchdog {
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        std::thread::spawn(move || {
+            let end = Instant::now() + limit;
+            while Instant::now() < end {
+                if d.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("watchdog: the test is still running after {limit:?}: killing the daemon (pid {pid})");
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        });
+        Watchdog(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The daemon's threads and open file descriptors.
 fn threads_and_fds(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon's /proc status");
@@ -698,11 +728,12 @@ fn sixteen_clients_and_four_pagers_one_killed_keep_their_data() {
     eprintln!("load seed {seed:#x} ({secs} s)");
     let dir = Dir::new("load");
     let socket = dir.socket();
-    let d = daemon(&socket, &[]);
+    let mut d = daemon(&socket, &[]);
+    let daemon_pid = d.0.id();
+    let _watchdog = Watchdog::new(daemon_pid, Duration::from_secs_f64(secs) + Duration::from_secs(120));
     let mut pagers: Vec<Option<Proc>> =
         (0..PAGERS).map(|p| Some(pager(&socket, &["zero", "--name", &pager_name(p)], &pager_name(p)))).collect();
     let probe = client(&socket, "probe");
-    let daemon_pid = d.0.id();
     let pager_tasks: Vec<String> = (0..PAGERS).map(|p| format!("pager zero {}", pager_name(p))).collect();
     wait_until("the pagers' probes to go", || {
         let mut want = pager_tasks.clone();
@@ -868,7 +899,6 @@ fn sixteen_clients_and_four_pagers_one_killed_keep_their_data() {
     wait_until("the daemon's resident set to come back near its baseline", || {
         rss_kib(daemon_pid) < base_rss + (64 << 10)
     });
-    let mut d = d;
     assert!(d.0.try_wait().unwrap().is_none(), "the daemon died");
     drop(pagers);
 }
