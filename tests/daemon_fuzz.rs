@@ -1287,7 +1287,7 @@ impl Wire {
                 learn(st, call, &result, &ctx.registered);
                 Ok(Ans::Reply)
             }
-            Got::Resp(Response::ProtocolError { .. }) => Ok(Ans::ProtocolError),
+            Got::Resp(Response::ProtocolError { what }) => Ok(Ans::ProtocolError(what)),
             Got::Closed => Ok(Ans::Closed),
             Got::Resp(r) => Err(self.fail(format!("unexpected {} ({left} calls unanswered)", describe_response(&r)))),
             Got::Timeout if wait < PATIENCE => Ok(Ans::Timeout),
@@ -1321,7 +1321,10 @@ impl Wire {
             match self.take(&mut pending, st, ctx, wait)? {
                 Ans::Timeout => break,
                 Ans::Reply => {}
-                Ans::ProtocolError if all_done(&pending) && end == End::Error => refused = true,
+                Ans::ProtocolError(_) if all_done(&pending) && end == End::Error => refused = true,
+                // More calls behind a waiting one than the daemon keeps:
+                // the connection is closed, its calls unanswered.
+                Ans::ProtocolError(what) if flooded(&what, &pending) => return self.expect_close().map(|()| false),
                 other => {
                     let left = pending.iter().filter(|p| !p.2).count();
                     return Err(self.fail(format!("{other:?} with {left} calls unanswered (stream ends {end:?})")));
@@ -1339,9 +1342,10 @@ impl Wire {
         loop {
             match self.take(&mut pending, st, ctx, PATIENCE)? {
                 Ans::Reply => {}
-                Ans::ProtocolError if all_done(&pending) && end != End::Open => {
+                Ans::ProtocolError(_) if all_done(&pending) && end != End::Open => {
                     return self.expect_close().map(|()| false);
                 }
+                Ans::ProtocolError(what) if flooded(&what, &pending) => return self.expect_close().map(|()| false),
                 Ans::Closed if all_done(&pending) && end != End::Error => return Ok(false),
                 other => {
                     let left = pending.iter().filter(|p| !p.2).count();
@@ -1354,10 +1358,16 @@ impl Wire {
     }
 }
 
+/// Is `what` the daemon's refusal of more calls than it keeps waiting
+/// (`conn::CALLS_QUEUED`, 16), and were there that many?
+fn flooded(what: &str, pending: &[(u64, Call, bool)]) -> bool {
+    what.contains("calls waiting for their replies") && pending.len() > 16
+}
+
 #[derive(Debug)]
 enum Ans {
     Reply,
-    ProtocolError,
+    ProtocolError(String),
     Closed,
     /// Nothing yet (only when waiting for less than [`PATIENCE`]).
     Timeout,
@@ -2093,27 +2103,21 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-// ----- defects found (ignored: they fail against the daemon as it is) -----
+// ----- memory a client can make the daemon hold -----
 
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon's /proc status");
     s.lines().find_map(|l| l.strip_prefix("VmRSS:")).expect("VmRSS").split_whitespace().next().unwrap().parse().unwrap()
 }
 
-/// Defect: while one of its calls waits, a connection can make the daemon
-/// hold any amount of memory. The reader thread of a connection hands
-/// every frame it decodes to the connection's worker over an unbounded
-/// channel (`crates/daemon/src/conn.rs`, `mpsc::channel`), and keeps
-/// reading whatever the worker is doing. Here the worker waits in a
-/// receive with no timeout (a legitimate call), and every 2 MiB `vm_write`
-/// frame the peer pipelines behind it is read, decoded and queued: 128
-/// frames grow the daemon by about 256 MiB, and nothing stops a peer from
-/// going on until the daemon runs out of memory. The memory comes back
-/// only when the connection closes. Expected: back-pressure, e.g. a
-/// bounded channel (`mpsc::sync_channel`) so that the reader stops reading
-/// and the peer's writes block once a few requests are queued.
+/// While one of its calls waits (a receive with no timeout, a legitimate
+/// call), a connection cannot make the daemon hold any amount of memory
+/// by pipelining calls behind it: at most 16 calls wait for their replies
+/// (`conn::CALLS_QUEUED`), and a connection that sends more is closed with
+/// a protocol error. (Found by this suite: the reader once queued every
+/// frame for the worker without a bound; 128 frames of 2 MiB grew the
+/// daemon by about 256 MiB.)
 #[test]
-#[ignore = "daemon defect: a connection's queue of requests is unbounded (see the doc comment)"]
 fn a_connection_whose_call_waits_cannot_make_the_daemon_buffer_without_bound() {
     let dir = Dir::new("fuzz-backlog");
     let mut d = daemon(&dir.socket(), &[]);
@@ -2146,20 +2150,13 @@ fn a_connection_whose_call_waits_cannot_make_the_daemon_buffer_without_bound() {
     );
 }
 
-/// Defect: a port's queue of messages has no limit, and the `timeout_ms`
-/// of `mach_msg(send)` ([`SendArgs::timeout_ms`], "give up after this
-/// long if the message cannot be queued") is dropped on the way to the
-/// kernel (`crates/daemon/src/dispatch.rs` builds a `UserMessage`, which
-/// has no timeout; `crates/core/src/ipc` queues on a `VecDeque` without a
-/// limit). So any task can queue 2 MiB messages on a port of its own that
-/// nobody receives from, until the daemon runs out of memory: 128 of them
-/// grow it by about 256 MiB, each send answered `KERN_SUCCESS`. Mach
-/// bounds a port's queue (`mach_port_limits`, `MACH_SEND_TIMED_OUT` for a
-/// sender that will not wait); the wire protocol has no error code for
-/// that either. Expected: a send that cannot be queued within its
-/// timeout fails, so that a queue stays bounded.
+/// A task cannot queue any amount of data on a port nobody receives
+/// from: a port's queue holds at most `QLIMIT` messages, and a send that
+/// cannot be queued within its timeout (0 here) fails with
+/// `MACH_SEND_TIMED_OUT`. (Found by this suite: queues were once
+/// unbounded and the send's timeout was dropped; 128 messages of 2 MiB
+/// grew the daemon by about 256 MiB, each answered `KERN_SUCCESS`.)
 #[test]
-#[ignore = "kernel/daemon defect: port queues are unbounded and a send's timeout is ignored (see the doc comment)"]
 fn a_port_queue_nobody_receives_from_cannot_grow_without_bound() {
     let dir = Dir::new("fuzz-queue");
     let mut d = daemon(&dir.socket(), &[]);
@@ -2179,11 +2176,15 @@ fn a_port_queue_nobody_receives_from_cannot_grow_without_bound() {
             rights: Vec::new(),
             timeout_ms: Some(0),
         };
-        if c.msg_send(m).is_err() {
-            break;
+        match c.msg_send(m) {
+            Ok(()) => queued += 1,
+            Err(e) => {
+                assert_eq!(e.kern(), KernError::SendTimedOut);
+                break;
+            }
         }
-        queued += 1;
     }
+    assert_eq!(queued, machvm_core::ipc::QLIMIT);
     let grown = rss_kib(pid).saturating_sub(before);
     assert!(d.0.try_wait().unwrap().is_none(), "the daemon died");
     assert!(

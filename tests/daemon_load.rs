@@ -471,6 +471,12 @@ impl ClientProc {
                 let _ = self.c.port_deallocate(dest);
                 let _ = self.c.port_deallocate(proxy);
             }
+            // Its inbox is full (a port queues at most QLIMIT messages):
+            // the send changed nothing, so the proxy is still ours.
+            Err(ClientError::Kern(KernError::SendTimedOut)) => {
+                self.rep.late_sends += 1;
+                let _ = self.c.port_deallocate(proxy);
+            }
             Err(e) => return Err(format!("sending a proxy to client {to}: {e}")),
         }
         self.c.port_deallocate(revoke).map_err(|e| format!("dropping the revoke right: {e}"))?;
@@ -591,10 +597,12 @@ fn wait_for(mut f: impl FnMut() -> bool) -> Result<(), ()> {
     Err(())
 }
 
-/// Not a test of its own: [`sixteen_clients_and_four_pagers_one_killed_keep_their_data`]
-/// runs this test binary again as each of its client processes, with
+/// Not a test of its own (so ignored by the suite):
+/// [`sixteen_clients_and_four_pagers_one_killed_keep_their_data`] runs
+/// this test binary again as each of its client processes, with
 /// `MACHVM_LOAD_CLIENT` set; without it this returns at once.
 #[test]
+#[ignore = "the body of the load test's client processes"]
 fn client_process() {
     let Some(id) = env_u64("MACHVM_LOAD_CLIENT") else { return };
     let socket = PathBuf::from(std::env::var_os("MACHVM_LOAD_SOCKET").expect("MACHVM_LOAD_SOCKET"));
@@ -754,7 +762,7 @@ fn sixteen_clients_and_four_pagers_one_killed_keep_their_data() {
             let out = std::fs::File::create(dir.0.join(format!("client-{id}.out"))).unwrap();
             Proc(
                 Command::new(std::env::current_exe().unwrap())
-                    .args(["--exact", "client_process", "--nocapture", "--test-threads", "1"])
+                    .args(["--exact", "client_process", "--ignored", "--nocapture", "--test-threads", "1"])
                     .env("MACHVM_LOAD_CLIENT", id.to_string())
                     .env("MACHVM_LOAD_SOCKET", &socket)
                     .env("MACHVM_LOAD_DIR", &dir.0)

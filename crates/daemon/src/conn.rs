@@ -112,7 +112,7 @@ pub fn serve(sh: Arc<Shared>, stream: UnixStream) {
     // more of it than that, and never stops reading (it must see the
     // peer go).
     let writer = Arc::new(std::sync::Mutex::new(writer));
-    let (tx, rx) = mpsc::sync_channel::<Request>(CALLS_QUEUED);
+    let (tx, rx) = mpsc::sync_channel::<Result<Request, String>>(CALLS_QUEUED);
     let reader_sh = sh.clone();
     let reader_stream = stream.try_clone().ok();
     let reader_writer = writer.clone();
@@ -121,20 +121,22 @@ pub fn serve(sh: Arc<Shared>, stream: UnixStream) {
             send(&mut reader_writer.lock().unwrap_or_else(|e| e.into_inner()), &Response::ProtocolError { what });
         };
         loop {
-            match read_frame::<Request>(&mut reader) {
-                Ok(Some(r)) => match tx.try_send(r) {
-                    Ok(()) => {}
-                    Err(mpsc::TrySendError::Full(_)) => {
-                        refuse(format!("more than {CALLS_QUEUED} calls waiting for their replies"));
-                        break;
-                    }
-                    Err(mpsc::TrySendError::Disconnected(_)) => break,
-                },
+            // A bad frame is answered in its turn, after the calls before
+            // it; only a flood is refused at once.
+            let item = match read_frame::<Request>(&mut reader) {
+                Ok(Some(r)) => Ok(r),
                 Ok(None) | Err(FrameError::Io(_)) | Err(FrameError::Truncated { .. }) => break,
-                Err(e) => {
-                    refuse(what(&e));
+                Err(e) => Err(what(&e)),
+            };
+            let bad = item.is_err();
+            match tx.try_send(item) {
+                Ok(()) if bad => break,
+                Ok(()) => {}
+                Err(mpsc::TrySendError::Full(_)) => {
+                    refuse(format!("more than {CALLS_QUEUED} calls waiting for their replies"));
                     break;
                 }
+                Err(mpsc::TrySendError::Disconnected(_)) => break,
             }
         }
         // 4. The peer is gone (or broke the protocol): the task ends now,
@@ -150,14 +152,18 @@ pub fn serve(sh: Arc<Shared>, stream: UnixStream) {
     let reply = |r: &Response| send(&mut writer.lock().unwrap_or_else(|e| e.into_inner()), r);
     for req in rx {
         let (seq, call) = match req {
-            Request::Call { seq, call } => match call.check() {
+            Err(what) => {
+                reply(&Response::ProtocolError { what });
+                break;
+            }
+            Ok(Request::Call { seq, call }) => match call.check() {
                 Ok(()) => (seq, call),
                 Err(what) => {
                     reply(&Response::ProtocolError { what });
                     break;
                 }
             },
-            Request::Hello { .. } => {
+            Ok(Request::Hello { .. }) => {
                 reply(&Response::ProtocolError { what: "a second hello".into() });
                 break;
             }
