@@ -35,8 +35,9 @@ pub struct DaemonArgs {
     /// Port names each connection's task may allocate.
     #[arg(long, default_value_t = machvm_core::TaskLimits::default().port_names)]
     pub max_ports: usize,
-    /// Map entries each connection's task may have.
-    #[arg(long, default_value_t = machvm_core::TaskLimits::default().map_entries)]
+    /// Map entries each connection's task may have (a fork copies them
+    /// all under the kernel lock, so this bounds how long one can take).
+    #[arg(long, default_value_t = 1 << 16)]
     pub max_entries: usize,
     /// Live proxies each connection's task may have made.
     #[arg(long, default_value_t = machvm_core::TaskLimits::default().proxies)]

@@ -22,7 +22,7 @@ use std::io::{BufReader, BufWriter, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a new connection may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +38,23 @@ fn what(e: &FrameError) -> String {
     format!("bad frame: {e}")
 }
 
+/// A reader that fails once `end` has passed, however its bytes trickle.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    end: Instant,
+}
+
+impl std::io::Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
 /// Serves one connection until it goes.
 pub fn serve(sh: Arc<Shared>, stream: UnixStream) {
     let Ok(read_half) = stream.try_clone() else { return };
@@ -47,10 +64,14 @@ pub fn serve(sh: Arc<Shared>, stream: UnixStream) {
     let cred = rustix::net::sockopt::socket_peercred(&stream).ok();
     let (pid, uid) = cred.map_or((0, u32::MAX), |c| (c.pid.as_raw_nonzero().get() as u32, c.uid.as_raw()));
 
-    // 1. The hello.
-    let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
-    let hello = read_frame::<Request>(&mut reader);
+    // 1. The hello, whole within HELLO_TIMEOUT (however slowly its bytes
+    // come), read unbuffered so that nothing after it is taken.
+    let hello = read_frame::<Request>(&mut Deadline { stream: &stream, end: Instant::now() + HELLO_TIMEOUT });
     let _ = stream.set_read_timeout(None);
+    if sh.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+        send(&mut writer, &Response::Refused { version: PROTOCOL_VERSION, reason: "machvmd is stopping".into() });
+        return;
+    }
     let hello = match hello {
         Ok(Some(r)) => r,
         Ok(None) => return,

@@ -81,6 +81,11 @@ pub fn dispatch(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
         Call::Store { address, data } => unit(k.write(t, address, &data))?,
         Call::Execute { address } => unit(k.execute(t, address))?,
         Call::TaskCreate { inherit_memory } => {
+            // Children wait, unclaimed, until their parent goes: a
+            // connection may keep only so many.
+            if sh.unclaimed_children(caller.conn) >= crate::MAX_UNCLAIMED_CHILDREN {
+                return Err(KernError::ResourceShortage);
+            }
             let child = k.task_create(inherit_memory.then_some(t))?;
             Reply::ChildToken(sh.child_made(caller.conn, child))
         }

@@ -91,7 +91,12 @@ pub struct Shared {
     streams: Mutex<HashMap<u64, UnixStream>>,
     next_conn: AtomicU64,
     token_seed: std::collections::hash_map::RandomState,
+    /// The daemon is stopping: new hellos are refused.
+    pub stopping: AtomicBool,
 }
+
+/// Child tasks one connection may have made and not seen claimed.
+pub const MAX_UNCLAIMED_CHILDREN: usize = 4;
 
 /// The daemon.
 #[derive(Debug)]
@@ -131,6 +136,7 @@ impl Daemon {
             streams: Mutex::default(),
             next_conn: AtomicU64::new(1),
             token_seed: std::collections::hash_map::RandomState::new(),
+            stopping: AtomicBool::new(false),
         });
         Ok(Daemon { config, shared, _default_pager: default_pager })
     }
@@ -153,11 +159,17 @@ impl Daemon {
                     threads.push(std::thread::spawn(move || conn::serve(sh, stream)));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => tracing::warn!("accept: {e}"),
+                Err(e) => {
+                    // Out of descriptors, say: the connection stays queued,
+                    // so wait before trying again rather than spin.
+                    tracing::warn!("accept: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
             }
             threads.retain(|t: &std::thread::JoinHandle<()>| !t.is_finished());
         }
         tracing::info!("stopping: closing {} connections", threads.len());
+        self.shared.stopping.store(true, Ordering::Relaxed);
         // Tasks first: their objects end, and uncached ones return their
         // dirty pages; then the cache goes the same way. The pagers stay
         // connected until they have taken what was sent to them (or a
@@ -171,7 +183,13 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.close(|_| true);
-        for t in threads {
+        // A connection still saying hello is refused; none is waited for
+        // past a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for t in threads.into_iter().filter(|t| t.is_finished()) {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.config.socket);
@@ -246,6 +264,11 @@ impl Shared {
     /// The live connections.
     pub fn connections(&self) -> Vec<ConnInfo> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// How many children `parent` made that nobody claimed yet.
+    pub(crate) fn unclaimed_children(&self, parent: u64) -> usize {
+        self.children.lock().unwrap_or_else(|e| e.into_inner()).values().filter(|(p, _)| *p == parent).count()
     }
 
     /// Records a child task made by `task_create`; returns the token a

@@ -6,7 +6,8 @@
 //!    (`machvm_client::socket_path`, the one clients use).
 //! 2. A socket file that answers a connection belongs to a live daemon:
 //!    refuse to start. One that refuses connections was left by a daemon
-//!    that died: remove it and bind anew.
+//!    that died: remove it and bind anew. Anything else at the path (a
+//!    regular file, a directory, a link) is refused and left alone.
 //! 3. The socket is made mode 0600 (0660 with a group), so only its owner
 //!    (and the group) can connect.
 
@@ -20,6 +21,8 @@ use std::path::Path;
 pub enum ListenError {
     #[error("another machvmd is serving {0} (stop it first, or choose another --socket)")]
     InUse(String),
+    #[error("{0} exists and is not a socket (not removing it; choose another --socket)")]
+    NotASocket(String),
     #[error("{path}: {err}")]
     Io { path: String, err: io::Error },
 }
@@ -30,7 +33,12 @@ fn io_err(path: &Path, err: impl Into<io::Error>) -> ListenError {
 
 /// Binds the socket at `path` (steps 2 and 3); `group` opens it to a group.
 pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ListenError> {
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // Only a socket is ever removed: a file that happens to be at the
+        // path (a typo, a wrapper's mistake) is left alone.
+        if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+            return Err(ListenError::NotASocket(path.display().to_string()));
+        }
         match UnixStream::connect(path) {
             Ok(_) => return Err(ListenError::InUse(path.display().to_string())),
             // Nobody answers: a daemon that died left it.
