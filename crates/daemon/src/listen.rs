@@ -48,7 +48,12 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ListenError
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| io_err(path, e))?;
+    // Made with no access for group and others from the start (no window
+    // between bind and chmod where the umask's mode applies).
+    let old = rustix::process::umask(Mode::from_raw_mode(0o177));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(old);
+    let listener = bound.map_err(|e| io_err(path, e))?;
     let mode = match group {
         Some(gid) => {
             chown(path, None, Some(Gid::from_raw(gid))).map_err(|e| io_err(path, e))?;
