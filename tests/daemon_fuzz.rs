@@ -30,7 +30,7 @@
 //! against the daemon as it is, and says why.
 
 mod common;
-use common::daemon::{client, daemon, pager, wait_until, Dir, Proc};
+use common::daemon::{client, daemon, pager, stat, threads_and_fds, wait_until, Dir, Proc, Watchdog};
 use machvm_client::{map_anywhere, ClientError, Connection};
 use machvm_protocol::emmi::{id as emmi_id, CopyStrategy, PagerToKernel, ReturnPolicy};
 use machvm_protocol::frame::{encode_frame, FrameDecoder, FrameError, MAX_FRAME};
@@ -44,7 +44,6 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1775,51 +1774,6 @@ struct Harness {
     /// Objects and proxies in the kernel, threads and open files in the
     /// daemon's process, with the pagers and one client connected.
     baseline: (u64, u64, u64, u64),
-}
-
-/// Kills the daemon if the test is still running after `limit`: every
-/// call blocked on it then fails, so that even a wedged daemon (a call
-/// that never returns, a connection never welcomed) cannot hang the test.
-struct Watchdog(Arc<AtomicBool>);
-
-impl Watchdog {
-    fn new(pid: u32, limit: Duration) -> Watchdog {
-        let done = Arc::new(AtomicBool::new(false));
-        let d = done.clone();
-        std::thread::spawn(move || {
-            let end = Instant::now() + limit;
-            while Instant::now() < end {
-                if d.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            eprintln!("watchdog: the test is still running after {limit:?}: killing the daemon (pid {pid})");
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-        });
-        Watchdog(done)
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The daemon's threads and open file descriptors.
-fn threads_and_fds(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon's /proc status");
-    let threads = status.lines().find_map(|l| l.strip_prefix("Threads:")).expect("Threads").trim().parse().unwrap();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the daemon's fds").count() as u64;
-    (threads, fds)
-}
-
-fn stat(c: &Connection, key: &str) -> u64 {
-    match c.inspect(InspectWhat::Stats).unwrap() {
-        Reply::Stats(rows) => rows.into_iter().find(|(k, _)| k == key).map_or(0, |(_, v)| v),
-        other => panic!("{other:?}"),
-    }
 }
 
 fn task_names(c: &Connection) -> Vec<String> {

@@ -29,7 +29,7 @@
 //! random choices (fixed by default; a failure prints it).
 
 mod common;
-use common::daemon::{client, daemon, pager, wait_until, Dir, Proc};
+use common::daemon::{client, daemon, pager, stat, threads_and_fds, wait_until, Dir, Proc, Watchdog};
 use machvm_client::{map_anywhere, ClientError, Connection};
 use machvm_protocol::ipc::{Disposition, PortName};
 use machvm_protocol::wire::{InspectWhat, MapArgs, Reply, Role};
@@ -37,7 +37,7 @@ use machvm_protocol::{KernError, VmAddr, VmOffset, VmProt, PAGE_SIZE};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -665,51 +665,6 @@ fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon's /proc status");
     let line = s.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// Kills the daemon if the test is still running after `limit`: every
-/// call blocked on it then fails, so that even a wedged daemon (a call
-/// that never returns, a connection never welcomed) cannot hang the test.
-struct Watchdog(Arc<AtomicBool>);
-
-impl Watchdog {
-    fn new(pid: u32, limit: Duration) -> Watchdog {
-        let done = Arc::new(AtomicBool::new(false));
-        let d = done.clone();
-        std::thread::spawn(move || {
-            let end = Instant::now() + limit;
-            while Instant::now() < end {
-                if d.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            eprintln!("watchdog: the test is still running after {limit:?}: killing the daemon (pid {pid})");
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-        });
-        Watchdog(done)
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The daemon's threads and open file descriptors.
-fn threads_and_fds(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon's /proc status");
-    let threads = status.lines().find_map(|l| l.strip_prefix("Threads:")).expect("Threads").trim().parse().unwrap();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the daemon's fds").count() as u64;
-    (threads, fds)
-}
-
-fn stat(c: &Connection, key: &str) -> u64 {
-    match c.inspect(InspectWhat::Stats).unwrap() {
-        Reply::Stats(rows) => rows.into_iter().find(|(k, _)| k == key).map_or(0, |(_, v)| v),
-        other => panic!("{other:?}"),
-    }
 }
 
 fn tasks(c: &Connection) -> Vec<(String, Option<u32>)> {

@@ -4,9 +4,11 @@
 //! wait has a deadline.
 
 use machvm_client::Connection;
-use machvm_protocol::wire::Role;
+use machvm_protocol::wire::{InspectWhat, Reply, Role};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A temporary directory, removed on drop.
@@ -125,4 +127,49 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("timed out waiting for {what}");
+}
+
+/// Kills the daemon if the test is still running after `limit`: every
+/// call blocked on it then fails, so that even a wedged daemon (a call
+/// that never returns, a connection never welcomed) cannot hang the test.
+pub struct Watchdog(Arc<AtomicBool>);
+
+impl Watchdog {
+    pub fn new(pid: u32, limit: Duration) -> Watchdog {
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        std::thread::spawn(move || {
+            let end = Instant::now() + limit;
+            while Instant::now() < end {
+                if d.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("watchdog: the test is still running after {limit:?}: killing the daemon (pid {pid})");
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        });
+        Watchdog(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The daemon's threads and open file descriptors.
+pub fn threads_and_fds(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon's /proc status");
+    let threads = status.lines().find_map(|l| l.strip_prefix("Threads:")).expect("Threads").trim().parse().unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the daemon's fds").count() as u64;
+    (threads, fds)
+}
+
+pub fn stat(c: &Connection, key: &str) -> u64 {
+    match c.inspect(InspectWhat::Stats).unwrap() {
+        Reply::Stats(rows) => rows.into_iter().find(|(k, _)| k == key).map_or(0, |(_, v)| v),
+        other => panic!("{other:?}"),
+    }
 }
