@@ -152,22 +152,9 @@ pub fn dispatch(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
         Call::ProxyInfo { proxy } => {
             let i = k.memory_object_proxy_info(t, proxy)?;
             Reply::ProxyInfo(ProxyInfoWire {
-                version: match i.version {
-                    ProxyVersion::Mapping => wire::ProxyVersion::Mapping,
-                    ProxyVersion::Paging => wire::ProxyVersion::Paging,
-                },
+                version: wire_version(i.version),
                 protection: i.protection,
-                windows: i
-                    .windows
-                    .iter()
-                    .map(|w| WindowWire {
-                        offset: w.offset,
-                        len: w.len,
-                        start: w.start,
-                        prot: w.prot,
-                        target_is_proxy: w.target_is_proxy,
-                    })
-                    .collect(),
+                windows: wire_windows(&i),
                 revoked: i.revoked,
             })
         }
@@ -178,6 +165,26 @@ pub fn dispatch(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
         Call::NameLookup { name } => Reply::Name(sh.name_lookup(caller, &name)?),
         Call::Inspect(what) => inspect(sh, what)?,
     })
+}
+
+fn wire_version(v: ProxyVersion) -> wire::ProxyVersion {
+    match v {
+        ProxyVersion::Mapping => wire::ProxyVersion::Mapping,
+        ProxyVersion::Paging => wire::ProxyVersion::Paging,
+    }
+}
+
+fn wire_windows(i: &machvm_core::ProxyInfo) -> Vec<WindowWire> {
+    i.windows
+        .iter()
+        .map(|w| WindowWire {
+            offset: w.offset,
+            len: w.len,
+            start: w.start,
+            prot: w.prot,
+            target_is_proxy: w.target_is_proxy,
+        })
+        .collect()
 }
 
 fn unit(r: Result<()>) -> Result<Reply> {
@@ -322,22 +329,8 @@ fn object_row(sh: &Shared, names: &HashMap<u32, String>, o: ObjectInfo) -> Objec
 fn proxy_row(p: ProxyRecord) -> ProxyRow {
     ProxyRow {
         proxy: p.id,
-        version: match p.info.version {
-            ProxyVersion::Mapping => wire::ProxyVersion::Mapping,
-            ProxyVersion::Paging => wire::ProxyVersion::Paging,
-        },
-        windows: p
-            .info
-            .windows
-            .iter()
-            .map(|w| WindowWire {
-                offset: w.offset,
-                len: w.len,
-                start: w.start,
-                prot: w.prot,
-                target_is_proxy: w.target_is_proxy,
-            })
-            .collect(),
+        version: wire_version(p.info.version),
+        windows: wire_windows(&p.info),
         protection: p.info.protection,
         revoked: p.info.revoked,
         targets: p.targets,
