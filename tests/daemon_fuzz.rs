@@ -30,7 +30,9 @@
 //! against the daemon as it is, and says why.
 
 mod common;
-use common::daemon::{client, daemon, pager, stat, threads_and_fds, wait_until, Dir, Proc, Watchdog};
+use common::daemon::{
+    client, daemon, pager, stat, threads_and_fds, wait_threads_and_fds_back, wait_until, Dir, Proc, Watchdog,
+};
 use machvm_client::{map_anywhere, ClientError, Connection};
 use machvm_protocol::emmi::{id as emmi_id, CopyStrategy, PagerToKernel, ReturnPolicy};
 use machvm_protocol::frame::{encode_frame, FrameDecoder, FrameError, MAX_FRAME};
@@ -1948,16 +1950,7 @@ impl Harness {
         let now = stat(&c, "objects");
         assert!(now <= objects + 64 + 8, "objects: {objects} before the fuzz, {now} after {how}");
         let pid = self.daemon.0.id();
-        let end = Instant::now() + PATIENCE;
-        while threads_and_fds(pid).0 > threads || threads_and_fds(pid).1 > fds {
-            assert!(
-                Instant::now() < end,
-                "the daemon has {:?} threads and fds, {:?} before the fuzz {how}",
-                threads_and_fds(pid),
-                (threads, fds)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_threads_and_fds_back(pid, (threads, fds), &format!("before the fuzz {how}"));
     }
 }
 

@@ -29,7 +29,9 @@
 //! random choices (fixed by default; a failure prints it).
 
 mod common;
-use common::daemon::{client, daemon, pager, stat, threads_and_fds, wait_until, Dir, Proc, Watchdog};
+use common::daemon::{
+    client, daemon, pager, stat, threads_and_fds, wait_threads_and_fds_back, wait_until, Dir, Proc, Watchdog,
+};
 use machvm_client::{map_anywhere, ClientError, Connection};
 use machvm_protocol::ipc::{Disposition, PortName};
 use machvm_protocol::wire::{InspectWhat, MapArgs, Reply, Role};
@@ -833,16 +835,7 @@ fn sixteen_clients_and_four_pagers_one_killed_keep_their_data() {
     }
 
     // Nor do their threads and sockets in the daemon (one pager fewer).
-    let end = Instant::now() + PATIENCE;
-    while threads_and_fds(daemon_pid).0 > base_threads || threads_and_fds(daemon_pid).1 > base_fds {
-        assert!(
-            Instant::now() < end,
-            "the daemon has {:?} threads and fds, {:?} before the clients",
-            threads_and_fds(daemon_pid),
-            (base_threads, base_fds)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_threads_and_fds_back(daemon_pid, (base_threads, base_fds), "before the clients");
 
     // What the clients held is gone: their anonymous memory, the dead
     // pager's object; what stays is the surviving objects' pages.

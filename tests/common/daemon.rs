@@ -173,3 +173,18 @@ pub fn stat(c: &Connection, key: &str) -> u64 {
         other => panic!("{other:?}"),
     }
 }
+
+/// Waits (up to 10 s) until the daemon `pid` has no more threads and open
+/// descriptors than `base`; fails naming `what` otherwise.
+#[track_caller]
+pub fn wait_threads_and_fds_back(pid: u32, base: (u64, u64), what: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = threads_and_fds(pid);
+        if now.0 <= base.0 && now.1 <= base.1 {
+            return;
+        }
+        assert!(Instant::now() < end, "the daemon has {now:?} threads and fds, {base:?} {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -10,8 +10,8 @@
 //!   pager.error(object, offset, PAGE_SIZE)?;                              // or fail it
 //! ```
 
-use crate::link::{Incoming, KernelLink, Local};
-use machvm_core::ipc::{Disposition, PortName, RightKind};
+use crate::link::{KernelLink, Local};
+use machvm_core::ipc::{Disposition, PortName, ReceivedMessage, RightKind};
 use machvm_core::{KernError, Kernel, Result, TaskId, VmProt};
 use machvm_protocol::emmi::{CopyStrategy, KernelReply, KernelToPager, PagerToKernel, ReturnPolicy};
 use std::collections::HashMap;
@@ -100,7 +100,7 @@ impl<L: KernelLink> PagerConn<L> {
 
     /// Decodes a received message and applies what it means for the
     /// connection (control ports); `None` if it is to be ignored.
-    fn accept(&mut self, m: Incoming) -> Result<Option<Request>> {
+    fn accept(&mut self, m: ReceivedMessage) -> Result<Option<Request>> {
         if !m.from_kernel {
             self.drop_rights(&m);
             return Ok(None);
@@ -163,7 +163,7 @@ impl<L: KernelLink> PagerConn<L> {
     /// Releases the rights an ignored message brought into the pager's
     /// space (one reference each; a name the pager held before keeps the
     /// references it had).
-    fn drop_rights(&self, m: &Incoming) {
+    fn drop_rights(&self, m: &ReceivedMessage) {
         if let Some(reply) = m.reply {
             let _ = self.link.port_deallocate(reply);
         }

@@ -3,24 +3,10 @@
 //! (`machvm_client::Connection`). A pager needs only a task's IPC calls;
 //! it never sees how they travel.
 
-use machvm_core::ipc::{Disposition, PortName, RightKind, UserMessage};
+use machvm_core::ipc::{Disposition, PortName, ReceivedMessage, RightKind, UserMessage};
 use machvm_core::{Kernel, Result, TaskId};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A message a pager received, with the rights it carried renamed into the
-/// pager's space.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Incoming {
-    /// The port (a member of the pager's set) it came on.
-    pub local: PortName,
-    pub id: u32,
-    pub data: Vec<u8>,
-    pub reply: Option<PortName>,
-    pub rights: Vec<(PortName, RightKind)>,
-    /// The kernel sent it (its trailer; no task can forge this).
-    pub from_kernel: bool,
-}
 
 /// The calls a pager makes on its own task.
 pub trait KernelLink {
@@ -41,7 +27,7 @@ pub trait KernelLink {
     /// `mach_msg(SEND)` of data (copy-send to `dest`), with a reply right.
     fn msg_send(&self, dest: PortName, id: u32, data: Vec<u8>, reply: Option<(PortName, Disposition)>) -> Result<()>;
     /// `mach_msg(RCV)` on a port or set, waiting at most `timeout`.
-    fn msg_receive(&self, name: PortName, timeout: Option<Duration>) -> Result<Incoming>;
+    fn msg_receive(&self, name: PortName, timeout: Option<Duration>) -> Result<ReceivedMessage>;
 }
 
 /// A pager task in the kernel's own process.
@@ -76,16 +62,8 @@ impl KernelLink for Local {
     fn msg_send(&self, dest: PortName, id: u32, data: Vec<u8>, reply: Option<(PortName, Disposition)>) -> Result<()> {
         self.kernel.msg_send(self.task, UserMessage { reply, ..UserMessage::new(dest, id, data) })
     }
-    fn msg_receive(&self, name: PortName, timeout: Option<Duration>) -> Result<Incoming> {
-        let m = self.kernel.msg_receive(self.task, name, timeout)?;
-        Ok(Incoming {
-            local: m.local,
-            id: m.id,
-            data: m.data,
-            reply: m.reply,
-            rights: m.rights,
-            from_kernel: m.from_kernel,
-        })
+    fn msg_receive(&self, name: PortName, timeout: Option<Duration>) -> Result<ReceivedMessage> {
+        self.kernel.msg_receive(self.task, name, timeout)
     }
 }
 
@@ -125,10 +103,10 @@ impl KernelLink for machvm_client::Connection {
         };
         machvm_client::Connection::msg_send(self, args).map_err(|e| e.kern())
     }
-    fn msg_receive(&self, name: PortName, timeout: Option<Duration>) -> Result<Incoming> {
+    fn msg_receive(&self, name: PortName, timeout: Option<Duration>) -> Result<ReceivedMessage> {
         let ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
         let m = machvm_client::Connection::msg_receive(self, name, ms).map_err(|e| e.kern())?;
-        Ok(Incoming {
+        Ok(ReceivedMessage {
             local: m.local,
             id: m.id,
             data: m.data,
