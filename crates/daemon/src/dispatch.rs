@@ -227,6 +227,7 @@ fn inspect(sh: &Shared, what: InspectWhat) -> Result<Reply> {
                 ("objects".into(), s.objects as u64),
                 ("proxies".into(), s.proxies as u64),
                 ("connections".into(), sh.connections().len() as u64),
+                ("waiters".into(), s.waiters as u64),
             ];
             rows.extend(s.to_pagers.iter().map(|(k, v)| (format!("sent {k}"), *v)));
             rows.extend(s.from_pagers.iter().map(|(k, v)| (format!("received {k}"), *v)));

@@ -5,6 +5,7 @@
 //! Each checks everything first (decode) and only then changes the map
 //! (invoke), so a call that fails has changed nothing.
 
+use super::resume::{Copies, WriteState};
 use super::{KObject, KState, Kernel, TaskId, TaskState};
 use crate::ipc::{PortName, SpaceId};
 use crate::memory_object::proxy::{MapPiece, ProxyId};
@@ -13,12 +14,8 @@ use crate::types::{KernError, Result, VmAddr, VmInherit, VmOffset, VmProt, PAGE_
 use crate::vm::copy::{CopyStep, EagerCopy};
 use crate::vm::map::{nonzero_pages, MapEntry, VmMap};
 use crate::vm::object::{ObjectId, Provider, VmObject};
-use crate::wait::{ThreadWaker, WaitKey, Waker, MAX_KEYS};
+use crate::wait::{Poll, WaitKey, Waker};
 use std::sync::Arc;
-
-/// How often `vm_write` faults its whole range in again when pageout keeps
-/// taking pages before it can store.
-const WRITE_ATTEMPTS: u32 = 3;
 
 /// The arguments of `vm_map`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,11 +114,24 @@ impl Kernel {
     ///
     /// Errors: `KERN_INVALID_TASK` (no such parent).
     pub fn task_create(&self, parent: Option<TaskId>) -> Result<TaskId> {
+        let mut copies = Copies::default();
+        let r = self.block_on(|w| self.task_create_step(parent, &mut copies, w));
+        copies.release(self);
+        r
+    }
+
+    /// One step of `task_create` (see [`Copies::step`]).
+    pub(crate) fn task_create_step(
+        &self,
+        parent: Option<TaskId>,
+        copies: &mut Copies,
+        waker: &Arc<dyn Waker>,
+    ) -> Result<Poll<TaskId>> {
         let plan = |st: &KState| match parent {
             Some(p) => st.fork_copies(p),
             None => Ok(Vec::new()),
         };
-        self.with_copies(parent, plan, |st| {
+        copies.step(self, parent, waker, plan, |st| {
             if let Some(p) = parent {
                 st.task(p)?;
             }
@@ -227,7 +237,24 @@ impl Kernel {
         if !r.copy {
             return self.with(|st| st.vm_map(task, r));
         }
-        self.with_copies(Some(task), |st| st.vm_map_copies(task, &r), |st| st.vm_map(task, r.clone()))
+        let mut copies = Copies::default();
+        let result = self.block_on(|w| self.vm_map_step(task, &r, &mut copies, w));
+        copies.release(self);
+        result
+    }
+
+    /// One step of `vm_map` (see [`Copies::step`]).
+    pub(crate) fn vm_map_step(
+        &self,
+        task: TaskId,
+        r: &MapRequest,
+        copies: &mut Copies,
+        waker: &Arc<dyn Waker>,
+    ) -> Result<Poll<VmAddr>> {
+        if !r.copy {
+            return self.with(|st| st.vm_map(task, r.clone())).map(Poll::Ready);
+        }
+        copies.step(self, Some(task), waker, |st| st.vm_map_copies(task, r), |st| st.vm_map(task, r.clone()))
     }
 
     /// `vm_deallocate`: unmaps `[address, address + size)`; holes in the
@@ -351,14 +378,19 @@ impl Kernel {
     /// being taken away before they could be read; see [`Kernel::read`]),
     /// `KERN_INVALID_TASK`.
     pub fn vm_read(&self, task: TaskId, address: VmAddr, size: u64) -> Result<Vec<u8>> {
-        self.check_access(task, address, size, VmProt::READ)?;
-        // The copy is made in kernel memory: one larger than the machine is
-        // refused, not attempted (a failed allocation aborts the kernel).
-        let limit = (self.machine.frame_count() as u64).saturating_mul(PAGE_SIZE);
-        let len = usize::try_from(size).ok().filter(|_| size <= limit).ok_or(KernError::ResourceShortage)?;
-        let mut buf = vec![0u8; len];
+        let mut buf = vec![0u8; self.vm_read_check(task, address, size)?];
         self.read(task, address, &mut buf)?;
         Ok(buf)
+    }
+
+    /// The checks of `vm_read`: the range is mapped readable, and its copy
+    /// fits in memory (the copy is made in kernel memory: one larger than
+    /// the machine is refused, not attempted, since a failed allocation
+    /// aborts the kernel). Its length.
+    pub(crate) fn vm_read_check(&self, task: TaskId, address: VmAddr, size: u64) -> Result<usize> {
+        self.check_access(task, address, size, VmProt::READ)?;
+        let limit = (self.machine.frame_count() as u64).saturating_mul(PAGE_SIZE);
+        usize::try_from(size).ok().filter(|_| size <= limit).ok_or(KernError::ResourceShortage)
     }
 
     /// `vm_write`: stores `data` into the task's memory, all or nothing:
@@ -374,7 +406,10 @@ impl Kernel {
     /// limit: the data is already in memory).
     pub fn vm_write(&self, task: TaskId, address: VmAddr, data: &[u8]) -> Result<()> {
         self.check_access(task, address, data.len() as u64, VmProt::WRITE)?;
-        self.write_whole(task, address, data)
+        let mut state = WriteState::store(task, address, data.to_vec());
+        let r = self.block_on(|w| state.step(self, w));
+        state.cancel(self);
+        r
     }
 
     /// `vm_copy`: copies `size` bytes from `source` to `dest` in one task.
@@ -385,140 +420,43 @@ impl Kernel {
     /// Errors: as [`Kernel::vm_read`] and [`Kernel::vm_write`].
     pub fn vm_copy(&self, task: TaskId, source: VmAddr, size: u64, dest: VmAddr) -> Result<()> {
         self.check_access(task, dest, size, VmProt::WRITE)?;
-        let data = self.vm_read(task, source, size)?;
-        self.write_whole(task, dest, &data)
+        let len = self.vm_read_check(task, source, size)?;
+        let mut state = WriteState::copy(task, source, len, dest);
+        let r = self.block_on(|w| state.step(self, w));
+        state.cancel(self);
+        r
     }
 
-    /// Runs `call` under the kernel lock once every eager copy it will make
-    /// is complete (`MEMORY_OBJECT_COPY_NONE`, see `crate::vm::copy`).
-    ///
-    /// 1. `plan` lists the copies `call` will ask [`KState::copy_of`] for,
-    ///    checking only what `call` checks too (if it fails, `call` runs
-    ///    and fails with its own error).
-    /// 2. Each eager copy among them is stepped; one waiting for its pager
-    ///    makes the call wait (lock released) and start over from 1,
-    ///    keeping what was copied; one that fails fails the call, which
-    ///    has changed nothing.
-    /// 3. With every copy complete, in the same hold of the lock, the
-    ///    copies go to [`KState::eager`] and `call` runs; what it did not
-    ///    take is released.
-    ///
-    /// An object whose pager has not said `ready` has the default
-    /// strategy, `DELAY` (as a new object has in Mach): nothing waits for
-    /// a pager that never answers unless it asked for eager copies.
-    fn with_copies<T>(
-        &self,
-        task: Option<TaskId>,
-        plan: impl Fn(&KState) -> Result<Vec<CopySource>>,
-        call: impl FnOnce(&mut KState) -> Result<T>,
-    ) -> Result<T> {
-        let mut jobs: Vec<EagerCopy> = Vec::new();
-        let w = ThreadWaker::current();
-        let waker: Arc<dyn Waker> = w.clone();
-        let mut st = self.lock();
-        let result = loop {
-            let Ok(wanted) = plan(&st) else {
-                break call(&mut st);
-            };
-            match st.step_copies(&wanted, &mut jobs) {
-                CopyStep::Wait => {
-                    // Woken by the pages being copied, or the task's map.
-                    let mut keys: Vec<WaitKey> = jobs.iter().map(|j| WaitKey::Object(j.source)).collect();
-                    keys.extend(task.map(|t| WaitKey::Task(t.id)));
-                    let seen = w.generation();
-                    let tickets: Vec<_> =
-                        keys.chunks(MAX_KEYS).map(|chunk| st.waits.register(chunk, waker.clone())).collect();
-                    self.unlock(st);
-                    w.wait(self.lock_cell(), seen, None);
-                    st = self.lock();
-                    for t in tickets {
-                        st.waits.cancel(t);
-                    }
-                    continue;
-                }
-                CopyStep::Error(e) => break Err(e),
-                CopyStep::Done => {}
-            }
-            for job in jobs.drain(..) {
-                let key = (job.source, job.offset, job.len);
-                let dest = st.vm.eager_copy_finish(job);
-                if wanted.contains(&key) {
-                    st.eager.insert(key, dest);
-                } else {
-                    st.vm.object_deallocate(dest);
-                }
-            }
-            let r = call(&mut st);
-            for (_, dest) in std::mem::take(&mut st.eager) {
-                st.vm.object_deallocate(dest);
-            }
-            break r;
-        };
-        for job in jobs {
-            let dest = st.vm.eager_copy_finish(job);
-            st.vm.object_deallocate(dest);
-        }
-        self.unlock(st);
-        result
-    }
-
-    /// Stores `data` at `address` all or nothing: every page is faulted in
-    /// for writing, then the stores are made holding the kernel lock, so no
-    /// pageout or flush can take a page between the check and the store
-    /// (translations change only under that lock). If a page was taken
-    /// after its fault, start over. A fault that fails (a pager error)
-    /// fails the call before any byte is stored.
-    ///
-    /// A range larger than the resident limit can never be resident all at
-    /// once: after `WRITE_ATTEMPTS` attempts the stores go page by page,
-    /// each faulting its page in again if need be (so a pager that fails a
-    /// page it served moments before could then leave the range partly
-    /// written).
-    fn write_whole(&self, task: TaskId, address: VmAddr, data: &[u8]) -> Result<()> {
-        if data.is_empty() {
-            // Not even the page `address` is in is touched.
-            return Ok(());
-        }
+    /// Stores `data` at `address` in one hold of the kernel lock if every
+    /// page of the range is resident and writable in the task's MMU
+    /// (`None` if one is not: it was taken after its fault).
+    pub(crate) fn store_if_resident(&self, task: TaskId, address: VmAddr, data: &[u8]) -> Option<Result<()>> {
         let len = data.len() as u64;
-        for _ in 0..WRITE_ATTEMPTS {
-            self.fault_in(task, address, len, VmProt::WRITE)?;
-            let st = self.lock();
-            let mut page = address.trunc_page().0;
-            let mut mapped = true;
-            while page < address.0 + len && mapped {
-                mapped = self.machine.extract(task.pmap, VmAddr(page)).is_some_and(|(_, p)| p.contains(VmProt::WRITE));
-                page += PAGE_SIZE;
-            }
-            if mapped {
-                let (mut at, mut rest) = (address.0, data);
-                let mut stored = Ok(());
-                while !rest.is_empty() && stored.is_ok() {
-                    let n = super::access::page_chunk(at, rest.len());
-                    stored = self.machine.access(task.pmap, VmAddr(at), Access::Store(&rest[..n]));
-                    (at, rest) = (at + n as u64, &rest[n..]);
-                }
-                self.unlock(st);
-                debug_assert!(stored.is_ok(), "a store faulted under the kernel lock");
-                return stored.map_err(|_| KernError::MemoryFailure);
-            }
-            self.unlock(st);
-        }
-        self.write(task, address, data)
-    }
-
-    /// Faults every page of `[address, address + size)` in for `access`
-    /// (the range was checked by `check_access`).
-    fn fault_in(&self, task: TaskId, address: VmAddr, size: u64, access: VmProt) -> Result<()> {
+        let st = self.lock();
         let mut page = address.trunc_page().0;
-        while page < address.0 + size {
-            self.vm_fault(task, VmAddr(page), access)?;
+        let mut mapped = true;
+        while page < address.0 + len && mapped {
+            mapped = self.machine.extract(task.pmap, VmAddr(page)).is_some_and(|(_, p)| p.contains(VmProt::WRITE));
             page += PAGE_SIZE;
         }
-        Ok(())
+        if !mapped {
+            self.unlock(st);
+            return None;
+        }
+        let (mut at, mut rest) = (address.0, data);
+        let mut stored = Ok(());
+        while !rest.is_empty() && stored.is_ok() {
+            let n = super::access::page_chunk(at, rest.len());
+            stored = self.machine.access(task.pmap, VmAddr(at), Access::Store(&rest[..n]));
+            (at, rest) = (at + n as u64, &rest[n..]);
+        }
+        self.unlock(st);
+        debug_assert!(stored.is_ok(), "a store faulted under the kernel lock");
+        Some(stored.map_err(|_| KernError::MemoryFailure))
     }
 
     /// Is `[address, address + size)` mapped with `want` allowed throughout?
-    fn check_access(&self, task: TaskId, address: VmAddr, size: u64, want: VmProt) -> Result<()> {
+    pub(crate) fn check_access(&self, task: TaskId, address: VmAddr, size: u64, want: VmProt) -> Result<()> {
         self.with(|st| {
             let end = address.checked_add(size).map_err(|_| KernError::InvalidAddress)?.0;
             let t = st.task(task)?;
@@ -541,7 +479,7 @@ impl KState {
     /// the checks `vm_map` makes before it makes them. A memory object not
     /// bound yet has no pager that said `ready`: its copy is delayed (the
     /// default strategy), so it is not listed.
-    fn vm_map_copies(&self, task: TaskId, r: &MapRequest) -> Result<Vec<CopySource>> {
+    pub(crate) fn vm_map_copies(&self, task: TaskId, r: &MapRequest) -> Result<Vec<CopySource>> {
         let Some(name) = r.object.filter(|_| r.copy) else {
             return Ok(Vec::new());
         };
@@ -722,7 +660,7 @@ impl KState {
 
     /// Steps the eager copies `wanted` needs (starting those not started):
     /// `Done` once every one is complete.
-    fn step_copies(&mut self, wanted: &[CopySource], jobs: &mut Vec<EagerCopy>) -> CopyStep {
+    pub(crate) fn step_copies(&mut self, wanted: &[CopySource], jobs: &mut Vec<EagerCopy>) -> CopyStep {
         let mut outcome = CopyStep::Done;
         // A copy started for an object that no longer asks for eager
         // copies (its pager changed its strategy, or died) is dropped, half
@@ -761,7 +699,7 @@ impl KState {
     }
 
     /// The copies `fork_map` will make of `parent`'s entries.
-    fn fork_copies(&self, parent: TaskId) -> Result<Vec<CopySource>> {
+    pub(crate) fn fork_copies(&self, parent: TaskId) -> Result<Vec<CopySource>> {
         let mut out = Vec::new();
         for e in self.task(parent)?.map.iter().filter(|e| e.inherit == VmInherit::Copy) {
             let Some(o) = e.object else { continue };

@@ -6,7 +6,7 @@ use super::{KObject, KState, Kernel, TaskId};
 use crate::ipc::{Disposition, NameInfo, NotifyKind, PortName, ReceivedMessage, RightKind, UserMessage};
 use crate::sync::{Arc, Guard};
 use crate::types::{KernError, Result};
-use crate::wait::{Poll, Step, WaitBy, WaitKey, WaitTicket, Waiting, Waker};
+use crate::wait::{Poll, Step, WaitBy, WaitKey, WaitTicket, Waker};
 use std::time::{Duration, Instant};
 
 impl Kernel {
@@ -182,30 +182,15 @@ impl Kernel {
     /// Errors: as [`Kernel::msg_send`].
     pub fn msg_send_timeout(&self, task: TaskId, msg: UserMessage, timeout: Option<Duration>) -> Result<()> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let once = matches!(msg.dest_disposition, Disposition::MoveSendOnce | Disposition::MakeSendOnce);
-        let mut pending: Option<Waiting> = None;
+        let mut msg = Some(msg);
+        let mut pending = None;
         loop {
-            let mut st = self.lock();
-            if let Some(w) = pending.take() {
-                st.waits.cancel(w.ticket);
-            }
-            let expired = deadline.is_some_and(|d| Instant::now() >= d);
-            // A user port whose queue is full: wait for room, if there is
-            // time left (the send itself refuses a full queue).
-            let full = st.task(task).ok().map(|t| t.space).and_then(|space| {
-                let port = st.ipc.send_port_of(space, msg.dest).ok()?;
-                (st.kobject(port).is_none() && st.ipc.queue_len(port) >= crate::ipc::QLIMIT).then_some(port)
-            });
-            match full {
-                Some(port) if !expired && !once => {
-                    let w = self.unlock_waiting(st, &[WaitKey::Port(port), WaitKey::Task(task.id)], WaitBy::Thread);
+            let by = if deadline.is_some_and(|d| Instant::now() >= d) { None } else { Some(WaitBy::Thread) };
+            match self.send_step(task, &mut msg, by, pending.take())? {
+                Step::Ready(()) => return Ok(()),
+                Step::Pending(w) => {
                     w.sleep(self.lock_cell(), deadline);
-                    pending = Some(w);
-                }
-                _ => {
-                    let r = send_locked(&mut st, task, msg);
-                    self.unlock(st);
-                    return r;
+                    pending = Some(w.ticket);
                 }
             }
         }
@@ -218,21 +203,46 @@ impl Kernel {
     ///
     /// Errors: as [`Kernel::msg_send`], but never `MACH_SEND_TIMED_OUT`.
     pub fn msg_send_poll(&self, task: TaskId, msg: UserMessage, waker: &Arc<dyn Waker>) -> Result<Poll<()>> {
+        Ok(self.send_step(task, &mut Some(msg), Some(WaitBy::Caller(waker)), None)?.poll())
+    }
+
+    /// One try at a send: the message leaves `msg` unless the destination
+    /// is a user port with a full queue and `by` may wait for room. With
+    /// no waker, a full queue is `MACH_SEND_TIMED_OUT` (the send itself
+    /// refuses it). A send-once right is never made to wait. `previous` is
+    /// a registration to cancel.
+    pub(crate) fn send_step(
+        &self,
+        task: TaskId,
+        msg: &mut Option<UserMessage>,
+        by: Option<WaitBy<'_>>,
+        previous: Option<WaitTicket>,
+    ) -> Result<Step<()>> {
         let mut st = self.lock();
-        let once = matches!(msg.dest_disposition, Disposition::MoveSendOnce | Disposition::MakeSendOnce);
+        if let Some(t) = previous {
+            st.waits.cancel(t);
+        }
+        let Some(m) = msg.as_ref() else {
+            self.unlock(st);
+            return Err(KernError::InvalidArgument);
+        };
+        let once = matches!(m.dest_disposition, Disposition::MoveSendOnce | Disposition::MakeSendOnce);
         let full = st.task(task).ok().map(|t| t.space).and_then(|space| {
-            let port = st.ipc.send_port_of(space, msg.dest).ok()?;
+            let port = st.ipc.send_port_of(space, m.dest).ok()?;
             (st.kobject(port).is_none() && st.ipc.queue_len(port) >= crate::ipc::QLIMIT).then_some(port)
         });
-        match full {
-            Some(port) if !once => {
-                let w = self.unlock_waiting(st, &[WaitKey::Port(port), WaitKey::Task(task.id)], WaitBy::Caller(waker));
-                Ok(Poll::Pending(w.ticket))
+        match (full, by) {
+            (Some(port), Some(by)) if !once => {
+                let keys = [WaitKey::Port(port), WaitKey::Task(task.id)];
+                Ok(Step::Pending(self.unlock_waiting(st, &keys, by)))
             }
             _ => {
-                let r = send_locked(&mut st, task, msg);
+                let r = match msg.take() {
+                    Some(m) => send_locked(&mut st, task, m),
+                    None => Err(KernError::InvalidArgument),
+                };
                 self.unlock(st);
-                r.map(Poll::Ready)
+                r.map(Step::Ready)
             }
         }
     }
@@ -273,7 +283,7 @@ impl Kernel {
 
     /// One try at a receive; with no waker, nothing waiting is
     /// `MACH_RCV_TIMED_OUT`. `previous` is a registration to cancel.
-    fn receive_step(
+    pub(crate) fn receive_step(
         &self,
         task: TaskId,
         name: PortName,

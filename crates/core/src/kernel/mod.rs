@@ -26,9 +26,11 @@ pub(crate) mod calls;
 pub mod inspect;
 mod ipc_calls;
 mod proxy_calls;
+pub mod resume;
 
 pub use calls::{MapRequest, RegionInfo, TaskInfo};
 pub use inspect::{EntryInfo, ObjectInfo, ObjectKind, PagerInfo, ProxyRecord};
+pub use resume::{AccessOp, MapOp, ReceiveOp, SendOp, TaskCreateOp, WriteOp};
 
 use crate::ipc::{Disposition, Ipc, PortId, PortName, SpaceId};
 use crate::memory_object::proxy::ProxyVersion;
@@ -154,6 +156,9 @@ pub struct KernelStats {
     /// each window walked looking for revoked proxies or copied into a new
     /// proxy. It measures the call's work.
     pub proxy_windows_examined: u64,
+    /// Calls registered to be woken (see [`crate::wait`]): a call that
+    /// waits without a thread, or a thread asleep in one.
+    pub waiters: usize,
 }
 
 impl KernelStats {
@@ -303,6 +308,7 @@ impl Kernel {
             s.to_pagers = st.mo.stats.to_pagers.clone();
             s.from_pagers = st.mo.stats.from_pagers.clone();
             s.proxy_windows_examined = st.mo.stats.proxy_windows_examined;
+            s.waiters = st.waits.waiting();
             s
         })
     }
