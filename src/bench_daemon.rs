@@ -111,6 +111,7 @@ impl Served {
             swap: None,
             host_priv_uid: None,
             limits: machvm_core::TaskLimits::default(),
+            loops: machvm_daemon::default_loops(),
         };
         let daemon = Daemon::boot(config)?;
         let listener = daemon.bind()?;

@@ -154,7 +154,8 @@ fn a_hello_after_sigterm_does_not_keep_the_daemon_running() {
     std::thread::sleep(Duration::from_millis(200)); // accepted
     d.signal("TERM");
     std::thread::sleep(Duration::from_millis(500)); // the closing is done
-    s.write_all(&hello_frame("late")).unwrap();
+                                                    // The daemon may have closed the connection (and exited) already.
+    let _ = s.write_all(&hello_frame("late"));
     let welcomed = matches!(read_frame::<Response>(&mut s), Ok(Some(Response::Welcome { .. })));
     let exited = d.wait_exit(Duration::from_secs(15));
     assert!(exited.is_some(), "machvmd still running 15 s after SIGTERM (late hello welcomed: {welcomed})");

@@ -66,7 +66,7 @@ fn a_load_stopped_on_its_pager_goes_on_from_that_page() {
     s.supply(P, 9);
     assert_eq!(count.0.load(Ordering::SeqCst), 2);
     assert_eq!(op.poll(&w), Ok(Poll::Ready(())));
-    let data = op.into_data();
+    let data = op.take_data();
     assert_eq!(&data[..8], &7u64.to_le_bytes());
     assert_eq!(&data[8..], &9u64.to_le_bytes());
     assert_eq!(s.k.stats().sent("data_request"), 2, "page 0 was not asked for again");

@@ -42,6 +42,10 @@ pub struct DaemonArgs {
     /// Live proxies each connection's task may have made.
     #[arg(long, default_value_t = machvm_core::TaskLimits::default().proxies)]
     pub max_proxies: usize,
+    /// Event-loop threads serving the connections (default: one per CPU,
+    /// at most 4).
+    #[arg(long, default_value_t = crate::default_loops())]
+    pub loops: usize,
 }
 
 /// Runs the daemon; the exit status says whether it stopped cleanly.
@@ -67,6 +71,7 @@ pub fn run(args: DaemonArgs) -> ExitCode {
             map_entries: args.max_entries,
             proxies: args.max_proxies,
         },
+        loops: args.loops,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -1,26 +1,35 @@
-//! One connection: the hello, then calls, until the peer goes.
+//! One connection, as its event loop ([`crate::reactor`]) drives it: a
+//! hello, then calls, until the peer goes. Nothing here blocks: bytes are
+//! read and written as the socket allows, and a call that must wait is an
+//! op the loop polls again when the kernel wakes it.
 //!
-//! 1. The first frame must be a hello of this protocol version, within
-//!    [`HELLO_TIMEOUT`]; otherwise a refusal (another version) or a
-//!    protocol error, and the connection closes.
+//! 1. The first frame must be a hello of this protocol version, whole
+//!    within [`HELLO_TIMEOUT`] however slowly its bytes come; otherwise a
+//!    refusal (another version) or a protocol error, and the connection
+//!    closes.
 //! 2. The connection becomes a task: a new one, or the child task its
 //!    hello claims. The peer's credentials (`SO_PEERCRED`) are recorded;
 //!    a peer of the host-privilege uid gets a send right to the host port.
-//! 3. A reader thread reads frames and hands calls to the worker (this
-//!    thread), which makes them in order and answers each. A frame that
-//!    does not decode, a second hello, or a call that fails its checks is
-//!    a protocol error naming what was wrong; the connection closes.
-//! 4. When the peer goes (end of stream, an error, a protocol error), the
-//!    reader terminates the task at once, which wakes a call waiting in
-//!    the worker; the worker then cleans up (`Shared::conn_gone`).
+//! 3. Calls are made in order, one at a time, each answered with its
+//!    sequence number. At most [`CALLS_QUEUED`] wait behind the one being
+//!    made: a client that sends more before its answers come breaks the
+//!    protocol (the client library makes one call at a time). A frame
+//!    that does not decode, a second hello, or a call that fails its
+//!    checks is answered, in its turn, with a protocol error naming what
+//!    was wrong, and the connection closes.
+//! 4. When the peer goes (end of stream, an error, a hang-up), the task
+//!    terminates at once: its rights go, a call of it still waiting is
+//!    dropped (its registrations cancelled), its names leave the table.
 
-use crate::dispatch::{dispatch, Caller};
+use crate::dispatch::{start, Caller, Pending, Started};
 use crate::{ConnInfo, Shared};
-use machvm_protocol::frame::{read_frame, write_frame, FrameError};
+use machvm_core::wait::{Poll, Waker};
+use machvm_protocol::frame::{encode_frame, FrameDecoder, FrameError};
 use machvm_protocol::wire::{Request, Response, Role, PROTOCOL_VERSION};
-use std::io::{BufReader, BufWriter, Write};
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,173 +39,361 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Calls of one connection read and not yet made.
 pub const CALLS_QUEUED: usize = 16;
 
-fn send(w: &mut BufWriter<UnixStream>, r: &Response) -> bool {
-    write_frame(w, r).is_ok() && w.flush().is_ok()
+/// Replies waiting to be written past which no further call of the
+/// connection is made until the peer reads.
+const OUT_HIGH: usize = 4 << 20;
+
+/// How long a closing connection's last reply may take to be written.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 64 << 10;
+
+/// Where a connection is.
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for its hello until the deadline.
+    Hello { deadline: Instant },
+    /// A task (or a pager's task).
+    Task { caller: Caller },
+    /// Its last reply is being written (until the deadline); then it
+    /// closes (and its task, if it became one, terminates).
+    Closing { deadline: Instant, caller: Option<Caller> },
+}
+
+/// A call being made: its sequence number and its op.
+#[derive(Debug)]
+struct Running {
+    seq: u64,
+    pending: Pending,
+}
+
+/// What the loop must do with a connection after an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum After {
+    /// Keep it; these are its wants.
+    Keep { read: bool, write: bool, deadline: Option<Instant> },
+    /// Close it now.
+    Close,
+}
+
+/// One connection.
+pub struct Conn {
+    pub stream: UnixStream,
+    decoder: FrameDecoder,
+    phase: Phase,
+    /// Calls read and not yet made (a bad frame in its turn as an `Err`).
+    queue: VecDeque<Result<Request, String>>,
+    running: Option<Running>,
+    /// Replies encoded and not yet written, from `out_at`.
+    out: Vec<u8>,
+    out_at: usize,
+    /// A bad frame was read: nothing after it is.
+    stop_reading: bool,
+    /// The peer's stream ended; until when its last replies may take.
+    eof: Option<Instant>,
+    waker: Arc<dyn Waker>,
+    pid: u32,
+    uid: u32,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("phase", &self.phase)
+            .field("queued", &self.queue.len())
+            .field("running", &self.running)
+            .field("unwritten", &(self.out.len() - self.out_at))
+            .finish()
+    }
 }
 
 fn what(e: &FrameError) -> String {
     format!("bad frame: {e}")
 }
 
-/// A reader that fails once `end` has passed, however its bytes trickle.
-struct Deadline<'a> {
-    stream: &'a UnixStream,
-    end: Instant,
-}
-
-impl std::io::Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
+impl Conn {
+    /// A new connection saying hello; `waker` wakes its loop for it.
+    pub fn new(stream: UnixStream, waker: Arc<dyn Waker>) -> Conn {
+        let cred = rustix::net::sockopt::socket_peercred(&stream).ok();
+        let (pid, uid) = cred.map_or((0, u32::MAX), |c| (c.pid.as_raw_nonzero().get() as u32, c.uid.as_raw()));
+        Conn {
+            stream,
+            decoder: FrameDecoder::new(),
+            phase: Phase::Hello { deadline: Instant::now() + HELLO_TIMEOUT },
+            queue: VecDeque::new(),
+            running: None,
+            out: Vec::new(),
+            out_at: 0,
+            stop_reading: false,
+            eof: None,
+            waker,
+            pid,
+            uid,
         }
-        self.stream.set_read_timeout(Some(left))?;
-        (&mut &*self.stream).read(buf)
-    }
-}
-
-/// Serves one connection until it goes.
-pub fn serve(sh: Arc<Shared>, stream: UnixStream) {
-    let Ok(read_half) = stream.try_clone() else { return };
-    let mut reader = BufReader::new(read_half);
-    let Ok(write_half) = stream.try_clone() else { return };
-    let mut writer = BufWriter::new(write_half);
-    let cred = rustix::net::sockopt::socket_peercred(&stream).ok();
-    let (pid, uid) = cred.map_or((0, u32::MAX), |c| (c.pid.as_raw_nonzero().get() as u32, c.uid.as_raw()));
-
-    // 1. The hello, whole within HELLO_TIMEOUT (however slowly its bytes
-    // come), read unbuffered so that nothing after it is taken.
-    let hello = read_frame::<Request>(&mut Deadline { stream: &stream, end: Instant::now() + HELLO_TIMEOUT });
-    let _ = stream.set_read_timeout(None);
-    if sh.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-        send(&mut writer, &Response::Refused { version: PROTOCOL_VERSION, reason: "machvmd is stopping".into() });
-        return;
-    }
-    let hello = match hello {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(e) => {
-            send(&mut writer, &Response::ProtocolError { what: what(&e) });
-            return;
-        }
-    };
-    if let Err(what) = hello.check() {
-        send(&mut writer, &Response::ProtocolError { what });
-        return;
-    }
-    let (role, name) = match hello {
-        Request::Hello { version, role, name } if version == PROTOCOL_VERSION => (role, name),
-        Request::Hello { version, .. } => {
-            let reason = format!("protocol version {version} is not {PROTOCOL_VERSION}");
-            send(&mut writer, &Response::Refused { version: PROTOCOL_VERSION, reason });
-            return;
-        }
-        Request::Call { .. } => {
-            send(&mut writer, &Response::ProtocolError { what: "a call before the hello".into() });
-            return;
-        }
-    };
-
-    // 2. The task.
-    let k = &sh.kernel;
-    let (task, pager) = match role {
-        Role::Task { child_token: Some(token) } => match sh.child_claim(token) {
-            Some(t) => (t, false),
-            None => {
-                let reason = "no such child task (unknown token, or claimed already)".to_string();
-                send(&mut writer, &Response::Refused { version: PROTOCOL_VERSION, reason });
-                return;
-            }
-        },
-        Role::Task { child_token: None } => match k.task_create(None) {
-            Ok(t) => (t, false),
-            Err(_) => return,
-        },
-        Role::Pager => match k.task_create(None) {
-            Ok(t) => (t, true),
-            Err(_) => return,
-        },
-    };
-    let host_priv = (uid == sh.host_priv_uid)
-        .then(|| k.port_transfer(sh.own, sh.host_priv, machvm_protocol::ipc::Disposition::CopySend, task).ok())
-        .flatten();
-    let id = sh.conn_add(ConnInfo { task, pid, uid, name: name.clone(), pager }, &stream);
-    tracing::info!(conn = id, task = task.number(), pid, uid, name = %name, pager, "connected");
-    if !send(&mut writer, &Response::Welcome { version: PROTOCOL_VERSION, task: task.number(), host_priv }) {
-        sh.conn_gone(id, task);
-        return;
     }
 
-    // 3. The reader. At most CALLS_QUEUED calls wait to be made: a client
-    // that sends more before its answers come breaks the protocol (the
-    // client library makes one call at a time), so the daemon never holds
-    // more of it than that, and never stops reading (it must see the
-    // peer go).
-    let writer = Arc::new(std::sync::Mutex::new(writer));
-    let (tx, rx) = mpsc::sync_channel::<Result<Request, String>>(CALLS_QUEUED);
-    let reader_sh = sh.clone();
-    let reader_stream = stream.try_clone().ok();
-    let reader_writer = writer.clone();
-    let reader_thread = std::thread::spawn(move || {
-        let refuse = |what: String| {
-            send(&mut reader_writer.lock().unwrap_or_else(|e| e.into_inner()), &Response::ProtocolError { what });
-        };
+    /// The task, once the hello is done.
+    pub fn caller(&self) -> Option<Caller> {
+        match self.phase {
+            Phase::Task { caller } => Some(caller),
+            _ => None,
+        }
+    }
+
+    /// The socket is readable (or hung up): reads what is there, and makes
+    /// what calls it can.
+    pub fn readable(&mut self, sh: &Shared) -> After {
+        let mut buf = [0u8; READ_CHUNK];
         loop {
-            // A bad frame is answered in its turn, after the calls before
-            // it; only a flood is refused at once.
-            let item = match read_frame::<Request>(&mut reader) {
+            match (&self.stream).read(&mut buf) {
+                // The peer sent its last call: its task ends now (a call
+                // waiting fails with it), and the calls it sent are
+                // answered while it may still read (for at most
+                // `LINGER`). A second end of stream is a hang-up.
+                Ok(0) => match self.phase {
+                    Phase::Task { caller } if self.eof.is_none() => {
+                        self.eof = Some(Instant::now() + LINGER);
+                        let _ = sh.kernel.task_terminate(caller.task);
+                        break;
+                    }
+                    _ => return After::Close,
+                },
+                // Nothing more is taken after a bad frame, or from a
+                // closing connection; only its end matters.
+                Ok(_) if self.stop_reading || matches!(self.phase, Phase::Closing { .. }) => {}
+                Ok(n) => {
+                    self.decoder.push(&buf[..n]);
+                    if let Err(what) = self.take_frames(sh) {
+                        self.refuse(Response::ProtocolError { what });
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return After::Close,
+            }
+        }
+        self.run(sh);
+        self.after()
+    }
+
+    /// Cuts the frames read into the queue, saying hello first. `Err` is a
+    /// flood: more calls than [`CALLS_QUEUED`] waiting.
+    fn take_frames(&mut self, sh: &Shared) -> Result<(), String> {
+        while !self.stop_reading && !matches!(self.phase, Phase::Closing { .. }) {
+            let item = match self.decoder.next::<Request>() {
                 Ok(Some(r)) => Ok(r),
-                Ok(None) | Err(FrameError::Io(_)) | Err(FrameError::Truncated { .. }) => break,
+                Ok(None) => return Ok(()),
                 Err(e) => Err(what(&e)),
             };
-            let bad = item.is_err();
-            match tx.try_send(item) {
-                Ok(()) if bad => break,
-                Ok(()) => {}
-                Err(mpsc::TrySendError::Full(_)) => {
-                    refuse(format!("more than {CALLS_QUEUED} calls waiting for their replies"));
-                    break;
-                }
-                Err(mpsc::TrySendError::Disconnected(_)) => break,
+            if let Phase::Hello { .. } = self.phase {
+                self.hello(sh, item);
+                continue;
             }
+            if self.queue.len() >= CALLS_QUEUED {
+                return Err(format!("more than {CALLS_QUEUED} calls waiting for their replies"));
+            }
+            // A bad frame is answered in its turn, after the calls before
+            // it; nothing after it is read.
+            self.stop_reading = item.is_err();
+            self.queue.push_back(item);
         }
-        // 4. The peer is gone (or broke the protocol): the task ends now,
-        // waking any call of it still waiting.
-        drop(tx);
-        let _ = reader_sh.kernel.task_terminate(task);
-        if let Some(s) = reader_stream {
-            let _ = s.shutdown(std::net::Shutdown::Read);
-        }
-    });
+        Ok(())
+    }
 
-    let caller = Caller { conn: id, task };
-    let reply = |r: &Response| send(&mut writer.lock().unwrap_or_else(|e| e.into_inner()), r);
-    for req in rx {
-        let (seq, call) = match req {
-            Err(what) => {
-                reply(&Response::ProtocolError { what });
-                break;
+    /// The hello (step 1) and the task (step 2).
+    fn hello(&mut self, sh: &Shared, item: Result<Request, String>) {
+        if sh.stopping.load(Ordering::Relaxed) {
+            let reason = "machvmd is stopping".to_string();
+            return self.refuse(Response::Refused { version: PROTOCOL_VERSION, reason });
+        }
+        let hello = match item {
+            Ok(r) => r,
+            Err(what) => return self.refuse(Response::ProtocolError { what }),
+        };
+        if let Err(what) = hello.check() {
+            return self.refuse(Response::ProtocolError { what });
+        }
+        let (role, name) = match hello {
+            Request::Hello { version, role, name } if version == PROTOCOL_VERSION => (role, name),
+            Request::Hello { version, .. } => {
+                let reason = format!("protocol version {version} is not {PROTOCOL_VERSION}");
+                return self.refuse(Response::Refused { version: PROTOCOL_VERSION, reason });
             }
-            Ok(Request::Call { seq, call }) => match call.check() {
-                Ok(()) => (seq, call),
-                Err(what) => {
-                    reply(&Response::ProtocolError { what });
-                    break;
-                }
-            },
-            Ok(Request::Hello { .. }) => {
-                reply(&Response::ProtocolError { what: "a second hello".into() });
-                break;
+            Request::Call { .. } => {
+                return self.refuse(Response::ProtocolError { what: "a call before the hello".into() });
             }
         };
-        tracing::debug!(conn = id, seq, call = call.name(), "call");
-        let result = dispatch(&sh, caller, call);
-        if !reply(&Response::Reply { seq, result }) {
-            break;
+        let k = &sh.kernel;
+        let made = match role {
+            Role::Task { child_token: Some(token) } => match sh.child_claim(token) {
+                Some(t) => Ok((t, false)),
+                None => Err("no such child task (unknown token, or claimed already)"),
+            },
+            Role::Task { child_token: None } => k.task_create(None).map(|t| (t, false)).map_err(|_| "no task"),
+            Role::Pager => k.task_create(None).map(|t| (t, true)).map_err(|_| "no task"),
+        };
+        let (task, pager) = match made {
+            Ok(m) => m,
+            Err(reason) => {
+                return self.refuse(Response::Refused { version: PROTOCOL_VERSION, reason: reason.into() });
+            }
+        };
+        let host_priv = (self.uid == sh.host_priv_uid)
+            .then(|| k.port_transfer(sh.own, sh.host_priv, machvm_protocol::ipc::Disposition::CopySend, task).ok())
+            .flatten();
+        let info = ConnInfo { task, pid: self.pid, uid: self.uid, name: name.clone(), pager };
+        let id = sh.conn_add(info, &self.stream);
+        tracing::info!(conn = id, task = task.number(), pid = self.pid, uid = self.uid, name = %name, pager, "connected");
+        self.phase = Phase::Task { caller: Caller { conn: id, task } };
+        self.send(&Response::Welcome { version: PROTOCOL_VERSION, task: task.number(), host_priv });
+    }
+
+    /// Answers with `r` and closes once it is written (or [`LINGER`] has
+    /// passed).
+    fn refuse(&mut self, r: Response) {
+        self.queue.clear();
+        self.running = None;
+        self.decoder = FrameDecoder::new();
+        self.send(&r);
+        self.closing(Instant::now() + LINGER);
+    }
+
+    /// Enters `Closing` (keeping the earlier deadline of a connection
+    /// already closing).
+    fn closing(&mut self, deadline: Instant) {
+        self.phase = match self.phase {
+            Phase::Closing { deadline: d, caller } => Phase::Closing { deadline: d.min(deadline), caller },
+            Phase::Task { caller } => Phase::Closing { deadline, caller: Some(caller) },
+            Phase::Hello { .. } => Phase::Closing { deadline, caller: None },
+        };
+    }
+
+    /// Encodes `r` and writes what the socket takes.
+    fn send(&mut self, r: &Response) {
+        match encode_frame(r) {
+            Ok(frame) => self.out.extend_from_slice(&frame),
+            Err(e) => {
+                // A reply too large for a frame (the calls keep theirs
+                // under it): the connection cannot carry it.
+                tracing::warn!("reply not sent: {e}");
+                self.closing(Instant::now());
+                return;
+            }
+        }
+        self.flush();
+    }
+
+    /// Writes what the socket takes of the replies; false if it broke.
+    fn flush(&mut self) -> bool {
+        while self.out_at < self.out.len() {
+            match (&self.stream).write(&self.out[self.out_at..]) {
+                Ok(0) => return false,
+                Ok(n) => self.out_at += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.out.clear();
+                    self.out_at = 0;
+                    return false;
+                }
+            }
+        }
+        if self.out_at == self.out.len() {
+            self.out.clear();
+            self.out_at = 0;
+        } else if self.out_at > (1 << 20) {
+            self.out.drain(..self.out_at);
+            self.out_at = 0;
+        }
+        true
+    }
+
+    /// The socket is writable again.
+    pub fn writable(&mut self, sh: &Shared) -> After {
+        if !self.flush() {
+            return After::Close;
+        }
+        self.run(sh);
+        self.after()
+    }
+
+    /// The kernel woke the call being made (or its deadline passed).
+    pub fn woken(&mut self, sh: &Shared) -> After {
+        if let (Some(run), Phase::Task { caller }) = (&mut self.running, &self.phase) {
+            let caller = *caller;
+            if let Poll::Ready(result) = run.pending.poll(sh, caller, &self.waker) {
+                let seq = run.seq;
+                self.running = None;
+                self.send(&Response::Reply { seq, result });
+            }
+        }
+        self.run(sh);
+        self.after()
+    }
+
+    /// A deadline passed: the hello's, a closing connection's, or the
+    /// waiting call's.
+    pub fn expired(&mut self, sh: &Shared, now: Instant) -> After {
+        match self.phase {
+            Phase::Hello { deadline } | Phase::Closing { deadline, .. } if now >= deadline => After::Close,
+            _ if self.eof.is_some_and(|d| now >= d) => After::Close,
+            _ => self.woken(sh),
         }
     }
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-    let _ = reader_thread.join();
-    sh.conn_gone(id, task);
-    tracing::info!(conn = id, task = task.number(), "disconnected");
+
+    /// Makes the calls waiting, in order, until one waits.
+    fn run(&mut self, sh: &Shared) {
+        let Phase::Task { caller } = self.phase else { return };
+        while self.running.is_none() && self.out.len() - self.out_at < OUT_HIGH {
+            let Some(item) = self.queue.pop_front() else { return };
+            let (seq, call) = match item {
+                Err(what) => return self.refuse(Response::ProtocolError { what }),
+                Ok(Request::Call { seq, call }) => match call.check() {
+                    Ok(()) => (seq, call),
+                    Err(what) => return self.refuse(Response::ProtocolError { what }),
+                },
+                Ok(Request::Hello { .. }) => {
+                    return self.refuse(Response::ProtocolError { what: "a second hello".into() });
+                }
+            };
+            tracing::debug!(conn = caller.conn, seq, call = call.name(), "call");
+            match start(sh, caller, call, &self.waker) {
+                Started::Done(result) => self.send(&Response::Reply { seq, result }),
+                Started::Waiting(pending) => self.running = Some(Running { seq, pending }),
+            }
+        }
+    }
+
+    /// What the loop must watch for.
+    fn after(&self) -> After {
+        let writing = self.out_at < self.out.len();
+        let read = self.eof.is_none();
+        match self.phase {
+            Phase::Closing { .. } if !writing => After::Close,
+            Phase::Closing { deadline, .. } | Phase::Hello { deadline } => {
+                After::Keep { read, write: writing, deadline: Some(deadline) }
+            }
+            Phase::Task { .. } => match self.eof {
+                Some(_) if !writing && self.running.is_none() && self.queue.is_empty() => After::Close,
+                Some(linger) => After::Keep { read, write: writing, deadline: Some(linger) },
+                None => {
+                    let deadline = self.running.as_ref().and_then(|r| r.pending.deadline());
+                    After::Keep { read, write: writing, deadline }
+                }
+            },
+        }
+    }
+
+    /// Ends the connection: its task terminates (step 4).
+    pub fn close(mut self, sh: &Shared) {
+        // The waiting call goes first, cancelling its registrations.
+        self.running = None;
+        let _ = self.flush();
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Phase::Task { caller } | Phase::Closing { caller: Some(caller), .. } = self.phase {
+            sh.conn_gone(caller.conn, caller.task);
+            tracing::info!(conn = caller.conn, task = caller.task.number(), "disconnected");
+        }
+    }
 }

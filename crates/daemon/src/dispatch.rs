@@ -8,6 +8,8 @@
 
 use crate::Shared;
 use machvm_core::ipc::{NotifyKind, UserMessage};
+use machvm_core::kernel::resume::{AccessOp, MapOp, ReceiveOp, SendOp, TaskCreateOp, WriteOp};
+use machvm_core::wait::{Poll, ThreadWaker, Waker};
 use machvm_core::{
     EntryInfo, KernError, MapRequest, ObjectInfo, ObjectKind, ProxyRecord, ProxyVersion, Result, TaskId,
 };
@@ -17,7 +19,8 @@ use machvm_protocol::wire::{
     RegionWire, Reply, Response, TaskRow, WindowWire,
 };
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The task a connection is, and its number among the daemon's
 /// connections.
@@ -34,13 +37,85 @@ fn version(v: wire::ProxyVersion) -> ProxyVersion {
     }
 }
 
-/// Makes `call` for `caller`.
-pub fn dispatch(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
+/// What starting a call came to: its answer, or an op waiting for an
+/// event (a pager's answer, a message, room in a queue, a deadline).
+#[derive(Debug)]
+pub enum Started {
+    Done(Result<Reply>),
+    Waiting(Pending),
+}
+
+/// A call that waits: the kernel's op, and how its result becomes a reply.
+#[derive(Debug)]
+pub enum Pending {
+    /// `load` and `vm_read`: the bytes read.
+    Data(AccessOp),
+    /// `store` and `execute`.
+    Access(AccessOp),
+    /// `vm_write` and `vm_copy`.
+    Write(WriteOp),
+    Map(MapOp),
+    /// `task_create`: the child's token.
+    Child(TaskCreateOp),
+    Send(SendOp),
+    Receive(ReceiveOp),
+}
+
+impl Pending {
+    /// When to poll again if nothing wakes it first.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Pending::Send(op) => op.deadline(),
+            Pending::Receive(op) => op.deadline(),
+            _ => None,
+        }
+    }
+
+    /// Goes on with the call; its reply once it is done.
+    pub fn poll(&mut self, sh: &Shared, caller: Caller, waker: &Arc<dyn Waker>) -> Poll<Result<Reply>> {
+        fn then<T>(r: Result<Poll<T>>, f: impl FnOnce(T) -> Result<Reply>) -> Poll<Result<Reply>> {
+            match r {
+                Ok(Poll::Ready(v)) => Poll::Ready(f(v)),
+                Ok(Poll::Pending(t)) => Poll::Pending(t),
+                Err(e) => Poll::Ready(Err(e)),
+            }
+        }
+        match self {
+            Pending::Data(op) => then(op.poll(waker), |()| Ok(Reply::Data(op.take_data()))),
+            Pending::Access(op) => then(op.poll(waker), |()| Ok(Reply::Unit)),
+            Pending::Write(op) => then(op.poll(waker), |()| Ok(Reply::Unit)),
+            Pending::Map(op) => then(op.poll(waker), |a| Ok(Reply::Addr(a))),
+            Pending::Child(op) => {
+                then(op.poll(waker), |child| Ok(Reply::ChildToken(sh.child_made(caller.conn, child))))
+            }
+            Pending::Send(op) => then(op.poll(waker), |()| Ok(Reply::Unit)),
+            Pending::Receive(op) => then(op.poll(waker), |m| {
+                Ok(Reply::Message(MessageWire {
+                    local: m.local,
+                    id: m.id,
+                    data: m.data,
+                    reply: m.reply,
+                    rights: m.rights,
+                    from_kernel: m.from_kernel,
+                }))
+            }),
+        }
+    }
+}
+
+/// A deadline `ms` milliseconds from now (`None`: none, also past the end
+/// of the clock).
+fn deadline(ms: Option<u64>) -> Option<Instant> {
+    ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)))
+}
+
+/// The op of a call that may wait (`Err(call)` back for one the kernel
+/// answers at once).
+fn op(sh: &Shared, caller: Caller, call: Call) -> std::result::Result<Result<Pending>, Call> {
     let k = &sh.kernel;
     let t = caller.task;
     Ok(match call {
-        Call::VmAllocate { address, size, anywhere } => Reply::Addr(k.vm_allocate(t, address, size, anywhere)?),
-        Call::VmMap(a) => Reply::Addr(k.vm_map(
+        Call::VmMap(a) => Ok(Pending::Map(k.vm_map_op(
             t,
             MapRequest {
                 address: a.address,
@@ -54,7 +129,80 @@ pub fn dispatch(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
                 max: a.max,
                 inherit: a.inherit,
             },
-        )?),
+        ))),
+        Call::VmRead { address, size } => k.vm_read_op(t, address, size).map(Pending::Data),
+        Call::VmWrite { address, data } => k.vm_write_op(t, address, data).map(Pending::Write),
+        Call::VmCopy { source, size, dest } => k.vm_copy_op(t, source, size, dest).map(Pending::Write),
+        Call::Load { address, len } => k.load_op(t, address, len as usize).map(Pending::Data),
+        Call::Store { address, data } => k.store_op(t, address, data).map(Pending::Access),
+        Call::Execute { address } => Ok(Pending::Access(k.execute_op(t, address))),
+        Call::TaskCreate { inherit_memory } => {
+            // Children wait, unclaimed, until their parent goes: a
+            // connection may keep only so many.
+            if sh.unclaimed_children(caller.conn) >= crate::MAX_UNCLAIMED_CHILDREN {
+                Err(KernError::ResourceShortage)
+            } else {
+                Ok(Pending::Child(k.task_create_op(inherit_memory.then_some(t))))
+            }
+        }
+        Call::MsgSend(a) => {
+            let msg = UserMessage {
+                dest: a.dest,
+                dest_disposition: a.dest_disposition,
+                reply: a.reply,
+                id: a.id,
+                data: a.data,
+                rights: a.rights,
+            };
+            Ok(Pending::Send(k.msg_send_op(t, msg, deadline(a.timeout_ms))))
+        }
+        Call::MsgReceive { name, timeout_ms } => Ok(Pending::Receive(k.msg_receive_op(t, name, deadline(timeout_ms)))),
+        other => return Err(other),
+    })
+}
+
+/// Starts `call` for `caller`: a call that may wait is polled once with
+/// `waker`, and returned waiting if it must.
+pub fn start(sh: &Shared, caller: Caller, call: Call, waker: &Arc<dyn Waker>) -> Started {
+    match op(sh, caller, call) {
+        Err(call) => Started::Done(answer(sh, caller, call)),
+        Ok(Err(e)) => Started::Done(Err(e)),
+        Ok(Ok(mut pending)) => match pending.poll(sh, caller, waker) {
+            Poll::Ready(r) => Started::Done(r),
+            Poll::Pending(_) => Started::Waiting(pending),
+        },
+    }
+}
+
+/// Makes `call` for `caller` to its end on this thread (a call that waits
+/// sleeps here, polling): the daemon's code for one call without its
+/// loops, for measurements.
+pub fn dispatch(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
+    let w = ThreadWaker::current();
+    let waker: Arc<dyn Waker> = w.clone();
+    let mut seen = w.generation();
+    let mut pending = match start(sh, caller, call, &waker) {
+        Started::Done(r) => return r,
+        Started::Waiting(p) => p,
+    };
+    loop {
+        let deadline = pending.deadline();
+        while w.generation() == seen && deadline.is_none_or(|d| Instant::now() < d) {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        seen = w.generation();
+        if let Poll::Ready(r) = pending.poll(sh, caller, &waker) {
+            return r;
+        }
+    }
+}
+
+/// A call the kernel answers at once (every call but those [`op`] takes).
+fn answer(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
+    let k = &sh.kernel;
+    let t = caller.task;
+    Ok(match call {
+        Call::VmAllocate { address, size, anywhere } => Reply::Addr(k.vm_allocate(t, address, size, anywhere)?),
         Call::VmDeallocate { address, size } => unit(k.vm_deallocate(t, address, size))?,
         Call::VmProtect { address, size, set_max, prot } => unit(k.vm_protect(t, address, size, set_max, prot))?,
         Call::VmInherit { address, size, inherit } => unit(k.vm_inherit(t, address, size, inherit))?,
@@ -69,25 +217,6 @@ pub fn dispatch(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
                 offset: r.offset,
                 shared: r.shared,
             })
-        }
-        Call::VmRead { address, size } => Reply::Data(k.vm_read(t, address, size)?),
-        Call::VmWrite { address, data } => unit(k.vm_write(t, address, &data))?,
-        Call::VmCopy { source, size, dest } => unit(k.vm_copy(t, source, size, dest))?,
-        Call::Load { address, len } => {
-            let mut buf = vec![0u8; len as usize];
-            k.read(t, address, &mut buf)?;
-            Reply::Data(buf)
-        }
-        Call::Store { address, data } => unit(k.write(t, address, &data))?,
-        Call::Execute { address } => unit(k.execute(t, address))?,
-        Call::TaskCreate { inherit_memory } => {
-            // Children wait, unclaimed, until their parent goes: a
-            // connection may keep only so many.
-            if sh.unclaimed_children(caller.conn) >= crate::MAX_UNCLAIMED_CHILDREN {
-                return Err(KernError::ResourceShortage);
-            }
-            let child = k.task_create(inherit_memory.then_some(t))?;
-            Reply::ChildToken(sh.child_made(caller.conn, child))
         }
         Call::PortAllocate => Reply::Name(k.port_allocate(t)?),
         Call::PortSetAllocate => Reply::Name(k.port_set_allocate(t)?),
@@ -112,28 +241,6 @@ pub fn dispatch(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
                 wire::NotifyKind::DeadName => NotifyKind::DeadName,
             };
             unit(k.port_request_notification(t, name, kind, notify))?
-        }
-        Call::MsgSend(a) => {
-            let msg = UserMessage {
-                dest: a.dest,
-                dest_disposition: a.dest_disposition,
-                reply: a.reply,
-                id: a.id,
-                data: a.data,
-                rights: a.rights,
-            };
-            unit(k.msg_send_timeout(t, msg, a.timeout_ms.map(Duration::from_millis)))?
-        }
-        Call::MsgReceive { name, timeout_ms } => {
-            let m = k.msg_receive(t, name, timeout_ms.map(Duration::from_millis))?;
-            Reply::Message(MessageWire {
-                local: m.local,
-                id: m.id,
-                data: m.data,
-                reply: m.reply,
-                rights: m.rights,
-                from_kernel: m.from_kernel,
-            })
         }
         Call::ProxyCreate { max, objects, offsets, starts, lens, version: v } => {
             let r = match v {
@@ -164,6 +271,17 @@ pub fn dispatch(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
         Call::NameRegister { name, object } => unit(sh.name_register(caller, &name, object))?,
         Call::NameLookup { name } => Reply::Name(sh.name_lookup(caller, &name)?),
         Call::Inspect(what) => inspect(sh, what)?,
+        // The calls that may wait are ops (`op` takes every one of them).
+        Call::VmMap(_)
+        | Call::VmRead { .. }
+        | Call::VmWrite { .. }
+        | Call::VmCopy { .. }
+        | Call::Load { .. }
+        | Call::Store { .. }
+        | Call::Execute { .. }
+        | Call::TaskCreate { .. }
+        | Call::MsgSend(_)
+        | Call::MsgReceive { .. } => return Err(KernError::Failure),
     })
 }
 

@@ -19,12 +19,13 @@
 //! send right to the host-privilege port in their welcome; no other
 //! connection can set the default pager.
 //!
-//! Threads: each connection has a reader (which notices a peer that goes
-//! away, and terminates its task at once) and a worker that makes its
-//! calls in order; a call that waits (a fault for a pager, a receive)
-//! waits in the worker. The kernel's non-blocking calls
-//! (`vm_fault_poll`, `msg_receive_poll`) are what an event loop serving
-//! many waiting clients from a few threads will use.
+//! Threads: a few event loops ([`reactor`], `--loops`, by default one
+//! per CPU up to 4) serve every connection; the thread that called
+//! [`Daemon::serve`] accepts. A call that waits (a fault for a pager, a
+//! receive, a send to a full queue, an eager copy) is an op of the
+//! kernel's (`machvm_core::kernel::resume`) left with its connection and
+//! polled again when the kernel wakes it: a waiting client costs no
+//! thread.
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod conn;
 pub mod dispatch;
 pub mod listen;
+pub mod reactor;
 
 use machvm_core::ipc::PortName;
 use machvm_core::{KernError, Kernel, KernelConfig, Result, TaskId};
@@ -60,6 +62,13 @@ pub struct DaemonConfig {
     pub host_priv_uid: Option<u32>,
     /// What each connection's task may hold.
     pub limits: machvm_core::TaskLimits,
+    /// Event-loop threads serving the connections (see [`reactor`]).
+    pub loops: usize,
+}
+
+/// Event loops by default: one per CPU, at most 4.
+pub fn default_loops() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)
 }
 
 /// One live connection, as inspection shows it.
@@ -150,30 +159,35 @@ impl Daemon {
     /// then closes every connection and removes the socket.
     pub fn serve(&self, listener: UnixListener, stop: &AtomicBool) -> std::io::Result<()> {
         listener.set_nonblocking(true)?;
-        let mut threads = Vec::new();
+        let loops = reactor::Loops::start(&self.shared, self.config.loops)?;
         while !stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(false)?;
-                    let sh = self.shared.clone();
-                    threads.push(std::thread::spawn(move || conn::serve(sh, stream)));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => {
-                    // Out of descriptors, say: the connection stays queued,
-                    // so wait before trying again rather than spin.
-                    tracing::warn!("accept: {e}");
-                    std::thread::sleep(Duration::from_millis(200));
+            // Woken by a connection, or every 50 ms to look at `stop`.
+            let mut fds = [rustix::event::PollFd::new(&listener, rustix::event::PollFlags::IN)];
+            let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 50_000_000 };
+            let _ = rustix::event::poll(&mut fds, Some(&timeout));
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => loops.give(stream),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        // Out of descriptors, say: the connection stays
+                        // queued, so wait before trying again rather than
+                        // spin.
+                        tracing::warn!("accept: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                        break;
+                    }
                 }
             }
-            threads.retain(|t: &std::thread::JoinHandle<()>| !t.is_finished());
         }
-        tracing::info!("stopping: closing {} connections", threads.len());
+        tracing::info!("stopping: closing {} connections", self.shared.connections().len());
         self.shared.stopping.store(true, Ordering::Relaxed);
         // Tasks first: their objects end, and uncached ones return their
         // dirty pages; then the cache goes the same way. The pagers stay
         // connected until they have taken what was sent to them (or a
-        // deadline passes), then they go too.
+        // deadline passes), then they go too. A connection still saying
+        // hello is refused.
         self.close(|c| !c.pager);
         self.shared.kernel.cache_flush();
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
@@ -183,15 +197,7 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.close(|_| true);
-        // A connection still saying hello is refused; none is waited for
-        // past a deadline.
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        for t in threads.into_iter().filter(|t| t.is_finished()) {
-            let _ = t.join();
-        }
+        loops.stop();
         let _ = std::fs::remove_file(&self.config.socket);
         Ok(())
     }

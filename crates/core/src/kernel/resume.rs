@@ -162,8 +162,8 @@ impl AccessOp {
         self.state.step(&self.kernel, waker)
     }
 
-    /// The bytes a load read (empty for a store or a fetch).
-    pub fn into_data(mut self) -> Vec<u8> {
+    /// Takes the bytes a load read (empty for a store or a fetch).
+    pub fn take_data(&mut self) -> Vec<u8> {
         self.state.take_data()
     }
 }
