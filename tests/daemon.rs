@@ -8,7 +8,7 @@ use common::daemon::{client, daemon, machvmd, pager, wait_until, Dir, Proc};
 use machvm_client::{map_anywhere, ClientError, Connection};
 use machvm_protocol::frame::{read_frame, write_frame};
 use machvm_protocol::ipc::Disposition;
-use machvm_protocol::wire::{Call, InspectWhat, Reply, Request, Response, Role};
+use machvm_protocol::wire::{Call, InspectWhat, Reply, Request, Response, Role, PROTOCOL_VERSION};
 use machvm_protocol::{KernError, VmAddr, VmProt, PAGE_SIZE};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -441,4 +441,63 @@ fn a_child_task_is_claimed_once_by_its_token_and_inherits_a_copy() {
     assert!(matches!(again, Err(ClientError::Refused(_))), "{again:?}");
     let bogus = Connection::connect(&dir.socket(), Role::Task { child_token: Some(token ^ 1) }, "bogus");
     assert!(matches!(bogus, Err(ClientError::Refused(_))));
+}
+
+/// Waiting costs no thread: a hundred clients whose calls all wait at once
+/// (each a fault on a pager that sleeps, or a receive on an empty port)
+/// leave the daemon with the threads it had, and a bystander's calls are
+/// answered meanwhile.
+#[test]
+fn a_hundred_waiting_clients_cost_the_daemon_no_thread() {
+    const WAITERS: usize = 100;
+    let dir = Dir::new("daemon-waiters");
+    let d = daemon(&dir.socket(), &["--loops", "2"]);
+    let _slow = pager(&dir.socket(), &["zero", "--name", "slow", "--delay-ms", "5000"], "slow");
+    let bystander = client(&dir.socket(), "bystander");
+    wait_until("the slow pager registers", || bystander.name_lookup("slow").is_ok());
+    let base = common::daemon::threads_and_fds(d.0.id());
+    let mut streams = Vec::new();
+    for i in 0..WAITERS {
+        // A raw connection, so that a call can be written and its reply
+        // not awaited.
+        let mut s = UnixStream::connect(dir.socket()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Task { child_token: None },
+            name: format!("waiter {i}"),
+        };
+        write_frame(&mut s, &hello).unwrap();
+        assert!(matches!(read_frame::<Response>(&mut s), Ok(Some(Response::Welcome { .. }))));
+        let mut call = |seq: u64, call: Call| -> Reply {
+            write_frame(&mut s, &Request::Call { seq, call }).unwrap();
+            match read_frame::<Response>(&mut s) {
+                Ok(Some(Response::Reply { result: Ok(r), .. })) => r,
+                other => panic!("{other:?}"),
+            }
+        };
+        // Half fault on the slow pager, half wait for a message.
+        let waiting = if i % 2 == 0 {
+            let Reply::Name(obj) = call(1, Call::NameLookup { name: "slow".into() }) else { panic!() };
+            let Reply::Addr(at) = call(2, Call::VmMap(map_anywhere(P, Some(obj)))) else { panic!() };
+            Call::Load { address: at, len: 8 }
+        } else {
+            let Reply::Name(port) = call(1, Call::PortAllocate) else { panic!() };
+            Call::MsgReceive { name: port, timeout_ms: None }
+        };
+        write_frame(&mut s, &Request::Call { seq: 3, call: waiting }).unwrap();
+        streams.push(s);
+    }
+    wait_until("every waiter's call is waiting", || common::daemon::stat(&bystander, "waiters") >= WAITERS as u64);
+    let (threads, fds) = common::daemon::threads_and_fds(d.0.id());
+    // One descriptor per new connection, and not one thread.
+    assert_eq!(threads, base.0, "threads with {WAITERS} waiting clients");
+    assert!(fds <= base.1 + WAITERS as u64 + 2, "{fds} descriptors, {base:?} before");
+    let t = Instant::now();
+    for _ in 0..20 {
+        bystander.call(Call::VmRegion { address: VmAddr(0) }).ok();
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "20 calls of a bystander took {:?}", t.elapsed());
+    drop(streams);
+    wait_until("the waiters' calls are gone", || common::daemon::stat(&bystander, "waiters") == 0);
 }

@@ -243,7 +243,7 @@ impl Conn {
             .then(|| k.port_transfer(sh.own, sh.host_priv, machvm_protocol::ipc::Disposition::CopySend, task).ok())
             .flatten();
         let info = ConnInfo { task, pid: self.pid, uid: self.uid, name: name.clone(), pager };
-        let id = sh.conn_add(info, &self.stream);
+        let id = sh.conn_add(info);
         tracing::info!(conn = id, task = task.number(), pid = self.pid, uid = self.uid, name = %name, pager, "connected");
         self.phase = Phase::Task { caller: Caller { conn: id, task } };
         self.send(&Response::Welcome { version: PROTOCOL_VERSION, task: task.number(), host_priv });

@@ -40,7 +40,7 @@ use machvm_core::{KernError, Kernel, KernelConfig, Result, TaskId};
 use machvm_pagers::RunningPager;
 use machvm_protocol::ipc::Disposition;
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,8 +96,6 @@ pub struct Shared {
     /// connection, task).
     children: Mutex<HashMap<u64, (u64, TaskId)>>,
     conns: Mutex<BTreeMap<u64, ConnInfo>>,
-    /// The streams of live connections, to close them at shutdown.
-    streams: Mutex<HashMap<u64, UnixStream>>,
     next_conn: AtomicU64,
     token_seed: std::collections::hash_map::RandomState,
     /// The daemon is stopping: new hellos are refused.
@@ -142,7 +140,6 @@ impl Daemon {
             names: Mutex::default(),
             children: Mutex::default(),
             conns: Mutex::default(),
-            streams: Mutex::default(),
             next_conn: AtomicU64::new(1),
             token_seed: std::collections::hash_map::RandomState::new(),
             stopping: AtomicBool::new(false),
@@ -188,7 +185,7 @@ impl Daemon {
         // connected until they have taken what was sent to them (or a
         // deadline passes), then they go too. A connection still saying
         // hello is refused.
-        self.close(|c| !c.pager);
+        self.close(&loops, |c| !c.pager);
         self.shared.kernel.cache_flush();
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         let pagers: Vec<TaskId> = self.shared.connections().iter().filter(|c| c.pager).map(|c| c.task).collect();
@@ -196,7 +193,7 @@ impl Daemon {
         while backlog() > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        self.close(|_| true);
+        self.close(&loops, |_| true);
         loops.stop();
         let _ = std::fs::remove_file(&self.config.socket);
         Ok(())
@@ -206,16 +203,12 @@ impl Daemon {
 impl Daemon {
     /// Closes the connections `which` picks and waits (up to 2 s) for
     /// them to be gone.
-    fn close(&self, which: impl Fn(&ConnInfo) -> bool) {
+    fn close(&self, loops: &reactor::Loops, which: impl Fn(&ConnInfo) -> bool) {
         let ids: Vec<u64> = {
             let conns = self.shared.conns.lock().unwrap_or_else(|e| e.into_inner());
             conns.iter().filter(|(_, c)| which(c)).map(|(&id, _)| id).collect()
         };
-        for id in &ids {
-            if let Some(s) = self.shared.streams.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
-        }
+        loops.close(&ids);
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while std::time::Instant::now() < deadline {
             let conns = self.shared.conns.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,12 +227,9 @@ fn kern_io(e: KernError) -> std::io::Error {
 
 impl Shared {
     /// Registers a new connection.
-    pub(crate) fn conn_add(&self, info: ConnInfo, stream: &UnixStream) -> u64 {
+    pub(crate) fn conn_add(&self, info: ConnInfo) -> u64 {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, info);
-        if let Ok(s) = stream.try_clone() {
-            self.streams.lock().unwrap_or_else(|e| e.into_inner()).insert(id, s);
-        }
         id
     }
 
@@ -247,7 +237,6 @@ impl Shared {
     /// children and its task terminate.
     pub(crate) fn conn_gone(&self, id: u64, task: TaskId) {
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        self.streams.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         let names: Vec<PortName> = {
             let mut t = self.names.lock().unwrap_or_else(|e| e.into_inner());
             let gone: Vec<String> = t.iter().filter(|(_, (c, _))| *c == id).map(|(n, _)| n.clone()).collect();

@@ -45,6 +45,8 @@ struct Inbox {
     conns: Mutex<Vec<UnixStream>>,
     /// Connections whose waiting call was woken.
     woken: Mutex<Vec<u64>>,
+    /// Connections (by their number in the daemon) to close.
+    close: Mutex<Vec<u64>>,
     stop: AtomicBool,
 }
 
@@ -105,6 +107,7 @@ impl Loops {
                 kicked: AtomicBool::new(false),
                 conns: Mutex::default(),
                 woken: Mutex::default(),
+                close: Mutex::default(),
                 stop: AtomicBool::new(false),
             });
             let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
@@ -130,6 +133,15 @@ impl Loops {
         let inbox = &self.inboxes[i];
         inbox.conns.lock().unwrap_or_else(|e| e.into_inner()).push(stream);
         inbox.kick();
+    }
+
+    /// Closes the connections numbered `ids` (their loops close them at
+    /// once; the caller waits for them to be gone).
+    pub fn close(&self, ids: &[u64]) {
+        for inbox in &self.inboxes {
+            inbox.close.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(ids);
+            inbox.kick();
+        }
     }
 
     /// Stops every loop (its connections close) and joins them.
@@ -168,12 +180,7 @@ impl Loop {
         HOME.with(|h| h.set(Arc::as_ptr(&self.inbox)));
         let mut events = Vec::with_capacity(256);
         while !self.inbox.stop.load(Ordering::Acquire) {
-            let timeout = self.timers.first().map(|&(when, _)| {
-                let d = when.saturating_duration_since(Instant::now());
-                // Rounded up, so that a deadline is never polled early.
-                rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) + 999_999 }
-            });
-            let timeout = timeout.map(|t| normalise(t));
+            let timeout = self.timers.first().map(|&(when, _)| until(when));
             events.clear();
             match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), timeout.as_ref()) {
                 Ok(_) => {}
@@ -269,8 +276,18 @@ impl Loop {
         loop {
             let streams = std::mem::take(&mut *self.inbox.conns.lock().unwrap_or_else(|e| e.into_inner()));
             let woken = std::mem::take(&mut *self.inbox.woken.lock().unwrap_or_else(|e| e.into_inner()));
-            if streams.is_empty() && woken.is_empty() {
+            let close = std::mem::take(&mut *self.inbox.close.lock().unwrap_or_else(|e| e.into_inner()));
+            if streams.is_empty() && woken.is_empty() && close.is_empty() {
                 return;
+            }
+            if !close.is_empty() {
+                let doomed: Vec<u64> = (self.conns.iter())
+                    .filter(|(_, s)| s.conn.caller().is_some_and(|c| close.contains(&c.conn)))
+                    .map(|(&t, _)| t)
+                    .collect();
+                for token in doomed {
+                    self.close(token);
+                }
             }
             for stream in streams {
                 self.adopt(stream);
@@ -311,10 +328,10 @@ fn flags(read: bool, write: bool) -> epoll::EventFlags {
     f
 }
 
-fn normalise(mut t: rustix::time::Timespec) -> rustix::time::Timespec {
-    if t.tv_nsec >= 1_000_000_000 {
-        t.tv_sec += 1;
-        t.tv_nsec -= 1_000_000_000;
-    }
-    t
+/// The time left until `when`, rounded up to a whole millisecond (so that
+/// a deadline is never looked at early, whatever epoll's granularity).
+fn until(when: Instant) -> rustix::time::Timespec {
+    let ms = when.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000);
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX / 1_000_000);
+    rustix::time::Timespec { tv_sec: ms / 1000, tv_nsec: (ms % 1000) * 1_000_000 }
 }
