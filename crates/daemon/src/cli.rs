@@ -42,8 +42,8 @@ pub struct DaemonArgs {
     /// Live proxies each connection's task may have made.
     #[arg(long, default_value_t = machvm_core::TaskLimits::default().proxies)]
     pub max_proxies: usize,
-    /// Event-loop threads serving the connections (default: one per CPU,
-    /// at most 4).
+    /// Event-loop threads serving the connections (default: one per two
+    /// CPUs, at least 1 and at most 4).
     #[arg(long, default_value_t = crate::default_loops())]
     pub loops: usize,
 }

@@ -20,7 +20,7 @@
 //! connection can set the default pager.
 //!
 //! Threads: a few event loops ([`reactor`], `--loops`, by default one
-//! per CPU up to 4) serve every connection; the thread that called
+//! per two CPUs, up to 4) serve every connection; the thread that called
 //! [`Daemon::serve`] accepts. A call that waits (a fault for a pager, a
 //! receive, a send to a full queue, an eager copy) is an op of the
 //! kernel's (`machvm_core::kernel::resume`) left with its connection and
@@ -66,9 +66,12 @@ pub struct DaemonConfig {
     pub loops: usize,
 }
 
-/// Event loops by default: one per CPU, at most 4.
+/// Event loops by default: one per two CPUs (the pagers and clients need
+/// the others), at least 1 and at most 4. A wake-up from one loop to
+/// another crosses CPUs, which costs more than the work it hands over on
+/// small machines (`machvm bench`).
 pub fn default_loops() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)
+    (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).clamp(1, 4)
 }
 
 /// One live connection, as inspection shows it.
