@@ -90,6 +90,8 @@ pub struct Conn {
     out_at: usize,
     /// A bad frame was read: nothing after it is.
     stop_reading: bool,
+    /// The socket took less than was written: wait until it is writable.
+    blocked: bool,
     /// The peer's stream ended; until when its last replies may take.
     eof: Option<Instant>,
     waker: Arc<dyn Waker>,
@@ -126,6 +128,7 @@ impl Conn {
             out: Vec::new(),
             out_at: 0,
             stop_reading: false,
+            blocked: false,
             eof: None,
             waker,
             pid,
@@ -166,6 +169,11 @@ impl Conn {
                     self.decoder.push(&buf[..n]);
                     if let Err(what) = self.take_frames(sh) {
                         self.refuse(Response::ProtocolError { what });
+                    }
+                    if n < buf.len() {
+                        // All there was (epoll says when more comes): no
+                        // read just to hear it would block.
+                        break;
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -269,7 +277,7 @@ impl Conn {
         };
     }
 
-    /// Encodes `r` and writes what the socket takes.
+    /// Encodes `r` for the loop to write.
     fn send(&mut self, r: &Response) {
         match encode_frame(r) {
             Ok(frame) => self.out.extend_from_slice(&frame),
@@ -278,19 +286,27 @@ impl Conn {
                 // under it): the connection cannot carry it.
                 tracing::warn!("reply not sent: {e}");
                 self.closing(Instant::now());
-                return;
             }
         }
-        self.flush();
+    }
+
+    /// Replies are waiting to be written (the loop writes them once it has
+    /// made every call it can, see [`crate::reactor`]).
+    pub fn has_output(&self) -> bool {
+        self.out_at < self.out.len()
     }
 
     /// Writes what the socket takes of the replies; false if it broke.
     fn flush(&mut self) -> bool {
+        self.blocked = false;
         while self.out_at < self.out.len() {
             match (&self.stream).write(&self.out[self.out_at..]) {
                 Ok(0) => return false,
                 Ok(n) => self.out_at += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.out.clear();
@@ -367,19 +383,22 @@ impl Conn {
 
     /// What the loop must watch for.
     fn after(&self) -> After {
-        let writing = self.out_at < self.out.len();
+        // Written by the loop, or when the socket takes more if it was
+        // full.
+        let writing = self.has_output();
+        let write = writing && self.blocked;
         let read = self.eof.is_none();
         match self.phase {
             Phase::Closing { .. } if !writing => After::Close,
             Phase::Closing { deadline, .. } | Phase::Hello { deadline } => {
-                After::Keep { read, write: writing, deadline: Some(deadline) }
+                After::Keep { read, write, deadline: Some(deadline) }
             }
             Phase::Task { .. } => match self.eof {
                 Some(_) if !writing && self.running.is_none() && self.queue.is_empty() => After::Close,
-                Some(linger) => After::Keep { read, write: writing, deadline: Some(linger) },
+                Some(linger) => After::Keep { read, write, deadline: Some(linger) },
                 None => {
                     let deadline = self.running.as_ref().and_then(|r| r.pending.deadline());
-                    After::Keep { read, write: writing, deadline }
+                    After::Keep { read, write, deadline }
                 }
             },
         }

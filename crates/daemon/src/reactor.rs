@@ -118,6 +118,7 @@ impl Loops {
                 epoll,
                 conns: HashMap::new(),
                 timers: BTreeSet::new(),
+                dirty: Vec::new(),
                 next: 1,
             };
             let t = std::thread::Builder::new().name(format!("machvmd-loop-{i}")).spawn(move || lp.run())?;
@@ -164,6 +165,8 @@ struct Loop {
     conns: HashMap<u64, Slot>,
     /// Deadlines: (when, connection).
     timers: BTreeSet<(Instant, u64)>,
+    /// Connections with replies to write, in the order they were made.
+    dirty: Vec<u64>,
     next: u64,
 }
 
@@ -209,7 +212,7 @@ impl Loop {
                 }
             }
             self.expire();
-            self.drain();
+            self.flush();
         }
         let all: Vec<u64> = self.conns.keys().copied().collect();
         for token in all {
@@ -217,11 +220,28 @@ impl Loop {
         }
     }
 
-    /// Runs `f` on a connection and applies what it asks for.
+    /// Runs `f` on a connection and applies what it asks for; a
+    /// connection with replies to write is noted for [`Loop::flush`].
     fn event(&mut self, token: u64, f: impl FnOnce(&mut Conn, &Shared) -> After) {
         let Some(slot) = self.conns.get_mut(&token) else { return };
         let after = f(&mut slot.conn, &self.sh);
+        if slot.conn.has_output() && !self.dirty.contains(&token) {
+            self.dirty.push(token);
+        }
         self.apply(token, after);
+    }
+
+    /// Writes the replies made, once every call the loop could make is
+    /// made; the latest first, so that the reply a pager's answer
+    /// completes goes out before the pager's own acknowledgement. Writing
+    /// may let more calls be made (a connection held back by a full
+    /// socket): they are made and written too.
+    fn flush(&mut self) {
+        loop {
+            self.drain();
+            let Some(token) = self.dirty.pop() else { return };
+            self.event(token, |c, sh| c.writable(sh));
+        }
     }
 
     fn apply(&mut self, token: u64, after: After) {
