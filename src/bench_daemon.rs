@@ -45,7 +45,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -338,44 +338,6 @@ impl Drop for Raw {
     }
 }
 
-/// A ping-pong with another thread over two `std::sync::mpsc` channels:
-/// two hand-offs like the one from a connection's reader to its worker.
-struct Handoff {
-    to: Option<mpsc::Sender<u64>>,
-    from: mpsc::Receiver<u64>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Handoff {
-    fn new() -> Handoff {
-        let (to, rx) = mpsc::channel::<u64>();
-        let (tx, from) = mpsc::channel::<u64>();
-        let thread = std::thread::spawn(move || {
-            for v in rx {
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        Handoff { to: Some(to), from, thread: Some(thread) }
-    }
-
-    fn exchange(&self, v: u64) -> Res<()> {
-        self.to.as_ref().ok_or("closed")?.send(v)?;
-        self.from.recv()?;
-        Ok(())
-    }
-}
-
-impl Drop for Handoff {
-    fn drop(&mut self) {
-        self.to = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// The sizes (header included) of the frames on a pager round trip and a
 /// `vm_region` call, encoded as the client, the daemon and the pager
 /// encode them, with this run's addresses.
@@ -457,8 +419,6 @@ enum Op {
     RawPingPong,
     /// The daemon's code for a `vm_region` call alone, on this thread.
     RegionWork,
-    /// Two `mpsc` hand-offs.
-    Handoff,
     /// `load` of a resident page over the socket.
     LoadResident,
     /// First touch of the same out-of-process pager's pages by this thread
@@ -468,13 +428,12 @@ enum Op {
     FaultInProcess,
 }
 
-const OPS: [Op; 9] = [
+const OPS: [Op; 8] = [
     Op::FaultSocket,
     Op::RawChain,
     Op::Region,
     Op::RawPingPong,
     Op::RegionWork,
-    Op::Handoff,
     Op::LoadResident,
     Op::FaultInDaemon,
     Op::FaultInProcess,
@@ -498,7 +457,6 @@ impl Op {
                 "first touch by a thread calling the daemon's kernel directly, same out-of-process pager".into()
             }
             Op::FaultInProcess => "first touch, in-process `MemBacking` pager thread, 1-page requests".into(),
-            Op::Handoff => "`std::sync::mpsc` ping-pong between two threads (two hand-offs)".into(),
         }
     }
 
@@ -514,7 +472,6 @@ impl Op {
             Op::LoadResident => "the client's socket leg of a first touch, without the fault",
             Op::FaultInDaemon => "`Kernel::read_u64` on the client's task: the pager leg alone",
             Op::FaultInProcess => "a kernel of its own (the kernel core section's setup)",
-            Op::Handoff => "the daemon hands each call from a connection's reader to its worker this way",
         }
     }
 }
@@ -642,8 +599,8 @@ fn region_call(conn: &Connection, at: VmAddr) -> Res<Reply> {
 }
 
 /// The daemon's work for one call whose request frame is `frame`, made on
-/// this thread: what a connection's worker does between its reader's
-/// hand-off and its write.
+/// this thread: what a connection's event loop does between its `read`
+/// and its `write`.
 fn daemon_work(sh: &Shared, caller: Caller, frame: &[u8]) -> Res<()> {
     let Request::Call { seq, call } = decode_body::<Request>(&frame[4..])? else {
         return Err("not a call".into());
@@ -744,7 +701,6 @@ fn round(z: DaemonSizes, host: &PagerHost, dir: &Path, rep: usize, f: &mut Daemo
         f.frames = FrameSizes::new(socket_pages, 0, &region)?;
         let mut chain = Raw::chain(f.frames.chain())?;
         let mut ping = Raw::ping_pong(f.frames.region_call, f.frames.region_reply)?;
-        let handoff = Handoff::new();
         let region_frame = encode_frame(&Request::Call { seq: SEQ, call: Call::VmRegion { address: resident } })?;
         // The connection's number matters only to the name table and child
         // tasks, not to `vm_region`.
@@ -762,7 +718,6 @@ fn round(z: DaemonSizes, host: &PagerHost, dir: &Path, rep: usize, f: &mut Daemo
                 &mut |_| (0..BLOCK).try_for_each(|_| region_call(conn, resident).map(drop)),
                 &mut |_| (0..BLOCK).try_for_each(|_| ping.exchange()).map_err(Into::into),
                 &mut |_| (0..BLOCK).try_for_each(|_| daemon_work(shared, caller, &region_frame)),
-                &mut |_| (0..BLOCK).try_for_each(|i| handoff.exchange(i)),
                 &mut |_| (0..BLOCK).try_for_each(|_| conn.load(resident, LOAD_LEN).map(drop).map_err(Into::into)),
                 &mut |s| read_pages(&k1, r1.task, daemon_pages, turn(s)),
                 &mut |s| local_touch(&local, turn(s)),
@@ -923,21 +878,20 @@ pub(super) fn report(w: &mut String, f: &DaemonFigures) -> std::fmt::Result {
     )?;
     writeln!(
         w,
-        "- the daemon's own cost per call (`vm_region` − raw ping-pong): {}. In it: the daemon's code for the \
-         call (decoding, checking, the kernel's `vm_region`, encoding) takes {} on one thread; and a \
-         connection's reader hands every call to its worker over an `mpsc` channel, a thread wake-up, {} one \
-         way (half the `mpsc` ping-pong).",
+        "- the daemon's own cost per call (`vm_region` − raw ping-pong): {}, of which the daemon's code for \
+         the call (decoding, checking, the kernel's `vm_region`, encoding) takes {} on one thread; the rest is \
+         its event loop's system calls (`epoll_wait`, `read`, `write`) against the echo thread's `read` and \
+         `write`.",
         duration(median(&f.call_overhead)),
-        duration(median(f.op(Op::RegionWork))),
-        duration(median(f.op(Op::Handoff)) / 2.0)
+        duration(median(f.op(Op::RegionWork)))
     )?;
     writeln!(
         w,
-        "- thread wake-ups on the way (from the code): a call is 3 (the daemon's reader, its worker, the \
-         client) against the ping-pong's 2; a pager round trip is 8 (the reader and worker of the client's \
-         connection; the pager connection's worker, woken by the `data_request`; the pager process; the pager \
-         connection's reader and worker; the faulting worker, woken by `data_unavailable`; the client) against \
-         the chain's 4."
+        "- thread wake-ups on the way (from the code, with the daemon's default of one event loop on this \
+         machine): a call is 2 (the daemon's loop, the client), as the ping-pong's; a pager round trip is 4 (the \
+         loop, by the client's `load`; the pager process, by the reply to its waiting `msg_receive`; the loop, \
+         by the pager's `data_unavailable`; the client), as the chain's 4. The pager is a process and the \
+         chain's relay and echo are threads of one process."
     )?;
     writeln!(w)?;
     writeln!(w, "### First touch by cluster size ({} pages of each per round)", z.pages)?;
@@ -1040,9 +994,7 @@ mod tests {
             ping.exchange().unwrap();
             assert_eq!(ping.end.body.len(), 26);
         }
-        let h = Handoff::new();
-        h.exchange(1).unwrap();
-        drop((chain, ping, h));
+        drop((chain, ping));
     }
 
     #[test]
