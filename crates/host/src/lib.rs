@@ -1,0 +1,75 @@
+//! machvm's Linux host backend, first layer: a safe toolkit over the host
+//! calls that give tasks real memory (DESIGN.md §5). It is the only crate
+//! of the project that contains `unsafe`.
+//!
+//! - [`memfd`]: [`ObjectMemory`], the resident pages of one VM object in a
+//!   memfd at their object offsets.
+//! - [`fdpass`]: descriptors over a Unix socket (`SCM_RIGHTS`), bounded on
+//!   receipt, with the sender's credentials.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
+
+pub mod fdpass;
+pub mod memfd;
+mod range;
+
+pub use memfd::ObjectMemory;
+pub use range::{page_size, PageRange};
+
+pub use rustix::io::Errno;
+
+/// The errors of the host layer. Each says whose mistake it is: the
+/// caller's (a bad argument), the peer's (a descriptor that is not what it
+/// claims), or the host's (a call the kernel refused).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The host refused a call (`call` names it).
+    #[error("{call}: {errno}")]
+    Host {
+        /// The host call, as its manual page names it.
+        call: &'static str,
+        /// What the kernel said.
+        errno: Errno,
+    },
+    /// The caller's range is empty, not page-aligned, or overflows.
+    #[error("bad range: start {start:#x}, length {len:#x} (must be page-aligned, non-empty, and not wrap)")]
+    BadRange {
+        /// The start the caller gave.
+        start: u64,
+        /// The length the caller gave.
+        len: u64,
+    },
+    /// The caller's bytes lie outside the object or mapping.
+    #[error("bytes [{offset:#x}, +{len:#x}) lie outside the {size:#x} bytes of the {what}")]
+    OutOfBounds {
+        /// "object" or "mapping".
+        what: &'static str,
+        /// The first byte asked for.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+        /// How many bytes there are.
+        size: u64,
+    },
+}
+
+/// The host layer's result.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// The kernel's errno, if the host refused a call.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            Error::Host { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+/// Wraps an errno as the refusal of `call`.
+pub(crate) fn host(call: &'static str) -> impl FnOnce(Errno) -> Error {
+    move |errno| Error::Host { call, errno }
+}
