@@ -4,6 +4,8 @@
 //!
 //! - [`memfd`]: [`ObjectMemory`], the resident pages of one VM object in a
 //!   memfd at their object offsets.
+//! - [`mapping`]: [`Mapping`], an owned `MAP_SHARED` window of a descriptor,
+//!   read and written only by copies made of atomic word accesses.
 //! - [`fdpass`]: descriptors over a Unix socket (`SCM_RIGHTS`), bounded on
 //!   receipt, with the sender's credentials.
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -12,9 +14,11 @@
 #![warn(missing_debug_implementations)]
 
 pub mod fdpass;
+pub mod mapping;
 pub mod memfd;
 mod range;
 
+pub use mapping::{Mapping, Prot};
 pub use memfd::ObjectMemory;
 pub use range::{page_size, PageRange};
 
@@ -53,6 +57,15 @@ pub enum Error {
         len: u64,
         /// How many bytes there are.
         size: u64,
+    },
+    /// The caller tried an access the mapping's protection does not allow
+    /// (which the host MMU would have punished with `SIGSEGV`).
+    #[error("the mapping is {prot:?}: no {access} access")]
+    Protection {
+        /// The mapping's protection.
+        prot: Prot,
+        /// "read" or "write".
+        access: &'static str,
     },
 }
 
