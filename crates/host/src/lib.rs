@@ -1,13 +1,24 @@
 //! machvm's Linux host backend, first layer: a safe toolkit over the host
 //! calls that give tasks real memory (DESIGN.md §5). It is the only crate
-//! of the project that contains `unsafe`.
+//! of the project that contains `unsafe`; everything above it (the daemon's
+//! fault server, the task library) is safe code on these types.
+//!
+//! What each module wraps:
 //!
 //! - [`memfd`]: [`ObjectMemory`], the resident pages of one VM object in a
-//!   memfd at their object offsets.
-//! - [`mapping`]: [`Mapping`], an owned `MAP_SHARED` window of a descriptor,
-//!   read and written only by copies made of atomic word accesses.
-//! - [`fdpass`]: descriptors over a Unix socket (`SCM_RIGHTS`), bounded on
-//!   receipt, with the sender's credentials.
+//!   memfd at their object offsets (`memfd_create`, `ftruncate`, seals,
+//!   `fchmod`, `pread`/`pwrite`, `fallocate(PUNCH_HOLE)`,
+//!   `lseek(SEEK_DATA/SEEK_HOLE)`).
+//! - [`mapping`]: [`Mapping`], an owned `MAP_SHARED` window of a descriptor
+//!   (`mmap`, `mprotect`, `munmap`), read and written only by copies made of
+//!   atomic word accesses, because other processes share the memory.
+//! - [`uffd`]: [`Userfaultfd`], creation (the `userfaultfd` syscall, or
+//!   `/dev/userfaultfd` and `USERFAULTFD_IOC_NEW`), the `UFFDIO_API`
+//!   handshake, registration, the resolution ioctls (`CONTINUE`, `COPY`,
+//!   `ZEROPAGE`, `POISON`, `WRITEPROTECT`, `WAKE`) with their outcomes, and
+//!   batched non-blocking reads of its events.
+//! - [`fdpass`]: descriptors over a Unix socket (`sendmsg`/`recvmsg` with
+//!   `SCM_RIGHTS`), bounded on receipt, with the sender's credentials.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
@@ -17,10 +28,12 @@ pub mod fdpass;
 pub mod mapping;
 pub mod memfd;
 mod range;
+pub mod uffd;
 
 pub use mapping::{Mapping, Prot};
 pub use memfd::ObjectMemory;
 pub use range::{page_size, PageRange};
+pub use uffd::{NewUserfaultfd, Userfaultfd};
 
 pub use rustix::io::Errno;
 
@@ -67,6 +80,31 @@ pub enum Error {
         /// "read" or "write".
         access: &'static str,
     },
+    /// The peer's descriptor is not a userfaultfd (or not
+    /// `/dev/userfaultfd`): what it is instead.
+    #[error("the descriptor is not {expected}: it is {found}")]
+    WrongDescriptor {
+        /// What it should have been.
+        expected: &'static str,
+        /// What it is.
+        found: String,
+    },
+    /// The kernel lacks userfaultfd features the caller needs.
+    #[error("the kernel lacks userfaultfd features {missing:?}")]
+    Unsupported {
+        /// The features asked for that the kernel does not have.
+        missing: uffd::Features,
+    },
+    /// The caller registered a raw range on a userfaultfd of its own
+    /// process (only a [`Mapping`] may be registered there), or a
+    /// [`Mapping`] on another process's userfaultfd (whose address space
+    /// has none of this process's mappings).
+    #[error("{0}")]
+    AddressSpace(&'static str),
+    /// The process whose memory the userfaultfd serves has exited (`ESRCH`):
+    /// the uffd has nothing left to serve.
+    #[error("the process of this userfaultfd has exited")]
+    ProcessExited,
 }
 
 /// The host layer's result.
