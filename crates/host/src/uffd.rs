@@ -65,7 +65,13 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 bitflags::bitflags! {
-    /// `UFFD_FEATURE_*`: what a uffd may do, asked for in the handshake.
+    /// `UFFD_FEATURE_*`, asked for in the handshake. Those of events and
+    /// messages (`EVENT_*`, `THREAD_ID`, `EXACT_ADDRESS`, `SIGBUS`,
+    /// `WP_ASYNC`) change what the uffd does; those of memory kinds and
+    /// ioctls (`*_SHMEM`, `*_HUGETLBFS`, `POISON`, `MOVE`) only say what the
+    /// kernel can do: on 6.18 registration and `UFFDIO_POISON` work on a uffd
+    /// whose handshake asked for none of them (a test checks it). Ask for
+    /// them anyway: the handshake then fails on a kernel that lacks them.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub struct Features: u64 {
         /// Write-protect faults are reported (anonymous memory).
@@ -453,7 +459,7 @@ impl Userfaultfd {
     /// Errors: [`Error::AddressSpace`] on a uffd of this process (register
     /// a [`Mapping`] instead); [`Error::Host`] if the kernel refuses
     /// (`EINVAL`: a mode the memory cannot have, as MINOR on anonymous
-    /// memory, or a feature the handshake did not enable; `EPERM`: a
+    /// memory; `EPERM`: a
     /// mapping of a read-only descriptor; `EBUSY`: registered with another
     /// uffd; `ENOMEM`: part of the range is not mapped).
     pub fn register(&self, range: PageRange, mode: RegisterMode) -> Result<Ioctls> {
@@ -551,7 +557,8 @@ impl Userfaultfd {
     /// `ioctl(UFFDIO_POISON, range)`—Marks the unmapped pages of `range` so
     /// that any access raises `SIGBUS` (how the daemon refuses a page), and
     /// wakes their waiters, who take it. A mapped page is
-    /// [`Outcome::Exists`]: punch it from the memfd first.
+    /// [`Outcome::Exists`]: punch it from the memfd first. The poison lasts
+    /// until a later fill replaces it (`COPY` does).
     ///
     /// Errors: [`Error::Host`] with `EINVAL` without [`Features::POISON`];
     /// [`Error::ProcessExited`].
