@@ -60,6 +60,10 @@ fn the_handshake_grants_what_was_asked_and_registration_says_what_it_allows() {
     assert!(u.is_own());
     let fl = rustix::fs::fcntl_getfl(&u).unwrap();
     assert!(fl.contains(rustix::fs::OFlags::NONBLOCK), "every uffd is non-blocking");
+    // The handshake is made once per uffd: a second one (through another
+    // descriptor of the same uffd) is refused.
+    let again = NewUserfaultfd::from_received(rustix::io::fcntl_dupfd_cloexec(&u, 0).unwrap()).unwrap();
+    assert_eq!(again.handshake(Features::SHMEM_SERVING).unwrap_err().errno(), Some(Errno::INVAL));
 
     let obj = object(4);
     let m = map(&obj, Prot::READ | Prot::WRITE);
