@@ -1,7 +1,8 @@
 //! machvm's Linux host backend, first layer: a safe toolkit over the host
 //! calls that give tasks real memory (DESIGN.md §5). It is the only crate
 //! of the project that contains `unsafe`; everything above it (the daemon's
-//! fault server, the task library) is safe code on these types.
+//! fault server, the task library) is safe code on these types. It does not
+//! know the kernel core: the page-store seam comes later.
 //!
 //! What each module wraps:
 //!
@@ -19,6 +20,87 @@
 //!   batched non-blocking reads of its events.
 //! - [`fdpass`]: descriptors over a Unix socket (`sendmsg`/`recvmsg` with
 //!   `SCM_RIGHTS`), bounded on receipt, with the sender's credentials.
+//!
+//! Every host call is wrapped once, on `rustix` (with `linux-raw-sys` for
+//! the userfaultfd structures); no `libc`.
+//!
+//! # Host facts this layer relies on
+//!
+//! Each was found by the project's host-facts programs and checked again on
+//! Linux 6.18 by this crate's tests (named in parentheses; `tests/uffd.rs`,
+//! `tests/process.rs` and the unit tests). The tests that need userfaultfd
+//! skip, saying why, where it is unavailable (as for an unprivileged user
+//! while `vm.unprivileged_userfaultfd = 0`).
+//!
+//! 1. `poll` reports `POLLERR` on a uffd that is blocking, or whose
+//!    handshake is not made yet: every [`Userfaultfd`] is non-blocking, also
+//!    one received from another process (the flag is on the open file,
+//!    shared with the sender) (test `a_uffd_comes_from_the_device_too…`).
+//! 2. `UFFDIO_API` succeeds once per uffd and reports nothing when it fails,
+//!    so what the kernel offers is asked of a throwaway uffd
+//!    ([`uffd::Features::available`]: all 17 features, `0x1ffff`, here).
+//!    The memory-kind features (`*_SHMEM`) and `POISON` announce support
+//!    without gating it: registration and `UFFDIO_POISON` work without them
+//!    (test `the_handshake_grants_what_was_asked…`).
+//! 3. A memfd mapping registers `MISSING|MINOR|WP`, allowing `WAKE`, `COPY`,
+//!    `ZEROPAGE`, `MOVE`, `WRITEPROTECT`, `CONTINUE` and `POISON`; it needs
+//!    a descriptor opened for writing (`EPERM` otherwise, even for a
+//!    read-only mapping), and one uffd per range (`EBUSY`) (same test).
+//! 4. A hole faults MISSING, a page the memfd holds MINOR; `CONTINUE` maps
+//!    what the memfd holds, so a handler that `pwrite`s the page of a
+//!    MISSING fault resolves it with `CONTINUE` too; `COPY` on a memfd
+//!    mapping fills the memfd (test `minor_and_missing_faults…`,
+//!    `missing_faults_are_resolved…`).
+//! 5. Fill outcomes: any fill of a mapped page is `EEXIST`, and so is `COPY`
+//!    or `ZEROPAGE` of a page the memfd holds but the mapping does not map;
+//!    `CONTINUE` of a hole is `EFAULT`; a fill stopped part-way is `EAGAIN`
+//!    with the bytes done; after `UNREGISTER`, `ENOENT`; `POISON` of a mapped
+//!    page is `EEXIST`, and `COPY` replaces a poison (test `fills_that_meet…`).
+//!    While an address-space event (here `REMOVE`) is unread, fills are
+//!    `EAGAIN` with nothing done and the process waits in its call
+//!    (test `a_fill_while_an_address_space_event_is_unread…`).
+//! 6. A store into a write-protected page waits until the protection is
+//!    lifted; loads do not fault; the protection survives the process's own
+//!    `mprotect(PROT_WRITE)` (test `a_store_into_a_write_protected_page…`,
+//!    `write_protection_survives…`).
+//! 7. `fallocate(PUNCH_HOLE)` takes a page from the mapping; the next access
+//!    faults MISSING (test `a_punched_page…`).
+//! 8. `UFFDIO_POISON` makes the next access `SIGBUS`, which kills a process
+//!    that does not handle it (test `a_poisoned_page_kills…`).
+//! 9. A task's uffd, passed over `SCM_RIGHTS`, is registered (in the task's
+//!    address space) and served by the receiving process: `CONTINUE` after
+//!    `pwrite`, `COPY`, write-protect (test `a_tasks_uffd_passed_over_a_socket…`).
+//! 10. Each uffd has an inode of its own, so this process recognises its own
+//!     uffd coming back (the soundness rule of [`uffd`]) (test
+//!     `a_uffd_comes_from_the_device_too…`). Waiting faults are read many
+//!     per `read`, no more than asked, and one fill over their pages wakes
+//!     them all (test `waiting_faults_are_read_many_at_once…`).
+//! 11. `lseek(SEEK_DATA/SEEK_HOLE)` finds the present pages of a memfd (a
+//!     write of one byte makes its page present; a `pread` of a hole leaves
+//!     it one); `F_SEAL_SHRINK | F_SEAL_SEAL` refuse shrinking and new seals
+//!     (`EPERM`) (`memfd`'s unit tests). (`mincore`, the other way to ask, is
+//!     not in rustix, and needs a mapping.)
+//!
+//! `examples/uffd_costs.rs` measures the costs through this crate.
+//!
+//! # What the next layer needs from this one
+//!
+//! The fault server puts many uffds in one epoll set (each is `AsFd` and
+//! non-blocking); on readiness it drains [`Userfaultfd::read_events`] and
+//! handles the address-space events (fork, remap, remove, unmap) of a batch
+//! before its faults: until they are read the process waits in its call and
+//! every fill is [`uffd::Outcome::Changed`]. It serves each fault by a
+//! cluster: the pages already in the object's [`ObjectMemory`] with one
+//! `continue_` over cluster ∩ mapping ∩ grant (write-protected where the
+//! grant is read-only), the rest asked of the pager once, written into the
+//! memfd, then continued. The outcomes say what to do when it races with
+//! the process: `Exists` (someone resolved it first), `Partial` (retry the
+//! rest), `Changed` (read events, then retry), `Unmapped` (wake the range so
+//! the faulting thread retries and takes its `SIGSEGV`); `Error::ProcessExited`
+//! ends that uffd. The task library maps windows with [`Mapping::map`] and
+//! hands its uffd over with [`fdpass::send_fds`]; the daemon takes it with
+//! [`NewUserfaultfd::from_received`] and makes the handshake itself (it
+//! holds `CAP_SYS_PTRACE`, which `EVENT_FORK` needs).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
