@@ -35,7 +35,10 @@
 //! 1. `poll` reports `POLLERR` on a uffd that is blocking, or whose
 //!    handshake is not made yet: every [`Userfaultfd`] is non-blocking, also
 //!    one received from another process (the flag is on the open file,
-//!    shared with the sender) (test `a_uffd_comes_from_the_device_too…`).
+//!    shared with the sender). The sender can clear the flag again, so
+//!    reads use `preadv2(RWF_NOWAIT)`, which a uffd honours whatever the
+//!    flag (since 6.7), and a wait restores the flag
+//!    (test `a_uffd_comes_from_the_device_too…`).
 //! 2. `UFFDIO_API` succeeds once per uffd and reports nothing when it fails,
 //!    so what the kernel offers is asked of a throwaway uffd
 //!    ([`uffd::Features::available`]: all 17 features, `0x1ffff`, here).
@@ -97,7 +100,10 @@
 //! the process: `Exists` (someone resolved it first), `Partial` (retry the
 //! rest), `Changed` (read events, then retry), `Unmapped` (wake the range so
 //! the faulting thread retries and takes its `SIGSEGV`); `Error::ProcessExited`
-//! ends that uffd. The task library maps windows with [`Mapping::map`] and
+//! ends that uffd. On `EPOLLERR` from a uffd it calls
+//! [`Userfaultfd::ensure_nonblocking`]: the task that shares the open file
+//! may have made it blocking, which would otherwise keep it polling as an
+//! error (a spinning event loop). The task library maps windows with [`Mapping::map`] and
 //! hands its uffd over with [`fdpass::send_fds`]; the daemon takes it with
 //! [`NewUserfaultfd::from_received`] and makes the handshake itself (it
 //! holds `CAP_SYS_PTRACE`, which `EVENT_FORK` needs).

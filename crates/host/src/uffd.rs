@@ -61,6 +61,7 @@ use rustix::fs::OFlags;
 use rustix::io::Errno;
 use rustix::ioctl::{opcode, Ioctl, IoctlOutput, Opcode};
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -592,10 +593,11 @@ impl Userfaultfd {
         self.ioctl(&mut WakeArg(raw(range))).map_err(host("ioctl(UFFDIO_WAKE)"))
     }
 
-    /// `read(uffd, msgs)`, repeated while messages come—Appends up to `max`
-    /// waiting messages to `out`, decoded, reading up to 64 per call;
-    /// returns how many. 0 means none is waiting now (`EAGAIN` is not an
-    /// error). A message of a later kernel is [`Event::Unknown`].
+    /// `read(uffd, msgs)` without waiting, repeated while messages
+    /// come—Appends up to `max` waiting messages to `out`, decoded, reading
+    /// up to 64 per call; returns how many. 0 means none is waiting now
+    /// (`EAGAIN` is not an error). A message of a later kernel is
+    /// [`Event::Unknown`].
     ///
     /// Errors: [`Error::Host`] if `read` fails otherwise, or `fcntl` on a
     /// forked child's uffd does (the events read are in `out` all the same).
@@ -605,7 +607,7 @@ impl Userfaultfd {
         let mut failed = None;
         while n < max {
             let want = (max - n).min(BATCH) * MSG;
-            let got = match rustix::io::read(&self.fd, &mut buf[..want]) {
+            let got = match self.read_now(&mut buf[..want]) {
                 Ok(got) => got,
                 Err(Errno::AGAIN) => break,
                 Err(Errno::INTR) => continue,
@@ -630,19 +632,59 @@ impl Userfaultfd {
 
     /// `poll(uffd, POLLIN, timeout)`—Waits until a message is waiting (true)
     /// or `timeout` passes (false); `None` waits for ever. An interrupted
-    /// wait returns false early.
+    /// wait returns false early. A uffd found blocking (`POLLERR`: a process
+    /// sharing its open file cleared `O_NONBLOCK`) is made non-blocking again
+    /// and reported as true: [`Userfaultfd::read_events`] then says whether
+    /// anything waits.
     ///
-    /// Errors: [`Error::Host`] if `poll` fails.
+    /// Errors: [`Error::Host`] if `poll` or `fcntl` fails.
     pub fn wait_readable(&self, timeout: Option<Duration>) -> Result<bool> {
         let ts = timeout.map(|d| {
             rustix::event::Timespec::try_from(d).unwrap_or(rustix::event::Timespec { tv_sec: i64::MAX, tv_nsec: 0 })
         });
         let mut fds = [rustix::event::PollFd::new(&self.fd, rustix::event::PollFlags::IN)];
         match rustix::event::poll(&mut fds, ts.as_ref()) {
+            Ok(_) if fds[0].revents().contains(rustix::event::PollFlags::ERR) => {
+                self.ensure_nonblocking()?;
+                Ok(true)
+            }
             Ok(_) => Ok(fds[0].revents().contains(rustix::event::PollFlags::IN)),
             Err(Errno::INTR) => Ok(false),
             Err(e) => Err(host("poll")(e)),
         }
+    }
+
+    /// `fcntl(F_GETFL)`, and `fcntl(F_SETFL, O_NONBLOCK)` if it is
+    /// missing—Makes the uffd non-blocking again; true if it had to. The
+    /// flag belongs to the open file, which the process that made the uffd
+    /// may share and change: an event loop that sees `EPOLLERR` on a uffd
+    /// calls this (otherwise the uffd polls as an error for ever).
+    /// [`Userfaultfd::read_events`] never blocks either way.
+    ///
+    /// Errors: [`Error::Host`] if `fcntl` fails.
+    pub fn ensure_nonblocking(&self) -> Result<bool> {
+        let fl = rustix::fs::fcntl_getfl(&self.fd).map_err(host("fcntl(F_GETFL)"))?;
+        if fl.contains(OFlags::NONBLOCK) {
+            return Ok(false);
+        }
+        rustix::fs::fcntl_setfl(&self.fd, fl | OFlags::NONBLOCK).map_err(host("fcntl(F_SETFL)"))?;
+        Ok(true)
+    }
+
+    /// `preadv2(uffd, buf, -1, RWF_NOWAIT)`, or `read(uffd, buf)` on kernels
+    /// whose uffd lacks `RWF_NOWAIT` (before 6.7)—A read that does not wait
+    /// even if another process made the open file blocking.
+    fn read_now(&self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        static NOWAIT: AtomicBool = AtomicBool::new(true);
+        if NOWAIT.load(Ordering::Relaxed) {
+            let flags = rustix::io::ReadWriteFlags::NOWAIT;
+            // `u64::MAX` is rustix's "at the file offset" (a uffd has none).
+            match rustix::io::preadv2(&self.fd, &mut [std::io::IoSliceMut::new(buf)], u64::MAX, flags) {
+                Err(Errno::OPNOTSUPP | Errno::NOSYS) => NOWAIT.store(false, Ordering::Relaxed),
+                other => return other,
+            }
+        }
+        rustix::io::read(&self.fd, buf)
     }
 
     fn decode(&self, m: &[u8; MSG]) -> Result<Event> {

@@ -167,9 +167,19 @@ fn a_uffd_comes_from_the_device_too_and_a_received_one_is_checked() {
     assert_eq!(poll_now(&fixed), err, "before its handshake a uffd polls as an error");
     let u = fixed.handshake(Features::empty()).unwrap();
     assert!(poll_now(&u).is_empty());
+    // Another process sharing the open file (the task that made the uffd)
+    // can make it blocking again: reads still do not wait, and a wait
+    // restores the flag.
     let fl = rustix::fs::fcntl_getfl(&u).unwrap();
     rustix::fs::fcntl_setfl(&u, fl - rustix::fs::OFlags::NONBLOCK).unwrap();
     assert_eq!(poll_now(&u), err, "a blocking uffd polls as an error");
+    let u = Arc::new(u);
+    let u2 = u.clone();
+    assert_eq!(timed("reading a uffd made blocking", move || u2.read_events(&mut Vec::new(), 8).unwrap()), 0);
+    assert!(u.wait_readable(Some(Duration::from_millis(10))).unwrap());
+    assert!(rustix::fs::fcntl_getfl(&*u).unwrap().contains(rustix::fs::OFlags::NONBLOCK));
+    assert!(poll_now(&*u).is_empty());
+    assert!(!u.ensure_nonblocking().unwrap());
 }
 
 #[test]
