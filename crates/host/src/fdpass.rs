@@ -90,6 +90,7 @@ pub fn send_fds(sock: impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<
     };
     while sent < data.len() {
         match rustix::net::send(sock, &data[sent..], SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(Error::Host { call: "send", errno: Errno::PIPE }),
             Ok(n) => sent += n,
             Err(Errno::INTR) => {}
             Err(e) => return Err(host("send")(e)),

@@ -58,7 +58,9 @@
 //!    or `ZEROPAGE` of a page the memfd holds but the mapping does not map;
 //!    `CONTINUE` of a hole is `EFAULT`; a fill stopped part-way is `EAGAIN`
 //!    with the bytes done; after `UNREGISTER`, `ENOENT`; `POISON` of a mapped
-//!    page is `EEXIST`, and `COPY` replaces a poison (test `fills_that_meet…`).
+//!    page is `EEXIST`, and `COPY` replaces a poison. Every fill works on any
+//!    registered range (the mode decides only which faults are reported);
+//!    only a write-protected fill needs `WP` (test `fills_that_meet…`).
 //!    While an address-space event (here `REMOVE`) is unread, fills are
 //!    `EAGAIN` with nothing done and the process waits in its call
 //!    (test `a_fill_while_an_address_space_event_is_unread…`).

@@ -506,9 +506,12 @@ impl Userfaultfd {
     /// at `range` into the faulting mapping (after a MINOR fault, or after
     /// the handler wrote the page of a MISSING fault into the memfd).
     ///
-    /// Errors: [`Error::Host`] with `EFAULT` if the memfd has a hole there
-    /// (the outcome counts the pages before it), `EINVAL` for a range not
-    /// registered MINOR or `WRITE_PROTECT` on a range not registered WP;
+    /// Any registered range takes it (the registration's mode decides only
+    /// which faults are reported), and so for the other fills.
+    ///
+    /// Errors: [`Error::Host`] with `EFAULT` if the memfd has a hole at the
+    /// first page (a hole further on ends a [`Outcome::Partial`]), `EINVAL`
+    /// for `WRITE_PROTECT` on a range not registered WP;
     /// [`Error::ProcessExited`].
     pub fn continue_(&self, range: PageRange, mode: FillMode) -> Result<Outcome> {
         let mut bits = 0;
@@ -528,8 +531,8 @@ impl Userfaultfd {
     /// mapping the pages become the memfd's too.
     ///
     /// Errors: [`Error::BadRange`] if `dst` or the length of `src` is not
-    /// page-aligned; [`Error::Host`] with `EINVAL` for a range not
-    /// registered MISSING; [`Error::ProcessExited`].
+    /// page-aligned; [`Error::Host`] with `EINVAL` for `WRITE_PROTECT` on a
+    /// range not registered WP; [`Error::ProcessExited`].
     pub fn copy(&self, dst: u64, src: &[u8], mode: FillMode) -> Result<Outcome> {
         let range = PageRange::new(dst, src.len() as u64)?;
         let mut bits = 0;
@@ -548,7 +551,7 @@ impl Userfaultfd {
     /// `ioctl(UFFDIO_ZEROPAGE, range)`—Fills the missing pages of `range`
     /// with zeros and wakes their waiters.
     ///
-    /// Errors: as [`Userfaultfd::copy`].
+    /// Errors: [`Error::Host`] if the kernel refuses; [`Error::ProcessExited`].
     pub fn zeropage(&self, range: PageRange) -> Result<Outcome> {
         let mut arg = sys::uffdio_zeropage { range: raw(range), mode: 0, zeropage: 0 };
         let res = self.ioctl(&mut arg);
@@ -561,8 +564,8 @@ impl Userfaultfd {
     /// [`Outcome::Exists`]: punch it from the memfd first. The poison lasts
     /// until a later fill replaces it (`COPY` does).
     ///
-    /// Errors: [`Error::Host`] with `EINVAL` without [`Features::POISON`];
-    /// [`Error::ProcessExited`].
+    /// Errors: [`Error::Host`] if the kernel refuses (`EINVAL` on a kernel
+    /// without it, before 6.6); [`Error::ProcessExited`].
     pub fn poison(&self, range: PageRange) -> Result<Outcome> {
         let mut arg = sys::uffdio_poison { range: raw(range), mode: 0, updated: 0 };
         let res = self.ioctl(&mut arg);

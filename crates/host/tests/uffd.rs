@@ -300,6 +300,17 @@ fn fills_that_meet_a_mapped_page_a_cached_page_or_a_hole_say_so() {
     let got = timed("reading filled pages", move || [0, 1, 2, 4, 5, 6].map(|n| read_page(&mm, n)));
     assert_eq!(got, [pattern(0), pattern(1), pattern(2), pattern(4), pattern(5), vec![0u8; p as usize]]);
 
+    // A fill works on any registered range (MINOR's CONTINUE on a range
+    // registered MISSING only, here); only write-protection needs WP.
+    let obj2 = object(1);
+    obj2.write_at(0, &pattern(3)).unwrap();
+    let m2 = map(&obj2, Prot::READ | Prot::WRITE);
+    let only = Userfaultfd::open(Features::empty()).unwrap();
+    only.register_mapping(&m2, RegisterMode::MISSING).unwrap();
+    assert_eq!(only.continue_(at(&m2, 0), FillMode::WRITE_PROTECT).unwrap_err().errno(), Some(Errno::INVAL));
+    assert_eq!(only.continue_(at(&m2, 0), none).unwrap(), Outcome::Done);
+    assert_eq!(only.writeprotect(at(&m2, 0), true).unwrap(), Outcome::Unmapped, "no WP registration there");
+
     // Argument checks happen before the kernel sees anything.
     assert!(matches!(u.copy(m.addr() + 1, &pattern(0), none), Err(Error::BadRange { .. })));
     assert!(matches!(u.copy(m.addr(), &pattern(0)[..100], none), Err(Error::BadRange { .. })));
