@@ -83,8 +83,10 @@
 //! 11. `lseek(SEEK_DATA/SEEK_HOLE)` finds the present pages of a memfd (a
 //!     write of one byte makes its page present; a `pread` of a hole leaves
 //!     it one); `F_SEAL_SHRINK | F_SEAL_SEAL` refuse shrinking and new seals
-//!     (`EPERM`) (`memfd`'s unit tests). (`mincore`, the other way to ask, is
-//!     not in rustix, and needs a mapping.)
+//!     (`EPERM`) (`memfd`'s unit tests). `mincore` on a mapping of the
+//!     memfd answers the same (pages written by `pwrite` and never touched
+//!     through the mapping count, also after `fchmod(0)` for root; checked
+//!     with a C probe), but it needs a mapping and rustix lacks it.
 //!
 //! `examples/uffd_costs.rs` measures the costs through this crate.
 //!

@@ -150,8 +150,8 @@ impl ObjectMemory {
     }
 
     /// `lseek(SEEK_DATA)` and `lseek(SEEK_HOLE)` in turn—The runs of pages
-    /// inside `range` that hold data (in memory or in swap: `CONTINUE`
-    /// would map them), in order.
+    /// inside `range` that hold data (the pages `CONTINUE` would map), in
+    /// order.
     ///
     /// Errors: [`Error::OutOfBounds`] past [`Self::size`];
     /// [`Error::Host`] if `lseek` fails.

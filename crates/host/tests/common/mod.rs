@@ -186,7 +186,9 @@ impl Drop for ChildProc {
     fn drop(&mut self) {
         if !self.reaped {
             let _ = rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL);
-            let _ = rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED);
+            if self.wait(PATIENCE).is_none() {
+                eprintln!("child {} did not die within {PATIENCE:?} of SIGKILL", self.pid());
+            }
         }
     }
 }
