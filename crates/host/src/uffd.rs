@@ -52,6 +52,9 @@
 //! [`Userfaultfd::register`] of a raw range is refused on it. A uffd
 //! created here and received back over a socket is still known as this
 //! process's own (by its inode, which the kernel makes unique per uffd).
+//! One this process made by other means (which takes `unsafe` code, as
+//! `rustix::mm::userfaultfd` is) is not known: keeping it away from
+//! [`NewUserfaultfd::from_received`] is that code's duty.
 
 use crate::mapping::Mapping;
 use crate::{host, Error, PageRange, Result};
