@@ -112,6 +112,8 @@ impl Served {
             host_priv_uid: None,
             limits: machvm_core::TaskLimits::default(),
             loops: machvm_daemon::default_loops(),
+            proxy_version: machvm_core::ProxyVersion::Paging,
+            cluster_pages: machvm_core::KernelConfig::default().cluster_pages,
         };
         let daemon = Daemon::boot(config)?;
         let listener = daemon.bind()?;

@@ -501,3 +501,22 @@ fn a_hundred_waiting_clients_cost_the_daemon_no_thread() {
     drop(streams);
     wait_until("the waiters' calls are gone", || common::daemon::stat(&bystander, "waiters") == 0);
 }
+
+#[test]
+fn proxy_version_and_cluster_pages_flags_set_the_kernel_defaults() {
+    let dir = Dir::new("daemon-flags");
+    let _d = daemon(&dir.socket(), &["--proxy-version", "mapping", "--cluster-pages", "3"]);
+    let _p = pager(&dir.socket(), &["zero", "--name", "zero"], "zero");
+    let c = client(&dir.socket(), "client");
+    let obj = c.name_lookup("zero").unwrap();
+    let (proxy, _revoke) = c.proxy_create(VmProt::READ, &[obj], &[0], &[0], &[P], None).unwrap();
+    assert_eq!(c.proxy_info(proxy).unwrap().version, machvm_protocol::wire::ProxyVersion::Mapping);
+    let a = c.vm_map(map_anywhere(8 * P, Some(obj))).unwrap();
+    c.load(a, 8).unwrap();
+    let objects = match c.inspect(InspectWhat::Objects).unwrap() {
+        Reply::Objects(rows) => rows,
+        other => panic!("{other:?}"),
+    };
+    let clusters: Vec<u32> = objects.iter().filter_map(|o| o.pager_state.as_ref()).map(|s| s.cluster_pages).collect();
+    assert!(clusters.contains(&3), "{clusters:?}");
+}

@@ -46,6 +46,32 @@ pub struct DaemonArgs {
     /// CPUs, at least 1 and at most 4).
     #[arg(long, default_value_t = crate::default_loops())]
     pub loops: usize,
+    /// What `memory_object_create_proxy` makes when the call names no
+    /// version.
+    #[arg(long, value_enum, default_value_t = ProxyVersionArg::Paging)]
+    pub proxy_version: ProxyVersionArg,
+    /// Pages asked of a pager per fault until it sets its own cluster size
+    /// (1 to 256).
+    #[arg(long, default_value_t = machvm_core::KernelConfig::default().cluster_pages)]
+    pub cluster_pages: u32,
+}
+
+/// The proxy versions, as `--proxy-version` names them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyVersionArg {
+    /// The mapping proxy: `vm_map` maps the underlying objects.
+    Mapping,
+    /// The paging proxy: the kernel pages it (and it can be revoked).
+    Paging,
+}
+
+impl From<ProxyVersionArg> for machvm_core::ProxyVersion {
+    fn from(v: ProxyVersionArg) -> Self {
+        match v {
+            ProxyVersionArg::Mapping => machvm_core::ProxyVersion::Mapping,
+            ProxyVersionArg::Paging => machvm_core::ProxyVersion::Paging,
+        }
+    }
 }
 
 /// Runs the daemon; the exit status says whether it stopped cleanly.
@@ -72,6 +98,8 @@ pub fn run(args: DaemonArgs) -> ExitCode {
             proxies: args.max_proxies,
         },
         loops: args.loops,
+        proxy_version: args.proxy_version.into(),
+        cluster_pages: args.cluster_pages,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -64,6 +64,12 @@ pub struct DaemonConfig {
     pub limits: machvm_core::TaskLimits,
     /// Event-loop threads serving the connections (see [`reactor`]).
     pub loops: usize,
+    /// What `memory_object_create_proxy` makes when the call names no
+    /// version (`KernelConfig::proxy_version`).
+    pub proxy_version: machvm_core::ProxyVersion,
+    /// Pages asked of a pager per fault until it sets its own cluster size
+    /// (`KernelConfig::cluster_pages`).
+    pub cluster_pages: u32,
 }
 
 /// Event loops by default: one per two CPUs (the pagers and clients need
@@ -123,7 +129,8 @@ impl Daemon {
             phys_pages: config.phys_pages,
             resident_limit: config.resident_limit,
             limits: config.limits,
-            ..KernelConfig::default()
+            proxy_version: config.proxy_version,
+            cluster_pages: config.cluster_pages,
         });
         let own = kernel.task_create(None).map_err(kern_io)?;
         let host_priv = kernel.boot_host_priv(own).map_err(kern_io)?;
