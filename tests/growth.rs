@@ -32,18 +32,18 @@ fn work(m: &SoftMachine, f: impl FnOnce()) -> (u64, u64) {
 }
 
 /// `n` resident pages of anonymous memory in one entry.
-fn resident_pages(w: &World, task: TaskId, n: u64) -> VmAddr {
-    let a = w.k.vm_allocate(task, VmAddr(0), n * P, true).unwrap();
+fn resident_pages(task: &Task, n: u64) -> VmAddr {
+    let a = task.vm_allocate(VmAddr(0), n * P, true).unwrap();
     for i in 0..n {
-        w.k.write_u64(task, a.plus(i * P), i).unwrap();
+        task.write_u64(a.plus(i * P), i).unwrap();
     }
     a
 }
 
 /// How many entries `vm_region` walks in the task.
-fn entry_count(k: &Kernel, task: TaskId) -> u64 {
+fn entry_count(task: &Task) -> u64 {
     let (mut n, mut at) = (0, VmAddr(0));
-    while let Ok(r) = k.vm_region(task, at) {
+    while let Ok(r) = task.vm_region(at) {
         n += 1;
         at = VmAddr(r.start.0 + r.size);
     }
@@ -55,11 +55,11 @@ fn vm_protect_of_one_page_visits_one_translation_however_many_are_resident() {
     for n in SIZES {
         let (w, m) = world();
         let t = w.task();
-        let a = resident_pages(&w, t, n);
-        let (pte, _) = work(&m, || w.k.vm_protect(t, a.plus(7 * P), P, false, VmProt::READ).unwrap());
+        let a = resident_pages(&t, n);
+        let (pte, _) = work(&m, || t.vm_protect(a.plus(7 * P), P, false, VmProt::READ).unwrap());
         assert_eq!(pte, 1, "{n} resident pages");
-        assert_eq!(w.k.write_u64(t, a.plus(7 * P), 0), Err(KernError::ProtectionFailure));
-        assert_eq!(w.k.write_u64(t, a.plus(8 * P), 0), Ok(()));
+        assert_eq!(t.write_u64(a.plus(7 * P), 0), Err(KernError::ProtectionFailure));
+        assert_eq!(t.write_u64(a.plus(8 * P), 0), Ok(()));
     }
 }
 
@@ -68,28 +68,28 @@ fn vm_protect_over_n_one_page_entries_visits_each_translation_once() {
     for n in SIZES {
         let (w, m) = world();
         let t = w.task();
-        let a = resident_pages(&w, t, n);
+        let a = resident_pages(&t, n);
         // Every other page read-only: n one-page entries.
         for i in (0..n).step_by(2) {
-            w.k.vm_protect(t, a.plus(i * P), P, false, VmProt::READ).unwrap();
+            t.vm_protect(a.plus(i * P), P, false, VmProt::READ).unwrap();
         }
-        assert_eq!(entry_count(&w.k, t), n);
-        let (pte, _) = work(&m, || w.k.vm_protect(t, a, n * P, false, VmProt::READ).unwrap());
+        assert_eq!(entry_count(&t), n);
+        let (pte, _) = work(&m, || t.vm_protect(a, n * P, false, VmProt::READ).unwrap());
         assert_eq!(pte, n, "{n} entries");
-        let (pte, _) = work(&m, || w.k.vm_protect(t, a, n * P, true, VmProt::NONE).unwrap());
+        let (pte, _) = work(&m, || t.vm_protect(a, n * P, true, VmProt::NONE).unwrap());
         assert_eq!(pte, n, "{n} entries, set_max to NONE");
-        assert_eq!(w.k.read_u64(t, a.plus((n - 1) * P)), Err(KernError::ProtectionFailure));
+        assert_eq!(t.read_u64(a.plus((n - 1) * P)), Err(KernError::ProtectionFailure));
     }
 }
 
 /// A task mapping page 0 of the world's object `n` times (one entry each),
 /// every mapping touched: one frame with `n` translations.
-fn one_page_mapped(w: &World, n: u64) -> (TaskId, Vec<VmAddr>) {
+fn one_page_mapped(w: &World, n: u64) -> (Task, Vec<VmAddr>) {
     let t = w.task();
-    let name = w.give(w.objs[0], t);
-    let addrs: Vec<VmAddr> = (0..n).map(|_| w.map(t, name, 0, P).unwrap()).collect();
+    let name = w.give(w.objs[0], &t);
+    let addrs: Vec<VmAddr> = (0..n).map(|_| w.map(&t, name, 0, P).unwrap()).collect();
     for &a in &addrs {
-        w.k.read_u64(t, a).unwrap();
+        t.read_u64(a).unwrap();
     }
     assert_eq!(w.k.stats().resident, 1);
     (t, addrs)
@@ -100,13 +100,13 @@ fn vm_deallocate_of_one_of_n_mappings_of_a_page_is_constant_work() {
     for n in SIZES {
         let (w, m) = world();
         let (t, addrs) = one_page_mapped(&w, n);
-        let (pte, pv) = work(&m, || w.k.vm_deallocate(t, addrs[n as usize / 2], P).unwrap());
+        let (pte, pv) = work(&m, || t.vm_deallocate(addrs[n as usize / 2], P).unwrap());
         assert_eq!((pte, pv), (1, 1), "page mapped {n} times");
         // The rest, one call each: n - 1 of the same.
         let (pte, pv) = work(&m, || {
             for (i, &a) in addrs.iter().enumerate() {
                 if i != n as usize / 2 {
-                    w.k.vm_deallocate(t, a, P).unwrap();
+                    t.vm_deallocate(a, P).unwrap();
                 }
             }
         });
@@ -120,7 +120,7 @@ fn vm_deallocate_of_every_mapping_of_a_page_at_once_is_linear() {
         let (w, m) = world();
         let (t, addrs) = one_page_mapped(&w, n);
         let (lo, hi) = (addrs.iter().min().unwrap().0, addrs.iter().max().unwrap().0 + P);
-        let (pte, pv) = work(&m, || w.k.vm_deallocate(t, VmAddr(lo), hi - lo).unwrap());
+        let (pte, pv) = work(&m, || t.vm_deallocate(VmAddr(lo), hi - lo).unwrap());
         assert!(pte <= hi.saturating_sub(lo) / P, "{pte} slots for {n} mappings");
         assert_eq!(pv, n, "page mapped {n} times");
     }
@@ -131,7 +131,7 @@ fn task_terminate_with_a_page_mapped_n_times_is_linear() {
     for n in SIZES {
         let (w, m) = world();
         let (t, _) = one_page_mapped(&w, n);
-        let (pte, pv) = work(&m, || w.k.task_terminate(t).unwrap());
+        let (pte, pv) = work(&m, || t.terminate().unwrap());
         // Each translation is removed once, by whichever of object
         // termination and `pmap_destroy` comes first.
         assert!(pte <= 2 * n && pv <= 2 * n, "page mapped {n} times: {pte} slots, {pv} reverse-map entries");
@@ -145,16 +145,16 @@ fn pageout_of_a_page_mapped_n_times_is_linear() {
         let (t, addrs) = one_page_mapped(&w, n);
         // Two more pages, touched after it: the page mapped n times is the
         // oldest, and goes first.
-        let more = w.map(t, w.give(w.objs[0], t), P, 2 * P).unwrap();
-        w.k.read_u64(t, more).unwrap();
-        w.k.read_u64(t, more.plus(P)).unwrap();
+        let more = w.map(&t, w.give(w.objs[0], &t), P, 2 * P).unwrap();
+        t.read_u64(more).unwrap();
+        t.read_u64(more.plus(P)).unwrap();
         let pageouts = w.k.stats().vm.pageouts;
         let (pte, pv) = work(&m, || w.k.set_resident_limit(2));
         assert_eq!(w.k.stats().vm.pageouts, pageouts + 1);
         assert!(pte <= n + 2 && pv <= n + 2, "page mapped {n} times: {pte} slots, {pv} reverse-map entries");
         // Every mapping lost its translation: the next read faults.
         let faults = w.k.stats().vm.faults;
-        w.k.read_u64(t, addrs[0]).unwrap();
+        t.read_u64(addrs[0]).unwrap();
         assert!(w.k.stats().vm.faults > faults);
     }
 }

@@ -1,7 +1,9 @@
 //! Adversarial proxy tests: every way a holder of a proxy might try to get
 //! more than it was given, each refused with the right Mach error. Rules
 //! that hold for both versions run against both (as in the conformance
-//! suite); revocation attacks are paging-only.
+//! suite); revocation attacks are paging-only. Every rule runs in-process
+//! and over `machvmd`'s socket ([`both!`], [`transports!`]): nothing here
+//! is in-process only.
 
 #[macro_use]
 mod common;
@@ -32,6 +34,13 @@ both!(
     region_proxy_of_a_copy_made_through_a_revoked_paging_proxy,
 );
 
+transports!(
+    paging_use_after_revoke_is_refused,
+    paging_revoke_during_a_fault,
+    paging_revoke_during_a_fault_through_a_nested_proxy,
+    paging_revoke_while_the_pager_never_answers,
+);
+
 fn fail<T>() -> Result<T> {
     Err(KernError::ProtectionFailure)
 }
@@ -42,8 +51,8 @@ fn invalid<T>() -> Result<T> {
 
 // ----- protection -----
 
-fn nesting_up_never_gains_protection(v: ProxyVersion) {
-    let w = World::new(v);
+fn nesting_up_never_gains_protection(v: ProxyVersion, via: Transport) {
+    let w = World::new(v, via);
     let other = match v {
         ProxyVersion::Mapping => ProxyVersion::Paging,
         ProxyVersion::Paging => ProxyVersion::Mapping,
@@ -55,24 +64,24 @@ fn nesting_up_never_gains_protection(v: ProxyVersion) {
     let up3 = w.proxy_v(other, VmProt::ALL, &[(up2.proxy, 0, 0, 2 * P)]).unwrap();
     let t = w.task();
     for px in [up1, up2, up3] {
-        let info = w.k.memory_object_proxy_info(w.owner, px.proxy).unwrap();
+        let info = w.owner.memory_object_proxy_info(px.proxy).unwrap();
         assert_eq!(info.protection, VmProt::READ);
-        let name = w.give(px.proxy, t);
-        let a = w.k.vm_map(t, MapRequest::anywhere(2 * P, Some(name)).prot(VmProt::ALL, VmProt::ALL)).unwrap();
-        let r = w.k.vm_region(t, a).unwrap();
+        let name = w.give(px.proxy, &t);
+        let a = t.vm_map(MapRequest::anywhere(2 * P, Some(name)).prot(VmProt::ALL, VmProt::ALL)).unwrap();
+        let r = t.vm_region(a).unwrap();
         assert_eq!((r.cur, r.max), (VmProt::READ, VmProt::READ));
-        assert_eq!(w.k.write_u64(t, a, 1), fail());
-        assert_eq!(w.k.execute(t, a), fail());
-        assert_eq!(w.k.vm_protect(t, a, 2 * P, false, VmProt::DEFAULT), fail());
-        assert_eq!(w.k.vm_protect(t, a, 2 * P, true, VmProt::ALL), fail());
-        assert_eq!(w.k.vm_write(t, a, &[1; 16]), fail());
-        assert_eq!(w.k.vm_copy(t, a.plus(P), P, a), fail());
+        assert_eq!(t.write_u64(a, 1), fail());
+        assert_eq!(t.execute(a), fail());
+        assert_eq!(t.vm_protect(a, 2 * P, false, VmProt::DEFAULT), fail());
+        assert_eq!(t.vm_protect(a, 2 * P, true, VmProt::ALL), fail());
+        assert_eq!(t.vm_write(a, &[1; 16]), fail());
+        assert_eq!(t.vm_copy(a.plus(P), P, a), fail());
     }
     assert_eq!(w.direct_word(0, 0), word(0, 0));
 }
 
-fn nesting_never_widens_the_range(v: ProxyVersion) {
-    let w = World::new(v);
+fn nesting_never_widens_the_range(v: ProxyVersion, via: Transport) {
+    let w = World::new(v, via);
     let inner = w.proxy(VmProt::ALL, &[(w.objs[0], 4 * P, 8 * P, 2 * P)]).unwrap();
     let i = inner.proxy;
     for (off, start, len) in [(0, 3 * P, 2 * P), (0, 5 * P, 2 * P), (0, 0, 16 * P), (0, 6 * P, P), (0, 4 * P, 3 * P)] {
@@ -81,16 +90,16 @@ fn nesting_never_widens_the_range(v: ProxyVersion) {
     // Through a valid outer proxy, nothing past the inner window is mapped.
     let outer = w.proxy(VmProt::ALL, &[(i, 0, 4 * P, 2 * P)]).unwrap();
     let t = w.task();
-    let name = w.give(outer.proxy, t);
-    assert_eq!(w.map(t, name, 0, 3 * P), invalid());
-    assert_eq!(w.map(t, name, 2 * P, P), invalid());
-    let a = w.map(t, name, 0, 2 * P).unwrap();
-    w.assert_shows(t, a, 2, 0, 8 * P);
-    assert_eq!(w.k.read_u64(t, a.plus(2 * P)), Err(KernError::InvalidAddress));
+    let name = w.give(outer.proxy, &t);
+    assert_eq!(w.map(&t, name, 0, 3 * P), invalid());
+    assert_eq!(w.map(&t, name, 2 * P, P), invalid());
+    let a = w.map(&t, name, 0, 2 * P).unwrap();
+    w.assert_shows(&t, a, 2, 0, 8 * P);
+    assert_eq!(t.read_u64(a.plus(2 * P)), Err(KernError::InvalidAddress));
 }
 
-fn overlapping_windows_in_every_arrangement(v: ProxyVersion) {
-    let w = World::with_objects(v, 2, false);
+fn overlapping_windows_in_every_arrangement(v: ProxyVersion, via: Transport) {
+    let w = World::with_objects(v, via, 2, false);
     let (a, b) = (w.objs[0], w.objs[1]);
     let proxies = w.k.stats().proxies;
     let arrangements: &[&[(PortName, u64, u64, u64)]] = &[
@@ -114,8 +123,8 @@ fn overlapping_windows_in_every_arrangement(v: ProxyVersion) {
     assert_eq!(w.k.stats().proxies, proxies + 1);
 }
 
-fn wrap_around_offsets_and_sizes_are_refused(v: ProxyVersion) {
-    let w = World::new(v);
+fn wrap_around_offsets_and_sizes_are_refused(v: ProxyVersion, via: Transport) {
+    let w = World::new(v, via);
     let o = w.objs[0];
     let top = TOP;
     let proxies = w.k.stats().proxies;
@@ -150,7 +159,7 @@ fn wrap_around_offsets_and_sizes_are_refused(v: ProxyVersion) {
     }
     // vm_map offsets and sizes.
     let t = w.task();
-    let name = w.give(px.proxy, t);
+    let name = w.give(px.proxy, &t);
     for (off, size) in [
         (top, P),
         (top, 2 * P),
@@ -161,56 +170,56 @@ fn wrap_around_offsets_and_sizes_are_refused(v: ProxyVersion) {
         (2 * P, u64::MAX - 2 * P + 1),
         (3 * P, 2 * P),
     ] {
-        let r = w.k.vm_map(t, MapRequest::anywhere(size, Some(name)).offset(off));
+        let r = t.vm_map(MapRequest::anywhere(size, Some(name)).offset(off));
         assert_eq!(r, invalid(), "vm_map {off:#x} + {size:#x}");
-        let r = w.k.vm_map(t, MapRequest::anywhere(size, Some(name)).offset(off).copy(true));
+        let r = t.vm_map(MapRequest::anywhere(size, Some(name)).offset(off).copy(true));
         assert_eq!(r, invalid(), "copy {off:#x} + {size:#x}");
     }
-    assert_eq!(w.k.vm_region(t, VmAddr(0)), Err(KernError::InvalidAddress), "nothing was mapped");
+    assert_eq!(t.vm_region(VmAddr(0)), Err(KernError::InvalidAddress), "nothing was mapped");
     // vm_region_create_proxy.
-    let a = w.map(t, name, 0, 4 * P).unwrap();
+    let a = w.map(&t, name, 0, 4 * P).unwrap();
     for len in [u64::MAX, top, u64::MAX - a.0 + 1] {
-        assert!(w.k.vm_region_create_proxy(t, a, VmProt::READ, len).is_err(), "{len:#x}");
+        assert!(t.vm_region_create_proxy(a, VmProt::READ, len).is_err(), "{len:#x}");
     }
-    assert_eq!(w.k.vm_region_create_proxy(t, VmAddr(top), VmProt::READ, 2 * P).map(|_| ()), invalid());
+    assert_eq!(t.vm_region_create_proxy(VmAddr(top), VmProt::READ, 2 * P).map(|_| ()), invalid());
     assert_eq!(w.k.stats().proxies, proxies + 1);
 }
 
-fn windows_at_the_top_of_the_offset_space_do_not_wrap(v: ProxyVersion) {
-    let w = World::new(v);
+fn windows_at_the_top_of_the_offset_space_do_not_wrap(v: ProxyVersion, via: Transport) {
+    let w = World::new(v, via);
     let top = TOP;
     // The highest window there can be (it ends at the last page offset,
     // where one more page would wrap) shows pages 3 and 4.
     let px = w.proxy(VmProt::READ, &[(w.objs[0], top - 2 * P, 3 * P, 2 * P)]).unwrap();
     let t = w.task();
-    let name = w.give(px.proxy, t);
-    let a = w.map(t, name, top - 2 * P, 2 * P).unwrap();
-    w.assert_shows(t, a, 2, 0, 3 * P);
-    assert_eq!(w.map(t, name, top - P, 2 * P), invalid());
-    assert_eq!(w.map(t, name, top, P), invalid());
-    assert_eq!(w.map(t, name, 0, P), invalid(), "offset 0 is not a wrapped top");
+    let name = w.give(px.proxy, &t);
+    let a = w.map(&t, name, top - 2 * P, 2 * P).unwrap();
+    w.assert_shows(&t, a, 2, 0, 3 * P);
+    assert_eq!(w.map(&t, name, top - P, 2 * P), invalid());
+    assert_eq!(w.map(&t, name, top, P), invalid());
+    assert_eq!(w.map(&t, name, 0, P), invalid(), "offset 0 is not a wrapped top");
     // A proxy over it reaching one page further wraps and is refused.
     assert_eq!(w.proxy(VmProt::READ, &[(px.proxy, 0, top - P, 2 * P)]).map(|_| ()), invalid());
     let nested = w.proxy(VmProt::ALL, &[(px.proxy, 0, top - P, P)]).unwrap();
-    let b = w.map(t, w.give(nested.proxy, t), 0, P).unwrap();
-    w.assert_shows(t, b, 1, 0, 4 * P);
-    assert_eq!(w.k.write_u64(t, b, 0), fail());
+    let b = w.map(&t, w.give(nested.proxy, &t), 0, P).unwrap();
+    w.assert_shows(&t, b, 1, 0, 4 * P);
+    assert_eq!(t.write_u64(b, 0), fail());
     // To the end of the offset space from there is that last page.
     let to_end = w.proxy(VmProt::ALL, &[(px.proxy, 0, top - P, u64::MAX - (top - P))]).unwrap();
-    let c = w.map(t, w.give(to_end.proxy, t), 0, P).unwrap();
-    w.assert_shows(t, c, 1, 0, 4 * P);
-    assert_eq!(w.map(t, w.give(to_end.proxy, t), 0, 2 * P), invalid());
+    let c = w.map(&t, w.give(to_end.proxy, &t), 0, P).unwrap();
+    w.assert_shows(&t, c, 1, 0, 4 * P);
+    assert_eq!(w.map(&t, w.give(to_end.proxy, &t), 0, 2 * P), invalid());
 }
 
-fn vm_protect_after_map_cannot_raise_anything(v: ProxyVersion) {
-    let w = World::new(v);
+fn vm_protect_after_map_cannot_raise_anything(v: ProxyVersion, via: Transport) {
+    let w = World::new(v, via);
     let t = w.task();
     for granted in all_prots() {
         let px = w.proxy(granted, &[(w.objs[0], 0, 0, P)]).unwrap();
-        let a = w.k.vm_map(t, MapRequest::anywhere(P, Some(w.give(px.proxy, t))).prot(granted, VmProt::ALL)).unwrap();
+        let a = t.vm_map(MapRequest::anywhere(P, Some(w.give(px.proxy, &t))).prot(granted, VmProt::ALL)).unwrap();
         for asked in all_prots() {
-            let r = w.k.vm_protect(t, a, P, false, asked);
-            let m = w.k.vm_protect(t, a, P, true, asked | granted);
+            let r = t.vm_protect(a, P, false, asked);
+            let m = t.vm_protect(a, P, true, asked | granted);
             if granted.contains(asked) {
                 assert_eq!(r, Ok(()), "{granted:?} cur {asked:?}");
             } else {
@@ -218,151 +227,150 @@ fn vm_protect_after_map_cannot_raise_anything(v: ProxyVersion) {
                 assert_eq!(m, fail(), "{granted:?} max {asked:?}");
             }
         }
-        let region = w.k.vm_region(t, a).unwrap();
+        let region = t.vm_region(a).unwrap();
         assert!(granted.contains(region.max), "{granted:?} {region:?}");
         // Accesses follow what was granted, whatever was tried.
-        w.k.vm_protect(t, a, P, false, granted).unwrap();
+        t.vm_protect(a, P, false, granted).unwrap();
         let ok = |p: VmProt| if granted.contains(p) { Ok(()) } else { fail() };
-        assert_eq!(w.k.read_u64(t, a).map(|_| ()), ok(VmProt::READ), "{granted:?}");
-        assert_eq!(w.k.write(t, a, &[1]), ok(VmProt::WRITE), "{granted:?}");
-        assert_eq!(w.k.execute(t, a), ok(VmProt::EXECUTE), "{granted:?}");
+        assert_eq!(t.read_u64(a).map(|_| ()), ok(VmProt::READ), "{granted:?}");
+        assert_eq!(t.write(a, &[1]), ok(VmProt::WRITE), "{granted:?}");
+        assert_eq!(t.execute(a), ok(VmProt::EXECUTE), "{granted:?}");
     }
 }
 
-fn failed_vm_protect_changes_nothing(v: ProxyVersion) {
+fn failed_vm_protect_changes_nothing(v: ProxyVersion, via: Transport) {
     // Two windows with different protections side by side: raising both
     // to read/write fails, and neither entry changes.
-    let w = World::new(v);
+    let w = World::new(v, via);
     let ro = w.proxy(VmProt::READ, &[(w.objs[0], 0, 0, P)]).unwrap();
     let rw = w.proxy(VmProt::DEFAULT, &[(w.objs[1], 0, 0, P)]).unwrap();
     let both = w.proxy(VmProt::ALL, &[(ro.proxy, 0, 0, P), (rw.proxy, P, 0, P)]).unwrap();
     let t = w.task();
     let a =
-        w.k.vm_map(t, MapRequest::anywhere(2 * P, Some(w.give(both.proxy, t))).prot(VmProt::READ, VmProt::ALL))
-            .unwrap();
-    assert_eq!(w.k.vm_protect(t, a, 2 * P, false, VmProt::DEFAULT), fail());
-    assert_eq!(w.k.vm_region(t, a.plus(P)).unwrap().cur, VmProt::READ);
-    assert_eq!(w.k.write_u64(t, a.plus(P), 1), fail());
-    assert_eq!(w.k.vm_protect(t, a, 2 * P, true, VmProt::DEFAULT), fail());
-    assert_eq!(w.k.vm_region(t, a).unwrap().max, VmProt::READ);
-    assert_eq!(w.k.vm_region(t, a.plus(P)).unwrap().max, VmProt::DEFAULT);
-    w.k.vm_protect(t, a.plus(P), P, false, VmProt::DEFAULT).unwrap();
-    w.k.write_u64(t, a.plus(P), 1).unwrap();
-    assert_eq!(w.k.write_u64(t, a, 1), fail());
+        t.vm_map(MapRequest::anywhere(2 * P, Some(w.give(both.proxy, &t))).prot(VmProt::READ, VmProt::ALL)).unwrap();
+    assert_eq!(t.vm_protect(a, 2 * P, false, VmProt::DEFAULT), fail());
+    assert_eq!(t.vm_region(a.plus(P)).unwrap().cur, VmProt::READ);
+    assert_eq!(t.write_u64(a.plus(P), 1), fail());
+    assert_eq!(t.vm_protect(a, 2 * P, true, VmProt::DEFAULT), fail());
+    assert_eq!(t.vm_region(a).unwrap().max, VmProt::READ);
+    assert_eq!(t.vm_region(a.plus(P)).unwrap().max, VmProt::DEFAULT);
+    t.vm_protect(a.plus(P), P, false, VmProt::DEFAULT).unwrap();
+    t.write_u64(a.plus(P), 1).unwrap();
+    assert_eq!(t.write_u64(a, 1), fail());
 }
 
-fn inheritance_cannot_raise_protection(v: ProxyVersion) {
-    let w = World::new(v);
+fn inheritance_cannot_raise_protection(v: ProxyVersion, via: Transport) {
+    let w = World::new(v, via);
     let ro = w.proxy(VmProt::READ, &[(w.objs[0], 0, 0, 2 * P)]).unwrap();
     let t = w.task();
-    let name = w.give(ro.proxy, t);
-    let a = w.map(t, name, 0, P).unwrap();
-    let b = w.map(t, name, P, P).unwrap();
-    w.k.vm_inherit(t, a, P, VmInherit::Share).unwrap();
-    w.k.vm_inherit(t, b, P, VmInherit::Copy).unwrap();
-    let child = w.k.task_create(Some(t)).unwrap();
+    let name = w.give(ro.proxy, &t);
+    let a = w.map(&t, name, 0, P).unwrap();
+    let b = w.map(&t, name, P, P).unwrap();
+    t.vm_inherit(a, P, VmInherit::Share).unwrap();
+    t.vm_inherit(b, P, VmInherit::Copy).unwrap();
+    let child = t.task_create().unwrap();
     for addr in [a, b] {
-        let r = w.k.vm_region(child, addr).unwrap();
+        let r = child.vm_region(addr).unwrap();
         assert_eq!((r.cur, r.max), (VmProt::READ, VmProt::READ));
-        assert_eq!(w.k.write_u64(child, addr, 1), fail());
-        assert_eq!(w.k.vm_protect(child, addr, P, false, VmProt::DEFAULT), fail());
+        assert_eq!(child.write_u64(addr, 1), fail());
+        assert_eq!(child.vm_protect(addr, P, false, VmProt::DEFAULT), fail());
     }
-    w.assert_shows(child, a, 1, 0, 0);
-    w.assert_shows(child, b, 1, 0, P);
+    w.assert_shows(&child, a, 1, 0, 0);
+    w.assert_shows(&child, b, 1, 0, P);
     assert_eq!((w.direct_word(0, 0), w.direct_word(0, P)), (word(0, 0), word(0, P)));
 }
 
-fn copy_then_write_leaves_the_object_unchanged(v: ProxyVersion) {
-    let w = World::new(v);
+fn copy_then_write_leaves_the_object_unchanged(v: ProxyVersion, via: Transport) {
+    let w = World::new(v, via);
     let ro = w.proxy(VmProt::READ, &[(w.objs[0], 0, 0, 4 * P)]).unwrap();
     let up = w.proxy(VmProt::ALL, &[(ro.proxy, 0, 0, 4 * P)]).unwrap();
     let t = w.task();
-    let shared = w.map(t, w.give(ro.proxy, t), 0, 4 * P).unwrap();
+    let shared = w.map(&t, w.give(ro.proxy, &t), 0, 4 * P).unwrap();
     for px in [ro, up] {
-        let name = w.give(px.proxy, t);
-        let c = w.k.vm_map(t, MapRequest::anywhere(4 * P, Some(name)).copy(true)).unwrap();
-        w.k.vm_write(t, c, &vec![0xee; (4 * P) as usize]).unwrap();
-        w.k.vm_copy(t, c, P, c.plus(P)).unwrap();
-        assert_eq!(w.k.read_u64(t, c.plus(3 * P)), Ok(0xeeee_eeee_eeee_eeee));
+        let name = w.give(px.proxy, &t);
+        let c = t.vm_map(MapRequest::anywhere(4 * P, Some(name)).copy(true)).unwrap();
+        t.vm_write(c, &vec![0xee; (4 * P) as usize]).unwrap();
+        t.vm_copy(c, P, c.plus(P)).unwrap();
+        assert_eq!(t.read_u64(c.plus(3 * P)), Ok(0xeeee_eeee_eeee_eeee));
         // A copy gains writing only, never execution.
-        assert_eq!(w.k.vm_protect(t, c, 4 * P, false, VmProt::ALL), fail());
-        assert_eq!(w.k.vm_protect(t, c, 4 * P, true, VmProt::ALL), fail());
-        assert_eq!(w.k.execute(t, c), fail());
-        w.k.vm_deallocate(t, c, 4 * P).unwrap();
+        assert_eq!(t.vm_protect(c, 4 * P, false, VmProt::ALL), fail());
+        assert_eq!(t.vm_protect(c, 4 * P, true, VmProt::ALL), fail());
+        assert_eq!(t.execute(c), fail());
+        t.vm_deallocate(c, 4 * P).unwrap();
     }
     for page in 0..4 {
         assert_eq!(w.direct_word(0, page * P), word(0, page * P));
     }
-    w.assert_shows(t, shared, 4, 0, 0);
-    let again = w.map(t, w.give(ro.proxy, t), 0, 4 * P).unwrap();
-    w.assert_shows(t, again, 4, 0, 0);
+    w.assert_shows(&t, shared, 4, 0, 0);
+    let again = w.map(&t, w.give(ro.proxy, &t), 0, 4 * P).unwrap();
+    w.assert_shows(&t, again, 4, 0, 0);
 }
 
-fn copy_stays_a_snapshot_after_it_was_read(v: ProxyVersion) {
+fn copy_stays_a_snapshot_after_it_was_read(v: ProxyVersion, via: Transport) {
     // The copy's first read maps the object's own page; a later write to the
     // object must not show through that translation.
-    let w = World::new(v);
+    let w = World::new(v, via);
     let px = w.proxy(VmProt::READ, &[(w.objs[0], 0, 0, P)]).unwrap();
     let t = w.task();
-    let c = w.k.vm_map(t, MapRequest::anywhere(P, Some(w.give(px.proxy, t))).copy(true)).unwrap();
-    assert_eq!(w.k.read_u64(t, c), Ok(word(0, 0)));
-    w.k.write_u64(w.owner, w.direct[0], 0x5e5e).unwrap();
-    assert_eq!(w.k.read_u64(t, c), Ok(word(0, 0)));
+    let c = t.vm_map(MapRequest::anywhere(P, Some(w.give(px.proxy, &t))).copy(true)).unwrap();
+    assert_eq!(t.read_u64(c), Ok(word(0, 0)));
+    w.owner.write_u64(w.direct[0], 0x5e5e).unwrap();
+    assert_eq!(t.read_u64(c), Ok(word(0, 0)));
     // And the copy's own write does not reach the object.
-    w.k.write_u64(t, c, 0xc0).unwrap();
+    t.write_u64(c, 0xc0).unwrap();
     assert_eq!(w.direct_word(0, 0), 0x5e5e);
 }
 
 // ----- vm_region_create_proxy -----
 
-fn region_proxy_reaches_nothing_of_a_hole(v: ProxyVersion) {
-    let w = World::new(v);
+fn region_proxy_reaches_nothing_of_a_hole(v: ProxyVersion, via: Transport) {
+    let w = World::new(v, via);
     let t = w.task();
-    let x = w.map(t, w.give(w.objs[0], t), 0, 4 * P).unwrap();
-    w.k.vm_deallocate(t, x.plus(P), 2 * P).unwrap(); // hole at [P, 3P)
-    let px = w.k.vm_region_create_proxy(t, x, VmProt::ALL, 4 * P).unwrap();
+    let x = w.map(&t, w.give(w.objs[0], &t), 0, 4 * P).unwrap();
+    t.vm_deallocate(x.plus(P), 2 * P).unwrap(); // hole at [P, 3P)
+    let px = t.vm_region_create_proxy(x, VmProt::ALL, 4 * P).unwrap();
     // Something is mapped into the hole afterwards.
-    w.k.vm_map(t, MapRequest::anywhere(2 * P, Some(w.give(w.objs[1], t))).at(x.plus(P))).unwrap();
+    t.vm_map(MapRequest::anywhere(2 * P, Some(w.give(w.objs[1], &t))).at(x.plus(P))).unwrap();
     let u = w.task();
-    let name = w.give_from(t, px.proxy, u);
+    let name = w.give_from(&t, px.proxy, &u);
     for (off, size) in [(P, P), (2 * P, P), (0, 2 * P), (P, 2 * P), (0, 4 * P), (2 * P, 2 * P)] {
-        assert_eq!(w.map(u, name, off, size), invalid(), "{off:#x}+{size:#x}");
-        assert_eq!(w.proxy_from(u, &[(name, 0, off, size)]).map(|_| ()), invalid(), "nested {off:#x}+{size:#x}");
+        assert_eq!(w.map(&u, name, off, size), invalid(), "{off:#x}+{size:#x}");
+        assert_eq!(w.proxy_from(&u, &[(name, 0, off, size)]).map(|_| ()), invalid(), "nested {off:#x}+{size:#x}");
     }
-    let info = w.k.memory_object_proxy_info(u, name).unwrap();
+    let info = u.memory_object_proxy_info(name).unwrap();
     assert!(info.windows.iter().all(|win| win.offset + win.len <= P || win.offset >= 3 * P), "{info:?}");
-    let a = w.map(u, name, 0, P).unwrap();
-    w.assert_shows(u, a, 1, 0, 0);
-    let b = w.map(u, name, 3 * P, P).unwrap();
-    w.assert_shows(u, b, 1, 0, 3 * P);
+    let a = w.map(&u, name, 0, P).unwrap();
+    w.assert_shows(&u, a, 1, 0, 0);
+    let b = w.map(&u, name, 3 * P, P).unwrap();
+    w.assert_shows(&u, b, 1, 0, 3 * P);
     // No byte of the hole's new tenant is reachable through the proxy.
     for addr in [a, b] {
-        let bytes = w.k.vm_read(u, addr, P).unwrap();
+        let bytes = u.vm_read(addr, P).unwrap();
         assert!(bytes.chunks(8).all(|c| u64::from_le_bytes(c.try_into().unwrap()) >> 48 == 1));
     }
 }
 
-fn region_proxy_follows_memory_not_addresses(v: ProxyVersion) {
-    let w = World::new(v);
+fn region_proxy_follows_memory_not_addresses(v: ProxyVersion, via: Transport) {
+    let w = World::new(v, via);
     let t = w.task();
-    let x = w.map(t, w.give(w.objs[0], t), 2 * P, 2 * P).unwrap();
-    let px = w.k.vm_region_create_proxy(t, x, VmProt::READ, 2 * P).unwrap();
-    w.k.vm_deallocate(t, x, 2 * P).unwrap();
-    let y = w.k.vm_map(t, MapRequest::anywhere(2 * P, Some(w.give(w.objs[1], t))).at(x)).unwrap();
+    let x = w.map(&t, w.give(w.objs[0], &t), 2 * P, 2 * P).unwrap();
+    let px = t.vm_region_create_proxy(x, VmProt::READ, 2 * P).unwrap();
+    t.vm_deallocate(x, 2 * P).unwrap();
+    let y = t.vm_map(MapRequest::anywhere(2 * P, Some(w.give(w.objs[1], &t))).at(x)).unwrap();
     assert_eq!(y, x);
-    let a = w.map(t, px.proxy, 0, 2 * P).unwrap();
-    w.assert_shows(t, a, 2, 0, 2 * P);
-    assert_eq!(w.k.write_u64(t, a, 1), fail());
+    let a = w.map(&t, px.proxy, 0, 2 * P).unwrap();
+    w.assert_shows(&t, a, 2, 0, 2 * P);
+    assert_eq!(t.write_u64(a, 1), fail());
 }
 
 // ----- ports -----
 
-fn pager_calls_sent_to_proxy_ports_are_refused(v: ProxyVersion) {
-    let w = World::new(v);
+fn pager_calls_sent_to_proxy_ports_are_refused(v: ProxyVersion, via: Transport) {
+    let w = World::new(v, via);
     let px = w.proxy(VmProt::READ, &[(w.objs[0], 0, 0, P)]).unwrap();
     let t = w.task();
-    let a = w.map(t, w.give(px.proxy, t), 0, P).unwrap();
-    assert_eq!(w.k.read_u64(t, a), Ok(word(0, 0)));
+    let a = w.map(&t, w.give(px.proxy, &t), 0, P).unwrap();
+    assert_eq!(t.read_u64(a), Ok(word(0, 0)));
     let evil = vec![
         PagerToKernel::DataSupply { offset: 0, data: vec![0x66; P as usize], lock: VmProt::NONE, precious: false },
         PagerToKernel::DataUnavailable { offset: 0, size: P },
@@ -381,206 +389,199 @@ fn pager_calls_sent_to_proxy_ports_are_refused(v: ProxyVersion) {
     ];
     for m in &evil {
         let (id, data) = m.encode();
-        for dest in [w.give(px.proxy, t), w.give(px.revoke, t)] {
+        for dest in [w.give(px.proxy, &t), w.give(px.revoke, &t)] {
             let mut msg = UserMessage::new(dest, id, data.clone());
-            let reply = w.k.port_allocate(t).unwrap();
+            let reply = t.port_allocate().unwrap();
             msg.reply = Some((reply, Disposition::MakeSendOnce));
-            assert_eq!(w.k.msg_send(t, msg), Err(KernError::MigBadId), "{m:?}");
+            assert_eq!(t.msg_send(msg), Err(KernError::MigBadId), "{m:?}");
             assert_eq!(
-                w.k.msg_receive(t, reply, Some(std::time::Duration::ZERO)).map(|_| ()),
+                t.msg_receive(reply, Some(std::time::Duration::ZERO)).map(|_| ()),
                 Err(KernError::RcvTimedOut),
                 "no answer"
             );
         }
     }
     // Nothing changed: same data, same protection, the object still served.
-    assert_eq!(w.k.read_u64(t, a), Ok(word(0, 0)));
-    assert_eq!(w.k.write_u64(t, a, 1), fail());
-    let b = w.map(t, w.give(px.proxy, t), 0, P).unwrap();
-    assert_eq!(w.k.read_u64(t, b), Ok(word(0, 0)));
+    assert_eq!(t.read_u64(a), Ok(word(0, 0)));
+    assert_eq!(t.write_u64(a, 1), fail());
+    let b = w.map(&t, w.give(px.proxy, &t), 0, P).unwrap();
+    assert_eq!(t.read_u64(b), Ok(word(0, 0)));
     assert_eq!(w.direct_word(0, 0), word(0, 0));
 }
 
-fn forged_no_senders_cannot_kill_a_proxy(v: ProxyVersion) {
-    let w = World::new(v);
+fn forged_no_senders_cannot_kill_a_proxy(v: ProxyVersion, via: Transport) {
+    let w = World::new(v, via);
     let px = w.proxy(VmProt::READ, &[(w.objs[0], 0, 0, P)]).unwrap();
     let t = w.task();
-    let name = w.give(px.proxy, t);
+    let name = w.give(px.proxy, &t);
     let base = w.k.stats().proxies;
     // A holder forges the notification many times, with any mscount.
     for mscount in [0u32, 1, 2, u32::MAX] {
         for dest in [name, px.proxy, px.revoke] {
-            let sender = if dest == name { t } else { w.owner };
+            let sender = if dest == name { &t } else { &w.owner };
             let m = UserMessage::new(dest, MACH_NOTIFY_NO_SENDERS, mscount.to_le_bytes().to_vec());
-            assert_eq!(w.k.msg_send(sender, m), Err(KernError::MigBadId));
+            assert_eq!(sender.msg_send(m), Err(KernError::MigBadId));
         }
     }
     assert_eq!(w.k.stats().proxies, base);
-    let a = w.map(t, name, 0, P).unwrap();
-    assert_eq!(w.k.read_u64(t, a), Ok(word(0, 0)));
+    let a = w.map(&t, name, 0, P).unwrap();
+    assert_eq!(t.read_u64(a), Ok(word(0, 0)));
     // The real no-senders still frees it once every right and mapping is gone.
-    w.k.vm_deallocate(t, a, P).unwrap();
-    w.k.port_deallocate(t, name).unwrap();
-    w.k.port_deallocate(w.owner, px.proxy).unwrap();
-    w.k.port_deallocate(w.owner, px.revoke).unwrap();
+    t.vm_deallocate(a, P).unwrap();
+    t.port_deallocate(name).unwrap();
+    w.owner.port_deallocate(px.proxy).unwrap();
+    w.owner.port_deallocate(px.revoke).unwrap();
     assert_eq!(w.k.stats().proxies, base - 1);
 }
 
-fn revoke_rights_and_proxies_are_not_interchangeable(v: ProxyVersion) {
-    let w = World::new(v);
+fn revoke_rights_and_proxies_are_not_interchangeable(v: ProxyVersion, via: Transport) {
+    let w = World::new(v, via);
     let px = w.proxy(VmProt::DEFAULT, &[(w.objs[0], 0, 0, P)]).unwrap();
     let t = w.task();
-    let revoke = w.give(px.revoke, t);
-    let proxy = w.give(px.proxy, t);
-    let object = w.give(w.objs[0], t);
-    let plain = w.k.port_allocate(t).unwrap();
-    w.k.port_make_send(t, plain).unwrap();
+    let revoke = w.give(px.revoke, &t);
+    let proxy = w.give(px.proxy, &t);
+    let object = w.give(w.objs[0], &t);
+    let plain = t.port_allocate().unwrap();
+    t.port_make_send(plain).unwrap();
     // A revoke right is no memory object.
-    assert_eq!(w.map(t, revoke, 0, P), invalid());
-    assert_eq!(w.k.vm_map(t, MapRequest::anywhere(P, Some(revoke)).copy(true)), invalid());
-    assert_eq!(w.k.memory_object_create_proxy(t, VmProt::READ, &[revoke], &[0], &[0], &[P]).map(|_| ()), invalid());
-    assert_eq!(w.k.memory_object_proxy_info(t, revoke), invalid());
+    assert_eq!(w.map(&t, revoke, 0, P), invalid());
+    assert_eq!(t.vm_map(MapRequest::anywhere(P, Some(revoke)).copy(true)), invalid());
+    assert_eq!(t.memory_object_create_proxy(VmProt::READ, &[revoke], &[0], &[0], &[P]).map(|_| ()), invalid());
+    assert_eq!(t.memory_object_proxy_info(revoke), invalid());
     // A proxy, an object or any other port is no revoke right.
     for name in [proxy, object, plain] {
-        assert_eq!(w.k.memory_object_proxy_revoke(t, name), invalid(), "{name:?}");
+        assert_eq!(t.memory_object_proxy_revoke(name), invalid(), "{name:?}");
     }
-    assert_eq!(w.k.memory_object_proxy_revoke(t, PortName(0x4242)), Err(KernError::InvalidName));
+    assert_eq!(t.memory_object_proxy_revoke(PortName(0x4242)), Err(KernError::InvalidName));
     // The proxy is unharmed and the revoke right still works for its holder.
-    let a = w.map(t, proxy, 0, P).unwrap();
-    assert_eq!(w.k.read_u64(t, a), Ok(word(0, 0)));
+    let a = w.map(&t, proxy, 0, P).unwrap();
+    assert_eq!(t.read_u64(a), Ok(word(0, 0)));
     match v {
-        ProxyVersion::Mapping => assert_eq!(w.k.memory_object_proxy_revoke(t, revoke), Err(KernError::NotSupported)),
+        ProxyVersion::Mapping => assert_eq!(t.memory_object_proxy_revoke(revoke), Err(KernError::NotSupported)),
         ProxyVersion::Paging => {
-            w.k.memory_object_proxy_revoke(t, revoke).unwrap();
-            assert_eq!(w.k.read_u64(t, a), Err(KernError::MemoryError));
+            t.memory_object_proxy_revoke(revoke).unwrap();
+            assert_eq!(t.read_u64(a), Err(KernError::MemoryError));
         }
     }
 }
 
 // ----- revocation (paging proxies) -----
 
-#[test]
-fn paging_use_after_revoke_is_refused() {
-    let w = World::new(ProxyVersion::Paging);
+fn paging_use_after_revoke_is_refused(via: Transport) {
+    let w = World::new(ProxyVersion::Paging, via);
     let px = w.proxy(VmProt::ALL, &[(w.objs[0], 0, 0, 4 * P)]).unwrap();
     let t = w.task();
-    let name = w.give(px.proxy, t);
-    let a = w.k.vm_map(t, MapRequest::anywhere(4 * P, Some(name)).prot(VmProt::ALL, VmProt::ALL)).unwrap();
-    let scratch = w.k.vm_allocate(t, VmAddr(0), P, true).unwrap();
-    w.assert_shows(t, a, 4, 0, 0);
-    w.k.memory_object_proxy_revoke(w.owner, px.revoke).unwrap();
+    let name = w.give(px.proxy, &t);
+    let a = t.vm_map(MapRequest::anywhere(4 * P, Some(name)).prot(VmProt::ALL, VmProt::ALL)).unwrap();
+    let scratch = t.vm_allocate(VmAddr(0), P, true).unwrap();
+    w.assert_shows(&t, a, 4, 0, 0);
+    w.owner.memory_object_proxy_revoke(px.revoke).unwrap();
     let gone = Err(KernError::MemoryError);
-    assert_eq!(w.k.read_u64(t, a), gone);
-    assert_eq!(w.k.write_u64(t, a.plus(P), 1), Err(KernError::MemoryError));
-    assert_eq!(w.k.execute(t, a.plus(2 * P)), Err(KernError::MemoryError));
-    assert_eq!(w.k.vm_read(t, a, P), Err(KernError::MemoryError));
-    assert_eq!(w.k.vm_write(t, a, &[1]), Err(KernError::MemoryError));
-    assert_eq!(w.k.vm_copy(t, a, P, scratch), Err(KernError::MemoryError));
-    assert_eq!(w.k.read_u64(t, scratch), Ok(0), "nothing was copied out");
+    assert_eq!(t.read_u64(a), gone);
+    assert_eq!(t.write_u64(a.plus(P), 1), Err(KernError::MemoryError));
+    assert_eq!(t.execute(a.plus(2 * P)), Err(KernError::MemoryError));
+    assert_eq!(t.vm_read(a, P), Err(KernError::MemoryError));
+    assert_eq!(t.vm_write(a, &[1]), Err(KernError::MemoryError));
+    assert_eq!(t.vm_copy(a, P, scratch), Err(KernError::MemoryError));
+    assert_eq!(t.read_u64(scratch), Ok(0), "nothing was copied out");
     // Protection changes do not bring it back.
-    w.k.vm_protect(t, a, 4 * P, false, VmProt::READ).unwrap();
-    assert_eq!(w.k.read_u64(t, a.plus(3 * P)), gone);
+    t.vm_protect(a, 4 * P, false, VmProt::READ).unwrap();
+    assert_eq!(t.read_u64(a.plus(3 * P)), gone);
     // Neither does a child task, nor any new mapping or proxy.
-    let child = w.k.task_create(Some(t)).unwrap();
-    assert_eq!(w.k.read_u64(child, a), gone);
+    let child = t.task_create().unwrap();
+    assert_eq!(child.read_u64(a), gone);
     let cap = Err(KernError::InvalidCapability);
-    assert_eq!(w.map(t, name, 0, P), cap);
-    assert_eq!(w.k.vm_map(t, MapRequest::anywhere(P, Some(name)).copy(true)), cap);
+    assert_eq!(w.map(&t, name, 0, P), cap);
+    assert_eq!(t.vm_map(MapRequest::anywhere(P, Some(name)).copy(true)), cap);
     for version in [ProxyVersion::Mapping, ProxyVersion::Paging] {
-        let r = w.k.memory_object_create_proxy_version(t, VmProt::READ, &[name], &[0], &[0], &[P], version);
+        let r = t.memory_object_create_proxy_version(VmProt::READ, &[name], &[0], &[0], &[P], version);
         assert_eq!(r.map(|_| ()), Err(KernError::InvalidCapability), "{version:?}");
     }
     // A region proxy of the revoked mapping is no way back in.
-    if let Ok(region) = w.k.vm_region_create_proxy(t, a, VmProt::READ, 4 * P) {
-        assert!(w.k.memory_object_proxy_info(t, region.proxy).unwrap().revoked);
-        assert_eq!(w.map(t, region.proxy, 0, P), cap);
+    if let Ok(region) = t.vm_region_create_proxy(a, VmProt::READ, 4 * P) {
+        assert!(t.memory_object_proxy_info(region.proxy).unwrap().revoked);
+        assert_eq!(w.map(&t, region.proxy, 0, P), cap);
     }
 }
 
-fn region_proxy_of_a_copy_made_through_a_revoked_paging_proxy(v: ProxyVersion) {
+fn region_proxy_of_a_copy_made_through_a_revoked_paging_proxy(v: ProxyVersion, via: Transport) {
     // A copy mapping made through a paging proxy is cut by its revocation;
     // a region proxy of that copy (of either version), or a proxy built on
     // that, must not keep or regain the access.
-    let w = World::new(v);
+    let w = World::new(v, via);
     let px = w.proxy_v(ProxyVersion::Paging, VmProt::READ, &[(w.objs[0], 0, 0, 2 * P)]).unwrap();
     let t = w.task();
-    let name = w.give(px.proxy, t);
-    let c = w.k.vm_map(t, MapRequest::anywhere(2 * P, Some(name)).copy(true)).unwrap();
-    let d = w.k.vm_map(t, MapRequest::anywhere(2 * P, Some(name)).copy(true)).unwrap();
-    w.assert_shows(t, c, 2, 0, 0);
+    let name = w.give(px.proxy, &t);
+    let c = t.vm_map(MapRequest::anywhere(2 * P, Some(name)).copy(true)).unwrap();
+    let d = t.vm_map(MapRequest::anywhere(2 * P, Some(name)).copy(true)).unwrap();
+    w.assert_shows(&t, c, 2, 0, 0);
     // Made before the revocation, mapped before and after it.
-    let before = w.k.vm_region_create_proxy(t, c, VmProt::READ, 2 * P).unwrap();
-    let nested = w.proxy_from(t, &[(before.proxy, 0, 0, 2 * P)]).unwrap();
-    let early = w.map(t, before.proxy, 0, 2 * P).unwrap();
-    let early_nested = w.map(t, nested.proxy, 0, 2 * P).unwrap();
-    assert_eq!(w.k.read_u64(t, early), Ok(word(0, 0)));
-    assert_eq!(w.k.read_u64(t, early_nested), Ok(word(0, 0)));
-    w.k.memory_object_proxy_revoke(w.owner, px.revoke).unwrap();
+    let before = t.vm_region_create_proxy(c, VmProt::READ, 2 * P).unwrap();
+    let nested = w.proxy_from(&t, &[(before.proxy, 0, 0, 2 * P)]).unwrap();
+    let early = w.map(&t, before.proxy, 0, 2 * P).unwrap();
+    let early_nested = w.map(&t, nested.proxy, 0, 2 * P).unwrap();
+    assert_eq!(t.read_u64(early), Ok(word(0, 0)));
+    assert_eq!(t.read_u64(early_nested), Ok(word(0, 0)));
+    w.owner.memory_object_proxy_revoke(px.revoke).unwrap();
     let gone = Err(KernError::MemoryError);
-    assert_eq!(w.k.read_u64(t, c), gone);
-    assert_eq!(w.k.read_u64(t, early), gone);
-    assert_eq!(w.k.read_u64(t, early_nested.plus(P)), gone);
+    assert_eq!(t.read_u64(c), gone);
+    assert_eq!(t.read_u64(early), gone);
+    assert_eq!(t.read_u64(early_nested.plus(P)), gone);
     let cap = Err(KernError::InvalidCapability);
-    assert_eq!(w.map(t, before.proxy, 0, 2 * P), cap);
-    assert_eq!(w.map(t, nested.proxy, 0, 2 * P), cap);
-    assert!(w.k.memory_object_proxy_info(t, before.proxy).unwrap().revoked);
+    assert_eq!(w.map(&t, before.proxy, 0, 2 * P), cap);
+    assert_eq!(w.map(&t, nested.proxy, 0, 2 * P), cap);
+    assert!(t.memory_object_proxy_info(before.proxy).unwrap().revoked);
     // Made after the revocation.
-    let after = w.k.vm_region_create_proxy(t, d, VmProt::READ, 2 * P).unwrap();
-    assert_eq!(w.map(t, after.proxy, 0, 2 * P), cap);
-    assert_eq!(w.proxy_from(t, &[(after.proxy, 0, 0, P)]).map(|_| ()), Err(KernError::InvalidCapability));
+    let after = t.vm_region_create_proxy(d, VmProt::READ, 2 * P).unwrap();
+    assert_eq!(w.map(&t, after.proxy, 0, 2 * P), cap);
+    assert_eq!(w.proxy_from(&t, &[(after.proxy, 0, 0, P)]).map(|_| ()), Err(KernError::InvalidCapability));
 }
 
-#[test]
-fn paging_revoke_during_a_fault() {
+fn paging_revoke_during_a_fault(via: Transport) {
     // A thread waits on the real pager for a page through the proxy; the
-    // proxy is revoked; the pager supplies; the fault fails.
-    let mut s = Scripted::new(ProxyVersion::Paging);
-    let px = s.k.memory_object_create_proxy(s.client, VmProt::READ, &[s.name], &[0], &[0], &[P]).unwrap();
-    let a = s.k.vm_map(s.client, MapRequest::anywhere(P, Some(px.proxy))).unwrap();
-    let direct = s.k.vm_map(s.client, MapRequest::anywhere(P, Some(s.name))).unwrap();
-    let r = spawn_read(&s.k, s.client, a);
+    // proxy is revoked (by another task holding the revoke right: over the
+    // socket the client's one thread is the one waiting); the pager
+    // supplies; the fault fails.
+    let mut s = Scripted::new(ProxyVersion::Paging, via);
+    let px = s.client.memory_object_create_proxy(VmProt::READ, &[s.name], &[0], &[0], &[P]).unwrap();
+    let (revoker, revoke) = s.hand_over(px.revoke);
+    let a = s.client.vm_map(MapRequest::anywhere(P, Some(px.proxy))).unwrap();
+    let direct = s.client.vm_map(MapRequest::anywhere(P, Some(s.name))).unwrap();
+    let r = spawn_read(&s.client, a);
     s.expect(0);
-    s.k.memory_object_proxy_revoke(s.client, px.revoke).unwrap();
+    revoker.memory_object_proxy_revoke(revoke).unwrap();
     s.supply(0, 77);
     assert_eq!(join(r), Err(KernError::MemoryError));
     // The page itself arrived: the object's own mapping reads it.
-    assert_eq!(s.k.read_u64(s.client, direct), Ok(77));
-    assert_eq!(s.k.read_u64(s.client, a), Err(KernError::MemoryError));
+    assert_eq!(s.client.read_u64(direct), Ok(77));
+    assert_eq!(s.client.read_u64(a), Err(KernError::MemoryError));
 }
 
-#[test]
-fn paging_revoke_during_a_fault_through_a_nested_proxy() {
-    let mut s = Scripted::new(ProxyVersion::Paging);
-    let k = s.k.clone();
-    let inner = k.memory_object_create_proxy(s.client, VmProt::READ, &[s.name], &[0], &[0], &[2 * P]).unwrap();
-    let outer = k
-        .memory_object_create_proxy_version(
-            s.client,
-            VmProt::ALL,
-            &[inner.proxy],
-            &[0],
-            &[P],
-            &[P],
-            ProxyVersion::Mapping,
-        )
+fn paging_revoke_during_a_fault_through_a_nested_proxy(via: Transport) {
+    let mut s = Scripted::new(ProxyVersion::Paging, via);
+    let inner = s.client.memory_object_create_proxy(VmProt::READ, &[s.name], &[0], &[0], &[2 * P]).unwrap();
+    let (revoker, revoke) = s.hand_over(inner.revoke);
+    let outer = s
+        .client
+        .memory_object_create_proxy_version(VmProt::ALL, &[inner.proxy], &[0], &[P], &[P], ProxyVersion::Mapping)
         .unwrap();
-    let a = k.vm_map(s.client, MapRequest::anywhere(P, Some(outer.proxy))).unwrap();
-    let r = spawn_read(&k, s.client, a);
+    let a = s.client.vm_map(MapRequest::anywhere(P, Some(outer.proxy))).unwrap();
+    let r = spawn_read(&s.client, a);
     s.expect(P);
-    k.memory_object_proxy_revoke(s.client, inner.revoke).unwrap();
+    revoker.memory_object_proxy_revoke(revoke).unwrap();
     s.supply(P, 5);
     assert_eq!(join(r), Err(KernError::MemoryError));
 }
 
-#[test]
-fn paging_revoke_while_the_pager_never_answers() {
+fn paging_revoke_while_the_pager_never_answers(via: Transport) {
     // Revocation alone wakes the waiting fault: it does not wait for a pager
     // that may never answer.
-    let mut s = Scripted::new(ProxyVersion::Paging);
-    let px = s.k.memory_object_create_proxy(s.client, VmProt::READ, &[s.name], &[0], &[0], &[P]).unwrap();
-    let a = s.k.vm_map(s.client, MapRequest::anywhere(P, Some(px.proxy))).unwrap();
-    let r = spawn_read(&s.k, s.client, a);
+    let mut s = Scripted::new(ProxyVersion::Paging, via);
+    let px = s.client.memory_object_create_proxy(VmProt::READ, &[s.name], &[0], &[0], &[P]).unwrap();
+    let (revoker, revoke) = s.hand_over(px.revoke);
+    let a = s.client.vm_map(MapRequest::anywhere(P, Some(px.proxy))).unwrap();
+    let r = spawn_read(&s.client, a);
     s.expect(0);
-    s.k.memory_object_proxy_revoke(s.client, px.revoke).unwrap();
+    revoker.memory_object_proxy_revoke(revoke).unwrap();
     assert_eq!(join(r), Err(KernError::MemoryError));
 }

@@ -131,8 +131,7 @@ fn plan_level(spec: &LevelSpec, objs: &[PortName], inner: Option<(PortName, &Mod
 }
 
 fn run(levels: Vec<LevelSpec>, ops: Vec<OpSpec>) -> Result<(), TestCaseError> {
-    let w = World::new(ProxyVersion::Paging);
-    let k = &w.k;
+    let w = World::new(ProxyVersion::Paging, Transport::Local);
     let t = w.task();
     // The chain: each level's proxy name (owner's space, client's space) and model.
     let mut chain: Vec<(PortName, PortName, Model)> = Vec::new();
@@ -144,10 +143,10 @@ fn run(levels: Vec<LevelSpec>, ops: Vec<OpSpec>) -> Result<(), TestCaseError> {
         match model {
             Some(model) => {
                 let px = r.map_err(|e| TestCaseError::fail(format!("{windows:x?}: {e}")))?;
-                let info = k.memory_object_proxy_info(w.owner, px.proxy).unwrap();
+                let info = w.owner.memory_object_proxy_info(px.proxy).unwrap();
                 let union = model.values().fold(VmProt::NONE, |u, c| u | c.prot);
                 prop_assert_eq!(info.protection, union);
-                chain.push((px.proxy, w.give(px.proxy, t), model));
+                chain.push((px.proxy, w.give(px.proxy, &t), model));
             }
             None => {
                 prop_assert_eq!(r.map(|_| ()), Err(KernError::InvalidArgument), "{:x?}", windows);
@@ -190,7 +189,7 @@ fn run(levels: Vec<LevelSpec>, ops: Vec<OpSpec>) -> Result<(), TestCaseError> {
                     }
                     Some(_) => Ok(()),
                 };
-                let r = k.vm_map(t, MapRequest::anywhere(n * P, Some(*name)).offset(off * P).prot(cur, max).copy(copy));
+                let r = t.vm_map(MapRequest::anywhere(n * P, Some(*name)).offset(off * P).prot(cur, max).copy(copy));
                 prop_assert_eq!(r.map(|_| ()), expect, "map {}+{} {:?}/{:?} copy {}", off, n, cur, max, copy);
                 let Ok(addr) = r else { continue };
                 let pages: Vec<MPage> = cells
@@ -208,7 +207,7 @@ fn run(levels: Vec<LevelSpec>, ops: Vec<OpSpec>) -> Result<(), TestCaseError> {
                     })
                     .collect();
                 for (i, p) in pages.iter().enumerate() {
-                    let region = k.vm_region(t, addr.plus(i as u64 * P)).unwrap();
+                    let region = t.vm_region(addr.plus(i as u64 * P)).unwrap();
                     prop_assert_eq!((region.cur, region.max), (p.cur, p.max), "region of page {}", i);
                 }
                 maps.push(Mapping { addr, pages });
@@ -225,7 +224,7 @@ fn run(levels: Vec<LevelSpec>, ops: Vec<OpSpec>) -> Result<(), TestCaseError> {
                 let range = &mut m.pages[first..first + count];
                 let expect =
                     if range.iter().all(|p| p.max.contains(new)) { Ok(()) } else { Err(KernError::ProtectionFailure) };
-                let r = k.vm_protect(t, m.addr.plus(first as u64 * P), count as u64 * P, set_max, new);
+                let r = t.vm_protect(m.addr.plus(first as u64 * P), count as u64 * P, set_max, new);
                 prop_assert_eq!(r, expect, "protect {:?} max {}", new, set_max);
                 if r.is_ok() {
                     for p in range {
@@ -244,7 +243,7 @@ fn run(levels: Vec<LevelSpec>, ops: Vec<OpSpec>) -> Result<(), TestCaseError> {
                 let m = &mut maps[op.a as usize % count];
                 let i = op.b as usize % m.pages.len();
                 token += 1;
-                let r = k.write_u64(t, m.addr.plus(i as u64 * P), token);
+                let r = t.write_u64(m.addr.plus(i as u64 * P), token);
                 let p = &mut m.pages[i];
                 if p.cur.contains(VmProt::WRITE) {
                     prop_assert_eq!(r, Ok(()), "write {:?}", p);
@@ -261,20 +260,20 @@ fn run(levels: Vec<LevelSpec>, ops: Vec<OpSpec>) -> Result<(), TestCaseError> {
             12 if !maps.is_empty() => {
                 let m = &maps[op.a as usize % maps.len()];
                 let i = op.b as usize % m.pages.len();
-                let r = k.execute(t, m.addr.plus(i as u64 * P));
+                let r = t.execute(m.addr.plus(i as u64 * P));
                 let p = m.pages[i];
                 let expect = if p.cur.contains(VmProt::EXECUTE) { Ok(()) } else { Err(KernError::ProtectionFailure) };
                 prop_assert_eq!(r, expect, "execute {:?}", p);
             }
             13 if !maps.is_empty() => {
                 let m = maps.swap_remove(op.a as usize % maps.len());
-                k.vm_deallocate(t, m.addr, m.pages.len() as u64 * P).unwrap();
+                t.vm_deallocate(m.addr, m.pages.len() as u64 * P).unwrap();
             }
             // A load of any word of a page.
             _ if !maps.is_empty() => {
                 let m = &maps[op.a as usize % maps.len()];
                 let i = op.b as usize % m.pages.len();
-                check_read(k, t, m, i, u64::from(op.word) * 8, &shared)?;
+                check_read(&t, m, i, u64::from(op.word) * 8, &shared)?;
             }
             _ => {}
         }
@@ -282,8 +281,8 @@ fn run(levels: Vec<LevelSpec>, ops: Vec<OpSpec>) -> Result<(), TestCaseError> {
     // Finally every page of every mapping, first and last word.
     for m in &maps {
         for i in 0..m.pages.len() {
-            check_read(k, t, m, i, 0, &shared)?;
-            check_read(k, t, m, i, P - 8, &shared)?;
+            check_read(&t, m, i, 0, &shared)?;
+            check_read(&t, m, i, P - 8, &shared)?;
         }
     }
     Ok(())
@@ -291,15 +290,14 @@ fn run(levels: Vec<LevelSpec>, ops: Vec<OpSpec>) -> Result<(), TestCaseError> {
 
 /// Reads the word at `at` in page `i` of `m` and compares with the model.
 fn check_read(
-    k: &Kernel,
-    t: TaskId,
+    t: &Task,
     m: &Mapping,
     i: usize,
     at: u64,
     shared: &HashMap<(usize, u64), u64>,
 ) -> Result<(), TestCaseError> {
     let p = m.pages[i];
-    let r = k.read_u64(t, m.addr.plus(i as u64 * P + at));
+    let r = t.read_u64(m.addr.plus(i as u64 * P + at));
     if !p.cur.contains(VmProt::READ) {
         prop_assert_eq!(r, Err(KernError::ProtectionFailure), "read {:?}", p);
         return Ok(());

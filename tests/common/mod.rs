@@ -9,16 +9,21 @@
 //!
 //! [`Scripted`] is the same with a scripted pager instead: the test answers
 //! each `data_request` itself.
-#![allow(dead_code, unused_macros)]
+//!
+//! Both run in-process or over `machvmd`'s socket ([`link`]): each rule is
+//! written once against [`Task`]s and instantiated on both transports
+//! ([`both!`], [`transports!`]).
+#![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod daemon;
+pub mod link;
 pub mod racing;
 
-use machvm_core::ipc::PortName;
-use machvm_core::pmap::soft::SoftMachine;
+pub use link::{die, Host, Running, Task, TaskLink, Transport};
+use machvm_core::ipc::{Disposition, PortName};
 use machvm_core::pmap::Machine;
 use machvm_core::*;
-use machvm_pagers::{MemBacking, PagerConn, RunningPager};
+use machvm_pagers::{MemBacking, PagerConn};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -62,48 +67,55 @@ pub fn all_prots() -> impl Iterator<Item = VmProt> {
     (0..8).map(prot)
 }
 
+/// A kernel with a pager serving memory objects and the tasks of a rule,
+/// in-process or over `machvmd`'s socket ([`Transport`]).
 #[derive(Debug)]
 pub struct World {
+    /// Serves the objects (dropped first: it stops before the kernel).
+    pub pager: Running,
     pub k: Arc<Kernel>,
     pub version: ProxyVersion,
     /// Holds send rights to the objects, makes the proxies.
-    pub owner: TaskId,
+    pub owner: Task,
     /// The objects, named in the owner's space.
     pub objs: Vec<PortName>,
     /// Direct shared mappings of the objects in the owner (filled worlds).
     pub direct: Vec<VmAddr>,
-    pub pager: RunningPager,
+    pub host: Host,
 }
 
 impl World {
     /// Two objects of [`OBJ_PAGES`] pages, filled with [`word`].
-    pub fn new(version: ProxyVersion) -> World {
-        World::with_objects(version, 2, true)
+    pub fn new(version: ProxyVersion, via: Transport) -> World {
+        World::with_objects(version, via, 2, true)
     }
 
     /// `n` objects; filled or left to the pager (zeroes).
-    pub fn with_objects(version: ProxyVersion, n: usize, fill: bool) -> World {
-        World::on_machine(version, n, fill, Arc::new(SoftMachine::new(config(version).phys_pages)))
+    pub fn with_objects(version: ProxyVersion, via: Transport, n: usize, fill: bool) -> World {
+        World::on(Host::boot(via, config(version)), version, n, fill)
     }
 
-    /// As [`World::with_objects`], on a machine of the caller's (to read
-    /// its counters, or to make races happen).
+    /// As [`World::with_objects`] in-process, on a machine of the caller's
+    /// (to read its counters, or to make races happen).
     pub fn on_machine(version: ProxyVersion, n: usize, fill: bool, machine: Arc<dyn Machine>) -> World {
-        let k = Kernel::with_machine(config(version), machine);
-        let owner = k.task_create(None).unwrap();
-        let mut conn = PagerConn::new(k.clone()).unwrap();
+        World::on(Host::on_machine(config(version), machine), version, n, fill)
+    }
+
+    fn on(host: Host, version: ProxyVersion, n: usize, fill: bool) -> World {
+        let owner = host.task();
+        let mut conn = host.pager();
         let mut objs = Vec::new();
         for _ in 0..n {
             let o = conn.new_object().unwrap();
-            objs.push(conn.give(o, owner).unwrap());
+            objs.push(host.transfer(conn.link.id(), o, Disposition::MakeSend, owner.id()).unwrap());
         }
-        let pager = RunningPager::spawn(conn, MemBacking::default());
-        let mut w = World { k, version, owner, objs, direct: Vec::new(), pager };
+        let pager = host.run_pager(conn, MemBacking::default());
+        let mut w = World { pager, k: host.k.clone(), version, owner, objs, direct: Vec::new(), host };
         if fill {
             for i in 0..n {
-                let a = w.k.vm_map(owner, MapRequest::anywhere(OBJ_PAGES * P, Some(w.objs[i]))).unwrap();
+                let a = w.owner.vm_map(MapRequest::anywhere(OBJ_PAGES * P, Some(w.objs[i]))).unwrap();
                 let data: Vec<u8> = (0..OBJ_PAGES * P).step_by(8).flat_map(|off| word(i, off).to_le_bytes()).collect();
-                w.k.vm_write(owner, a, &data).unwrap();
+                w.owner.vm_write(a, &data).unwrap();
                 w.direct.push(a);
             }
         }
@@ -111,21 +123,21 @@ impl World {
     }
 
     /// A new task with nothing in it.
-    pub fn task(&self) -> TaskId {
-        self.k.task_create(None).unwrap()
+    pub fn task(&self) -> Task {
+        self.host.task()
     }
 
     /// A proxy made by the owner with the kernel's configured version.
     /// Each window is `(object name, offset, start, len)`.
     pub fn proxy(&self, max: VmProt, windows: &[(PortName, u64, u64, u64)]) -> Result<ProxyRights> {
         let (o, off, s, l) = unzip(windows);
-        self.k.memory_object_create_proxy(self.owner, max, &o, &off, &s, &l)
+        self.owner.memory_object_create_proxy(max, &o, &off, &s, &l)
     }
 
     /// As [`World::proxy`], made by `task` from names in its space.
-    pub fn proxy_from(&self, task: TaskId, windows: &[(PortName, u64, u64, u64)]) -> Result<ProxyRights> {
+    pub fn proxy_from(&self, task: &Task, windows: &[(PortName, u64, u64, u64)]) -> Result<ProxyRights> {
         let (o, off, s, l) = unzip(windows);
-        self.k.memory_object_create_proxy(task, VmProt::ALL, &o, &off, &s, &l)
+        task.memory_object_create_proxy(VmProt::ALL, &o, &off, &s, &l)
     }
 
     /// As [`World::proxy`] with a chosen version.
@@ -136,32 +148,33 @@ impl World {
         windows: &[(PortName, u64, u64, u64)],
     ) -> Result<ProxyRights> {
         let (o, off, s, l) = unzip(windows);
-        self.k.memory_object_create_proxy_version(self.owner, max, &o, &off, &s, &l, version)
+        self.owner.memory_object_create_proxy_version(max, &o, &off, &s, &l, version)
     }
 
-    /// A copy of the owner's send right `name`, given to `to`.
-    pub fn give(&self, name: PortName, to: TaskId) -> PortName {
-        self.k.port_transfer(self.owner, name, machvm_core::ipc::Disposition::CopySend, to).unwrap()
+    /// Fixture only: a copy of the owner's send right `name`, given to
+    /// `to` (as a message would carry it).
+    pub fn give(&self, name: PortName, to: &Task) -> PortName {
+        self.host.give(&self.owner, name, to)
     }
 
-    /// A copy of `from`'s send right `name`, given to `to`.
-    pub fn give_from(&self, from: TaskId, name: PortName, to: TaskId) -> PortName {
-        self.k.port_transfer(from, name, machvm_core::ipc::Disposition::CopySend, to).unwrap()
+    /// Fixture only: a copy of `from`'s send right `name`, given to `to`.
+    pub fn give_from(&self, from: &Task, name: PortName, to: &Task) -> PortName {
+        self.host.give(from, name, to)
     }
 
     /// Maps `size` bytes of `name` from `offset` anywhere in `task`,
     /// asking for `READ|WRITE` / `ALL` as glibc's mmap does.
-    pub fn map(&self, task: TaskId, name: PortName, offset: u64, size: u64) -> Result<VmAddr> {
-        self.k.vm_map(task, MapRequest::anywhere(size, Some(name)).offset(offset))
+    pub fn map(&self, task: &Task, name: PortName, offset: u64, size: u64) -> Result<VmAddr> {
+        task.vm_map(MapRequest::anywhere(size, Some(name)).offset(offset))
     }
 
     /// Asserts that the `pages` pages at `addr` in `task` show object
     /// `obj` from `start` (first and last word of each page).
     #[track_caller]
-    pub fn assert_shows(&self, task: TaskId, addr: VmAddr, pages: u64, obj: usize, start: u64) {
+    pub fn assert_shows(&self, task: &Task, addr: VmAddr, pages: u64, obj: usize, start: u64) {
         for i in 0..pages {
             for w in [0, P - 8] {
-                let got = self.k.read_u64(task, VmAddr(addr.0 + i * P + w));
+                let got = task.read_u64(VmAddr(addr.0 + i * P + w));
                 assert_eq!(got, Ok(word(obj, start + i * P + w)), "page {i} word {w:#x}");
             }
         }
@@ -169,7 +182,7 @@ impl World {
 
     /// The word the owner's direct mapping shows at `offset` of object `obj`.
     pub fn direct_word(&self, obj: usize, offset: u64) -> u64 {
-        self.k.read_u64(self.owner, VmAddr(self.direct[obj].0 + offset)).unwrap()
+        self.owner.read_u64(VmAddr(self.direct[obj].0 + offset)).unwrap()
     }
 }
 
@@ -186,23 +199,24 @@ pub fn unzip(windows: &[(PortName, u64, u64, u64)]) -> (Vec<PortName>, Vec<u64>,
 /// holds a send right to it.
 #[derive(Debug)]
 pub struct Scripted {
-    pub k: Arc<Kernel>,
-    pub pager: PagerConn,
+    pub pager: PagerConn<Task>,
     /// The object, named in the pager's space.
     pub obj: PortName,
-    pub client: TaskId,
+    pub client: Task,
     /// The object, named in the client's space.
     pub name: PortName,
+    pub k: Arc<Kernel>,
+    pub host: Host,
 }
 
 impl Scripted {
-    pub fn new(version: ProxyVersion) -> Scripted {
-        let k = Kernel::new(config(version));
-        let client = k.task_create(None).unwrap();
-        let mut pager = PagerConn::new(k.clone()).unwrap();
+    pub fn new(version: ProxyVersion, via: Transport) -> Scripted {
+        let host = Host::boot(via, config(version));
+        let client = host.task();
+        let mut pager = host.pager();
         let obj = pager.new_object().unwrap();
-        let name = pager.give(obj, client).unwrap();
-        Scripted { k, pager, obj, client, name }
+        let name = host.transfer(pager.link.id(), obj, Disposition::MakeSend, client.id()).unwrap();
+        Scripted { pager, obj, client, name, k: host.k.clone(), host }
     }
 
     /// Waits for the next `data_request` and checks it is for one page at
@@ -219,17 +233,26 @@ impl Scripted {
         data[..8].copy_from_slice(&v.to_le_bytes());
         self.pager.supply(self.obj, offset, &data).unwrap();
     }
+
+    /// Fixture only: a new task holding a copy of the client's send right
+    /// `name` (to act while the client's thread waits in a fault: over the
+    /// socket a task has one thread).
+    pub fn hand_over(&self, name: PortName) -> (Task, PortName) {
+        let t = self.host.task();
+        let n = self.host.give(&self.client, name, &t);
+        (t, n)
+    }
 }
 
 /// Reads a word on another thread (a task thread that may block on a pager).
-pub fn spawn_read(k: &Arc<Kernel>, task: TaskId, addr: VmAddr) -> JoinHandle<Result<u64>> {
-    let k = k.clone();
-    std::thread::spawn(move || k.read_u64(task, addr))
+pub fn spawn_read(task: &Task, addr: VmAddr) -> JoinHandle<Result<u64>> {
+    let task = task.clone();
+    std::thread::spawn(move || task.read_u64(addr))
 }
 
-/// Joins a reader, failing the test if it does not finish in time.
+/// Joins a thread, failing the test if it does not finish in time.
 #[track_caller]
-pub fn join(h: JoinHandle<Result<u64>>) -> Result<u64> {
+pub fn join<T>(h: JoinHandle<T>) -> T {
     let deadline = std::time::Instant::now() + WAIT;
     while !h.is_finished() {
         assert!(std::time::Instant::now() < deadline, "a faulting thread hangs");
@@ -249,15 +272,47 @@ impl Plus for VmAddr {
     }
 }
 
-/// Instantiates each rule (a `fn(ProxyVersion)`) once per proxy version, in
-/// modules `mapping` and `paging`.
+/// Instantiates each rule (a `fn(ProxyVersion, Transport)`) once per
+/// proxy version and transport, in modules `mapping::local`,
+/// `mapping::socket`, `paging::local` and `paging::socket`.
 macro_rules! both {
     ($($rule:ident),* $(,)?) => {
         mod mapping {
-            $(#[test] fn $rule() { super::$rule(machvm_core::ProxyVersion::Mapping) })*
+            mod local {
+                $(#[test] fn $rule() {
+                    super::super::$rule(machvm_core::ProxyVersion::Mapping, $crate::common::Transport::Local)
+                })*
+            }
+            mod socket {
+                $(#[test] fn $rule() {
+                    super::super::$rule(machvm_core::ProxyVersion::Mapping, $crate::common::Transport::Socket)
+                })*
+            }
         }
         mod paging {
-            $(#[test] fn $rule() { super::$rule(machvm_core::ProxyVersion::Paging) })*
+            mod local {
+                $(#[test] fn $rule() {
+                    super::super::$rule(machvm_core::ProxyVersion::Paging, $crate::common::Transport::Local)
+                })*
+            }
+            mod socket {
+                $(#[test] fn $rule() {
+                    super::super::$rule(machvm_core::ProxyVersion::Paging, $crate::common::Transport::Socket)
+                })*
+            }
+        }
+    };
+}
+
+/// Instantiates each rule (a `fn(Transport)`) once per transport, in
+/// modules `local` and `socket`.
+macro_rules! transports {
+    ($($rule:ident),* $(,)?) => {
+        mod local {
+            $(#[test] fn $rule() { super::$rule($crate::common::Transport::Local) })*
+        }
+        mod socket {
+            $(#[test] fn $rule() { super::$rule($crate::common::Transport::Socket) })*
         }
     };
 }
