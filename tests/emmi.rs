@@ -5,19 +5,79 @@
 //! on other threads; a thread's result comes back on a channel, so "the
 //! fault is still waiting" is a receive that times out, and a hang fails
 //! the test instead of blocking it.
+//!
+//! Each script runs in-process and over `machvmd`'s socket
+//! ([`transports!`]: modules `local` and `socket`), the pager a
+//! `Role::Pager` connection and each task a connection of its own. Over
+//! the socket a task has one thread (its connection makes one call at a
+//! time), so where a script needs a task to act while one of its calls
+//! waits, another task mapping the same object does it.
+//!
+//! In-process only:
+//! - `a_fault_asleep_on_its_pager_wakes_when_its_mapping_changes`: the
+//!   faulting task itself must change its map while its faults wait, which
+//!   takes a second thread of that task; a connection has one.
+//! - `a_fault_can_wait_without_a_thread` and
+//!   `an_access_can_wait_without_a_thread`: they test the kernel's
+//!   non-blocking calls (`vm_fault_poll`, `access_poll`) with a waker of
+//!   the test's; these are the daemon's building blocks, with no wire call.
 
+#[macro_use]
 mod common;
-use common::TempFile;
+use common::{die, Host, Task, TempFile, Transport};
 use machvm_core::ipc::{Disposition, PortName, UserMessage};
 use machvm_core::memory_object::emmi::{id, KernelReply, KernelToPager, PagerToKernel};
 use machvm_core::vm::object::CopyStrategy;
 use machvm_core::vm::paging::ReturnPolicy;
 use machvm_core::*;
-use machvm_pagers::*;
+use machvm_pagers::{Backing, FileBacking, MemBacking, PagerStats, Request};
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
+
+transports!(
+    init_is_sent_once_per_object_however_often_it_is_mapped,
+    faults_wait_for_ready_before_asking_for_data,
+    change_attributes_cluster_makes_one_request_per_cluster,
+    a_cluster_request_skips_pages_already_resident,
+    change_attributes_with_an_invalid_cluster_is_refused_and_changes_nothing,
+    get_attributes_reports_what_the_pager_set,
+    data_request_names_the_object_offset_and_access,
+    data_supply_answers_every_fault_waiting_on_the_page,
+    data_supply_of_unrequested_pages_is_cached_but_never_overwrites,
+    data_supply_with_a_reply_port_gets_supply_completed,
+    data_unavailable_zero_fills,
+    data_error_fails_the_fault_until_a_flush,
+    a_write_to_a_write_locked_page_sends_one_data_unlock_and_waits_for_the_lock_request,
+    lock_request_lock_value_takes_write_access_away_from_a_resident_page,
+    lock_request_should_return_sends_dirty_pages_with_their_contents,
+    lock_request_should_flush_makes_the_next_access_ask_again,
+    lock_request_reply_gets_lock_completed_for_the_range,
+    a_precious_page_is_returned_on_flush_even_if_clean,
+    a_precious_page_is_returned_on_pageout_even_if_clean,
+    destroy_fails_waiting_and_later_faults,
+    terminate_follows_the_last_mapping_of_an_uncached_object_after_its_dirty_pages,
+    a_cached_object_outlives_its_mappings_with_its_pages,
+    cache_flush_returns_dirty_pages_then_terminates,
+    malformed_pager_messages_are_refused_and_change_nothing,
+    a_refused_supply_with_a_reply_port_reports_the_error,
+    a_huge_unavailable_or_error_range_does_not_stall_the_kernel,
+    file_pager_maps_a_real_file_and_writes_returned_pages_back,
+    file_backing_with_the_scripted_pager_lock_request_flushes_to_disk,
+    the_object_cache_is_trimmed_oldest_first,
+    a_dirty_page_is_kept_when_its_pager_dies_in_the_call_that_pages_it_out,
+    copy_strategy_none_makes_copies_eagerly,
+    copy_strategy_none_copies_eagerly_at_task_create,
+    an_eager_copy_of_a_failed_page_fails_the_map_and_changes_nothing,
+    an_eager_copy_whose_pager_switches_to_delay_falls_back_to_a_delayed_copy,
+    a_pager_dying_during_an_eager_copy_at_task_create_fabricates_nothing,
+    copy_strategy_call_is_refused_at_ready_and_change_attributes,
+    anonymous_pages_cleaned_by_the_default_pager_are_asked_of_it_again
+);
+
+/// A pager, over either transport.
+type PagerConn = machvm_pagers::PagerConn<Task>;
 
 const P: u64 = PAGE_SIZE;
 /// Long enough for anything that should happen.
@@ -25,26 +85,32 @@ const T: Duration = Duration::from_secs(5);
 /// Long enough to believe something is not going to happen.
 const QUIET: Duration = Duration::from_millis(60);
 
-fn kernel() -> Arc<Kernel> {
-    kernel_with(KernelConfig { phys_pages: 1024, resident_limit: 1024, cluster_pages: 1, ..Default::default() })
+fn kernel(via: Transport) -> Host {
+    kernel_with(via, KernelConfig { phys_pages: 1024, resident_limit: 1024, cluster_pages: 1, ..Default::default() })
 }
 
-fn kernel_with(config: KernelConfig) -> Arc<Kernel> {
-    Kernel::new(config)
+fn kernel_with(via: Transport, config: KernelConfig) -> Host {
+    Host::boot(via, config)
+}
+
+/// Fixture only: a send right to the pager's memory object `obj`, made
+/// in `to`'s space (as the pager would send it in a message).
+fn give(h: &Host, pager: &PagerConn, obj: PortName, to: &Task) -> Result<PortName> {
+    h.transfer(pager.link.id(), obj, Disposition::MakeSend, to.id())
 }
 
 /// A client task, a scripted pager with one memory object, and the
 /// client's send right to it.
-fn setup(k: &Arc<Kernel>) -> (TaskId, PagerConn, PortName, PortName) {
-    let client = k.task_create(None).unwrap();
-    let mut pager = PagerConn::new(k.clone()).unwrap();
+fn setup(h: &Host) -> (Task, PagerConn, PortName, PortName) {
+    let client = h.task();
+    let mut pager = h.pager();
     let obj = pager.new_object().unwrap();
-    let name = pager.give(obj, client).unwrap();
+    let name = give(h, &pager, obj, &client).unwrap();
     (client, pager, obj, name)
 }
 
-fn map(k: &Kernel, task: TaskId, name: PortName, pages: u64) -> VmAddr {
-    k.vm_map(task, MapRequest::anywhere(pages * P, Some(name))).unwrap()
+fn map(task: &Task, name: PortName, pages: u64) -> VmAddr {
+    task.vm_map(MapRequest::anywhere(pages * P, Some(name))).unwrap()
 }
 
 /// Runs `f` on a thread of its own; its result arrives on the channel.
@@ -56,14 +122,16 @@ fn spawn<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Receiver<
     rx
 }
 
-fn read_at(k: &Arc<Kernel>, task: TaskId, at: VmAddr) -> Receiver<Result<u64>> {
-    let k = k.clone();
-    spawn(move || k.read_u64(task, at))
+/// A read by another thread of `task` (over the socket, the task's one
+/// thread: calls of the task made meanwhile wait behind it).
+fn read_at(task: &Task, at: VmAddr) -> Receiver<Result<u64>> {
+    let task = task.clone();
+    spawn(move || task.read_u64(at))
 }
 
-fn write_at(k: &Arc<Kernel>, task: TaskId, at: VmAddr, v: u64) -> Receiver<Result<()>> {
-    let k = k.clone();
-    spawn(move || k.write_u64(task, at, v))
+fn write_at(task: &Task, at: VmAddr, v: u64) -> Receiver<Result<()>> {
+    let task = task.clone();
+    spawn(move || task.write_u64(at, v))
 }
 
 fn still_waiting<R: std::fmt::Debug>(rx: &Receiver<R>) {
@@ -114,35 +182,33 @@ fn attributes(pager: &PagerConn, obj: PortName) -> KernelReply {
 
 // ----- init, ready, change_attributes, get_attributes -----
 
-#[test]
-fn init_is_sent_once_per_object_however_often_it_is_mapped() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let other = k.task_create(None).unwrap();
-    let name2 = pager.give(obj, other).unwrap();
-    let a = map(&k, client, name, 2);
-    map(&k, client, name, 1);
-    map(&k, other, name2, 4);
+fn init_is_sent_once_per_object_however_often_it_is_mapped(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let other = h.task();
+    let name2 = give(&h, &pager, obj, &other).unwrap();
+    let a = map(&client, name, 2);
+    map(&client, name, 1);
+    map(&other, name2, 4);
     let r = next(&mut pager);
     assert_eq!(r.object, obj);
     assert!(matches!(r.msg, KernelToPager::Init { page_size: P }));
     quiet(&mut pager);
-    assert_eq!(k.stats().sent("init"), 1);
+    assert_eq!(h.k.stats().sent("init"), 1);
     // The control port came with it: the object answers the pager.
     pager.ready(obj).unwrap();
-    let rx = read_at(&k, client, a);
+    let rx = read_at(&client, a);
     expect_request(&mut pager, 0, P);
     pager.supply(obj, 0, &page(5)).unwrap();
     assert_eq!(done(&rx), Ok(5));
 }
 
-#[test]
-fn faults_wait_for_ready_before_asking_for_data() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 1);
-    let r1 = read_at(&k, client, a);
-    let r2 = read_at(&k, client, a);
+fn faults_wait_for_ready_before_asking_for_data(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 1);
+    let r1 = read_at(&client, a);
+    let r2 = read_at(&client, a);
     assert!(matches!(next(&mut pager).msg, KernelToPager::Init { .. }));
     quiet(&mut pager);
     still_waiting(&r1);
@@ -162,36 +228,28 @@ fn faults_wait_for_ready_before_asking_for_data() {
 #[test]
 fn a_fault_asleep_on_its_pager_wakes_when_its_mapping_changes() {
     for through_proxy in [false, true] {
-        let k = kernel();
-        let (client, mut pager, _obj, name) = setup(&k);
+        let h = kernel(Transport::Local);
+        let (client, mut pager, _obj, name) = setup(&h);
         let target = if through_proxy {
-            let px = k
-                .memory_object_create_proxy_version(
-                    client,
-                    VmProt::ALL,
-                    &[name],
-                    &[0],
-                    &[0],
-                    &[P],
-                    ProxyVersion::Paging,
-                )
+            let px = client
+                .memory_object_create_proxy_version(VmProt::ALL, &[name], &[0], &[0], &[P], ProxyVersion::Paging)
                 .unwrap();
             px.proxy
         } else {
             name
         };
-        let _keep = map(&k, client, target, 1);
-        let a = map(&k, client, target, 1);
-        let b = map(&k, client, target, 1);
+        let _keep = map(&client, target, 1);
+        let a = map(&client, target, 1);
+        let b = map(&client, target, 1);
         // The pager gets init and never says ready.
-        let ra = read_at(&k, client, a);
-        let rb = read_at(&k, client, b);
+        let ra = read_at(&client, a);
+        let rb = read_at(&client, b);
         assert!(matches!(next(&mut pager).msg, KernelToPager::Init { .. }));
         still_waiting(&ra);
         still_waiting(&rb);
-        k.vm_deallocate(client, a, P).unwrap();
+        client.vm_deallocate(a, P).unwrap();
         assert_eq!(done(&ra), Err(KernError::InvalidAddress), "through a proxy: {through_proxy}");
-        k.vm_protect(client, b, P, false, VmProt::NONE).unwrap();
+        client.vm_protect(b, P, false, VmProt::NONE).unwrap();
         assert_eq!(done(&rb), Err(KernError::ProtectionFailure), "through a proxy: {through_proxy}");
     }
 }
@@ -210,25 +268,25 @@ fn a_fault_can_wait_without_a_thread() {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 1);
+    let h = kernel(Transport::Local);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 1);
     let count = Arc::new(Count::default());
     let waker: Arc<dyn Waker> = count.clone();
-    assert!(matches!(k.vm_fault_poll(client, a, VmProt::READ, &waker), Ok(Poll::Pending(_))));
+    assert!(matches!(h.k.vm_fault_poll(client.id(), a, VmProt::READ, &waker), Ok(Poll::Pending(_))));
     ready(&mut pager);
     // `ready` wakes the fault; polling again sends the request.
     assert_eq!(count.0.load(Ordering::SeqCst), 1);
-    assert!(matches!(k.vm_fault_poll(client, a, VmProt::READ, &waker), Ok(Poll::Pending(_))));
+    assert!(matches!(h.k.vm_fault_poll(client.id(), a, VmProt::READ, &waker), Ok(Poll::Pending(_))));
     expect_request(&mut pager, 0, P);
     // Another task's call is no event for this fault.
-    let other = k.task_create(None).unwrap();
-    k.vm_allocate(other, VmAddr(0), P, true).unwrap();
+    let other = h.task();
+    other.vm_allocate(VmAddr(0), P, true).unwrap();
     assert_eq!(count.0.load(Ordering::SeqCst), 1);
     pager.supply(obj, 0, &page(4)).unwrap();
     assert_eq!(count.0.load(Ordering::SeqCst), 2);
-    assert_eq!(k.vm_fault_poll(client, a, VmProt::READ, &waker), Ok(Poll::Ready(())));
-    assert_eq!(k.read_u64(client, a), Ok(4));
+    assert_eq!(h.k.vm_fault_poll(client.id(), a, VmProt::READ, &waker), Ok(Poll::Ready(())));
+    assert_eq!(client.read_u64(a), Ok(4));
 }
 
 /// A task thread's access without a thread that waits: `access_poll`
@@ -238,31 +296,30 @@ fn a_fault_can_wait_without_a_thread() {
 fn an_access_can_wait_without_a_thread() {
     use machvm_core::pmap::Access;
     use machvm_core::wait::{Poll, ThreadWaker, Waker};
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 1);
+    let h = kernel(Transport::Local);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 1);
     ready(&mut pager);
     let w = ThreadWaker::new();
     let waker: Arc<dyn Waker> = w.clone();
     let mut buf = [0u8; 8];
-    assert!(matches!(k.access_poll(client, a, Access::Load(&mut buf), &waker), Ok(Poll::Pending(_))));
+    assert!(matches!(h.k.access_poll(client.id(), a, Access::Load(&mut buf), &waker), Ok(Poll::Pending(_))));
     let seen = w.generation();
     expect_request(&mut pager, 0, P);
     pager.supply(obj, 0, &page(21)).unwrap();
     assert_ne!(w.generation(), seen, "the supply woke the waiter");
-    assert_eq!(k.access_poll(client, a, Access::Load(&mut buf), &waker), Ok(Poll::Ready(())));
+    assert_eq!(h.k.access_poll(client.id(), a, Access::Load(&mut buf), &waker), Ok(Poll::Ready(())));
     assert_eq!(u64::from_le_bytes(buf), 21);
     assert_eq!(
-        k.access_poll(client, VmAddr(0x7000_0000), Access::Load(&mut buf), &waker),
+        h.k.access_poll(client.id(), VmAddr(0x7000_0000), Access::Load(&mut buf), &waker),
         Err(KernError::InvalidAddress)
     );
 }
 
-#[test]
-fn change_attributes_cluster_makes_one_request_per_cluster() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 8);
+fn change_attributes_cluster_makes_one_request_per_cluster(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 8);
     let init = next(&mut pager);
     assert!(matches!(init.msg, KernelToPager::Init { .. }));
     let answer = pager
@@ -273,44 +330,42 @@ fn change_attributes_cluster_makes_one_request_per_cluster() {
         .unwrap();
     assert_eq!(answer, KernelReply::ChangeCompleted { may_cache: true, copy_strategy: CopyStrategy::Delay });
     // A fault on page 5 asks for the whole aligned cluster [4, 8).
-    let rx = read_at(&k, client, VmAddr(a.0 + 5 * P));
+    let rx = read_at(&client, VmAddr(a.0 + 5 * P));
     expect_request(&mut pager, 4 * P, 4 * P);
     let data: Vec<u8> = (4..8).flat_map(|i| page(i * 1000)).collect();
     pager.supply(obj, 4 * P, &data).unwrap();
     assert_eq!(done(&rx), Ok(5000));
     for i in 4..8 {
-        assert_eq!(k.read_u64(client, VmAddr(a.0 + i * P)).unwrap(), i * 1000);
+        assert_eq!(client.read_u64(VmAddr(a.0 + i * P)).unwrap(), i * 1000);
     }
     quiet(&mut pager);
-    assert_eq!(k.stats().sent("data_request"), 1);
+    assert_eq!(h.k.stats().sent("data_request"), 1);
 }
 
-#[test]
-fn a_cluster_request_skips_pages_already_resident() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 4);
+fn a_cluster_request_skips_pages_already_resident(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 4);
     next(&mut pager);
     pager.set_cluster(obj, 4).unwrap();
     // Page 2 arrives unasked; a fault on page 0 then asks only for [0, 2).
     pager.supply(obj, 2 * P, &page(200)).unwrap();
-    let rx = read_at(&k, client, a);
+    let rx = read_at(&client, a);
     expect_request(&mut pager, 0, 2 * P);
     pager.supply(obj, 0, &[page(0), page(100)].concat()).unwrap();
     assert_eq!(done(&rx), Ok(0));
-    assert_eq!(k.read_u64(client, VmAddr(a.0 + 2 * P)).unwrap(), 200);
+    assert_eq!(client.read_u64(VmAddr(a.0 + 2 * P)).unwrap(), 200);
     // Page 3 is alone in its run now.
-    let rx = read_at(&k, client, VmAddr(a.0 + 3 * P));
+    let rx = read_at(&client, VmAddr(a.0 + 3 * P));
     expect_request(&mut pager, 3 * P, P);
     pager.supply(obj, 3 * P, &page(300)).unwrap();
     assert_eq!(done(&rx), Ok(300));
 }
 
-#[test]
-fn change_attributes_with_an_invalid_cluster_is_refused_and_changes_nothing() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    map(&k, client, name, 1);
+fn change_attributes_with_an_invalid_cluster_is_refused_and_changes_nothing(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    map(&client, name, 1);
     ready(&mut pager);
     pager.set_cluster(obj, 2).unwrap();
     let before = attributes(&pager, obj);
@@ -328,11 +383,11 @@ fn change_attributes_with_an_invalid_cluster_is_refused_and_changes_nothing() {
     );
 }
 
-#[test]
-fn get_attributes_reports_what_the_pager_set() {
-    let k = kernel_with(KernelConfig { phys_pages: 64, resident_limit: 64, cluster_pages: 3, ..Default::default() });
-    let (client, mut pager, obj, name) = setup(&k);
-    map(&k, client, name, 1);
+fn get_attributes_reports_what_the_pager_set(via: Transport) {
+    let h =
+        kernel_with(via, KernelConfig { phys_pages: 64, resident_limit: 64, cluster_pages: 3, ..Default::default() });
+    let (client, mut pager, obj, name) = setup(&h);
+    map(&client, name, 1);
     next(&mut pager); // init, unanswered
     assert_eq!(
         attributes(&pager, obj),
@@ -360,18 +415,17 @@ fn get_attributes_reports_what_the_pager_set() {
     );
     // Without a reply port there is nowhere to answer.
     assert_eq!(pager.call(obj, PagerToKernel::GetAttributes), Err(KernError::SendInvalidReply));
-    assert_eq!(k.stats().received("get_attributes"), 4);
+    assert_eq!(h.k.stats().received("get_attributes"), 4);
 }
 
 // ----- data_request, data_supply, data_unavailable, data_error -----
 
-#[test]
-fn data_request_names_the_object_offset_and_access() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = k.vm_map(client, MapRequest::anywhere(4 * P, Some(name)).offset(8 * P)).unwrap();
+fn data_request_names_the_object_offset_and_access(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = client.vm_map(MapRequest::anywhere(4 * P, Some(name)).offset(8 * P)).unwrap();
     ready(&mut pager);
-    let rx = write_at(&k, client, VmAddr(a.0 + P + 16), 77);
+    let rx = write_at(&client, VmAddr(a.0 + P + 16), 77);
     let r = next(&mut pager);
     assert_eq!(r.object, obj);
     match r.msg {
@@ -384,55 +438,52 @@ fn data_request_names_the_object_offset_and_access() {
     still_waiting(&rx);
     pager.supply(obj, 9 * P, &page(0)).unwrap();
     assert_eq!(done(&rx), Ok(()));
-    assert_eq!(k.read_u64(client, VmAddr(a.0 + P + 16)).unwrap(), 77);
-    assert_eq!(k.read_u64(client, VmAddr(a.0 + P + 8)).unwrap(), 1);
-    let rx = read_at(&k, client, a);
+    assert_eq!(client.read_u64(VmAddr(a.0 + P + 16)).unwrap(), 77);
+    assert_eq!(client.read_u64(VmAddr(a.0 + P + 8)).unwrap(), 1);
+    let rx = read_at(&client, a);
     assert_eq!(expect_request(&mut pager, 8 * P, P), VmProt::READ);
     pager.unavailable(obj, 8 * P, P).unwrap();
     assert_eq!(done(&rx), Ok(0));
 }
 
-#[test]
-fn data_supply_answers_every_fault_waiting_on_the_page() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 1);
+fn data_supply_answers_every_fault_waiting_on_the_page(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 1);
     ready(&mut pager);
-    let waiters: Vec<_> = (0..4).map(|i| read_at(&k, client, VmAddr(a.0 + i * 8))).collect();
+    let waiters: Vec<_> = (0..4).map(|i| read_at(&client, VmAddr(a.0 + i * 8))).collect();
     expect_request(&mut pager, 0, P);
     quiet(&mut pager);
     pager.supply(obj, 0, &page(40)).unwrap();
     for (i, w) in waiters.iter().enumerate() {
         assert_eq!(done(w), Ok(40 + i as u64));
     }
-    assert_eq!(k.stats().sent("data_request"), 1);
-    assert_eq!(k.stats().received("data_supply"), 1);
+    assert_eq!(h.k.stats().sent("data_request"), 1);
+    assert_eq!(h.k.stats().received("data_supply"), 1);
 }
 
-#[test]
-fn data_supply_of_unrequested_pages_is_cached_but_never_overwrites() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 2);
+fn data_supply_of_unrequested_pages_is_cached_but_never_overwrites(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 2);
     ready(&mut pager);
     pager.supply(obj, P, &page(10)).unwrap();
-    assert_eq!(k.read_u64(client, VmAddr(a.0 + P)).unwrap(), 10);
-    k.write_u64(client, VmAddr(a.0 + P), 11).unwrap();
+    assert_eq!(client.read_u64(VmAddr(a.0 + P)).unwrap(), 10);
+    client.write_u64(VmAddr(a.0 + P), 11).unwrap();
     // A second supply of a resident page is ignored: the task's write stays.
     pager.supply(obj, P, &page(99)).unwrap();
-    assert_eq!(k.read_u64(client, VmAddr(a.0 + P)).unwrap(), 11);
-    assert_eq!(k.read_u64(client, VmAddr(a.0 + P + 8)).unwrap(), 11);
+    assert_eq!(client.read_u64(VmAddr(a.0 + P)).unwrap(), 11);
+    assert_eq!(client.read_u64(VmAddr(a.0 + P + 8)).unwrap(), 11);
     quiet(&mut pager);
-    assert_eq!(k.stats().sent("data_request"), 0);
+    assert_eq!(h.k.stats().sent("data_request"), 0);
 }
 
-#[test]
-fn data_supply_with_a_reply_port_gets_supply_completed() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 2);
+fn data_supply_with_a_reply_port_gets_supply_completed(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 2);
     ready(&mut pager);
-    let rx = read_at(&k, client, a);
+    let rx = read_at(&client, a);
     expect_request(&mut pager, 0, P);
     let m = PagerToKernel::DataSupply { offset: 0, data: page(3), lock: VmProt::NONE, precious: false };
     assert_eq!(
@@ -446,117 +497,120 @@ fn data_supply_with_a_reply_port_gets_supply_completed() {
         pager.call_with_reply(obj, m).unwrap(),
         KernelReply::SupplyCompleted { offset: P, length: 2 * P, result: None, error_offset: 0 }
     );
-    assert_eq!(k.read_u64(client, VmAddr(a.0 + P)).unwrap(), 7);
+    assert_eq!(client.read_u64(VmAddr(a.0 + P)).unwrap(), 7);
 }
 
-#[test]
-fn data_unavailable_zero_fills() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 4);
+fn data_unavailable_zero_fills(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 4);
     ready(&mut pager);
     pager.set_cluster(obj, 4).unwrap();
-    let rx = write_at(&k, client, VmAddr(a.0 + 2 * P), 5);
+    let rx = write_at(&client, VmAddr(a.0 + 2 * P), 5);
     expect_request(&mut pager, 0, 4 * P);
     pager.unavailable(obj, 0, 4 * P).unwrap();
     assert_eq!(done(&rx), Ok(()));
-    let all = k.vm_read(client, a, 4 * P).unwrap();
+    let all = client.vm_read(a, 4 * P).unwrap();
     let mut want = vec![0u8; 4 * P as usize];
     want[2 * P as usize..2 * P as usize + 8].copy_from_slice(&5u64.to_le_bytes());
     assert_eq!(all, want);
     quiet(&mut pager);
-    assert_eq!(k.stats().vm.zero_fills, 4);
+    assert_eq!(h.k.stats().vm.zero_fills, 4);
 }
 
-#[test]
-fn data_error_fails_the_fault_until_a_flush() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 2);
+fn data_error_fails_the_fault_until_a_flush(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 2);
     ready(&mut pager);
-    let r1 = read_at(&k, client, a);
-    let r2 = write_at(&k, client, VmAddr(a.0 + 8), 1);
+    let r1 = read_at(&client, a);
+    let r2 = write_at(&client, VmAddr(a.0 + 8), 1);
     expect_request(&mut pager, 0, P);
     pager.error(obj, 0, P).unwrap();
     assert_eq!(done(&r1), Err(KernError::MemoryError));
     assert_eq!(done(&r2), Err(KernError::MemoryError));
     // The page stays failed: no new request.
-    assert_eq!(k.read_u64(client, a), Err(KernError::MemoryError));
+    assert_eq!(client.read_u64(a), Err(KernError::MemoryError));
     quiet(&mut pager);
     // Other pages are not affected.
-    let r3 = read_at(&k, client, VmAddr(a.0 + P));
+    let r3 = read_at(&client, VmAddr(a.0 + P));
     expect_request(&mut pager, P, P);
     pager.supply(obj, P, &page(1)).unwrap();
     assert_eq!(done(&r3), Ok(1));
     // A flush forgets the error; the next access asks again.
     pager.lock_request(obj, 0, P, ReturnPolicy::None, true, VmProt::NONE).unwrap();
-    let r4 = read_at(&k, client, a);
+    let r4 = read_at(&client, a);
     expect_request(&mut pager, 0, P);
     pager.supply(obj, 0, &page(60)).unwrap();
     assert_eq!(done(&r4), Ok(60));
-    assert_eq!(k.stats().received("data_error"), 1);
+    assert_eq!(h.k.stats().received("data_error"), 1);
 }
 
 // ----- pager locks: data_supply(lock), data_unlock, lock_request -----
 
-#[test]
-fn a_write_to_a_write_locked_page_sends_one_data_unlock_and_waits_for_the_lock_request() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 1);
+fn a_write_to_a_write_locked_page_sends_one_data_unlock_and_waits_for_the_lock_request(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 1);
     ready(&mut pager);
-    let w1 = write_at(&k, client, a, 100);
+    let w1 = write_at(&client, a, 100);
     expect_request(&mut pager, 0, P);
     pager.supply_with(obj, 0, &page(0), VmProt::WRITE, false).unwrap();
     match next(&mut pager).msg {
         KernelToPager::DataUnlock { offset: 0, length: P, access } => assert_eq!(access, VmProt::WRITE),
         other => panic!("{other:?}"),
     }
-    // Reads are allowed meanwhile; more writers do not ask again.
-    assert_eq!(k.read_u64(client, VmAddr(a.0 + 8)).unwrap(), 1);
-    let w2 = write_at(&k, client, VmAddr(a.0 + 8), 200);
+    // Reads are allowed meanwhile; more writers do not ask again. (The
+    // read and one writer are another task's, mapping the same object: a
+    // task over the socket has one thread, and it is waiting in `w1`.)
+    let other = h.task();
+    let b = map(&other, give(&h, &pager, obj, &other).unwrap(), 1);
+    assert_eq!(other.read_u64(VmAddr(b.0 + 8)).unwrap(), 1);
+    let w2 = write_at(&client, VmAddr(a.0 + 8), 200);
+    let w3 = write_at(&other, VmAddr(b.0 + 16), 300);
     still_waiting(&w1);
     still_waiting(&w2);
+    still_waiting(&w3);
     quiet(&mut pager);
     pager.lock_request(obj, 0, P, ReturnPolicy::None, false, VmProt::NONE).unwrap();
     assert_eq!(done(&w1), Ok(()));
     assert_eq!(done(&w2), Ok(()));
-    assert_eq!(k.read_u64(client, a).unwrap(), 100);
-    assert_eq!(k.read_u64(client, VmAddr(a.0 + 8)).unwrap(), 200);
+    assert_eq!(done(&w3), Ok(()));
+    assert_eq!(client.read_u64(a).unwrap(), 100);
+    assert_eq!(client.read_u64(VmAddr(a.0 + 8)).unwrap(), 200);
+    assert_eq!(client.read_u64(VmAddr(a.0 + 16)).unwrap(), 300);
     quiet(&mut pager);
-    assert_eq!(k.stats().sent("data_unlock"), 1);
+    assert_eq!(h.k.stats().sent("data_unlock"), 1);
 }
 
-#[test]
-fn lock_request_lock_value_takes_write_access_away_from_a_resident_page() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 1);
+fn lock_request_lock_value_takes_write_access_away_from_a_resident_page(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 1);
     ready(&mut pager);
-    let rx = write_at(&k, client, a, 1);
+    let rx = write_at(&client, a, 1);
     expect_request(&mut pager, 0, P);
     pager.supply(obj, 0, &page(0)).unwrap();
     assert_eq!(done(&rx), Ok(()));
     pager.lock_request(obj, 0, P, ReturnPolicy::None, false, VmProt::WRITE).unwrap();
     // Still readable, and no data was thrown away.
-    assert_eq!(k.read_u64(client, a).unwrap(), 1);
-    let w = write_at(&k, client, a, 2);
+    assert_eq!(client.read_u64(a).unwrap(), 1);
+    let w = write_at(&client, a, 2);
     assert!(matches!(next(&mut pager).msg, KernelToPager::DataUnlock { offset: 0, access: VmProt::WRITE, .. }));
     still_waiting(&w);
     pager.lock_request(obj, 0, P, ReturnPolicy::None, false, VmProt::NONE).unwrap();
     assert_eq!(done(&w), Ok(()));
-    assert_eq!(k.read_u64(client, a).unwrap(), 2);
+    assert_eq!(client.read_u64(a).unwrap(), 2);
 }
 
-#[test]
-fn lock_request_should_return_sends_dirty_pages_with_their_contents() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 2);
+fn lock_request_should_return_sends_dirty_pages_with_their_contents(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 2);
     ready(&mut pager);
     pager.supply(obj, 0, &[page(0), page(1000)].concat()).unwrap();
-    k.write_u64(client, VmAddr(a.0 + 16), 0xdead).unwrap();
-    assert_eq!(k.read_u64(client, VmAddr(a.0 + P)).unwrap(), 1000); // read only: clean
+    client.write_u64(VmAddr(a.0 + 16), 0xdead).unwrap();
+    assert_eq!(client.read_u64(VmAddr(a.0 + P)).unwrap(), 1000); // read only: clean
     pager.lock_request(obj, 0, 2 * P, ReturnPolicy::Dirty, false, VmProt::NONE).unwrap();
     let mut want = page(0);
     want[16..24].copy_from_slice(&0xdeadu64.to_le_bytes());
@@ -571,11 +625,11 @@ fn lock_request_should_return_sends_dirty_pages_with_their_contents() {
     }
     quiet(&mut pager);
     // The page stayed resident and is clean now: a second clean sends nothing.
-    assert_eq!(k.read_u64(client, VmAddr(a.0 + 16)).unwrap(), 0xdead);
+    assert_eq!(client.read_u64(VmAddr(a.0 + 16)).unwrap(), 0xdead);
     pager.lock_request(obj, 0, 2 * P, ReturnPolicy::Dirty, false, VmProt::NONE).unwrap();
     quiet(&mut pager);
     // A later write makes it dirty again and it comes back again.
-    k.write_u64(client, VmAddr(a.0 + 24), 0xbeef).unwrap();
+    client.write_u64(VmAddr(a.0 + 24), 0xbeef).unwrap();
     pager.lock_request(obj, 0, 2 * P, ReturnPolicy::Dirty, true, VmProt::NONE).unwrap();
     match next(&mut pager).msg {
         KernelToPager::DataReturn { offset: 0, data, dirty: true, kernel_copy: false } => {
@@ -584,34 +638,32 @@ fn lock_request_should_return_sends_dirty_pages_with_their_contents() {
         other => panic!("{other:?}"),
     }
     quiet(&mut pager);
-    assert_eq!(k.stats().sent("data_return"), 2);
-    assert_eq!(k.stats().sent("data_request"), 0);
+    assert_eq!(h.k.stats().sent("data_return"), 2);
+    assert_eq!(h.k.stats().sent("data_request"), 0);
 }
 
-#[test]
-fn lock_request_should_flush_makes_the_next_access_ask_again() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 1);
+fn lock_request_should_flush_makes_the_next_access_ask_again(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 1);
     ready(&mut pager);
     pager.supply(obj, 0, &page(1)).unwrap();
-    k.write_u64(client, a, 5).unwrap();
-    let resident = k.stats().resident;
+    client.write_u64(a, 5).unwrap();
+    let resident = h.k.stats().resident;
     // Flushing without return discards even a dirty page, as asked.
     pager.lock_request(obj, 0, P, ReturnPolicy::None, true, VmProt::NONE).unwrap();
     quiet(&mut pager);
-    assert_eq!(k.stats().resident, resident - 1);
-    let rx = read_at(&k, client, a);
+    assert_eq!(h.k.stats().resident, resident - 1);
+    let rx = read_at(&client, a);
     expect_request(&mut pager, 0, P);
     pager.supply(obj, 0, &page(70)).unwrap();
     assert_eq!(done(&rx), Ok(70));
 }
 
-#[test]
-fn lock_request_reply_gets_lock_completed_for_the_range() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    map(&k, client, name, 1);
+fn lock_request_reply_gets_lock_completed_for_the_range(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    map(&client, name, 1);
     ready(&mut pager);
     let m = PagerToKernel::LockRequest {
         offset: 4 * P,
@@ -621,17 +673,16 @@ fn lock_request_reply_gets_lock_completed_for_the_range() {
         lock: VmProt::NONE,
     };
     assert_eq!(pager.call_with_reply(obj, m).unwrap(), KernelReply::LockCompleted { offset: 4 * P, length: 3 * P });
-    assert_eq!(k.stats().received("lock_request"), 1);
+    assert_eq!(h.k.stats().received("lock_request"), 1);
 }
 
-#[test]
-fn a_precious_page_is_returned_on_flush_even_if_clean() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 2);
+fn a_precious_page_is_returned_on_flush_even_if_clean(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 2);
     ready(&mut pager);
     pager.supply_with(obj, 0, &[page(8), page(9)].concat(), VmProt::NONE, true).unwrap();
-    assert_eq!(k.read_u64(client, a).unwrap(), 8);
+    assert_eq!(client.read_u64(a).unwrap(), 8);
     // Returning only dirty pages leaves a clean precious page alone ...
     pager.lock_request(obj, 0, P, ReturnPolicy::Dirty, false, VmProt::NONE).unwrap();
     quiet(&mut pager);
@@ -652,27 +703,27 @@ fn a_precious_page_is_returned_on_flush_even_if_clean() {
     quiet(&mut pager);
 }
 
-#[test]
-fn a_precious_page_is_returned_on_pageout_even_if_clean() {
-    let k = kernel_with(KernelConfig { phys_pages: 64, resident_limit: 2, cluster_pages: 1, ..Default::default() });
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 1);
+fn a_precious_page_is_returned_on_pageout_even_if_clean(via: Transport) {
+    let h =
+        kernel_with(via, KernelConfig { phys_pages: 64, resident_limit: 2, cluster_pages: 1, ..Default::default() });
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 1);
     ready(&mut pager);
     pager.supply_with(obj, 0, &page(4), VmProt::NONE, true).unwrap();
-    assert_eq!(k.read_u64(client, a).unwrap(), 4);
+    assert_eq!(client.read_u64(a).unwrap(), 4);
     // Anonymous memory with no default pager cannot be paged out, so the
     // precious page is the one that goes.
-    let anon = k.vm_allocate(client, VmAddr(0), 4 * P, true).unwrap();
+    let anon = client.vm_allocate(VmAddr(0), 4 * P, true).unwrap();
     for i in 0..3 {
-        k.write_u64(client, VmAddr(anon.0 + i * P), i).unwrap();
+        client.write_u64(VmAddr(anon.0 + i * P), i).unwrap();
     }
     match next(&mut pager).msg {
         KernelToPager::DataReturn { offset: 0, data, dirty: false, kernel_copy: false } => assert!(data == page(4)),
         other => panic!("{other:?}"),
     }
-    assert!(k.stats().vm.pageouts >= 1);
+    assert!(h.k.stats().vm.pageouts >= 1);
     // Read again, it is asked for again.
-    let rx = read_at(&k, client, a);
+    let rx = read_at(&client, a);
     expect_request(&mut pager, 0, P);
     pager.supply(obj, 0, &page(4)).unwrap();
     assert_eq!(done(&rx), Ok(4));
@@ -680,34 +731,32 @@ fn a_precious_page_is_returned_on_pageout_even_if_clean() {
 
 // ----- destroy, terminate, the object cache -----
 
-#[test]
-fn destroy_fails_waiting_and_later_faults() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 3);
+fn destroy_fails_waiting_and_later_faults(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 3);
     ready(&mut pager);
     pager.supply(obj, 0, &page(1)).unwrap();
-    assert_eq!(k.read_u64(client, a).unwrap(), 1);
-    let waiting = read_at(&k, client, VmAddr(a.0 + P));
+    assert_eq!(client.read_u64(a).unwrap(), 1);
+    let waiting = read_at(&client, VmAddr(a.0 + P));
     expect_request(&mut pager, P, P);
     pager.destroy(obj).unwrap();
     assert_eq!(done(&waiting), Err(KernError::MemoryError));
     // Resident data went with the object; nothing is asked for any more.
-    assert_eq!(k.read_u64(client, a), Err(KernError::MemoryError));
-    assert_eq!(k.read_u64(client, VmAddr(a.0 + 2 * P)), Err(KernError::MemoryError));
+    assert_eq!(client.read_u64(a), Err(KernError::MemoryError));
+    assert_eq!(client.read_u64(VmAddr(a.0 + 2 * P)), Err(KernError::MemoryError));
     quiet(&mut pager);
-    assert_eq!(k.stats().sent("data_request"), 1);
-    assert_eq!(k.stats().sent("data_return"), 0);
+    assert_eq!(h.k.stats().sent("data_request"), 1);
+    assert_eq!(h.k.stats().sent("data_return"), 0);
 }
 
-#[test]
-fn terminate_follows_the_last_mapping_of_an_uncached_object_after_its_dirty_pages() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let other = k.task_create(None).unwrap();
-    let name2 = pager.give(obj, other).unwrap();
-    let a = map(&k, client, name, 2);
-    map(&k, other, name2, 2);
+fn terminate_follows_the_last_mapping_of_an_uncached_object_after_its_dirty_pages(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let other = h.task();
+    let name2 = give(&h, &pager, obj, &other).unwrap();
+    let a = map(&client, name, 2);
+    map(&other, name2, 2);
     next(&mut pager);
     pager
         .call(
@@ -716,44 +765,43 @@ fn terminate_follows_the_last_mapping_of_an_uncached_object_after_its_dirty_page
         )
         .unwrap();
     pager.supply_with(obj, 0, &[page(0), page(50)].concat(), VmProt::NONE, false).unwrap();
-    k.write_u64(client, a, 42).unwrap();
-    assert_eq!(k.read_u64(client, VmAddr(a.0 + P)).unwrap(), 50);
+    client.write_u64(a, 42).unwrap();
+    assert_eq!(client.read_u64(VmAddr(a.0 + P)).unwrap(), 50);
     // One mapping left: nothing happens yet.
-    k.vm_deallocate(client, a, 2 * P).unwrap();
+    client.vm_deallocate(a, 2 * P).unwrap();
     quiet(&mut pager);
-    k.task_terminate(other).unwrap();
+    other.terminate().unwrap();
     match next(&mut pager).msg {
         KernelToPager::DataReturn { offset: 0, data, dirty: true, .. } => assert_eq!(&data[..8], &42u64.to_le_bytes()),
         other => panic!("expected the dirty page back first, got {other:?}"),
     }
     assert_eq!(next(&mut pager).msg, KernelToPager::Terminate);
     quiet(&mut pager);
-    assert_eq!(k.stats().sent("terminate"), 1);
+    assert_eq!(h.k.stats().sent("terminate"), 1);
     // The old control port is gone; mapping again starts a new object.
     assert_eq!(pager.ready(obj), Err(KernError::InvalidName));
-    map(&k, client, name, 1);
+    map(&client, name, 1);
     assert!(matches!(next(&mut pager).msg, KernelToPager::Init { .. }));
-    assert_eq!(k.stats().sent("init"), 2);
+    assert_eq!(h.k.stats().sent("init"), 2);
 }
 
-#[test]
-fn a_cached_object_outlives_its_mappings_with_its_pages() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 1);
+fn a_cached_object_outlives_its_mappings_with_its_pages(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 1);
     ready(&mut pager); // may_cache = true
-    let rx = write_at(&k, client, a, 7);
+    let rx = write_at(&client, a, 7);
     expect_request(&mut pager, 0, P);
     pager.supply(obj, 0, &page(0)).unwrap();
     assert_eq!(done(&rx), Ok(()));
-    k.vm_deallocate(client, a, P).unwrap();
+    client.vm_deallocate(a, P).unwrap();
     quiet(&mut pager);
-    assert_eq!(k.stats().sent("terminate"), 0);
+    assert_eq!(h.k.stats().sent("terminate"), 0);
     // Mapped again: same object, no init, no request, the write is there.
-    let b = map(&k, client, name, 1);
-    assert_eq!(k.read_u64(client, b).unwrap(), 7);
+    let b = map(&client, name, 1);
+    assert_eq!(client.read_u64(b).unwrap(), 7);
     quiet(&mut pager);
-    assert_eq!((k.stats().sent("init"), k.stats().sent("data_request")), (1, 1));
+    assert_eq!((h.k.stats().sent("init"), h.k.stats().sent("data_request")), (1, 1));
     // Its dirty page can still be cleaned by the pager.
     pager.lock_request(obj, 0, P, ReturnPolicy::Dirty, true, VmProt::NONE).unwrap();
     assert!(matches!(next(&mut pager).msg, KernelToPager::DataReturn { offset: 0, dirty: true, .. }));
@@ -761,62 +809,60 @@ fn a_cached_object_outlives_its_mappings_with_its_pages() {
 
 /// At shutdown the cache is flushed: a cached object's dirty page goes
 /// back to its pager, then the object is terminated.
-#[test]
-fn cache_flush_returns_dirty_pages_then_terminates() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 1);
+fn cache_flush_returns_dirty_pages_then_terminates(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 1);
     ready(&mut pager);
-    let rx = write_at(&k, client, a, 7);
+    let rx = write_at(&client, a, 7);
     expect_request(&mut pager, 0, P);
     pager.supply(obj, 0, &page(0)).unwrap();
     assert_eq!(done(&rx), Ok(()));
-    k.vm_deallocate(client, a, P).unwrap();
+    client.vm_deallocate(a, P).unwrap();
     quiet(&mut pager);
-    assert_eq!(k.queued_for(pager.link.task), Ok(0));
-    k.cache_flush();
-    assert_eq!(k.queued_for(pager.link.task), Ok(2), "a data_return and a terminate wait for the pager");
+    assert_eq!(h.k.queued_for(pager.link.id()), Ok(0));
+    h.k.cache_flush();
+    assert_eq!(h.k.queued_for(pager.link.id()), Ok(2), "a data_return and a terminate wait for the pager");
     match next(&mut pager).msg {
         KernelToPager::DataReturn { offset: 0, data, dirty: true, .. } => assert_eq!(data[..8], 7u64.to_le_bytes()),
         other => panic!("{other:?}"),
     }
     assert_eq!(next(&mut pager).msg, KernelToPager::Terminate);
-    assert_eq!(k.queued_for(pager.link.task), Ok(0));
+    assert_eq!(h.k.queued_for(pager.link.id()), Ok(0));
 }
 
 // ----- malformed and hostile messages -----
 
 /// The control port's name, taken from `init` by hand so that raw bytes
 /// can be sent to it.
-fn raw_control(k: &Kernel, pager: &PagerConn, obj: PortName) -> PortName {
-    let m = k.msg_receive(pager.link.task, obj, Some(T)).unwrap();
+fn raw_control(pager: &PagerConn, obj: PortName) -> PortName {
+    let m = pager.link.msg_receive(obj, Some(T)).unwrap();
     assert_eq!(m.id, id::INIT);
     m.rights[0].0
 }
 
-fn raw(k: &Kernel, pager: &PagerConn, control: PortName, id: u32, data: Vec<u8>) -> Result<()> {
-    k.msg_send(pager.link.task, UserMessage::new(control, id, data))
+fn raw(pager: &PagerConn, control: PortName, id: u32, data: Vec<u8>) -> Result<()> {
+    pager.link.msg_send(UserMessage::new(control, id, data))
 }
 
-fn send(k: &Kernel, pager: &PagerConn, control: PortName, m: PagerToKernel) -> Result<()> {
+fn send(pager: &PagerConn, control: PortName, m: PagerToKernel) -> Result<()> {
     let (id, data) = m.encode();
-    raw(k, pager, control, id, data)
+    raw(pager, control, id, data)
 }
 
-#[test]
-fn malformed_pager_messages_are_refused_and_change_nothing() {
-    let k = kernel();
-    let (client, pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 2);
-    let control = raw_control(&k, &pager, obj);
-    send(&k, &pager, control, PagerToKernel::Ready { may_cache: true, copy_strategy: CopyStrategy::Delay }).unwrap();
-    let rx = read_at(&k, client, a);
-    let m = k.msg_receive(pager.link.task, obj, Some(T)).unwrap();
+fn malformed_pager_messages_are_refused_and_change_nothing(via: Transport) {
+    let h = kernel(via);
+    let (client, pager, obj, name) = setup(&h);
+    let a = map(&client, name, 2);
+    let control = raw_control(&pager, obj);
+    send(&pager, control, PagerToKernel::Ready { may_cache: true, copy_strategy: CopyStrategy::Delay }).unwrap();
+    let rx = read_at(&client, a);
+    let m = pager.link.msg_receive(obj, Some(T)).unwrap();
     assert_eq!(
         KernelToPager::decode(m.id, &m.data),
         Ok(KernelToPager::DataRequest { offset: 0, length: P, access: VmProt::READ })
     );
-    let resident = k.stats().resident;
+    let resident = h.k.stats().resident;
     let supply =
         |offset, data: Vec<u8>| PagerToKernel::DataSupply { offset, data, lock: VmProt::NONE, precious: false };
     let (sid, good) = supply(0, page(1)).encode();
@@ -868,30 +914,29 @@ fn malformed_pager_messages_are_refused_and_change_nothing() {
         (id::DATA_REQUEST, Vec::new(), KernError::MigBadId),
     ];
     for (i, (msg_id, data, want)) in cases.into_iter().enumerate() {
-        assert_eq!(raw(&k, &pager, control, msg_id, data), Err(want), "case {i}");
+        assert_eq!(raw(&pager, control, msg_id, data), Err(want), "case {i}");
     }
     // Nothing changed: the fault still waits, nothing became resident, the
     // pager heard nothing, and a proper answer still works.
     still_waiting(&rx);
-    assert_eq!(k.stats().resident, resident);
-    assert!(matches!(k.msg_receive(pager.link.task, obj, Some(QUIET)), Err(KernError::RcvTimedOut)));
-    raw(&k, &pager, control, sid, good).unwrap();
+    assert_eq!(h.k.stats().resident, resident);
+    assert!(matches!(pager.link.msg_receive(obj, Some(QUIET)), Err(KernError::RcvTimedOut)));
+    raw(&pager, control, sid, good).unwrap();
     assert_eq!(done(&rx), Ok(1));
 }
 
-#[test]
-fn a_refused_supply_with_a_reply_port_reports_the_error() {
-    let k = kernel();
-    let (client, pager, obj, name) = setup(&k);
-    map(&k, client, name, 1);
-    let control = raw_control(&k, &pager, obj);
-    let reply = k.port_allocate(pager.link.task).unwrap();
+fn a_refused_supply_with_a_reply_port_reports_the_error(via: Transport) {
+    let h = kernel(via);
+    let (client, pager, obj, name) = setup(&h);
+    map(&client, name, 1);
+    let control = raw_control(&pager, obj);
+    let reply = pager.link.port_allocate().unwrap();
     let (sid, data) =
         PagerToKernel::DataSupply { offset: 8, data: page(1), lock: VmProt::NONE, precious: false }.encode();
     let mut msg = UserMessage::new(control, sid, data);
     msg.reply = Some((reply, Disposition::MakeSendOnce));
-    assert_eq!(k.msg_send(pager.link.task, msg), Err(KernError::InvalidArgument));
-    let m = k.msg_receive(pager.link.task, reply, Some(T)).unwrap();
+    assert_eq!(pager.link.msg_send(msg), Err(KernError::InvalidArgument));
+    let m = pager.link.msg_receive(reply, Some(T)).unwrap();
     assert_eq!(
         KernelReply::decode(m.id, &m.data),
         Ok(KernelReply::SupplyCompleted {
@@ -903,13 +948,12 @@ fn a_refused_supply_with_a_reply_port_reports_the_error() {
     );
 }
 
-#[test]
-fn a_huge_unavailable_or_error_range_does_not_stall_the_kernel() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 2);
+fn a_huge_unavailable_or_error_range_does_not_stall_the_kernel(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 2);
     ready(&mut pager);
-    let rx = read_at(&k, client, a);
+    let rx = read_at(&client, a);
     expect_request(&mut pager, 0, P);
     // Well formed, page aligned, no overflow: only very large.
     let big = 1u64 << 62;
@@ -921,9 +965,9 @@ fn a_huge_unavailable_or_error_range_does_not_stall_the_kernel() {
     let (e, u, mut pager) = calls.recv_timeout(T).expect("a large range must not stall the kernel");
     assert_eq!((e, u), (Ok(()), Ok(())));
     assert_eq!(done(&rx), Ok(0));
-    assert_eq!(k.stats().vm.zero_fills, 1);
+    assert_eq!(h.k.stats().vm.zero_fills, 1);
     // Page 1 was never asked for, so the error did not stick to it.
-    let rx = read_at(&k, client, VmAddr(a.0 + P));
+    let rx = read_at(&client, VmAddr(a.0 + P));
     expect_request(&mut pager, P, P);
     pager.supply(obj, P, &page(3)).unwrap();
     assert_eq!(done(&rx), Ok(3));
@@ -944,27 +988,26 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn file_pager_maps_a_real_file_and_writes_returned_pages_back() {
+fn file_pager_maps_a_real_file_and_writes_returned_pages_back(via: Transport) {
     let bytes = file_bytes();
     let file = TempFile::new("e2e", &bytes);
-    let k = kernel();
-    let client = k.task_create(None).unwrap();
-    let mut conn = PagerConn::new(k.clone()).unwrap();
+    let h = kernel(via);
+    let client = h.task();
+    let mut conn = h.pager();
     let obj = conn.new_object().unwrap();
-    let name = conn.give(obj, client).unwrap();
+    let name = give(&h, &conn, obj, &client).unwrap();
     let mut backing = FileBacking::new(2);
     backing.add(obj, file.open()).unwrap();
-    let pager = RunningPager::spawn(conn, backing);
+    let pager = h.run_pager(conn, backing);
 
-    let a = map(&k, client, name, 4);
-    let seen = k.vm_read(client, a, 4 * P).unwrap();
+    let a = map(&client, name, 4);
+    let seen = client.vm_read(a, 4 * P).unwrap();
     assert!(seen[..bytes.len()] == bytes[..], "mapped contents differ from the file");
     assert!(seen[bytes.len()..].iter().all(|&b| b == 0), "past the end of the file reads as zeroes");
 
-    k.write(client, VmAddr(a.0 + P + 100), b"written by a task").unwrap();
-    k.write(client, VmAddr(a.0 + 3 * P + 8), b"tail").unwrap();
-    k.task_terminate(client).unwrap();
+    client.write(VmAddr(a.0 + P + 100), b"written by a task").unwrap();
+    client.write(VmAddr(a.0 + 3 * P + 8), b"tail").unwrap();
+    client.terminate().unwrap();
     // The file pager does not let the kernel cache its objects: when the
     // last mapping goes, the dirty pages come back and the file holds them.
     let mut want = bytes.clone();
@@ -976,39 +1019,38 @@ fn file_pager_maps_a_real_file_and_writes_returned_pages_back() {
 
     // A new mapping starts over (a new init, new requests) and reads the
     // file's new contents.
-    let (inits, requests) = (k.stats().sent("init"), k.stats().sent("data_request"));
-    let again = k.task_create(None).unwrap();
-    let name2 = k.port_transfer(pager.task, obj, Disposition::MakeSend, again).unwrap();
-    let b = map(&k, again, name2, 4);
+    let (inits, requests) = (h.k.stats().sent("init"), h.k.stats().sent("data_request"));
+    let again = h.task();
+    let name2 = h.transfer(pager.task, obj, Disposition::MakeSend, again.id()).unwrap();
+    let b = map(&again, name2, 4);
     let mut buf = [0u8; 17];
-    k.read(again, VmAddr(b.0 + P + 100), &mut buf).unwrap();
+    again.read(VmAddr(b.0 + P + 100), &mut buf).unwrap();
     assert_eq!(&buf, b"written by a task");
-    assert_eq!(k.stats().sent("init"), inits + 1);
-    assert!(k.stats().sent("data_request") > requests);
+    assert_eq!(h.k.stats().sent("init"), inits + 1);
+    assert!(h.k.stats().sent("data_request") > requests);
 
     // Under pressure, pageout returns dirty pages before reclaiming them.
-    k.write(again, VmAddr(b.0 + 8), b"paged").unwrap();
-    k.set_resident_limit(1);
-    let t = k.task_create(None).unwrap();
-    let anon = k.vm_allocate(t, VmAddr(0), P, true).unwrap();
-    k.write_u64(t, anon, 1).unwrap();
+    again.write(VmAddr(b.0 + 8), b"paged").unwrap();
+    h.k.set_resident_limit(1);
+    let t = h.task();
+    let anon = t.vm_allocate(VmAddr(0), P, true).unwrap();
+    t.write_u64(anon, 1).unwrap();
     want[8..13].copy_from_slice(b"paged");
     wait_until("the file to hold the paged-out page", || file.contents() == want);
-    assert!(k.stats().vm.pageouts >= 1);
+    assert!(h.k.stats().vm.pageouts >= 1);
     pager.stop();
 }
 
-#[test]
-fn file_backing_with_the_scripted_pager_lock_request_flushes_to_disk() {
+fn file_backing_with_the_scripted_pager_lock_request_flushes_to_disk(via: Transport) {
     let bytes = file_bytes();
     let file = TempFile::new("flush", &bytes);
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
     let mut backing = FileBacking::new(1);
     backing.add(obj, file.open()).unwrap();
-    let a = map(&k, client, name, 2);
+    let a = map(&client, name, 2);
     ready(&mut pager);
-    let rx = write_at(&k, client, VmAddr(a.0 + P + 8), 0x1122_3344_5566_7788);
+    let rx = write_at(&client, VmAddr(a.0 + P + 8), 0x1122_3344_5566_7788);
     expect_request(&mut pager, P, P);
     let mut buf = vec![0u8; P as usize];
     assert!(backing.read(obj, P, &mut buf).unwrap());
@@ -1027,7 +1069,7 @@ fn file_backing_with_the_scripted_pager_lock_request_flushes_to_disk() {
     file.open().read_exact_at(&mut direct, P + 8).unwrap();
     assert_eq!(u64::from_le_bytes(direct), 0x1122_3344_5566_7788);
     // Flushed: the next read asks the pager, which now serves the new bytes.
-    let rx = read_at(&k, client, VmAddr(a.0 + P + 8));
+    let rx = read_at(&client, VmAddr(a.0 + P + 8));
     expect_request(&mut pager, P, P);
     assert!(backing.read(obj, P, &mut buf).unwrap());
     pager.supply(obj, P, &buf).unwrap();
@@ -1037,63 +1079,62 @@ fn file_backing_with_the_scripted_pager_lock_request_flushes_to_disk() {
 /// Unmapped objects whose pagers allow caching stay cached, but only up to
 /// `OBJECT_CACHE_MAX`: past that the oldest are terminated, their dirty
 /// pages returned first, as Mach trims its object cache.
-#[test]
-fn the_object_cache_is_trimmed_oldest_first() {
-    let k = kernel();
-    let client = k.task_create(None).unwrap();
-    let mut conn = PagerConn::new(k.clone()).unwrap();
+fn the_object_cache_is_trimmed_oldest_first(via: Transport) {
+    let h = kernel(via);
+    let client = h.task();
+    let mut conn = h.pager();
     let n = machvm_core::vm::OBJECT_CACHE_MAX + 16;
     let mut names = Vec::new();
     for _ in 0..n {
         let obj = conn.new_object().unwrap();
-        names.push(conn.give(obj, client).unwrap());
+        names.push(give(&h, &conn, obj, &client).unwrap());
     }
-    let pager = RunningPager::spawn(conn, MemBacking::default());
+    let pager = h.run_pager(conn, MemBacking::default());
     for (i, &name) in names.iter().enumerate() {
-        let a = map(&k, client, name, 1);
-        k.write_u64(client, a, i as u64 + 1).unwrap();
-        k.vm_deallocate(client, a, P).unwrap();
+        let a = map(&client, name, 1);
+        client.write_u64(a, i as u64 + 1).unwrap();
+        client.vm_deallocate(a, P).unwrap();
     }
     wait_until("16 terminates", || PagerStats::get(&pager.stats.terminates) == 16);
     assert_eq!(PagerStats::get(&pager.stats.pages_returned), 16, "the trimmed objects' dirty pages came back");
     // A trimmed object starts over and reads what its pager got back; a
     // cached one is found without asking.
-    let requests = k.stats().sent("data_request");
-    let cached = map(&k, client, names[n - 1], 1);
-    assert_eq!(k.read_u64(client, cached).unwrap(), n as u64);
-    assert_eq!(k.stats().sent("data_request"), requests);
-    let trimmed = map(&k, client, names[0], 1);
-    assert_eq!(k.read_u64(client, trimmed).unwrap(), 1);
-    assert_eq!(k.stats().sent("data_request"), requests + 1);
+    let requests = h.k.stats().sent("data_request");
+    let cached = map(&client, names[n - 1], 1);
+    assert_eq!(client.read_u64(cached).unwrap(), n as u64);
+    assert_eq!(h.k.stats().sent("data_request"), requests);
+    let trimmed = map(&client, names[0], 1);
+    assert_eq!(client.read_u64(trimmed).unwrap(), 1);
+    assert_eq!(h.k.stats().sent("data_request"), requests + 1);
 }
 
 /// A pager whose memory object port dies in the very call that makes the
 /// kernel page out one of its dirty pages (its `data_supply` carries the
 /// port's own receive right): the page cannot be returned, so the kernel
 /// keeps it, and what the task wrote stays readable.
-#[test]
-fn a_dirty_page_is_kept_when_its_pager_dies_in_the_call_that_pages_it_out() {
-    let k = kernel_with(KernelConfig { phys_pages: 64, resident_limit: 2, cluster_pages: 1, ..Default::default() });
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 3);
+fn a_dirty_page_is_kept_when_its_pager_dies_in_the_call_that_pages_it_out(via: Transport) {
+    let h =
+        kernel_with(via, KernelConfig { phys_pages: 64, resident_limit: 2, cluster_pages: 1, ..Default::default() });
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 3);
     ready(&mut pager);
-    let w = write_at(&k, client, a, 77);
+    let w = write_at(&client, a, 77);
     expect_request(&mut pager, 0, P);
     pager.supply(obj, 0, &page(1)).unwrap();
     assert_eq!(done(&w), Ok(()));
-    let r1 = read_at(&k, client, VmAddr(a.0 + P));
+    let r1 = read_at(&client, VmAddr(a.0 + P));
     expect_request(&mut pager, P, P);
     pager.supply(obj, P, &page(2)).unwrap();
     assert_eq!(done(&r1), Ok(2));
-    let r2 = read_at(&k, client, VmAddr(a.0 + 2 * P));
+    let r2 = read_at(&client, VmAddr(a.0 + 2 * P));
     expect_request(&mut pager, 2 * P, P);
     let (id, data) =
         PagerToKernel::DataSupply { offset: 2 * P, data: page(3), lock: VmProt::NONE, precious: false }.encode();
     let mut m = UserMessage::new(pager.control(obj).unwrap(), id, data);
     m.rights.push((obj, Disposition::MoveReceive));
-    k.msg_send(pager.link.task, m).unwrap();
+    pager.link.msg_send(m).unwrap();
     let _ = done(&r2);
-    assert_eq!(k.read_u64(client, a), Ok(77), "the dirty page of a dying pager was lost");
+    assert_eq!(client.read_u64(a), Ok(77), "the dirty page of a dying pager was lost");
 }
 
 // ----- copy strategies -----
@@ -1111,95 +1152,91 @@ fn ready_copy_none(pager: &mut PagerConn) -> PortName {
 /// is made eagerly, when it is asked for: `vm_map(copy)` reads every page
 /// of the range (asking the pager for those not resident) and the copy
 /// keeps the data as it was then, whatever the pager supplies later.
-#[test]
-fn copy_strategy_none_makes_copies_eagerly() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let direct = map(&k, client, name, 2);
+fn copy_strategy_none_makes_copies_eagerly(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let direct = map(&client, name, 2);
     assert_eq!(ready_copy_none(&mut pager), obj);
-    let r = read_at(&k, client, direct);
+    let r = read_at(&client, direct);
     expect_request(&mut pager, 0, P);
     pager.supply(obj, 0, &page(10)).unwrap();
     assert_eq!(done(&r), Ok(10));
     // The copy reads page 1 from the pager before vm_map returns.
-    let k2 = k.clone();
-    let copying = spawn(move || k2.vm_map(client, MapRequest::anywhere(2 * P, Some(name)).copy(true)));
+    let client_thread = client.clone();
+    let copying = spawn(move || client_thread.vm_map(MapRequest::anywhere(2 * P, Some(name)).copy(true)));
     expect_request(&mut pager, P, P);
     still_waiting(&copying);
     pager.supply(obj, P, &page(20)).unwrap();
     let copy = done(&copying).unwrap();
     // The pager's data changes: flushed, and new data on the next request.
     pager.lock_request(obj, 0, 2 * P, ReturnPolicy::None, true, VmProt::NONE).unwrap();
-    assert_eq!(k.read_u64(client, copy), Ok(10));
-    assert_eq!(k.read_u64(client, VmAddr(copy.0 + P)), Ok(20));
+    assert_eq!(client.read_u64(copy), Ok(10));
+    assert_eq!(client.read_u64(VmAddr(copy.0 + P)), Ok(20));
     quiet(&mut pager);
-    let r = read_at(&k, client, direct);
+    let r = read_at(&client, direct);
     expect_request(&mut pager, 0, P);
     pager.supply(obj, 0, &page(99)).unwrap();
     assert_eq!(done(&r), Ok(99));
-    assert_eq!(k.read_u64(client, copy), Ok(10), "the copy is as of vm_map");
+    assert_eq!(client.read_u64(copy), Ok(10), "the copy is as of vm_map");
     // The copy is private and writable; the object never sees its writes.
-    k.write_u64(client, copy, 5).unwrap();
-    assert_eq!(k.read_u64(client, direct), Ok(99));
-    assert_eq!(k.stats().vm.eager_copies, 2);
+    client.write_u64(copy, 5).unwrap();
+    assert_eq!(client.read_u64(direct), Ok(99));
+    assert_eq!(h.k.stats().vm.eager_copies, 2);
 }
 
 /// A child inheriting a copy of a `COPY_NONE` object's mapping gets the
 /// data as of `task_create`, not what the pager supplies after.
-#[test]
-fn copy_strategy_none_copies_eagerly_at_task_create() {
-    let k = kernel();
-    let (parent, mut pager, obj, name) = setup(&k);
-    let a = map(&k, parent, name, 1);
+fn copy_strategy_none_copies_eagerly_at_task_create(via: Transport) {
+    let h = kernel(via);
+    let (parent, mut pager, obj, name) = setup(&h);
+    let a = map(&parent, name, 1);
     ready_copy_none(&mut pager);
-    let r = read_at(&k, parent, a);
+    let r = read_at(&parent, a);
     expect_request(&mut pager, 0, P);
     pager.supply(obj, 0, &page(10)).unwrap();
     assert_eq!(done(&r), Ok(10));
-    let child = k.task_create(Some(parent)).unwrap();
+    let child = parent.task_create().unwrap();
     pager.lock_request(obj, 0, P, ReturnPolicy::None, true, VmProt::NONE).unwrap();
-    let r = read_at(&k, parent, a);
+    let r = read_at(&parent, a);
     expect_request(&mut pager, 0, P);
     pager.supply(obj, 0, &page(77)).unwrap();
     assert_eq!(done(&r), Ok(77));
-    assert_eq!(k.read_u64(child, a), Ok(10));
+    assert_eq!(child.read_u64(a), Ok(10));
     quiet(&mut pager);
 }
 
 /// An eager copy of a page the pager fails fails the call, and the call
 /// changes nothing: no entry is made.
-#[test]
-fn an_eager_copy_of_a_failed_page_fails_the_map_and_changes_nothing() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let _direct = map(&k, client, name, 1);
+fn an_eager_copy_of_a_failed_page_fails_the_map_and_changes_nothing(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let _direct = map(&client, name, 1);
     ready_copy_none(&mut pager);
-    let before = k.vm_region(client, VmAddr(0)).unwrap();
-    let k2 = k.clone();
-    let copying = spawn(move || k2.vm_map(client, MapRequest::anywhere(P, Some(name)).copy(true)));
+    let before = client.vm_region(VmAddr(0)).unwrap();
+    let client_thread = client.clone();
+    let copying = spawn(move || client_thread.vm_map(MapRequest::anywhere(P, Some(name)).copy(true)));
     expect_request(&mut pager, 0, P);
     pager.error(obj, 0, P).unwrap();
     assert_eq!(done(&copying), Err(KernError::MemoryError));
-    assert_eq!(k.vm_region(client, VmAddr(before.start.0 + before.size)), Err(KernError::InvalidAddress));
+    assert_eq!(client.vm_region(VmAddr(before.start.0 + before.size)), Err(KernError::InvalidAddress));
 }
 
 /// An eager copy whose pager changes its mind half way (`change_attributes`
 /// to `DELAY`) falls back to a delayed copy: no page of the copy is made
 /// up, and what the source has shows in it.
-#[test]
-fn an_eager_copy_whose_pager_switches_to_delay_falls_back_to_a_delayed_copy() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let direct = map(&k, client, name, 3);
+fn an_eager_copy_whose_pager_switches_to_delay_falls_back_to_a_delayed_copy(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let direct = map(&client, name, 3);
     ready_copy_none(&mut pager);
     for (i, v) in [(0u64, 10u64), (2, 30)] {
-        let r = read_at(&k, client, VmAddr(direct.0 + i * P));
+        let r = read_at(&client, VmAddr(direct.0 + i * P));
         expect_request(&mut pager, i * P, P);
         pager.supply(obj, i * P, &page(v)).unwrap();
         assert_eq!(done(&r), Ok(v));
     }
-    let k2 = k.clone();
-    let copying = spawn(move || k2.vm_map(client, MapRequest::anywhere(3 * P, Some(name)).copy(true)));
+    let client_thread = client.clone();
+    let copying = spawn(move || client_thread.vm_map(MapRequest::anywhere(3 * P, Some(name)).copy(true)));
     expect_request(&mut pager, P, P);
     still_waiting(&copying);
     let delay =
@@ -1208,44 +1245,42 @@ fn an_eager_copy_whose_pager_switches_to_delay_falls_back_to_a_delayed_copy() {
     let copy = done(&copying).unwrap();
     pager.supply(obj, P, &page(20)).unwrap();
     for (i, v) in [(0u64, 10u64), (1, 20), (2, 30)] {
-        assert_eq!(k.read_u64(client, VmAddr(copy.0 + i * P)), Ok(v), "page {i} of the copy");
+        assert_eq!(client.read_u64(VmAddr(copy.0 + i * P)), Ok(v), "page {i} of the copy");
     }
 }
 
 /// A pager that dies while a child's eager copy is being made: the copy
 /// falls back to a delayed one, so the child reads what the kernel still
 /// has and fails where the dead pager never answered; nothing is made up.
-#[test]
-fn a_pager_dying_during_an_eager_copy_at_task_create_fabricates_nothing() {
-    let k = kernel();
-    let (parent, mut pager, obj, name) = setup(&k);
-    let direct = map(&k, parent, name, 3);
+fn a_pager_dying_during_an_eager_copy_at_task_create_fabricates_nothing(via: Transport) {
+    let h = kernel(via);
+    let (parent, mut pager, obj, name) = setup(&h);
+    let direct = map(&parent, name, 3);
     ready_copy_none(&mut pager);
     for (i, v) in [(0u64, 10u64), (2, 30)] {
-        let r = read_at(&k, parent, VmAddr(direct.0 + i * P));
+        let r = read_at(&parent, VmAddr(direct.0 + i * P));
         expect_request(&mut pager, i * P, P);
         pager.supply(obj, i * P, &page(v)).unwrap();
         assert_eq!(done(&r), Ok(v));
     }
-    let k2 = k.clone();
-    let forking = spawn(move || k2.task_create(Some(parent)));
+    let parent_thread = parent.clone();
+    let forking = spawn(move || parent_thread.task_create());
     expect_request(&mut pager, P, P);
     still_waiting(&forking);
-    pager.die().unwrap();
+    die(pager).unwrap();
     let child = done(&forking).unwrap();
-    assert_eq!(k.read_u64(child, direct), Ok(10));
-    assert_eq!(k.read_u64(child, VmAddr(direct.0 + P)), Err(KernError::MemoryError), "never answered");
-    assert_eq!(k.read_u64(child, VmAddr(direct.0 + 2 * P)), Ok(30));
+    assert_eq!(child.read_u64(direct), Ok(10));
+    assert_eq!(child.read_u64(VmAddr(direct.0 + P)), Err(KernError::MemoryError), "never answered");
+    assert_eq!(child.read_u64(VmAddr(direct.0 + 2 * P)), Ok(30));
 }
 
 /// `MEMORY_OBJECT_COPY_CALL` (the kernel asks the pager to make copies) is
 /// not supported: `ready` and `change_attributes` refuse it and change
 /// nothing; the pager can say `ready` again with a strategy that is.
-#[test]
-fn copy_strategy_call_is_refused_at_ready_and_change_attributes() {
-    let k = kernel();
-    let (client, mut pager, obj, name) = setup(&k);
-    let a = map(&k, client, name, 1);
+fn copy_strategy_call_is_refused_at_ready_and_change_attributes(via: Transport) {
+    let h = kernel(via);
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 1);
     assert!(matches!(next(&mut pager).msg, KernelToPager::Init { .. }));
     let call = PagerToKernel::Ready { may_cache: true, copy_strategy: CopyStrategy::Call };
     assert_eq!(pager.call(obj, call), Err(KernError::InvalidArgument));
@@ -1257,7 +1292,7 @@ fn copy_strategy_call_is_refused_at_ready_and_change_attributes() {
         other => panic!("{other:?}"),
     }
     pager.ready(obj).unwrap();
-    let r = read_at(&k, client, a);
+    let r = read_at(&client, a);
     expect_request(&mut pager, 0, P);
     pager.supply(obj, 0, &page(3)).unwrap();
     assert_eq!(done(&r), Ok(3));
@@ -1265,14 +1300,13 @@ fn copy_strategy_call_is_refused_at_ready_and_change_attributes() {
 
 // ----- the default pager -----
 
-/// A scripted default pager: the booter lends it the host privilege.
-fn scripted_default_pager(k: &Arc<Kernel>) -> PagerConn {
-    let booter = k.task_create(None).unwrap();
-    let host_priv = k.boot_host_priv(booter).unwrap();
-    let mut dp = PagerConn::new(k.clone()).unwrap();
+/// A scripted default pager: whoever booted the kernel lends it the host
+/// privilege (a fixture's shortcut, see `Host::lend_host_priv`).
+fn scripted_default_pager(h: &Host) -> PagerConn {
+    let mut dp = h.pager();
     let port = dp.new_object().unwrap();
-    let lent = k.port_transfer(booter, host_priv, Disposition::CopySend, dp.link.task).unwrap();
-    k.set_default_memory_manager(dp.link.task, lent, port).unwrap();
+    let lent = h.lend_host_priv(&dp.link);
+    dp.link.set_default_memory_manager(lent, port).unwrap();
     dp
 }
 
@@ -1280,17 +1314,16 @@ fn scripted_default_pager(k: &Arc<Kernel>) -> PagerConn {
 /// dirty, with a flush or without) are the default pager's from then on:
 /// once the kernel lets the frame go, the next fault asks the default
 /// pager for the page, and never zero-fills it.
-#[test]
-fn anonymous_pages_cleaned_by_the_default_pager_are_asked_of_it_again() {
-    let k = kernel();
-    let mut dp = scripted_default_pager(&k);
-    let t = k.task_create(None).unwrap();
-    let a = k.vm_allocate(t, VmAddr(0), 3 * P, true).unwrap();
+fn anonymous_pages_cleaned_by_the_default_pager_are_asked_of_it_again(via: Transport) {
+    let h = kernel(via);
+    let mut dp = scripted_default_pager(&h);
+    let t = h.task();
+    let a = t.vm_allocate(VmAddr(0), 3 * P, true).unwrap();
     for i in 0..3 {
-        k.write_u64(t, VmAddr(a.0 + i * P), 100 + i).unwrap();
+        t.write_u64(VmAddr(a.0 + i * P), 100 + i).unwrap();
     }
     // Page 0 is paged out: the object goes to the default pager.
-    k.set_resident_limit(2);
+    h.k.set_resident_limit(2);
     let r = next(&mut dp);
     assert!(matches!(r.msg, KernelToPager::Create { .. }), "{:?}", r.msg);
     let obj = r.object;
@@ -1303,22 +1336,22 @@ fn anonymous_pages_cleaned_by_the_default_pager_are_asked_of_it_again() {
         other => panic!("expected a data_return, got {other:?}"),
     };
     assert_eq!(take_return(&mut dp), 0);
-    k.set_resident_limit(1024);
+    h.k.set_resident_limit(1024);
     // Page 1: cleaned and flushed. Page 2: cleaned, kept, then reclaimed
     // (it is clean now, so pageout drops it without a return).
     dp.lock_request(obj, P, P, ReturnPolicy::Dirty, true, VmProt::NONE).unwrap();
     assert_eq!(take_return(&mut dp), P);
     dp.lock_request(obj, 2 * P, P, ReturnPolicy::Dirty, false, VmProt::NONE).unwrap();
     assert_eq!(take_return(&mut dp), 2 * P);
-    k.set_resident_limit(2);
+    h.k.set_resident_limit(2);
     // Untouched anonymous pages, read: clean zero fills pageout drops.
-    let filler = k.vm_allocate(t, VmAddr(0), 8 * P, true).unwrap();
+    let filler = t.vm_allocate(VmAddr(0), 8 * P, true).unwrap();
     for i in 0..8 {
-        assert_eq!(k.read_u64(t, VmAddr(filler.0 + i * P)), Ok(0));
+        assert_eq!(t.read_u64(VmAddr(filler.0 + i * P)), Ok(0));
     }
     quiet(&mut dp);
     for i in [1, 2] {
-        let rx = read_at(&k, t, VmAddr(a.0 + i * P));
+        let rx = read_at(&t, VmAddr(a.0 + i * P));
         let (o, off, len, _) = dp.expect_request(T).unwrap();
         assert_eq!((o, off, len), (obj, i * P, P), "the default pager is asked for page {i}");
         dp.supply(obj, off, &held[&off]).unwrap();
