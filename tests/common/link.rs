@@ -604,6 +604,12 @@ impl Drop for InThread {
         if let Some(t) = self.serve.take() {
             let _ = t.join();
         }
+        // A daemon that stopped holds nothing: every proxy, object and
+        // page went with the connections that held them.
+        let st = self.shared.kernel.stats();
+        if !std::thread::panicking() {
+            assert_eq!((st.proxies, st.objects, st.resident), (0, 0, 0), "left in machvmd after it stopped");
+        }
     }
 }
 
