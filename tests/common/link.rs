@@ -131,6 +131,10 @@ pub trait TaskLink: Send + Sync + std::fmt::Debug {
     fn memory_object_proxy_info(&self, proxy: PortName) -> Result<ProxyInfo>;
     /// `vm_set_default_memory_manager`.
     fn set_default_memory_manager(&self, host_priv: PortName, manager: PortName) -> Result<()>;
+    /// The same task as the pager library reaches it (`machvm_pagers::Local`,
+    /// or its `KernelLink` for a `machvm_client::Connection`): what a
+    /// `PagerConn<Task>` calls through.
+    fn pager_link(&self) -> &dyn KernelLink;
 }
 
 /// A task of a rule: shared by the threads of the test that act as its
@@ -194,34 +198,35 @@ impl Task {
     }
 }
 
-/// A pager's calls go through the task's link too.
+/// A pager's calls go through the pager library's own link for the task
+/// (see [`TaskLink::pager_link`]).
 impl KernelLink for Task {
     fn port_allocate(&self) -> Result<PortName> {
-        self.0.port_allocate()
+        self.0.pager_link().port_allocate()
     }
     fn port_set_allocate(&self) -> Result<PortName> {
-        self.0.port_set_allocate()
+        self.0.pager_link().port_set_allocate()
     }
     fn port_make_send(&self, name: PortName) -> Result<()> {
-        self.0.port_make_send(name)
+        self.0.pager_link().port_make_send(name)
     }
     fn port_move_member(&self, member: PortName, set: Option<PortName>) -> Result<()> {
-        self.0.port_move_member(member, set)
+        self.0.pager_link().port_move_member(member, set)
     }
     fn port_deallocate(&self, name: PortName) -> Result<()> {
-        self.0.port_deallocate(name)
+        self.0.pager_link().port_deallocate(name)
     }
     fn port_destroy(&self, name: PortName) -> Result<()> {
-        self.0.port_destroy(name)
+        self.0.pager_link().port_destroy(name)
     }
     fn port_mod_refs(&self, name: PortName, right: RightKind, delta: i32) -> Result<()> {
-        self.0.port_mod_refs(name, right, delta)
+        self.0.pager_link().port_mod_refs(name, right, delta)
     }
     fn msg_send(&self, dest: PortName, id: u32, data: Vec<u8>, reply: Option<(PortName, Disposition)>) -> Result<()> {
-        self.0.msg_send(UserMessage { reply, ..UserMessage::new(dest, id, data) })
+        self.0.pager_link().msg_send(dest, id, data, reply)
     }
     fn msg_receive(&self, name: PortName, timeout: Option<Duration>) -> Result<ReceivedMessage> {
-        self.0.msg_receive(name, timeout)
+        self.0.pager_link().msg_receive(name, timeout)
     }
 }
 
@@ -338,6 +343,9 @@ impl TaskLink for Local {
     }
     fn set_default_memory_manager(&self, host_priv: PortName, manager: PortName) -> Result<()> {
         self.kernel.set_default_memory_manager(self.task, host_priv, manager)
+    }
+    fn pager_link(&self) -> &dyn KernelLink {
+        self
     }
 }
 
@@ -575,6 +583,9 @@ impl TaskLink for Remote {
     }
     fn set_default_memory_manager(&self, host_priv: PortName, manager: PortName) -> Result<()> {
         self.conn.set_default_memory_manager(host_priv, manager).map_err(|e| e.kern())
+    }
+    fn pager_link(&self) -> &dyn KernelLink {
+        &self.conn
     }
 }
 
