@@ -36,7 +36,7 @@ fn counter() -> (Arc<Count>, Arc<dyn Waker>) {
 /// `ready` (copy strategy `copy`), so that the next fault asks for data at
 /// once.
 fn map_two_pages_ready(s: &mut Scripted, copy: CopyStrategy) -> VmAddr {
-    let at = s.k.vm_map(s.client, MapRequest::anywhere(2 * P, Some(s.name))).unwrap();
+    let at = s.k.vm_map(s.client.id(), MapRequest::anywhere(2 * P, Some(s.name))).unwrap();
     let init = s.pager.recv(Some(WAIT)).unwrap();
     assert_eq!(init.msg, KernelToPager::Init { page_size: P });
     s.pager.call(init.object, PagerToKernel::Ready { may_cache: true, copy_strategy: copy }).unwrap();
@@ -49,11 +49,11 @@ fn map_two_pages(s: &mut Scripted) -> VmAddr {
 
 #[test]
 fn a_load_stopped_on_its_pager_goes_on_from_that_page() {
-    let mut s = Scripted::new(ProxyVersion::Paging);
+    let mut s = Scripted::new(ProxyVersion::Paging, Transport::Local);
     let at = map_two_pages(&mut s);
     let (count, w) = counter();
     // From the middle of page 0 into page 1.
-    let mut op = s.k.load_op(s.client, VmAddr(at.0 + P - 8), 16).unwrap();
+    let mut op = s.k.load_op(s.client.id(), VmAddr(at.0 + P - 8), 16).unwrap();
     assert!(matches!(op.poll(&w), Ok(Poll::Pending(_))));
     s.expect(0);
     assert_eq!(count.0.load(Ordering::SeqCst), 0, "not woken before the pager answers");
@@ -75,60 +75,60 @@ fn a_load_stopped_on_its_pager_goes_on_from_that_page() {
 
 #[test]
 fn a_vm_write_waits_for_every_page_before_it_stores_any() {
-    let mut s = Scripted::new(ProxyVersion::Paging);
+    let mut s = Scripted::new(ProxyVersion::Paging, Transport::Local);
     let at = map_two_pages(&mut s);
     let (_, w) = counter();
     let data = vec![0xabu8; 2 * P as usize];
-    let mut op = s.k.vm_write_op(s.client, at, data).unwrap();
+    let mut op = s.k.vm_write_op(s.client.id(), at, data).unwrap();
     assert!(matches!(op.poll(&w), Ok(Poll::Pending(_))));
     s.expect(0);
     s.supply(0, 1);
     assert!(matches!(op.poll(&w), Ok(Poll::Pending(_))));
     // Page 0 is resident and still holds what the pager gave: nothing is
     // stored before the whole range is in.
-    assert_eq!(s.k.read_u64(s.client, at), Ok(1));
+    assert_eq!(s.k.read_u64(s.client.id(), at), Ok(1));
     s.expect(P);
     s.pager.error(s.obj, P, P).unwrap();
     assert_eq!(op.poll(&w), Err(KernError::MemoryError));
-    assert_eq!(s.k.read_u64(s.client, at), Ok(1), "a failed vm_write stores nothing");
+    assert_eq!(s.k.read_u64(s.client.id(), at), Ok(1), "a failed vm_write stores nothing");
     assert_eq!(s.k.stats().waiters, 0);
 }
 
 #[test]
 fn dropping_a_waiting_op_leaves_no_registration() {
-    let mut s = Scripted::new(ProxyVersion::Paging);
+    let mut s = Scripted::new(ProxyVersion::Paging, Transport::Local);
     let at = map_two_pages(&mut s);
     let (count, w) = counter();
-    let mut load = s.k.load_op(s.client, at, 8).unwrap();
+    let mut load = s.k.load_op(s.client.id(), at, 8).unwrap();
     assert!(matches!(load.poll(&w), Ok(Poll::Pending(_))));
-    let port = s.k.port_allocate(s.client).unwrap();
-    let mut recv = s.k.msg_receive_op(s.client, port, None);
+    let port = s.k.port_allocate(s.client.id()).unwrap();
+    let mut recv = s.k.msg_receive_op(s.client.id(), port, None);
     assert!(matches!(recv.poll(&w), Ok(Poll::Pending(_))));
     assert_eq!(s.k.stats().waiters, 2);
     drop(load);
     drop(recv);
     assert_eq!(s.k.stats().waiters, 0);
     // Nothing is woken for the dropped ops.
-    s.k.port_make_send(s.client, port).unwrap();
-    s.k.msg_send(s.client, UserMessage::new(port, 1, vec![])).unwrap();
+    s.k.port_make_send(s.client.id(), port).unwrap();
+    s.k.msg_send(s.client.id(), UserMessage::new(port, 1, vec![])).unwrap();
     assert_eq!(count.0.load(Ordering::SeqCst), 0);
 }
 
 #[test]
 fn a_receive_op_past_its_deadline_times_out_and_one_with_a_message_gets_it() {
-    let s = Scripted::new(ProxyVersion::Paging);
-    let port = s.k.port_allocate(s.client).unwrap();
+    let s = Scripted::new(ProxyVersion::Paging, Transport::Local);
+    let port = s.k.port_allocate(s.client.id()).unwrap();
     let (count, w) = counter();
-    let mut recv = s.k.msg_receive_op(s.client, port, Some(Instant::now() + Duration::from_millis(20)));
+    let mut recv = s.k.msg_receive_op(s.client.id(), port, Some(Instant::now() + Duration::from_millis(20)));
     assert!(matches!(recv.poll(&w), Ok(Poll::Pending(_))));
     std::thread::sleep(Duration::from_millis(25));
     assert_eq!(recv.poll(&w), Err(KernError::RcvTimedOut));
     assert_eq!(s.k.stats().waiters, 0, "the timed-out registration is gone");
 
-    let mut recv = s.k.msg_receive_op(s.client, port, None);
+    let mut recv = s.k.msg_receive_op(s.client.id(), port, None);
     assert!(matches!(recv.poll(&w), Ok(Poll::Pending(_))));
-    s.k.port_make_send(s.client, port).unwrap();
-    s.k.msg_send(s.client, UserMessage::new(port, 42, vec![1, 2, 3])).unwrap();
+    s.k.port_make_send(s.client.id(), port).unwrap();
+    s.k.msg_send(s.client.id(), UserMessage::new(port, 42, vec![1, 2, 3])).unwrap();
     assert_eq!(count.0.load(Ordering::SeqCst), 1);
     let Ok(Poll::Ready(m)) = recv.poll(&w) else { panic!("the message is there") };
     assert_eq!((m.id, m.data), (42, vec![1, 2, 3]));
@@ -136,31 +136,31 @@ fn a_receive_op_past_its_deadline_times_out_and_one_with_a_message_gets_it() {
 
 #[test]
 fn a_send_op_to_a_full_queue_waits_for_room_until_its_deadline() {
-    let s = Scripted::new(ProxyVersion::Paging);
-    let port = s.k.port_allocate(s.client).unwrap();
-    s.k.port_make_send(s.client, port).unwrap();
-    while s.k.msg_send(s.client, UserMessage::new(port, 1, vec![])).is_ok() {}
+    let s = Scripted::new(ProxyVersion::Paging, Transport::Local);
+    let port = s.k.port_allocate(s.client.id()).unwrap();
+    s.k.port_make_send(s.client.id(), port).unwrap();
+    while s.k.msg_send(s.client.id(), UserMessage::new(port, 1, vec![])).is_ok() {}
     let (count, w) = counter();
     let deadline = Some(Instant::now() + Duration::from_secs(5));
-    let mut send = s.k.msg_send_op(s.client, UserMessage::new(port, 2, vec![]), deadline);
+    let mut send = s.k.msg_send_op(s.client.id(), UserMessage::new(port, 2, vec![]), deadline);
     assert!(matches!(send.poll(&w), Ok(Poll::Pending(_))));
-    s.k.msg_receive(s.client, port, Some(Duration::ZERO)).unwrap();
+    s.k.msg_receive(s.client.id(), port, Some(Duration::ZERO)).unwrap();
     assert_eq!(count.0.load(Ordering::SeqCst), 1, "room wakes the sender");
     assert_eq!(send.poll(&w), Ok(Poll::Ready(())));
 
-    let mut late = s.k.msg_send_op(s.client, UserMessage::new(port, 3, vec![]), Some(Instant::now()));
+    let mut late = s.k.msg_send_op(s.client.id(), UserMessage::new(port, 3, vec![]), Some(Instant::now()));
     assert_eq!(late.poll(&w), Err(KernError::SendTimedOut));
     assert_eq!(s.k.stats().waiters, 0);
 }
 
 #[test]
 fn a_task_create_op_dropped_while_an_eager_copy_waits_releases_the_copy() {
-    let mut s = Scripted::new(ProxyVersion::Paging);
+    let mut s = Scripted::new(ProxyVersion::Paging, Transport::Local);
     let at = map_two_pages_ready(&mut s, CopyStrategy::None);
-    s.k.vm_inherit(s.client, at, 2 * P, VmInherit::Copy).unwrap();
+    s.k.vm_inherit(s.client.id(), at, 2 * P, VmInherit::Copy).unwrap();
     let objects = s.k.stats().objects;
     let (_, w) = counter();
-    let mut op = s.k.task_create_op(Some(s.client));
+    let mut op = s.k.task_create_op(Some(s.client.id()));
     assert!(matches!(op.poll(&w), Ok(Poll::Pending(_))));
     s.expect(0);
     assert!(s.k.stats().objects > objects, "the copy is being made");

@@ -662,6 +662,7 @@ impl Host {
             limits: config.limits,
             proxy_version: config.proxy_version,
             cluster_pages: config.cluster_pages,
+            loops: 1,
         })
         .expect("booting machvmd");
         let listener = daemon.bind().expect("binding machvmd's socket");
