@@ -349,9 +349,10 @@ fn when_the_daemon_is_killed_pagers_and_clients_end_cleanly() {
     assert!(matches!(c.port_allocate(), Err(ClientError::Closed | ClientError::Io(_))));
 }
 
-/// A client may have at most 16 calls waiting for their replies; one that
-/// sends more while its first call waits breaks the protocol and is closed
-/// (the daemon holds no more of it than that), and no one else notices.
+/// A client may have at most 16 calls being made and 16 more waiting to
+/// start; one that sends more while they all wait breaks the protocol and
+/// is closed (the daemon holds no more of it than that), and no one else
+/// notices.
 #[test]
 fn a_client_flooding_calls_behind_a_waiting_one_is_closed() {
     let dir = Dir::new("daemon-flood");
@@ -363,10 +364,10 @@ fn a_client_flooding_calls_behind_a_waiting_one_is_closed() {
     assert!(matches!(answer(&mut s), Some(Response::Welcome { .. })));
     write_frame(&mut s, &Request::Call { seq: 1, call: Call::PortAllocate }).unwrap();
     let Some(Response::Reply { result: Ok(Reply::Name(port)), .. }) = answer(&mut s) else { panic!() };
-    // Waits for good: nothing will ever come.
-    write_frame(&mut s, &Request::Call { seq: 2, call: Call::MsgReceive { name: port, timeout_ms: None } }).unwrap();
-    for seq in 3..64 {
-        if write_frame(&mut s, &Request::Call { seq, call: Call::PortAllocate }).is_err() {
+    // Each waits for good: nothing will ever come.
+    for seq in 2..64 {
+        let call = Call::MsgReceive { name: port, timeout_ms: None };
+        if write_frame(&mut s, &Request::Call { seq, call }).is_err() {
             break;
         }
     }
@@ -519,4 +520,31 @@ fn proxy_version_and_cluster_pages_flags_set_the_kernel_defaults() {
     };
     let clusters: Vec<u32> = objects.iter().filter_map(|o| o.pager_state.as_ref()).map(|s| s.cluster_pages).collect();
     assert!(clusters.contains(&3), "{clusters:?}");
+}
+
+/// A connection is a task with as many threads as call through it: a
+/// thread waiting in a receive holds up no other thread's calls, and one
+/// of them sends the message that wakes it.
+#[test]
+fn threads_of_one_connection_call_at_once() {
+    let dir = Dir::new("daemon-threads");
+    let _d = daemon(&dir.socket(), &[]);
+    let c = std::sync::Arc::new(client(&dir.socket(), "threaded"));
+    let port = c.port_allocate().unwrap();
+    c.port_make_send(port).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let waiter = {
+        let c = c.clone();
+        std::thread::spawn(move || tx.send(c.msg_receive(port, Some(10_000))).unwrap())
+    };
+    // The receive is waiting in the daemon: other calls are answered.
+    wait_until("the receive waits", || common::daemon::stat(&c, "waiters") == 1);
+    for _ in 0..10 {
+        assert!(c.vm_allocate(VmAddr(0), P, true).is_ok());
+    }
+    assert!(rx.try_recv().is_err(), "the receive is still waiting");
+    c.send(port, 7, b"wake".to_vec(), Vec::new()).unwrap();
+    let m = rx.recv_timeout(Duration::from_secs(5)).expect("the waiting thread is answered").unwrap();
+    assert_eq!((m.id, m.data), (7, b"wake".to_vec()));
+    waiter.join().unwrap();
 }

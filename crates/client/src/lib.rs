@@ -15,9 +15,13 @@
 //! ```
 //!
 //! The connection speaks the protocol of `machvm_protocol::wire`: a hello,
-//! then calls answered one at a time (this library waits for each reply
-//! before the next call, so replies come in order). A daemon that goes
-//! away is [`ClientError::Closed`], never a hang.
+//! then calls, each answered with its sequence number. Several threads may
+//! call through one connection at once, as several threads of one task:
+//! each waits for its own reply, and a call that waits in the daemon (a
+//! receive, a fault on a slow pager) holds up no other. Whichever waiting
+//! thread finds no reader reads the socket and hands each reply to the
+//! thread it belongs to. A daemon that goes away is
+//! [`ClientError::Closed`] for every caller, never a hang.
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
@@ -28,10 +32,11 @@ use machvm_protocol::wire::{
     SendArgs, PROTOCOL_VERSION,
 };
 use machvm_protocol::{KernError, VmAddr, VmProt};
+use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, BufWriter};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 /// What went wrong talking to the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -93,16 +98,53 @@ pub fn socket_path(explicit: Option<&Path>) -> PathBuf {
 /// One connection to the daemon: one task.
 #[derive(Debug)]
 pub struct Connection {
-    io: Mutex<Io>,
+    /// The socket's write half and the last sequence number used.
+    writer: Mutex<(BufWriter<UnixStream>, u64)>,
+    /// The read half, read by one waiting caller at a time.
+    reader: Mutex<BufReader<UnixStream>>,
+    replies: Mutex<Replies>,
+    /// A reply arrived, or the reader left: callers look again.
+    arrived: Condvar,
     task: u32,
     host_priv: Option<PortName>,
 }
 
-#[derive(Debug)]
-struct Io {
-    reader: BufReader<UnixStream>,
-    writer: BufWriter<UnixStream>,
-    seq: u64,
+/// The replies read and not yet taken, by sequence number.
+#[derive(Debug, Default)]
+struct Replies {
+    /// Calls sent and not answered (a reply to another is dropped).
+    waiting: HashSet<u64>,
+    done: HashMap<u64, std::result::Result<Reply, KernError>>,
+    /// A caller is reading the socket.
+    reading: bool,
+    /// The connection broke: every call fails so.
+    broken: Option<Broken>,
+}
+
+/// How a connection broke, for every caller to hear.
+#[derive(Clone, Debug)]
+enum Broken {
+    Closed,
+    Protocol(String),
+    Io(std::io::ErrorKind, String),
+}
+
+impl Broken {
+    fn of(e: ClientError) -> Broken {
+        match e {
+            ClientError::Io(e) => Broken::Io(e.kind(), e.to_string()),
+            ClientError::Protocol(what) | ClientError::Refused(what) => Broken::Protocol(what),
+            ClientError::Closed | ClientError::Kern(_) => Broken::Closed,
+        }
+    }
+
+    fn error(&self) -> ClientError {
+        match self {
+            Broken::Closed => ClientError::Closed,
+            Broken::Protocol(what) => ClientError::Protocol(what.clone()),
+            Broken::Io(kind, what) => ClientError::Io(std::io::Error::new(*kind, what.clone())),
+        }
+    }
 }
 
 fn frame_error(e: FrameError) -> ClientError {
@@ -119,10 +161,18 @@ impl Connection {
     /// Errors: [`ClientError::Io`] (no daemon there), [`ClientError::Refused`].
     pub fn connect(path: &Path, role: Role, name: &str) -> Result<Connection> {
         let stream = UnixStream::connect(path)?;
-        let mut io = Io { reader: BufReader::new(stream.try_clone()?), writer: BufWriter::new(stream), seq: 0 };
-        io.send(&Request::Hello { version: PROTOCOL_VERSION, role, name: name.to_string() })?;
-        match io.recv()? {
-            Response::Welcome { task, host_priv, .. } => Ok(Connection { io: Mutex::new(io), task, host_priv }),
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut writer = BufWriter::new(stream);
+        send(&mut writer, &Request::Hello { version: PROTOCOL_VERSION, role, name: name.to_string() })?;
+        match recv(&mut reader)? {
+            Response::Welcome { task, host_priv, .. } => Ok(Connection {
+                writer: Mutex::new((writer, 0)),
+                reader: Mutex::new(reader),
+                replies: Mutex::default(),
+                arrived: Condvar::new(),
+                task,
+                host_priv,
+            }),
             Response::Refused { reason, .. } => Err(ClientError::Refused(reason)),
             Response::ProtocolError { what } => Err(ClientError::Protocol(what)),
             other => Err(ClientError::Protocol(format!("expected a welcome, got {other:?}"))),
@@ -140,19 +190,54 @@ impl Connection {
         self.host_priv
     }
 
-    /// Makes one call and waits for its reply.
+    /// Makes one call and waits for its reply (other threads may call
+    /// meanwhile).
     pub fn call(&self, call: Call) -> Result<Reply> {
-        let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
-        io.seq += 1;
-        let seq = io.seq;
-        io.send(&Request::Call { seq, call })?;
-        loop {
-            match io.recv()? {
-                Response::Reply { seq: s, result } if s == seq => return result.map_err(ClientError::Kern),
-                Response::Event(_) => continue,
-                Response::ProtocolError { what } => return Err(ClientError::Protocol(what)),
-                other => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        let seq = {
+            let mut w = lock(&self.writer);
+            w.1 += 1;
+            let seq = w.1;
+            // Expected before it is sent: another caller may read the
+            // reply first.
+            lock(&self.replies).waiting.insert(seq);
+            if let Err(e) = send(&mut w.0, &Request::Call { seq, call }) {
+                lock(&self.replies).waiting.remove(&seq);
+                return Err(e);
             }
+            seq
+        };
+        let mut r = lock(&self.replies);
+        loop {
+            if let Some(result) = r.done.remove(&seq) {
+                return result.map_err(ClientError::Kern);
+            }
+            if let Some(e) = r.broken.as_ref().map(Broken::error) {
+                r.waiting.remove(&seq);
+                return Err(e);
+            }
+            if r.reading {
+                r = self.arrived.wait(r).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            // No one is reading: this caller reads one frame for whoever
+            // it answers.
+            r.reading = true;
+            drop(r);
+            let got = recv(&mut lock(&self.reader));
+            r = lock(&self.replies);
+            r.reading = false;
+            match got {
+                Ok(Response::Reply { seq: s, result }) => {
+                    if r.waiting.remove(&s) {
+                        r.done.insert(s, result);
+                    }
+                }
+                Ok(Response::Event(_)) => {}
+                Ok(Response::ProtocolError { what }) => r.broken = Some(Broken::Protocol(what)),
+                Ok(other) => r.broken = Some(Broken::Protocol(format!("unexpected {other:?}"))),
+                Err(e) => r.broken = Some(Broken::of(e)),
+            }
+            self.arrived.notify_all();
         }
     }
 
@@ -358,19 +443,21 @@ fn unexpected(r: Reply) -> ClientError {
     ClientError::Protocol(format!("unexpected reply {r:?}"))
 }
 
-impl Io {
-    fn send(&mut self, r: &Request) -> Result<()> {
-        write_frame(&mut self.writer, r).map_err(frame_error)?;
-        std::io::Write::flush(&mut self.writer)?;
-        Ok(())
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
-    fn recv(&mut self) -> Result<Response> {
-        match read_frame(&mut self.reader) {
-            Ok(Some(r)) => Ok(r),
-            Ok(None) => Err(ClientError::Closed),
-            Err(e) => Err(frame_error(e)),
-        }
+fn send(w: &mut BufWriter<UnixStream>, r: &Request) -> Result<()> {
+    write_frame(w, r).map_err(frame_error)?;
+    std::io::Write::flush(w)?;
+    Ok(())
+}
+
+fn recv(r: &mut BufReader<UnixStream>) -> Result<Response> {
+    match read_frame(r) {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err(ClientError::Closed),
+        Err(e) => Err(frame_error(e)),
     }
 }
 

@@ -10,13 +10,16 @@
 //! 2. The connection becomes a task: a new one, or the child task its
 //!    hello claims. The peer's credentials (`SO_PEERCRED`) are recorded;
 //!    a peer of the host-privilege uid gets a send right to the host port.
-//! 3. Calls are made in order, one at a time, each answered with its
-//!    sequence number. At most [`CALLS_QUEUED`] wait behind the one being
-//!    made: a client that sends more before its answers come breaks the
-//!    protocol (the client library makes one call at a time). A frame
-//!    that does not decode, a second hello, or a call that fails its
-//!    checks is answered, in its turn, with a protocol error naming what
-//!    was wrong, and the connection closes.
+//! 3. Calls are started in the order they come, each answered with its
+//!    sequence number when it is done: a call that waits (a fault on a
+//!    slow pager, a receive) does not hold up the calls after it, as one
+//!    thread of a task does not hold up another. At most [`CALLS_QUEUED`]
+//!    calls are being made at once, and as many more may wait to start: a
+//!    client that sends more before its answers come breaks the protocol.
+//!    A frame that does not decode, a second hello, or a call that fails
+//!    its checks is answered in its turn (once the calls before it are)
+//!    with a protocol error naming what was wrong, and the connection
+//!    closes.
 //! 4. When the peer goes (end of stream, an error, a hang-up), the task
 //!    terminates at once: its rights go, a call of it still waiting is
 //!    dropped (its registrations cancelled), its names leave the table.
@@ -84,7 +87,9 @@ pub struct Conn {
     phase: Phase,
     /// Calls read and not yet made (a bad frame in its turn as an `Err`).
     queue: VecDeque<Result<Request, String>>,
-    running: Option<Running>,
+    /// The calls being made (each a thread of the task, as it were): at
+    /// most [`CALLS_QUEUED`].
+    running: Vec<Running>,
     /// Replies encoded and not yet written, from `out_at`.
     out: Vec<u8>,
     out_at: usize,
@@ -124,7 +129,7 @@ impl Conn {
             decoder: FrameDecoder::new(),
             phase: Phase::Hello { deadline: Instant::now() + HELLO_TIMEOUT },
             queue: VecDeque::new(),
-            running: None,
+            running: Vec::new(),
             out: Vec::new(),
             out_at: 0,
             stop_reading: false,
@@ -205,6 +210,7 @@ impl Conn {
             // it; nothing after it is read.
             self.stop_reading = item.is_err();
             self.queue.push_back(item);
+            self.run(sh);
         }
         Ok(())
     }
@@ -261,7 +267,7 @@ impl Conn {
     /// passed).
     fn refuse(&mut self, r: Response) {
         self.queue.clear();
-        self.running = None;
+        self.running.clear();
         self.decoder = FrameDecoder::new();
         self.send(&r);
         self.closing(Instant::now() + LINGER);
@@ -334,21 +340,26 @@ impl Conn {
         self.after()
     }
 
-    /// The kernel woke the call being made (or its deadline passed).
+    /// The kernel woke a call being made (or a deadline passed): each
+    /// waiting call is polled, and those done are answered.
     pub fn woken(&mut self, sh: &Shared) -> After {
-        if let (Some(run), Phase::Task { caller }) = (&mut self.running, &self.phase) {
-            let caller = *caller;
-            if let Poll::Ready(result) = run.pending.poll(sh, caller, &self.waker) {
-                let seq = run.seq;
-                self.running = None;
-                self.send(&Response::Reply { seq, result });
+        if let Phase::Task { caller } = self.phase {
+            let mut i = 0;
+            while i < self.running.len() {
+                match self.running[i].pending.poll(sh, caller, &self.waker) {
+                    Poll::Ready(result) => {
+                        let seq = self.running.swap_remove(i).seq;
+                        self.send(&Response::Reply { seq, result });
+                    }
+                    Poll::Pending(_) => i += 1,
+                }
             }
         }
         self.run(sh);
         self.after()
     }
 
-    /// A deadline passed: the hello's, a closing connection's, or the
+    /// A deadline passed: the hello's, a closing connection's, or a
     /// waiting call's.
     pub fn expired(&mut self, sh: &Shared, now: Instant) -> After {
         match self.phase {
@@ -358,25 +369,30 @@ impl Conn {
         }
     }
 
-    /// Makes the calls waiting, in order, until one waits.
+    /// Starts the calls read, in order: each is answered when it is done,
+    /// so one that waits does not hold up the next (as two threads of a
+    /// task). A call that breaks the protocol is answered in its turn,
+    /// once the calls before it are: then the connection closes.
     fn run(&mut self, sh: &Shared) {
         let Phase::Task { caller } = self.phase else { return };
-        while self.running.is_none() && self.out.len() - self.out_at < OUT_HIGH {
-            let Some(item) = self.queue.pop_front() else { return };
-            let (seq, call) = match item {
-                Err(what) => return self.refuse(Response::ProtocolError { what }),
-                Ok(Request::Call { seq, call }) => match call.check() {
-                    Ok(()) => (seq, call),
-                    Err(what) => return self.refuse(Response::ProtocolError { what }),
-                },
-                Ok(Request::Hello { .. }) => {
-                    return self.refuse(Response::ProtocolError { what: "a second hello".into() });
-                }
+        while self.running.len() < CALLS_QUEUED && self.out.len() - self.out_at < OUT_HIGH {
+            let Some(front) = self.queue.front() else { return };
+            let breaks = match front {
+                Err(what) => Some(what.clone()),
+                Ok(Request::Call { call, .. }) => call.check().err(),
+                Ok(Request::Hello { .. }) => Some("a second hello".into()),
             };
+            if let Some(what) = breaks {
+                if self.running.is_empty() {
+                    self.refuse(Response::ProtocolError { what });
+                }
+                return;
+            }
+            let Some(Ok(Request::Call { seq, call })) = self.queue.pop_front() else { return };
             tracing::debug!(conn = caller.conn, seq, call = call.name(), "call");
             match start(sh, caller, call, &self.waker) {
                 Started::Done(result) => self.send(&Response::Reply { seq, result }),
-                Started::Waiting(pending) => self.running = Some(Running { seq, pending }),
+                Started::Waiting(pending) => self.running.push(Running { seq, pending }),
             }
         }
     }
@@ -394,10 +410,10 @@ impl Conn {
                 After::Keep { read, write, deadline: Some(deadline) }
             }
             Phase::Task { .. } => match self.eof {
-                Some(_) if !writing && self.running.is_none() && self.queue.is_empty() => After::Close,
+                Some(_) if !writing && self.running.is_empty() && self.queue.is_empty() => After::Close,
                 Some(linger) => After::Keep { read, write, deadline: Some(linger) },
                 None => {
-                    let deadline = self.running.as_ref().and_then(|r| r.pending.deadline());
+                    let deadline = self.running.iter().filter_map(|r| r.pending.deadline()).min();
                     After::Keep { read, write, deadline }
                 }
             },
@@ -406,8 +422,8 @@ impl Conn {
 
     /// Ends the connection: its task terminates (step 4).
     pub fn close(mut self, sh: &Shared) {
-        // The waiting call goes first, cancelling its registrations.
-        self.running = None;
+        // The waiting calls go first, cancelling their registrations.
+        self.running.clear();
         let _ = self.flush();
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         if let Phase::Task { caller } | Phase::Closing { caller: Some(caller), .. } = self.phase {
