@@ -9,6 +9,7 @@ mod common;
 
 use common::*;
 use machvm_core::pmap::soft::SoftMachine;
+use machvm_core::pmap::PhysMem;
 use machvm_core::*;
 use std::sync::Arc;
 
@@ -157,4 +158,80 @@ fn pageout_of_a_page_mapped_n_times_is_linear() {
         t.read_u64(addrs[0]).unwrap();
         assert!(w.k.stats().vm.faults > faults);
     }
+}
+
+/// A kernel on a counting MMU where each task may keep `limit` pages
+/// resident (the kernel's own limit is far above), with a default pager
+/// if `swap` is given.
+fn limited(
+    limit: usize,
+    swap: Option<&TempFile>,
+) -> (Arc<Kernel>, Arc<SoftMachine>, Option<machvm_pagers::RunningPager>) {
+    let m = Arc::new(SoftMachine::new(8 * 2048 + 64));
+    let limits = TaskLimits { resident_pages: limit, ..TaskLimits::default() };
+    let c = KernelConfig {
+        phys_pages: m.frame_count(),
+        resident_limit: m.frame_count(),
+        cluster_pages: 1,
+        limits,
+        ..KernelConfig::default()
+    };
+    let k = Kernel::with_machine(c, m.clone());
+    let dp = swap.map(|f| machvm_pagers::boot_default_pager(&k, f.open()).unwrap());
+    (k, m, dp)
+}
+
+#[test]
+fn a_fault_past_the_task_limit_reclaims_in_constant_work_however_large_the_limit() {
+    for n in SIZES {
+        let swap = TempFile::new("growth-limit", &[]);
+        let (k, m, dp) = limited(n as usize, Some(&swap));
+        let t = k.task_create(None).unwrap();
+        // A working set of four times the limit, written through twice.
+        let a = k.vm_allocate(t, VmAddr(0), 4 * n * P, true).unwrap();
+        let (faults, visits) = (k.stats().vm.faults, k.stats().vm.task_reclaim_visits);
+        let (pte, pv) = work(&m, || {
+            for round in 0..2 {
+                for i in 0..4 * n {
+                    k.write_u64(t, a.plus(i * P), round ^ i).unwrap();
+                }
+            }
+        });
+        let s = k.stats();
+        let (faults, visits) = (s.vm.faults - faults, s.vm.task_reclaim_visits - visits);
+        assert!(s.vm.task_reclaims >= 7 * n, "limit {n}: {} pages reclaimed", s.vm.task_reclaims);
+        assert!(k.task_info(t).unwrap().charged <= n as usize);
+        // Per fault: a bounded number of candidates and MMU slots, the
+        // same at both limits.
+        assert!(visits <= 3 * faults, "limit {n}: {visits} candidates for {faults} faults");
+        assert!(pte + pv <= 8 * faults, "limit {n}: {pte} slots, {pv} reverse-map entries for {faults} faults");
+        dp.unwrap().stop();
+    }
+}
+
+#[test]
+fn faults_refused_at_the_task_limit_do_not_look_at_its_pages_again() {
+    for n in SIZES {
+        // No default pager: the task's dirty anonymous pages can go nowhere.
+        let (k, _m, _) = limited(n as usize, None);
+        let t = k.task_create(None).unwrap();
+        let a = resident_pages_of(&k, t, n + 1);
+        let visits = k.stats().vm.task_reclaim_visits;
+        for _ in 0..1000 {
+            assert_eq!(k.write_u64(t, a.plus(n * P), 1), Err(KernError::ResourceShortage));
+        }
+        let visits = k.stats().vm.task_reclaim_visits - visits;
+        // The first refusal looks at each page (twice: once to clear its
+        // referenced bit); the others at none.
+        assert!(visits <= 2 * n + 1000, "limit {n}: {visits} candidates for 1000 refused faults");
+    }
+}
+
+/// `n` pages of anonymous memory in one entry, all but the last written.
+fn resident_pages_of(k: &Kernel, task: TaskId, n: u64) -> VmAddr {
+    let a = k.vm_allocate(task, VmAddr(0), n * P, true).unwrap();
+    for i in 0..n - 1 {
+        k.write_u64(task, a.plus(i * P), i).unwrap();
+    }
+    a
 }

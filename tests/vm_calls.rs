@@ -1292,7 +1292,7 @@ fn a_full_queue_refuses_or_holds_back_its_senders() {
 /// not affected.
 #[test]
 fn a_task_over_its_limits_gets_resource_shortage_and_the_others_carry_on() {
-    let limits = TaskLimits { port_names: 4, map_entries: 3, proxies: 2 };
+    let limits = TaskLimits { port_names: 4, map_entries: 3, proxies: 2, ..TaskLimits::default() };
     let k = Kernel::new(KernelConfig { phys_pages: 64, resident_limit: 64, limits, ..KernelConfig::default() });
     let (greedy, other) = (task(&k), task(&k));
     for _ in 0..4 {

@@ -96,6 +96,7 @@ pub fn run(args: DaemonArgs) -> ExitCode {
             port_names: args.max_ports,
             map_entries: args.max_entries,
             proxies: args.max_proxies,
+            ..machvm_core::TaskLimits::default()
         },
         loops: args.loops,
         proxy_version: args.proxy_version.into(),

@@ -101,6 +101,13 @@ pub struct TaskInfo {
     /// Resident pages of the objects the entries map, within their ranges
     /// (a page two entries map counts twice).
     pub resident: usize,
+    /// Resident pages charged to the task (see
+    /// [`crate::TaskLimits::resident_pages`]), whether it still maps them
+    /// or not; pages asked of pagers for it and not supplied yet are not
+    /// counted here, though they count against its limit.
+    pub charged: usize,
+    /// Its limit on charged pages (`usize::MAX`: none).
+    pub resident_limit: usize,
 }
 
 /// A copy a call will make: `(object, offset, length)`, as it will ask
@@ -195,7 +202,7 @@ impl Kernel {
                     Err(_) => resident += count(o, e.offset, e.len()),
                 }
             }
-            Ok(TaskInfo { entries: t.map.entry_count(), resident })
+            Ok(TaskInfo { entries: t.map.entry_count(), resident, charged: 0, resident_limit: usize::MAX })
         })
     }
 

@@ -79,11 +79,42 @@ pub struct TaskLimits {
     pub map_entries: usize,
     /// Live proxies it made.
     pub proxies: usize,
+    /// Resident pages charged to it (`usize::MAX`, the default: no limit;
+    /// values below [`crate::vm::MIN_RESIDENT`] are raised to it). See
+    /// [`crate::vm::charge`] for the rules; in short:
+    ///
+    /// - a page is charged to the task whose fault made it resident: a
+    ///   zero fill, a pager's supply for a `data_request` its fault sent
+    ///   (the pages of the cluster are charged from the request on, so
+    ///   that the limit holds however many arrive), a copy-on-write copy,
+    ///   a copy pushed into a copy object before its write; `vm_read`,
+    ///   `vm_write` and `vm_copy` fault as the task, and the eager copies
+    ///   a call makes (`MEMORY_OBJECT_COPY_NONE`) are charged to the task
+    ///   making the call. A page found resident is charged to nobody new,
+    ///   and pages a pager supplies unasked are charged to no task;
+    /// - the charge goes when the page leaves memory, however it leaves
+    ///   (pageout, a flush, a `lock_request`, the object's termination,
+    ///   the pager's death or `destroy`), and when the task terminates
+    ///   (its pages stay cached as before, charged to nobody);
+    /// - a fault that would take the task past its limit first reclaims
+    ///   the task's own pages, least recently used first, as pageout does
+    ///   (dirty and precious ones returned to their pager or the default
+    ///   pager, clean ones dropped): a working set larger than the limit
+    ///   runs, slower. Pages charged to other tasks are never taken for
+    ///   it. When none of its pages can be reclaimed and some are still
+    ///   on their way from a pager, the fault waits for them; when none is
+    ///   on its way either (its pages are dirty anonymous memory with no
+    ///   default pager, or belong to a dead pager), the fault fails with
+    ///   `KERN_RESOURCE_SHORTAGE` and changes nothing.
+    ///
+    /// The kernel's own [`KernelConfig::resident_limit`] still applies to
+    /// all pages together.
+    pub resident_pages: usize,
 }
 
 impl Default for TaskLimits {
     fn default() -> Self {
-        TaskLimits { port_names: 1 << 20, map_entries: 1 << 20, proxies: 1 << 16 }
+        TaskLimits { port_names: 1 << 20, map_entries: 1 << 20, proxies: 1 << 16, resident_pages: usize::MAX }
     }
 }
 
@@ -144,6 +175,9 @@ pub struct KernelStats {
     pub from_pagers: BTreeMap<&'static str, u64>,
     /// Pages resident now.
     pub resident: usize,
+    /// Of those, the pages charged to live tasks (see
+    /// [`TaskLimits::resident_pages`]).
+    pub charged: usize,
     /// The resident limit in force.
     pub resident_limit: usize,
     /// VM objects alive (cached ones and paging-proxy views included).

@@ -64,6 +64,12 @@ pub struct VmStats {
     pub pageouts: u64,
     pub pages_returned: u64,
     pub pages_reclaimed: u64,
+    /// Pages a task's own reclaim freed to stay within its resident limit
+    /// (counted in `pages_reclaimed` too).
+    pub task_reclaims: u64,
+    /// Candidates a task's own reclaim looked at (each costs O(1)): it
+    /// measures the reclaim's work.
+    pub task_reclaim_visits: u64,
 }
 
 /// The VM's state, guarded by the kernel lock.
