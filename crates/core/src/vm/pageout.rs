@@ -19,9 +19,27 @@
 //! They stay in the queue, until the object itself goes.
 //! Pages pinned busy by a fault that is copying them are skipped too.
 
-use super::object::Provider;
+use super::object::{ObjectId, Provider};
 use super::{PagerOp, Vm};
 use crate::types::VmProt;
+
+/// What pageout made of one candidate ([`Vm::reclaim_one`]).
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// No resident page there any more: a stale candidate.
+    Gone,
+    /// Pinned busy by a fault that is copying it: look again later.
+    Busy,
+    /// The MMU saw it used since it was last looked at: its referenced
+    /// bit is cleared, and it gets a second chance.
+    Referenced,
+    /// Nobody could get it back if it went (see the module comment): it
+    /// stays resident.
+    Kept,
+    /// Reclaimed: its frame is free.
+    Freed,
+}
 
 impl Vm {
     /// Reclaims up to `want` frames; returns how many it freed.
@@ -33,52 +51,59 @@ impl Vm {
             let Some((object, offset)) = self.queue.pop_front() else {
                 break;
             };
-            let Some(o) = self.objects.get(&object) else {
-                continue;
-            };
-            let Some(p) = o.pages.get(&offset) else {
-                continue;
-            };
-            let Some(frame) = p.frame else { continue };
-            if p.busy {
-                self.queue.push_back((object, offset));
-                continue;
+            match self.reclaim_one(object, offset) {
+                Verdict::Gone => {}
+                Verdict::Busy | Verdict::Referenced | Verdict::Kept => self.queue.push_back((object, offset)),
+                Verdict::Freed => freed += 1,
             }
-            if self.machine.is_referenced(frame) {
-                self.machine.clear_reference(frame);
-                self.queue.push_back((object, offset));
-                continue;
-            }
-            // Pages nobody could get back: dirty anonymous memory with no
-            // default pager, and every page of a dead pager (it can give
-            // nothing back, not even a clean page).
-            let keep = |dirty: bool| (o.temporary && !self.default_pager && dirty) || o.pager_dead;
-            if keep(self.page_is_dirty(p)) {
-                self.queue.push_back((object, offset));
-                continue;
-            }
-            // Stop writers before judging the page: a store through a live
-            // translation could land after a "clean" verdict and be lost.
-            self.machine.page_protect(frame, VmProt::NONE);
-            let dirty = self.page_is_dirty(p);
-            if keep(dirty) {
-                // Written just before the shootdown: it stays.
-                self.queue.push_back((object, offset));
-                continue;
-            }
-            if o.temporary && dirty && o.provider == Provider::None {
-                let size = o.size;
-                let o = self.object_mut(object);
-                o.provider = Provider::External;
-                o.ready = true;
-                self.outbox.push(PagerOp::CreateDefault { object, size });
-            }
-            // The return records the offset as the default pager's.
-            self.page_evict(object, offset, true);
-            self.stats.pageouts += 1;
-            freed += 1;
         }
         self.stats.pages_reclaimed += freed as u64;
         freed
+    }
+
+    /// Judges one candidate and reclaims it if it can go (steps 1 to 3 of
+    /// the module comment). A task's own reclaim (`crate::vm::charge`)
+    /// judges its pages the same way.
+    pub(super) fn reclaim_one(&mut self, object: ObjectId, offset: u64) -> Verdict {
+        let Some(o) = self.objects.get(&object) else {
+            return Verdict::Gone;
+        };
+        let Some(p) = o.pages.get(&offset) else {
+            return Verdict::Gone;
+        };
+        let Some(frame) = p.frame else { return Verdict::Gone };
+        if p.busy {
+            return Verdict::Busy;
+        }
+        if self.machine.is_referenced(frame) {
+            self.machine.clear_reference(frame);
+            return Verdict::Referenced;
+        }
+        // Pages nobody could get back: dirty anonymous memory with no
+        // default pager, and every page of a dead pager (it can give
+        // nothing back, not even a clean page).
+        let keep = |dirty: bool| (o.temporary && !self.default_pager && dirty) || o.pager_dead;
+        if keep(self.page_is_dirty(p)) {
+            return Verdict::Kept;
+        }
+        // Stop writers before judging the page: a store through a live
+        // translation could land after a "clean" verdict and be lost.
+        self.machine.page_protect(frame, VmProt::NONE);
+        let dirty = self.page_is_dirty(p);
+        if keep(dirty) {
+            // Written just before the shootdown: it stays.
+            return Verdict::Kept;
+        }
+        if o.temporary && dirty && o.provider == Provider::None {
+            let size = o.size;
+            let o = self.object_mut(object);
+            o.provider = Provider::External;
+            o.ready = true;
+            self.outbox.push(PagerOp::CreateDefault { object, size });
+        }
+        // The return records the offset as the default pager's.
+        self.page_evict(object, offset, true);
+        self.stats.pageouts += 1;
+        Verdict::Freed
     }
 }
