@@ -1205,6 +1205,58 @@ fn copy_strategy_none_copies_eagerly_at_task_create(via: Transport) {
     quiet(&mut pager);
 }
 
+/// An eager copy is charged to the task whose call makes it, the pages
+/// read for it as well as the copies, within the task's resident limit:
+/// the pages it read are reclaimed as it goes, and a copy that cannot fit
+/// (its copies are dirty anonymous pages, with no default pager to take
+/// them) fails with `KERN_RESOURCE_SHORTAGE` and leaves nothing behind.
+#[test]
+fn an_eager_copy_is_charged_to_the_caller_within_its_resident_limit() {
+    let limits = TaskLimits { resident_pages: 6, ..TaskLimits::default() };
+    let k = kernel_with(KernelConfig {
+        phys_pages: 1024,
+        resident_limit: 1024,
+        cluster_pages: 1,
+        limits,
+        ..Default::default()
+    });
+    let (client, mut pager, obj, name) = setup(&k);
+    let _direct = map(&k, client, name, 16);
+    ready_copy_none(&mut pager);
+    let mut copy = |pages: u64| {
+        let k2 = k.clone();
+        let copying = spawn(move || k2.vm_map(client, MapRequest::anywhere(pages * P, Some(name)).copy(true)));
+        loop {
+            if let Ok(r) = copying.try_recv() {
+                return r;
+            }
+            if let Ok(r) = pager.recv(Some(Duration::from_millis(5))) {
+                if let KernelToPager::DataRequest { offset, length, .. } = r.msg {
+                    let data: Vec<u8> =
+                        (offset..offset + length).step_by(P as usize).flat_map(|o| page(o / P * 100)).collect();
+                    pager.supply(obj, offset, &data).unwrap();
+                }
+            }
+        }
+    };
+    let charged = || k.task_info(client).unwrap().charged;
+    let c = copy(4).unwrap();
+    for i in 0..4 {
+        assert_eq!(k.read_u64(client, VmAddr(c.0 + i * P)), Ok(i * 100), "page {i} of the copy");
+    }
+    let s = k.stats();
+    assert_eq!(s.vm.eager_copies, 4);
+    assert!(s.vm.task_reclaims > 0, "the pages read for the copy made room for it");
+    assert!(charged() <= 6 && charged() >= 4, "{} charged: the copies at least", charged());
+    let (entries, before) = (k.vm_map_info(client).unwrap().len(), charged());
+    assert_eq!(copy(8), Err(KernError::ResourceShortage));
+    assert_eq!(k.vm_map_info(client).unwrap().len(), entries, "no entry made");
+    assert!(charged() <= before, "the half-made copy is gone, with its charge");
+    for i in 0..4 {
+        assert_eq!(k.read_u64(client, VmAddr(c.0 + i * P)), Ok(i * 100), "page {i} of the first copy");
+    }
+}
+
 /// An eager copy of a page the pager fails fails the call, and the call
 /// changes nothing: no entry is made.
 fn an_eager_copy_of_a_failed_page_fails_the_map_and_changes_nothing(via: Transport) {

@@ -541,13 +541,16 @@ fn the_charge_goes_when_the_pages_go() {
         assert!(read(&mut pager, i, false).is_ok());
     }
     assert_eq!((charged(&k, t), k.stats().vm.task_reclaims), (4, 0));
-    // The pager dies with a page on its way: its resident pages stay (the
-    // kernel holds the only copy), charged as before.
+    // At its limit, the next page asked for takes one of its own (a clean
+    // one, dropped). The pager dies with that page on its way: the
+    // resident pages stay (the kernel holds the only copy), charged as
+    // before, and the page that never came is charged no more.
     let r = spawn_read(&k, t, VmAddr(m.0 + 12 * P));
     let _ = pager.expect_request(Duration::from_secs(5)).unwrap();
+    assert_eq!((charged(&k, t), k.stats().vm.task_reclaims), (3, 1));
     pager.die().unwrap();
     assert_eq!(join(r), Err(KernError::MemoryError));
-    assert_eq!((charged(&k, t), k.stats().charged), (4, 4));
+    assert_eq!((charged(&k, t), k.stats().charged), (3, 3));
     k.vm_deallocate(t, m, 16 * P).unwrap();
     assert_eq!((charged(&k, t), k.stats().charged), (0, 0));
 
@@ -575,3 +578,30 @@ fn the_charge_goes_when_the_pages_go() {
     dp.stop();
 }
 
+/// Copies are charged to the task whose write makes them: a copy-on-write
+/// copy to the task writing its private copy, a push into a copy object
+/// to the task writing the original (its write is what needs the page).
+#[test]
+fn copies_are_charged_to_the_task_whose_write_makes_them() {
+    let w = World::with_objects(ProxyVersion::Paging, 1, false);
+    let (a, b) = (w.task(), w.task());
+    let na = w.give(w.objs[0], a);
+    let direct = w.map(a, na, 0, 4 * P).unwrap();
+    for i in 0..2 {
+        w.k.write_u64(a, VmAddr(direct.0 + i * P), i + 1).unwrap();
+    }
+    let nb = w.give(w.objs[0], b);
+    let copy = w.k.vm_map(b, MapRequest::anywhere(4 * P, Some(nb)).copy(true)).unwrap();
+    assert_eq!(w.k.read_u64(b, copy), Ok(1));
+    assert_eq!((charged(&w.k, a), charged(&w.k, b)), (2, 0), "b found the page resident");
+    w.k.write_u64(a, direct, 10).unwrap();
+    assert_eq!(w.k.stats().vm.copy_pushes, 1);
+    assert_eq!((charged(&w.k, a), charged(&w.k, b)), (3, 0), "a's write pushed the old page into b's copy");
+    w.k.write_u64(b, VmAddr(copy.0 + P), 20).unwrap();
+    assert_eq!((charged(&w.k, a), charged(&w.k, b)), (3, 1), "b's write copied page 1 up");
+    assert_eq!(w.k.read_u64(b, copy), Ok(1));
+    assert_eq!(w.k.read_u64(b, VmAddr(copy.0 + P)), Ok(20));
+    assert_eq!(w.k.read_u64(a, direct), Ok(10));
+    assert_eq!(w.k.read_u64(a, VmAddr(direct.0 + P)), Ok(2));
+    assert_eq!(w.k.stats().charged, 4);
+}

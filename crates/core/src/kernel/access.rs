@@ -15,6 +15,7 @@ use super::{Kernel, TaskId};
 use crate::pmap::Access;
 use crate::sync::Arc;
 use crate::types::{KernError, Result, VmAddr, VmProt, PAGE_SIZE};
+use crate::vm::charge::Owner;
 use crate::vm::fault::{fault_locked, FaultOutcome};
 use crate::wait::{Poll, Step, WaitBy, WaitKey, WaitTicket, Waker};
 
@@ -30,8 +31,10 @@ impl Kernel {
     /// Errors: `KERN_INVALID_ADDRESS` (no entry), `KERN_PROTECTION_FAILURE`
     /// (the entry or the proxy forbids the access), `KERN_MEMORY_ERROR`
     /// (the pager failed the page or died, or the proxy was revoked),
-    /// `KERN_RESOURCE_SHORTAGE` (no free frame, and none could be reclaimed),
-    /// `KERN_INVALID_TASK`.
+    /// `KERN_RESOURCE_SHORTAGE` (no free frame, and none could be
+    /// reclaimed; or the task is at its
+    /// [`crate::TaskLimits::resident_pages`] and none of its own pages can
+    /// be reclaimed or is on its way), `KERN_INVALID_TASK`.
     pub fn vm_fault(&self, task: TaskId, va: VmAddr, access: VmProt) -> Result<()> {
         let mut pending = None;
         loop {
@@ -72,7 +75,7 @@ impl Kernel {
             self.unlock(st);
             return Err(KernError::InvalidTask);
         };
-        match fault_locked(&mut s.vm, &mut t.map, t.pmap, &s.mo.proxies, va.0, access) {
+        match fault_locked(&mut s.vm, &mut t.map, t.pmap, Owner(task.id), &s.mo.proxies, va.0, access) {
             FaultOutcome::Done => {
                 self.unlock(st);
                 Ok(Step::Ready(()))
@@ -85,6 +88,8 @@ impl Kernel {
                 let keys = [WaitKey::Object(object), WaitKey::Task(task.id)];
                 Ok(Step::Pending(self.unlock_waiting(st, &keys, by)))
             }
+            // Woken when the task's pages on their way land (or fail).
+            FaultOutcome::WaitRoom => Ok(Step::Pending(self.unlock_waiting(st, &[WaitKey::Task(task.id)], by))),
         }
     }
 

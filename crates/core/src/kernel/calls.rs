@@ -11,6 +11,7 @@ use crate::ipc::{PortName, SpaceId};
 use crate::memory_object::proxy::{MapPiece, ProxyId};
 use crate::pmap::Access;
 use crate::types::{KernError, Result, VmAddr, VmInherit, VmOffset, VmProt, PAGE_SIZE};
+use crate::vm::charge::Owner;
 use crate::vm::copy::{CopyStep, EagerCopy};
 use crate::vm::map::{nonzero_pages, MapEntry, VmMap};
 use crate::vm::object::{ObjectId, Provider, VmObject};
@@ -150,6 +151,7 @@ impl Kernel {
                 st.fork_map(p, &mut map);
             }
             st.tasks.insert(id.id, TaskState { space, map, pmap });
+            st.vm.account_open(Owner(id.id), st.config.limits.resident_pages);
             Ok(id)
         })
     }
@@ -168,6 +170,8 @@ impl Kernel {
                 }
             }
             st.vm.machine.destroy(t.pmap);
+            // What it still has charged stays resident, charged to nobody.
+            st.vm.account_close(Owner(task.id));
             st.ipc.space_destroy(t.space);
             // The task's threads blocked in a receive (even on a port set
             // with no member, where no port dies) or in a fault must wake
@@ -178,8 +182,8 @@ impl Kernel {
         })
     }
 
-    /// What a task holds, for inspection: its map entries and the pages
-    /// resident in the ranges they map.
+    /// What a task holds, for inspection: its map entries, the pages
+    /// resident in the ranges they map, and the pages charged to it.
     ///
     /// Errors: `KERN_INVALID_TASK`.
     pub fn task_info(&self, task: TaskId) -> Result<TaskInfo> {
@@ -202,7 +206,13 @@ impl Kernel {
                     Err(_) => resident += count(o, e.offset, e.len()),
                 }
             }
-            Ok(TaskInfo { entries: t.map.entry_count(), resident, charged: 0, resident_limit: usize::MAX })
+            let owner = Owner(task.id);
+            Ok(TaskInfo {
+                entries: t.map.entry_count(),
+                resident,
+                charged: st.vm.charged(owner),
+                resident_limit: st.vm.charge_limit(owner),
+            })
         })
     }
 
@@ -665,9 +675,9 @@ impl KState {
         }
     }
 
-    /// Steps the eager copies `wanted` needs (starting those not started):
-    /// `Done` once every one is complete.
-    pub(crate) fn step_copies(&mut self, wanted: &[CopySource], jobs: &mut Vec<EagerCopy>) -> CopyStep {
+    /// Steps the eager copies `wanted` needs (starting those not started,
+    /// charged to `owner`): `Done` once every one is complete.
+    pub(crate) fn step_copies(&mut self, wanted: &[CopySource], jobs: &mut Vec<EagerCopy>, owner: Option<Owner>) -> CopyStep {
         let mut outcome = CopyStep::Done;
         // A copy started for an object that no longer asks for eager
         // copies (its pager changed its strategy, or died) is dropped, half
@@ -692,7 +702,7 @@ impl KState {
                     if len / PAGE_SIZE > self.vm.machine.frame_count() as u64 {
                         return CopyStep::Error(KernError::ResourceShortage);
                     }
-                    jobs.push(self.vm.eager_copy_begin(object, offset, len));
+                    jobs.push(self.vm.eager_copy_begin(object, offset, len, owner));
                     jobs.len() - 1
                 }
             };
@@ -810,7 +820,71 @@ impl KState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::KernelConfig;
+    use crate::kernel::{KernelConfig, TaskLimits};
+
+    /// Random loads, stores, forks, unmappings, terminations and changes
+    /// of the kernel's own limit, by tasks under a resident limit of their
+    /// own: after every step, each task's charge is what its pages say
+    /// (`Vm::audit_charges`), and within its limit.
+    #[test]
+    fn charges_stay_the_pages_own_through_any_sequence_of_calls() {
+        let limits = TaskLimits { resident_pages: 6, ..TaskLimits::default() };
+        let k = Kernel::new(KernelConfig { phys_pages: 64, resident_limit: 48, limits, ..KernelConfig::default() });
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut tasks: Vec<(TaskId, VmAddr)> = Vec::new();
+        let mut refused = 0;
+        for step in 0..4000 {
+            if tasks.len() < 2 || next(50) == 0 {
+                let parent = tasks.get(next(tasks.len().max(1) as u64) as usize).copied();
+                let t = k.task_create(parent.map(|p| p.0)).unwrap();
+                let a = match parent {
+                    Some((_, a)) => a,
+                    None => k.vm_allocate(t, VmAddr(0), 16 * PAGE_SIZE, true).unwrap(),
+                };
+                tasks.push((t, a));
+            }
+            let (t, a) = tasks[next(tasks.len() as u64) as usize];
+            let at = VmAddr(a.0 + next(16) * PAGE_SIZE);
+            let r = match next(20) {
+                0..=5 => k.write_u64(t, at, step),
+                6..=15 => k.read_u64(t, at).map(|_| ()),
+                16 => k.vm_deallocate(t, at, PAGE_SIZE),
+                17 if tasks.len() > 2 => {
+                    k.task_terminate(t).unwrap();
+                    tasks.retain(|x| x.0 != t);
+                    Ok(())
+                }
+                18 => {
+                    k.set_resident_limit(8 + next(48) as usize);
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+            match r {
+                Ok(()) | Err(KernError::InvalidAddress) => {}
+                Err(KernError::ResourceShortage) => refused += 1,
+                Err(e) => panic!("step {step}: {e:?}"),
+            }
+            k.with(|st| st.vm.audit_charges());
+            for &(t, _) in &tasks {
+                let i = k.task_info(t).unwrap();
+                assert!(i.charged <= i.resident_limit, "step {step}: {i:?}");
+            }
+        }
+        assert!(refused > 0, "the limits were reached");
+        assert!(k.stats().vm.task_reclaims > 0, "and pages reclaimed for them");
+        for (t, _) in tasks {
+            k.task_terminate(t).unwrap();
+        }
+        assert_eq!(k.stats().charged, 0);
+        k.with(|st| st.vm.audit_charges());
+    }
 
     #[test]
     fn an_empty_vm_write_or_vm_copy_touches_no_page_wherever_it_points() {

@@ -336,6 +336,7 @@ impl Kernel {
             let mut s = st.stats.clone();
             s.vm = st.vm.stats.clone();
             s.resident = st.vm.resident;
+            s.charged = st.vm.charged_total();
             s.resident_limit = st.vm.resident_limit;
             s.objects = st.vm.objects.len();
             s.proxies = st.mo.proxies.proxies.len();
@@ -489,9 +490,13 @@ impl KState {
     }
 
     /// Delivers the VM's outbox and reacts to IPC events until both are
-    /// empty (each can produce the other).
+    /// empty (each can produce the other); wakes the faults that wait for
+    /// room within their task's resident limit when it may have come.
     pub fn settle(&mut self) {
         loop {
+            for owner in std::mem::take(&mut self.vm.room_events) {
+                self.waits.mark(WaitKey::Task(owner.0));
+            }
             let ops = std::mem::take(&mut self.vm.outbox);
             let events = self.ipc.drain_events();
             if ops.is_empty() && events.is_empty() {

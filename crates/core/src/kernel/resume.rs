@@ -22,6 +22,7 @@ use crate::ipc::{PortName, ReceivedMessage, UserMessage};
 use crate::pmap::Access;
 use crate::sync::Arc;
 use crate::types::{KernError, Result, VmAddr, VmProt, PAGE_SIZE};
+use crate::vm::charge::Owner;
 use crate::vm::copy::{CopyStep, EagerCopy};
 use crate::wait::{Poll, Step, ThreadWaker, WaitBy, WaitKey, WaitTicket, Waker, MAX_KEYS};
 use std::time::Instant;
@@ -384,7 +385,7 @@ impl Copies {
             let Ok(wanted) = plan(&st) else {
                 break 'made call(&mut st);
             };
-            match st.step_copies(&wanted, &mut self.jobs) {
+            match st.step_copies(&wanted, &mut self.jobs, task.map(|t| Owner(t.id))) {
                 CopyStep::Wait => {
                     // Woken by the pages being copied, or the task's map.
                     let mut keys: Vec<WaitKey> = self.jobs.iter().map(|j| WaitKey::Object(j.source)).collect();

@@ -156,7 +156,7 @@ impl MemoryObjects {
         if let Some(old) = self.default_pager.replace(port) {
             cx.ipc.release_send(old);
         }
-        cx.vm.default_pager = true;
+        cx.vm.default_pager_registered();
     }
 
     /// Reacts to what the IPC layer reports: a queued message wakes its

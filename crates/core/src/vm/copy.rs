@@ -22,6 +22,8 @@
 //! new object has in Mach), so a copy never waits for a pager that has
 //! not asked for eager copies.
 
+use super::charge::{Owner, Room};
+use super::fault::NoFrame;
 use super::object::{ObjectId, Page, Provider, VmObject};
 use super::{PagerOp, Vm};
 use crate::types::{KernError, VmProt, PAGE_SIZE};
@@ -50,6 +52,9 @@ pub struct EagerCopy {
     pub offset: u64,
     pub len: u64,
     pub dest: ObjectId,
+    /// Who the copied pages (and the source pages read for them) are
+    /// charged to: the task making the call.
+    owner: Option<Owner>,
     /// Bytes copied so far.
     done: u64,
 }
@@ -67,17 +72,21 @@ impl Vm {
             && o.copy_strategy == super::object::CopyStrategy::None
     }
 
-    /// Starts an eager copy (takes a reference on `source`).
-    pub fn eager_copy_begin(&mut self, source: ObjectId, offset: u64, len: u64) -> EagerCopy {
+    /// Starts an eager copy (takes a reference on `source`), whose pages
+    /// are charged to `owner`.
+    pub fn eager_copy_begin(&mut self, source: ObjectId, offset: u64, len: u64, owner: Option<Owner>) -> EagerCopy {
         self.object_reference(source);
         let dest = self.object_insert(VmObject::temporary(offset + len));
-        EagerCopy { source, offset, len, dest, done: 0 }
+        EagerCopy { source, offset, len, dest, owner, done: 0 }
     }
 
     /// Copies as many pages as are resident in `source`, in order; asks
     /// the pager for the first one that is not (the cluster around it)
     /// and returns [`CopyStep::Wait`]. A page the pager has read-locked
-    /// gets a `data_unlock` first.
+    /// gets a `data_unlock` first. Room for each page is made within the
+    /// owner's limit as for a fault (see `crate::vm::charge`): none to be
+    /// had is `KERN_RESOURCE_SHORTAGE`, or a wait while pages of the
+    /// owner are on their way.
     pub fn eager_copy_step(&mut self, job: &mut EagerCopy) -> CopyStep {
         while job.done < job.len {
             let off = job.offset + job.done;
@@ -86,8 +95,10 @@ impl Vm {
                 if o.pager_dead {
                     return CopyStep::Error(KernError::MemoryError);
                 }
-                super::fault::request_cluster(self, job.source, off, VmProt::READ);
-                return CopyStep::Wait;
+                return match super::fault::request_cluster(self, job.source, off, VmProt::READ, job.owner) {
+                    Room::Pages(_) | Room::Wait => CopyStep::Wait,
+                    Room::Full => CopyStep::Error(KernError::ResourceShortage),
+                };
             };
             if p.busy {
                 return CopyStep::Wait;
@@ -109,15 +120,18 @@ impl Vm {
                 return CopyStep::Wait;
             }
             let frame = p.frame.expect("resident page has a frame");
-            let copy = super::fault::pinned(self, job.source, off, |vm| vm.frame_alloc());
+            let owner = job.owner;
+            let copy = super::fault::pinned(self, job.source, off, |vm| super::fault::frame_for(vm, owner));
             let nf = match copy {
                 Ok(f) => f,
-                Err(e) => return CopyStep::Error(e),
+                Err(NoFrame::Room(Room::Wait)) => return CopyStep::Wait,
+                Err(NoFrame::Room(_)) => return CopyStep::Error(KernError::ResourceShortage),
+                Err(NoFrame::Kern(e)) => return CopyStep::Error(e),
             };
             self.machine.copy(frame, nf);
             // The copy's own version: pageout must keep it (dirty), as
             // nothing else holds it.
-            self.page_insert(job.dest, off, Page { dirty: true, ..Page::resident(nf) });
+            self.page_insert(job.dest, off, Page { dirty: true, owner, ..Page::resident(nf) });
             self.stats.eager_copies += 1;
             job.done += PAGE_SIZE;
         }

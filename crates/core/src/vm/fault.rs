@@ -31,12 +31,20 @@
 //!    first; pager locks send a `data_unlock` and wait (a dead pager:
 //!    `KERN_MEMORY_ERROR`).
 //! 5. Enter the translation with the narrowed protection.
+//!
+//! Every page the walk makes resident (a zero fill, a cluster asked of a
+//! pager, a copy up, a push into a copy object) is charged to the faulting
+//! task, and room for it is made first from the task's own pages
+//! ([`Vm::make_room`], see [`super::charge`]): none to be had is
+//! `KERN_RESOURCE_SHORTAGE`, or [`FaultOutcome::WaitRoom`] while some of
+//! its pages are still on their way from pagers.
 
+use super::charge::{Owner, Room};
 use super::map::VmMap;
 use super::object::{ObjectId, Page, Provider, VmObject};
 use super::{PagerOp, ViewResolver, Vm};
 use crate::pmap::{Frame, PmapId};
-use crate::types::{KernError, Result, VmAddr, VmProt, PAGE_SIZE};
+use crate::types::{KernError, VmAddr, VmProt, PAGE_SIZE};
 
 /// What a fault came to.
 #[must_use]
@@ -48,6 +56,10 @@ pub enum FaultOutcome {
     /// object (or its pager's `ready`, or an unlock): drop the lock, wait
     /// for an event on the object, and fault again.
     Wait(ObjectId),
+    /// The task is at its resident limit and has nothing to reclaim but
+    /// pages on their way from pagers: drop the lock, wait for an event
+    /// on the task, and fault again.
+    WaitRoom,
     /// The access cannot succeed.
     Error(KernError),
 }
@@ -58,25 +70,40 @@ impl From<KernError> for FaultOutcome {
     }
 }
 
+impl From<Room> for FaultOutcome {
+    /// What a fault does when it finds no room ([`Room::Pages`] is no
+    /// outcome: the fault goes on).
+    fn from(r: Room) -> Self {
+        match r {
+            Room::Pages(_) => unreachable!("room was found"),
+            Room::Wait => FaultOutcome::WaitRoom,
+            Room::Full => FaultOutcome::Error(KernError::ResourceShortage),
+        }
+    }
+}
+
 macro_rules! tri {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(e) => return FaultOutcome::Error(e),
+            Err(e) => return FaultOutcome::from(e),
         }
     };
 }
 
 /// Handles a fault on `va` for `access` in `map` (whose MMU tables are
-/// `pmap`). Caller holds the kernel lock; see the module comment.
+/// `pmap`) by the task `owner`, who is charged for the pages it makes
+/// resident. Caller holds the kernel lock; see the module comment.
 pub fn fault_locked(
     vm: &mut Vm,
     map: &mut VmMap,
     pmap: PmapId,
+    owner: Owner,
     views: &dyn ViewResolver,
     va: u64,
     access: VmProt,
 ) -> FaultOutcome {
+    let owner = Some(owner);
     vm.stats.faults += 1;
     let page_va = va & !(PAGE_SIZE - 1);
 
@@ -143,7 +170,9 @@ pub fn fault_locked(
                 return FaultOutcome::Error(KernError::MemoryError);
             }
             if o.ready {
-                request_cluster(vm, cur, cur_off, access);
+                if let r @ (Room::Wait | Room::Full) = request_cluster(vm, cur, cur_off, access, owner) {
+                    return r.into();
+                }
             }
             return FaultOutcome::Wait(cur);
         }
@@ -151,7 +180,10 @@ pub fn fault_locked(
             (cur, cur_off) = (s, cur_off + soff);
             continue;
         }
-        let f = tri!(vm.page_zero_fill(first, first_off));
+        if let r @ (Room::Wait | Room::Full) = vm.make_room(owner, 1) {
+            return r.into();
+        }
+        let f = tri!(vm.page_zero_fill(first, first_off, owner));
         if vm.object(first).shadow.is_some() {
             // This zero page is the object's own version, hiding whatever
             // the object below may hold later (a copy object's snapshot):
@@ -193,20 +225,20 @@ pub fn fault_locked(
     }
     if copy_lacks(vm, first, first_off) {
         if wants_write {
-            tri!(pinned(vm, pobj, poff, |vm| push_to_copy(vm, first, first_off, frame)));
+            tri!(pinned(vm, pobj, poff, |vm| push_to_copy(vm, first, first_off, frame, owner)));
         } else {
             prot.remove(VmProt::WRITE);
         }
     }
     if pobj != first {
         if wants_write {
-            let nf = tri!(pinned(vm, pobj, poff, |vm| vm.frame_alloc()));
+            let nf = tri!(pinned(vm, pobj, poff, |vm| frame_for(vm, owner)));
             vm.machine.copy(frame, nf);
             // Other mappings of `first` (sharers of a shadow) may map the
             // page below: they cannot be told from mappings that want it,
             // so every translation of it goes, as in Mach.
             vm.machine.page_protect(frame, VmProt::NONE);
-            vm.page_insert(first, first_off, Page { dirty: true, ..Page::resident(nf) });
+            vm.page_insert(first, first_off, Page { dirty: true, owner, ..Page::resident(nf) });
             vm.stats.cow_copies += 1;
             frame = nf;
         } else {
@@ -235,18 +267,51 @@ fn copy_lacks(vm: &Vm, object: ObjectId, offset: u64) -> bool {
     !c.pages.contains_key(&offset) && !c.paged_out.contains(&offset)
 }
 
+/// Why a frame could not be had for a page charged to a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum NoFrame {
+    /// No room within the task's limit ([`Room::Wait`] or [`Room::Full`]).
+    Room(Room),
+    /// No free frame.
+    Kern(KernError),
+}
+
+impl From<NoFrame> for FaultOutcome {
+    fn from(e: NoFrame) -> Self {
+        match e {
+            NoFrame::Room(r) => r.into(),
+            NoFrame::Kern(e) => FaultOutcome::Error(e),
+        }
+    }
+}
+
+/// A frame for a page charged to `owner`, room made for it first.
+pub(super) fn frame_for(vm: &mut Vm, owner: Option<Owner>) -> std::result::Result<Frame, NoFrame> {
+    match vm.make_room(owner, 1) {
+        Room::Pages(_) => vm.frame_alloc().map_err(NoFrame::Kern),
+        r => Err(NoFrame::Room(r)),
+    }
+}
+
 /// Pushes the current contents of `object`'s page at `offset` (in `frame`)
-/// into its copy object, before the page changes.
+/// into its copy object, before the page changes; the push is charged to
+/// `owner`, whose write makes it.
 ///
 /// Mappings of the copy that read the page before the push still map
 /// `frame`; every translation of it goes (as in Mach), so they fault again
 /// and find the pushed page instead of seeing the coming write.
-fn push_to_copy(vm: &mut Vm, object: ObjectId, offset: u64, frame: Frame) -> Result<()> {
+fn push_to_copy(
+    vm: &mut Vm,
+    object: ObjectId,
+    offset: u64,
+    frame: Frame,
+    owner: Option<Owner>,
+) -> std::result::Result<(), NoFrame> {
     let c = vm.object(object).copy.expect("caller checked");
-    let nf = vm.frame_alloc()?;
+    let nf = frame_for(vm, owner)?;
     vm.machine.copy(frame, nf);
     vm.machine.page_protect(frame, VmProt::NONE);
-    vm.page_insert(c, offset, Page { dirty: true, ..Page::resident(nf) });
+    vm.page_insert(c, offset, Page { dirty: true, owner, ..Page::resident(nf) });
     vm.stats.copy_pushes += 1;
     Ok(())
 }
@@ -263,8 +328,17 @@ pub(super) fn pinned<T>(vm: &mut Vm, object: ObjectId, offset: u64, f: impl FnOn
 }
 
 /// Asks the pager of `object` for the cluster of absent pages around
-/// `offset`: placeholders go in, one `data_request` goes out.
-pub(super) fn request_cluster(vm: &mut Vm, object: ObjectId, offset: u64, access: VmProt) {
+/// `offset`, for `owner`: placeholders charged to it go in (as many as
+/// its limit has room for, the page at `offset` first), one
+/// `data_request` goes out. Without room, nothing is asked (the
+/// [`Room`] says why); otherwise [`Room::Pages`] says how many were.
+pub(super) fn request_cluster(
+    vm: &mut Vm,
+    object: ObjectId,
+    offset: u64,
+    access: VmProt,
+    owner: Option<Owner>,
+) -> Room {
     let o = vm.object(object);
     let cluster = u64::from(o.cluster_pages.max(1)) * PAGE_SIZE;
     let base = offset - offset % cluster;
@@ -278,10 +352,17 @@ pub(super) fn request_cluster(vm: &mut Vm, object: ObjectId, offset: u64, access
     while end < limit && wanted(o, end) {
         end += PAGE_SIZE;
     }
-    let o = vm.object_mut(object);
+    // Reclaiming only takes pages away: the range is still absent after.
+    let room = vm.make_room(owner, ((end - start) / PAGE_SIZE) as usize);
+    let Room::Pages(n) = room else { return room };
+    if (n as u64) < (end - start) / PAGE_SIZE {
+        start = offset;
+        end = end.min(offset + n as u64 * PAGE_SIZE);
+    }
     for off in (start..end).step_by(PAGE_SIZE as usize) {
-        o.pages.insert(off, Page::requested());
+        vm.page_insert(object, off, Page::requested().owned_by(owner));
     }
     vm.stats.pages_requested += (end - start) / PAGE_SIZE;
     vm.outbox.push(PagerOp::DataRequest { object, offset: start, length: end - start, access });
+    Room::Pages(((end - start) / PAGE_SIZE) as usize)
 }

@@ -7,6 +7,7 @@
 //! waits). Paging proxies reach the VM only through the [`ViewResolver`]
 //! trait, so the fault path is the same whoever provides the page.
 
+pub mod charge;
 pub mod copy;
 pub mod fault;
 pub mod map;
@@ -16,6 +17,7 @@ pub mod paging;
 
 use crate::pmap::{Frame, Machine, PmapId};
 use crate::types::{KernError, Result, VmProt, PAGE_SIZE};
+use charge::{Account, Owner};
 use object::{ObjectId, Page, Provider, VmObject};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -93,6 +95,11 @@ pub struct Vm {
     /// recently released first (entries may be stale: re-referenced since,
     /// or gone; they are dropped whenever an object is added).
     cached: VecDeque<ObjectId>,
+    /// What each task is charged (see [`charge`]).
+    accounts: HashMap<Owner, Account>,
+    /// Owners with a fault waiting for room whose charge changed since:
+    /// the kernel wakes their faults (see [`charge`]).
+    pub room_events: Vec<Owner>,
 }
 
 /// How many unreferenced cacheable objects the kernel keeps; past this the
@@ -125,6 +132,8 @@ impl Vm {
             machine,
             default_pager: false,
             cached: VecDeque::new(),
+            accounts: HashMap::new(),
+            room_events: Vec::new(),
         }
     }
 
@@ -249,26 +258,35 @@ impl Vm {
         });
     }
 
-    /// Installs `page` at `offset` of `object`; a resident one becomes a
-    /// pageout candidate.
-    pub fn page_insert(&mut self, object: ObjectId, offset: u64, page: Page) {
-        let resident = page.frame.is_some();
+    /// Installs `page` at `offset` of `object` (in place of a placeholder,
+    /// if any): a resident one becomes a pageout candidate, and is charged
+    /// to its owner (a placeholder counts as in transit for it; an owner
+    /// with no account is no owner).
+    pub fn page_insert(&mut self, object: ObjectId, offset: u64, mut page: Page) {
+        page.owner = page.owner.filter(|o| self.accounts.contains_key(o));
+        let (resident, owner) = (page.frame.is_some(), page.owner);
         let o = self.object_mut(object);
         let old = o.pages.insert(offset, page);
-        o.resident = o.resident + usize::from(resident) - usize::from(old.is_some_and(|p| p.frame.is_some()));
+        o.resident = o.resident + usize::from(resident) - usize::from(old.as_ref().is_some_and(|p| p.frame.is_some()));
+        if let Some(old) = old {
+            self.uncharge(old.owner, old.frame.is_some());
+        }
         if resident {
             self.queue.push_back((object, offset));
             if self.queue.len() > 4 * (self.resident + 64) {
                 self.queue_compact();
             }
         }
+        if let Some(owner) = owner {
+            self.charge(object, offset, owner, resident);
+        }
     }
 
-    /// A new zero-filled resident page.
-    pub fn page_zero_fill(&mut self, object: ObjectId, offset: u64) -> Result<Frame> {
+    /// A new zero-filled resident page, charged to `owner`.
+    pub fn page_zero_fill(&mut self, object: ObjectId, offset: u64, owner: Option<Owner>) -> Result<Frame> {
         let f = self.frame_alloc()?;
         self.machine.zero(f);
-        self.page_insert(object, offset, Page::resident(f));
+        self.page_insert(object, offset, Page::resident(f).owned_by(owner));
         self.stats.zero_fills += 1;
         Ok(f)
     }
@@ -285,13 +303,15 @@ impl Vm {
         page.dirty || page.frame.is_some_and(|f| self.machine.is_modified(f))
     }
 
-    /// Removes a page from its object and frees its frame. If `give_back`
-    /// and the page is dirty or precious, its data goes to the pager first
-    /// (`data_return`): no data is ever dropped.
+    /// Removes a page (or a placeholder) from its object, frees its frame
+    /// and its charge. If `give_back` and the page is dirty or precious,
+    /// its data goes to the pager first (`data_return`): no data is ever
+    /// dropped.
     pub fn page_evict(&mut self, object: ObjectId, offset: u64, give_back: bool) {
         let Some(page) = self.object_mut(object).pages.remove(&offset) else {
             return;
         };
+        self.uncharge(page.owner, page.frame.is_some());
         let Some(frame) = page.frame else { return };
         self.object_mut(object).resident -= 1;
         self.machine.page_protect(frame, VmProt::NONE);

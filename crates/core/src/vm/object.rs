@@ -26,6 +26,7 @@
 //!  error    --lock_request(flush)--> (none)  [the next fault asks again]
 //! ```
 
+use super::charge::Owner;
 use crate::pmap::Frame;
 use crate::types::VmProt;
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,6 +66,9 @@ pub struct Page {
     pub lock: VmProt,
     /// Accesses a `data_unlock` has already been sent for.
     pub unlock_pending: VmProt,
+    /// The task this page (or placeholder) is charged to (see
+    /// [`super::charge`]); `None`: nobody.
+    pub owner: Option<Owner>,
 }
 
 impl Page {

@@ -4,6 +4,7 @@
 //! it did not ask for are accepted only where nothing is resident, and a
 //! page already resident is never overwritten by a supply.
 
+use super::charge::placeholder_owner;
 use super::object::{ObjectId, Page};
 use super::Vm;
 use crate::types::{KernError, Result, VmProt, PAGE_SIZE};
@@ -28,6 +29,8 @@ impl Vm {
                 return Ok(false);
             }
         }
+        // Room for it was made when it was asked for (see `super::charge`).
+        let owner = placeholder_owner(self, object, offset);
         let frame = match self.frame_alloc() {
             Ok(f) => f,
             Err(e) => {
@@ -36,7 +39,7 @@ impl Vm {
             }
         };
         self.machine.write(frame, 0, data);
-        self.page_insert(object, offset, Page { lock, precious, ..Page::resident(frame) });
+        self.page_insert(object, offset, Page { lock, precious, owner, ..Page::resident(frame) });
         Ok(true)
     }
 
@@ -46,7 +49,8 @@ impl Vm {
         if o.pages.get(&offset).is_some_and(|p| p.frame.is_some()) {
             return Ok(false);
         }
-        if let Err(e) = self.page_zero_fill(object, offset) {
+        let owner = placeholder_owner(self, object, offset);
+        if let Err(e) = self.page_zero_fill(object, offset, owner) {
             self.fail_placeholder(object, offset);
             return Err(e);
         }
@@ -58,17 +62,22 @@ impl Vm {
         self.fail_placeholder(object, offset);
     }
 
+    /// The page at `offset` fails (its charge, if it was asked for a
+    /// task, goes).
     fn fail_placeholder(&mut self, object: ObjectId, offset: u64) {
-        if let Some(o) = self.objects.get_mut(&object) {
-            match o.pages.get_mut(&offset) {
-                Some(p) if p.frame.is_none() => {
-                    p.busy = false;
-                    p.error = true;
-                }
-                Some(_) => {}
-                None => {
-                    o.pages.insert(offset, Page { error: true, ..Page::default() });
-                }
+        let Some(o) = self.objects.get_mut(&object) else {
+            return;
+        };
+        match o.pages.get_mut(&offset) {
+            Some(p) if p.frame.is_none() => {
+                p.busy = false;
+                p.error = true;
+                let owner = p.owner.take();
+                self.uncharge(owner, false);
+            }
+            Some(_) => {}
+            None => {
+                o.pages.insert(offset, Page { error: true, ..Page::default() });
             }
         }
     }
@@ -151,13 +160,19 @@ impl Vm {
         };
         o.pager_dead = true;
         o.ready = true;
+        let mut failed = Vec::new();
         for p in o.pages.values_mut() {
             if p.frame.is_none() {
                 p.busy = false;
                 p.error = true;
+                failed.push(p.owner.take());
             }
         }
-        if o.refs == 0 {
+        let unreferenced = o.refs == 0;
+        for owner in failed {
+            self.uncharge(owner, false);
+        }
+        if unreferenced {
             // Cached objects are external: they shadow nothing.
             let _ = self.object_terminate(object);
         }
