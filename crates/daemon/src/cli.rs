@@ -54,6 +54,11 @@ pub struct DaemonArgs {
     /// (1 to 256).
     #[arg(long, default_value_t = machvm_core::KernelConfig::default().cluster_pages)]
     pub cluster_pages: u32,
+    /// Resident pages charged to each connection's task (those its faults
+    /// brought in): past it the task pages out its own, least recently
+    /// used first (default: no limit; at least 2).
+    #[arg(long, value_name = "PAGES")]
+    pub max_resident: Option<usize>,
 }
 
 /// The proxy versions, as `--proxy-version` names them.
@@ -96,7 +101,7 @@ pub fn run(args: DaemonArgs) -> ExitCode {
             port_names: args.max_ports,
             map_entries: args.max_entries,
             proxies: args.max_proxies,
-            ..machvm_core::TaskLimits::default()
+            resident_pages: args.max_resident.unwrap_or(machvm_core::TaskLimits::default().resident_pages),
         },
         loops: args.loops,
         proxy_version: args.proxy_version.into(),
