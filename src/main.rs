@@ -84,7 +84,8 @@ enum Command {
         #[command(subcommand)]
         kind: remote::ClientKind,
     },
-    /// The daemon's tasks: pid, uid, map entries, resident pages.
+    /// The daemon's tasks: pid, uid, map entries, resident pages, the
+    /// pages charged to each and its limit.
     Ps {
         /// Machine-readable output.
         #[arg(long)]

@@ -8,8 +8,11 @@ use machvm_client::{socket_path, Connection};
 use machvm_pagers::{serve, Backing, FileBacking, MemBacking, PagerConn, PagerStats, SwapBacking};
 use machvm_protocol::emmi::CopyStrategy;
 use machvm_protocol::ipc::PortName;
-use machvm_protocol::wire::{EntryRow, InspectWhat, ObjectKind, ObjectRow, ProxyRow, ProxyVersion, Reply, Role};
+use machvm_protocol::wire::{
+    ChargeRow, EntryRow, InspectWhat, ObjectKind, ObjectRow, ProxyRow, ProxyVersion, Reply, Role,
+};
 use machvm_protocol::{VmInherit, VmProt};
+use std::collections::HashMap;
 use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -143,29 +146,51 @@ pub fn pager(socket: Option<&Path>, kind: PagerKind) -> Result<bool, Box<dyn Err
     Ok(true)
 }
 
-/// `machvm ps`: the daemon's tasks.
+/// `machvm ps`: the daemon's tasks, with the resident pages charged to
+/// each and its limit (left out, shown `-`, by a daemon that predates
+/// them: it refuses the question and closes the connection).
 pub fn ps(socket: Option<&Path>, json: bool) -> Result<bool, Box<dyn Error>> {
     let conn = Connection::connect(&socket_path(socket), Role::Task { child_token: None }, "machvm ps")?;
     let Reply::Tasks(rows) = conn.inspect(InspectWhat::Tasks)? else {
         return Err("unexpected reply".into());
     };
+    let charges: HashMap<u32, ChargeRow> = match conn.inspect(InspectWhat::Charges) {
+        Ok(Reply::Charges(c)) => c.into_iter().map(|c| (c.task, c)).collect(),
+        _ => HashMap::new(),
+    };
     if json {
         let v: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {
+                let c = charges.get(&r.task);
                 serde_json::json!({
                     "task": r.task, "pid": r.pid, "uid": r.uid, "name": r.name,
                     "entries": r.entries, "resident": r.resident,
+                    "charged": c.map(|c| c.charged), "resident_limit": c.and_then(|c| c.limit),
                 })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(true);
     }
-    println!("{:>6} {:>8} {:>6} {:>8} {:>9}  NAME", "TASK", "PID", "UID", "ENTRIES", "RESIDENT");
+    println!(
+        "{:>6} {:>8} {:>6} {:>8} {:>9} {:>8} {:>8}  NAME",
+        "TASK", "PID", "UID", "ENTRIES", "RESIDENT", "CHARGED", "LIMIT"
+    );
     for r in rows {
-        let opt = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
-        println!("{:>6} {:>8} {:>6} {:>8} {:>9}  {}", r.task, opt(r.pid), opt(r.uid), r.entries, r.resident, r.name);
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let c = charges.get(&r.task);
+        println!(
+            "{:>6} {:>8} {:>6} {:>8} {:>9} {:>8} {:>8}  {}",
+            r.task,
+            opt(r.pid.map(u64::from)),
+            opt(r.uid.map(u64::from)),
+            r.entries,
+            r.resident,
+            opt(c.map(|c| c.charged)),
+            opt(c.and_then(|c| c.limit)),
+            r.name
+        );
     }
     Ok(true)
 }

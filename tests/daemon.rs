@@ -4,12 +4,13 @@
 //! socket; every process is killed when its guard drops.
 
 mod common;
-use common::daemon::{client, daemon, machvmd, pager, wait_until, Dir, Proc};
+use common::daemon::{client, daemon, machvmd, pager, stat, wait_until, Dir, Proc};
 use machvm_client::{map_anywhere, ClientError, Connection};
 use machvm_protocol::frame::{read_frame, write_frame};
 use machvm_protocol::ipc::Disposition;
 use machvm_protocol::wire::{Call, InspectWhat, Reply, Request, Response, Role, PROTOCOL_VERSION};
 use machvm_protocol::{KernError, VmAddr, VmProt, PAGE_SIZE};
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
@@ -309,6 +310,73 @@ fn a_client_over_its_limits_gets_resource_shortage_and_the_others_carry_on() {
     let a = other.vm_allocate(VmAddr(0), P, true).unwrap();
     other.store(a, b"fine").unwrap();
     assert!(other.port_allocate().is_ok());
+}
+
+/// What each task is charged, by the name in its hello: `(charged pages,
+/// limit)`.
+fn charges(c: &Connection) -> HashMap<String, (u64, Option<u64>)> {
+    let names: HashMap<u32, String> = tasks(c).into_iter().map(|t| (t.0, t.2)).collect();
+    match c.inspect(InspectWhat::Charges).unwrap() {
+        Reply::Charges(rows) => {
+            rows.into_iter().filter_map(|r| Some((names.get(&r.task)?.clone(), (r.charged, r.limit)))).collect()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A client past its resident limit (`--max-resident`) pages out its own
+/// memory, and keeps every byte; with nowhere to page it (no swap file),
+/// it gets `KERN_RESOURCE_SHORTAGE`. Either way the others carry on, and
+/// their pages are never taken for it.
+#[test]
+fn a_client_over_its_resident_limit_is_held_to_it_and_the_others_carry_on() {
+    for swap in [false, true] {
+        let dir = Dir::new("daemon-resident");
+        let swapfile = dir.0.join("swap").to_str().unwrap().to_string();
+        let mut args = vec!["--max-resident", "8"];
+        if swap {
+            args.extend(["--swap", swapfile.as_str()]);
+        }
+        let _d = daemon(&dir.socket(), &args);
+        let quiet = client(&dir.socket(), "quiet");
+        let q = quiet.vm_allocate(VmAddr(0), 6 * P, true).unwrap();
+        for i in 0..6 {
+            quiet.store(VmAddr(q.0 + i * P), &(i + 1).to_le_bytes()).unwrap();
+        }
+        let greedy = client(&dir.socket(), "greedy");
+        let pages = 64;
+        let g = greedy.vm_allocate(VmAddr(0), pages * P, true).unwrap();
+        let mut stored = 0;
+        for i in 0..pages {
+            match greedy.store(VmAddr(g.0 + i * P), &(i + 1000).to_le_bytes()) {
+                Ok(()) => stored += 1,
+                Err(e) => {
+                    assert_eq!((swap, e.kern()), (false, KernError::ResourceShortage), "page {i}");
+                    break;
+                }
+            }
+            assert!(charges(&quiet)["greedy"].0 <= 8, "swap {swap}, page {i}");
+        }
+        assert_eq!(stored, if swap { pages } else { 8 }, "swap {swap}");
+        for i in 0..stored {
+            assert_eq!(greedy.load(VmAddr(g.0 + i * P), 8).unwrap(), (i + 1000).to_le_bytes(), "page {i}");
+        }
+        let c = charges(&quiet);
+        assert_eq!((c["quiet"], c["greedy"].1), ((6, Some(8)), Some(8)), "swap {swap}: {c:?}");
+        assert!(c["greedy"].0 <= 8);
+        assert_eq!(stat(&quiet, "task_reclaims") > 0, swap);
+        // The others carry on: the quiet client's pages are all there,
+        // and a newcomer gets its own limit's worth.
+        for i in 0..6 {
+            assert_eq!(quiet.load(VmAddr(q.0 + i * P), 8).unwrap(), (i + 1).to_le_bytes());
+        }
+        let other = client(&dir.socket(), "other");
+        let o = other.vm_allocate(VmAddr(0), 8 * P, true).unwrap();
+        for i in 0..8 {
+            other.store(VmAddr(o.0 + i * P), b"fine").unwrap();
+        }
+        assert_eq!(charges(&quiet)["other"].0, 8);
+    }
 }
 
 /// A task process killed mid-call (waiting in a receive) is a task that

@@ -646,11 +646,12 @@ fn gen_call(r: &mut Rng, st: &State, v: u64) -> Call {
         },
         29 => Call::NameRegister { name: text(r), object: name(r, st) },
         30 => Call::NameLookup { name: if r.coin() { "zero".into() } else { text(r) } },
-        _ => Call::Inspect(match r.below(5) {
+        _ => Call::Inspect(match r.below(6) {
             0 => InspectWhat::Tasks,
             1 => InspectWhat::Stats,
             2 => InspectWhat::Objects,
             3 => InspectWhat::Proxies,
+            4 => InspectWhat::Charges,
             _ => InspectWhat::VmMap { task: r.u32() },
         }),
     }
@@ -774,6 +775,7 @@ fn fits(call: &Call, reply: &Reply) -> Result<(), String> {
         (Call::Inspect(InspectWhat::VmMap { .. }), Reply::VmMap(_)) => true,
         (Call::Inspect(InspectWhat::Objects), Reply::Objects(_)) => true,
         (Call::Inspect(InspectWhat::Proxies), Reply::Proxies(_)) => true,
+        (Call::Inspect(InspectWhat::Charges), Reply::Charges(_)) => true,
         _ => false,
     };
     if ok {

@@ -1,4 +1,4 @@
-//! Inspecting a live `machvmd`: `vmmap`, `objects` and `proxies`, through
+//! Inspecting a live `machvmd`: `ps`, `vmmap`, `objects` and `proxies`, through
 //! the wire and through the `machvm` commands (their tables and their
 //! `--json`). The daemon, the pager and the commands are processes; the
 //! clients are connections of the test process. Every process is killed
@@ -300,4 +300,36 @@ fn proxies_show_their_windows_and_their_revocation() {
     let table = run_cli(&dir.socket(), &["proxies"]);
     let line = table.lines().find(|l| l.trim_start().starts_with(&format!("{id} "))).unwrap();
     assert!(line.contains(" yes "), "{table}");
+}
+
+/// `machvm ps` shows, beside each task's resident pages, the pages charged
+/// to it (those its faults brought in) and its limit (`--max-resident`).
+#[test]
+fn ps_shows_the_pages_charged_to_each_task_and_its_limit() {
+    let dir = Dir::new("inspect-ps");
+    let _d = daemon(&dir.socket(), &["--max-resident", "16"]);
+    let c = client(&dir.socket(), "charged");
+    let a = c.vm_allocate(VmAddr(0), 4 * P, true).unwrap();
+    for i in 0..3 {
+        c.store(VmAddr(a.0 + i * P), b"x").unwrap();
+    }
+    let me = tasks(&c).into_iter().find(|t| t.name == "charged").unwrap().task;
+    match c.inspect(InspectWhat::Charges).unwrap() {
+        Reply::Charges(rows) => {
+            let row = rows.iter().find(|r| r.task == me).expect("a row for every task");
+            assert_eq!((row.charged, row.limit), (3, Some(16)));
+        }
+        other => panic!("{other:?}"),
+    }
+    let v = json(&dir.socket(), &["ps", "--json"]);
+    let row = v.iter().find(|r| r["name"] == "charged").unwrap();
+    assert_eq!(
+        (row["resident"].as_u64(), row["charged"].as_u64(), row["resident_limit"].as_u64()),
+        (Some(3), Some(3), Some(16))
+    );
+    let table = run_cli(&dir.socket(), &["ps"]);
+    let lines = check_aligned(&table, &[">TASK", ">RESIDENT", ">CHARGED", ">LIMIT", "NAME"]);
+    let line = lines.iter().find(|l| l.ends_with("  charged")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[4..7], ["3", "3", "16"], "{line}");
 }

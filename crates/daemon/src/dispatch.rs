@@ -15,8 +15,8 @@ use machvm_core::{
 };
 use machvm_protocol::frame::{encode_frame, FrameError};
 use machvm_protocol::wire::{
-    self, Call, EntryRow, InspectWhat, MessageWire, NameInfoWire, ObjectRow, PagerState, ProxyInfoWire, ProxyRow,
-    RegionWire, Reply, Response, TaskRow, WindowWire,
+    self, Call, ChargeRow, EntryRow, InspectWhat, MessageWire, NameInfoWire, ObjectRow, PagerState, ProxyInfoWire,
+    ProxyRow, RegionWire, Reply, Response, TaskRow, WindowWire,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -342,6 +342,8 @@ fn inspect(sh: &Shared, what: InspectWhat) -> Result<Reply> {
                 ("pages_returned".into(), s.vm.pages_returned),
                 ("resident".into(), s.resident as u64),
                 ("resident_limit".into(), s.resident_limit as u64),
+                ("charged".into(), s.charged as u64),
+                ("task_reclaims".into(), s.vm.task_reclaims),
                 ("objects".into(), s.objects as u64),
                 ("proxies".into(), s.proxies as u64),
                 ("connections".into(), sh.connections().len() as u64),
@@ -362,6 +364,19 @@ fn inspect(sh: &Shared, what: InspectWhat) -> Result<Reply> {
             fits(Reply::Objects(rows))
         }
         InspectWhat::Proxies => fits(Reply::Proxies(sh.kernel.proxies_info().into_iter().map(proxy_row).collect())),
+        InspectWhat::Charges => {
+            let rows = sh
+                .connections()
+                .into_iter()
+                .filter_map(|c| {
+                    // A task that ended since the listing is left out.
+                    let i = sh.kernel.task_info(c.task).ok()?;
+                    let limit = (i.resident_limit != usize::MAX).then_some(i.resident_limit as u64);
+                    Some(ChargeRow { task: c.task.number(), charged: i.charged as u64, limit })
+                })
+                .collect();
+            fits(Reply::Charges(rows))
+        }
     }
 }
 

@@ -39,6 +39,14 @@
 //! than misunderstood; a hello with a role this daemon does not know does
 //! not decode, and is a protocol error.
 //!
+//! Within one version, a request may gain variants at the end of its enum,
+//! each answered by a reply variant at the end of [`Reply`]
+//! ([`InspectWhat::Charges`] was added so): every message of before
+//! encodes as it did, so a client that does not know the new variants is
+//! understood as before, and a daemon that does not know them cannot decode
+//! the request and closes that connection with a protocol error, which a
+//! client asking for something new must be ready for.
+//!
 //! Decoding is total (any byte string is a message or an error), but a
 //! decoded message can still claim too much: [`Request::check`] bounds
 //! what postcard cannot (see [`MAX_DATA`], [`MAX_RIGHTS`],
@@ -476,6 +484,9 @@ pub enum InspectWhat {
     Proxies,
     /// The kernel's counters → [`Reply::Stats`].
     Stats,
+    /// The resident pages charged to each task, and its limit →
+    /// [`Reply::Charges`] (added within version 1, see the module comment).
+    Charges,
 }
 
 /// A successful call's answer.
@@ -516,6 +527,8 @@ pub enum Reply {
     Proxies(Vec<ProxyRow>),
     /// Introspection: counters by name.
     Stats(Vec<(String, u64)>),
+    /// Introspection: what each task is charged.
+    Charges(Vec<ChargeRow>),
 }
 
 /// What `vm_region` reports.
@@ -616,6 +629,19 @@ pub struct TaskRow {
     pub entries: u64,
     /// Pages resident in its address space.
     pub resident: u64,
+}
+
+/// Introspection: the resident pages charged to one task
+/// (`machvm_core::TaskLimits::resident_pages`: a page is charged to the
+/// task whose fault made it resident, until it leaves memory).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ChargeRow {
+    /// The task's number (as in [`TaskRow::task`]).
+    pub task: u32,
+    /// Resident pages charged to it.
+    pub charged: u64,
+    /// The most it may have charged; `None`: no limit.
+    pub limit: Option<u64>,
 }
 
 /// Introspection: one map entry.
@@ -961,6 +987,29 @@ mod tests {
         }
         assert_eq!(as_bytes, postcard::to_stdvec(&Plain::Data(data)).unwrap());
         assert_eq!(as_bytes, [5, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn charges_came_last_so_every_older_message_encodes_as_before() {
+        // Variant indices are what postcard puts on the wire.
+        let bytes = |c: &Call| postcard::to_stdvec(c).unwrap();
+        assert_eq!(bytes(&Call::Inspect(InspectWhat::Stats))[1..], [4]);
+        assert_eq!(bytes(&Call::Inspect(InspectWhat::Charges))[1..], [5]);
+        assert_eq!(postcard::to_stdvec(&Reply::Stats(Vec::new())).unwrap(), [14, 0]);
+        let row = ChargeRow { task: 3, charged: 8, limit: Some(8) };
+        assert_eq!(postcard::to_stdvec(&Reply::Charges(vec![row])).unwrap(), [15, 1, 3, 8, 1, 8]);
+        // A daemon that knows no `Charges` cannot decode the request: its
+        // own enum ends at `Stats`.
+        #[derive(Deserialize, Debug)]
+        enum Older {
+            _Tasks,
+            _VmMap { _task: u32 },
+            _Objects,
+            _Proxies,
+            _Stats,
+        }
+        assert!(postcard::from_bytes::<Older>(&[4]).is_ok());
+        assert!(postcard::from_bytes::<Older>(&[5]).is_err());
     }
 
     #[test]

@@ -132,6 +132,7 @@ fn inspect_what() -> impl Strategy<Value = InspectWhat> {
         Just(InspectWhat::Objects),
         Just(InspectWhat::Proxies),
         Just(InspectWhat::Stats),
+        Just(InspectWhat::Charges),
     ]
 }
 
@@ -327,6 +328,9 @@ fn reply() -> impl Strategy<Value = Reply> {
         vec(object, 0..3).prop_map(Reply::Objects),
         vec(proxy, 0..3).prop_map(Reply::Proxies),
         counters().prop_map(Reply::Stats),
+        vec((any::<u32>(), u(), option::of(u())), 0..3).prop_map(|rows| Reply::Charges(
+            rows.into_iter().map(|(task, charged, limit)| ChargeRow { task, charged, limit }).collect()
+        )),
     ]
 }
 
