@@ -2,8 +2,10 @@
 //! proportion to what it touches, not to everything else the task or the
 //! page has. Each rule is checked at two sizes, n and 8n, by counting the
 //! work the software MMU does (`SoftMachine::pte_visits`: page-table slots
-//! examined; `SoftMachine::pv_visits`: reverse-map entries examined) rather
-//! than by timing, so a noisy machine cannot fail or pass them.
+//! examined; `SoftMachine::pv_visits`: reverse-map entries examined), and
+//! the candidates a task's own reclaim looks at under its resident limit
+//! (`VmStats::task_reclaim_visits`), rather than by timing, so a noisy
+//! machine cannot fail or pass them.
 
 mod common;
 

@@ -118,9 +118,15 @@ pub(crate) type CopySource = (ObjectId, u64, u64);
 impl Kernel {
     /// `task_create(parent, inherit_memory)`: a new task. With a parent,
     /// each of the parent's entries is shared, copied (copy-on-write) or
-    /// left out, as its inheritance says.
+    /// left out, as its inheritance says. The new task's pages are charged
+    /// to it from its first fault on ([`crate::TaskLimits::resident_pages`]);
+    /// the eager copies a fork makes (`MEMORY_OBJECT_COPY_NONE`) are the
+    /// parent's call, and charged to the parent.
     ///
-    /// Errors: `KERN_INVALID_TASK` (no such parent).
+    /// Errors: `KERN_INVALID_TASK` (no such parent); for a fork that makes
+    /// eager copies, `KERN_MEMORY_ERROR` (the pager failed a page)
+    /// and `KERN_RESOURCE_SHORTAGE` (no memory for the copy, or no room
+    /// for it within the parent's resident limit).
     pub fn task_create(&self, parent: Option<TaskId>) -> Result<TaskId> {
         let mut copies = Copies::default();
         let r = self.block_on(|w| self.task_create_step(parent, &mut copies, w));
@@ -242,7 +248,9 @@ impl Kernel {
     /// `KERN_NO_SPACE` (no room, or the fixed range is in use),
     /// `KERN_RESOURCE_SHORTAGE` (the map holds
     /// [`crate::TaskLimits::map_entries`] entries; and, for a copy of
-    /// memory whose pager wants eager copies, not enough memory for it),
+    /// memory whose pager wants eager copies, not enough memory for it, or
+    /// no room for it within the task's
+    /// [`crate::TaskLimits::resident_pages`]),
     /// `KERN_INVALID_ADDRESS` (fixed range outside the map),
     /// `KERN_INVALID_NAME` / `KERN_INVALID_RIGHT` (the object name; a
     /// send-once right is not a memory object, and is left untouched),
@@ -391,7 +399,9 @@ impl Kernel {
     /// `KERN_PROTECTION_FAILURE` (not readable), `KERN_MEMORY_ERROR` (a
     /// pager failed a page or died, or a proxy was revoked),
     /// `KERN_RESOURCE_SHORTAGE` (more than the machine's physical memory,
-    /// or no free frame for a page), `KERN_MEMORY_FAILURE` (pages kept
+    /// or no free frame for a page, or no room for one within the task's
+    /// [`crate::TaskLimits::resident_pages`], see [`Kernel::vm_fault`]),
+    /// `KERN_MEMORY_FAILURE` (pages kept
     /// being taken away before they could be read; see [`Kernel::read`]),
     /// `KERN_INVALID_TASK`.
     pub fn vm_read(&self, task: TaskId, address: VmAddr, size: u64) -> Result<Vec<u8>> {
