@@ -49,7 +49,8 @@ impl Kernel {
     }
 
     /// `vm_fault` without waiting: [`Poll::Pending`] when a provider has
-    /// been asked (or is being asked) for the page, with `waker`
+    /// been asked (or is being asked) for the page, or the task is at its
+    /// resident limit with pages on their way to it, with `waker`
     /// registered to be woken when the fault is worth making again.
     ///
     /// Errors: as [`Kernel::vm_fault`].
