@@ -28,7 +28,9 @@
 //!    makes (`Vm::reclaim_one`: dirty and precious pages are returned to
 //!    their pager, anonymous ones to the default pager, clean ones dropped).
 //!    Pages charged to other owners are never taken. A cluster gets what
-//!    room there is (at least the faulting page).
+//!    room there is, the faulting page first, and never more than half the
+//!    limit (a task near its limit would otherwise give up its working set
+//!    for pages it may never touch).
 //! 4. **Set aside.** A candidate that cannot be reclaimed now (dirty
 //!    anonymous memory with no default pager, a dead pager's page) goes
 //!    to the account's `kept` list rather than back to its queue, so that a
@@ -52,13 +54,35 @@
 use super::object::{ObjectId, Page};
 use super::pageout::Verdict;
 use super::{Vm, MIN_RESIDENT};
-#[cfg(test)]
-use std::collections::HashMap;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// A task, as the VM charges it (the kernel's task number).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Owner(pub u32);
+
+/// Owners are small numbers, each looked up on every fault that charges
+/// a page: they hash by one multiplication (Fibonacci hashing), not by
+/// the standard library's keyed hash.
+#[derive(Debug, Default)]
+pub(super) struct OwnerHasher(u64);
+
+impl Hasher for OwnerHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Every owner's account.
+pub(super) type Accounts = HashMap<Owner, Account, BuildHasherDefault<OwnerHasher>>;
 
 /// What one owner is charged, and its reclaim candidates.
 #[derive(Debug, Default)]
@@ -135,15 +159,16 @@ impl Vm {
         self.accounts.values().map(|a| a.resident).sum()
     }
 
-    /// Counts a page just put in at `(object, offset)` for its owner (one
-    /// with an account: `page_insert` has checked).
-    pub(super) fn charge(&mut self, object: ObjectId, offset: u64, owner: Owner, resident: bool) {
+    /// Counts a page just put in at `(object, offset)` for its owner;
+    /// `false` if the owner has no account (the page is then nobody's).
+    #[must_use]
+    pub(super) fn charge(&mut self, object: ObjectId, offset: u64, owner: Owner, resident: bool) -> bool {
         let Some(acc) = self.accounts.get_mut(&owner) else {
-            return;
+            return false;
         };
         if !resident {
             acc.in_transit += 1;
-            return;
+            return true;
         }
         acc.resident += 1;
         acc.queue.push_back((object, offset));
@@ -151,6 +176,7 @@ impl Vm {
             let live = self.owned_entries(owner, |a| &mut a.queue);
             self.account(owner).queue = live.into();
         }
+        true
     }
 
     /// Uncounts a page that left (`resident`: it had a frame) or a

@@ -17,7 +17,7 @@ pub mod paging;
 
 use crate::pmap::{Frame, Machine, PmapId};
 use crate::types::{KernError, Result, VmProt, PAGE_SIZE};
-use charge::{Account, Owner};
+use charge::{Accounts, Owner};
 use object::{ObjectId, Page, Provider, VmObject};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -96,7 +96,7 @@ pub struct Vm {
     /// or gone; they are dropped whenever an object is added).
     cached: VecDeque<ObjectId>,
     /// What each task is charged (see [`charge`]).
-    accounts: HashMap<Owner, Account>,
+    accounts: Accounts,
     /// Owners with a fault waiting for room whose charge changed since:
     /// the kernel wakes their faults (see [`charge`]).
     pub room_events: Vec<Owner>,
@@ -132,7 +132,7 @@ impl Vm {
             machine,
             default_pager: false,
             cached: VecDeque::new(),
-            accounts: HashMap::new(),
+            accounts: Accounts::default(),
             room_events: Vec::new(),
         }
     }
@@ -262,8 +262,7 @@ impl Vm {
     /// if any): a resident one becomes a pageout candidate, and is charged
     /// to its owner (a placeholder counts as in transit for it; an owner
     /// with no account is no owner).
-    pub fn page_insert(&mut self, object: ObjectId, offset: u64, mut page: Page) {
-        page.owner = page.owner.filter(|o| self.accounts.contains_key(o));
+    pub fn page_insert(&mut self, object: ObjectId, offset: u64, page: Page) {
         let (resident, owner) = (page.frame.is_some(), page.owner);
         let o = self.object_mut(object);
         let old = o.pages.insert(offset, page);
@@ -278,7 +277,9 @@ impl Vm {
             }
         }
         if let Some(owner) = owner {
-            self.charge(object, offset, owner, resident);
+            if !self.charge(object, offset, owner, resident) {
+                self.object_mut(object).pages.get_mut(&offset).expect("just put in").owner = None;
+            }
         }
     }
 
