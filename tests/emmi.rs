@@ -73,7 +73,8 @@ transports!(
     an_eager_copy_whose_pager_switches_to_delay_falls_back_to_a_delayed_copy,
     a_pager_dying_during_an_eager_copy_at_task_create_fabricates_nothing,
     copy_strategy_call_is_refused_at_ready_and_change_attributes,
-    anonymous_pages_cleaned_by_the_default_pager_are_asked_of_it_again
+    anonymous_pages_cleaned_by_the_default_pager_are_asked_of_it_again,
+    an_eager_copy_is_charged_to_the_caller_within_its_resident_limit
 );
 
 /// A pager, over either transport.
@@ -1210,22 +1211,19 @@ fn copy_strategy_none_copies_eagerly_at_task_create(via: Transport) {
 /// the pages it read are reclaimed as it goes, and a copy that cannot fit
 /// (its copies are dirty anonymous pages, with no default pager to take
 /// them) fails with `KERN_RESOURCE_SHORTAGE` and leaves nothing behind.
-#[test]
-fn an_eager_copy_is_charged_to_the_caller_within_its_resident_limit() {
+fn an_eager_copy_is_charged_to_the_caller_within_its_resident_limit(via: Transport) {
     let limits = TaskLimits { resident_pages: 6, ..TaskLimits::default() };
-    let k = kernel_with(KernelConfig {
-        phys_pages: 1024,
-        resident_limit: 1024,
-        cluster_pages: 1,
-        limits,
-        ..Default::default()
-    });
-    let (client, mut pager, obj, name) = setup(&k);
-    let _direct = map(&k, client, name, 16);
+    let h = kernel_with(
+        via,
+        KernelConfig { phys_pages: 1024, resident_limit: 1024, cluster_pages: 1, limits, ..Default::default() },
+    );
+    let k = h.k.clone();
+    let (client, mut pager, obj, name) = setup(&h);
+    let _direct = map(&client, name, 16);
     ready_copy_none(&mut pager);
     let mut copy = |pages: u64| {
-        let k2 = k.clone();
-        let copying = spawn(move || k2.vm_map(client, MapRequest::anywhere(pages * P, Some(name)).copy(true)));
+        let c2 = client.clone();
+        let copying = spawn(move || c2.vm_map(MapRequest::anywhere(pages * P, Some(name)).copy(true)));
         loop {
             if let Ok(r) = copying.try_recv() {
                 return r;
@@ -1239,21 +1237,21 @@ fn an_eager_copy_is_charged_to_the_caller_within_its_resident_limit() {
             }
         }
     };
-    let charged = || k.task_info(client).unwrap().charged;
+    let charged = || k.task_info(client.id()).unwrap().charged;
     let c = copy(4).unwrap();
     for i in 0..4 {
-        assert_eq!(k.read_u64(client, VmAddr(c.0 + i * P)), Ok(i * 100), "page {i} of the copy");
+        assert_eq!(client.read_u64(VmAddr(c.0 + i * P)), Ok(i * 100), "page {i} of the copy");
     }
     let s = k.stats();
     assert_eq!(s.vm.eager_copies, 4);
     assert!(s.vm.task_reclaims > 0, "the pages read for the copy made room for it");
     assert!(charged() <= 6 && charged() >= 4, "{} charged: the copies at least", charged());
-    let (entries, before) = (k.vm_map_info(client).unwrap().len(), charged());
+    let (entries, before) = (k.vm_map_info(client.id()).unwrap().len(), charged());
     assert_eq!(copy(8), Err(KernError::ResourceShortage));
-    assert_eq!(k.vm_map_info(client).unwrap().len(), entries, "no entry made");
+    assert_eq!(k.vm_map_info(client.id()).unwrap().len(), entries, "no entry made");
     assert!(charged() <= before, "the half-made copy is gone, with its charge");
     for i in 0..4 {
-        assert_eq!(k.read_u64(client, VmAddr(c.0 + i * P)), Ok(i * 100), "page {i} of the first copy");
+        assert_eq!(client.read_u64(VmAddr(c.0 + i * P)), Ok(i * 100), "page {i} of the first copy");
     }
 }
 

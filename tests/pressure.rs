@@ -9,12 +9,19 @@
 //! has nothing left to reclaim; its charge goes with the pages.
 
 mod common;
-use common::{join, spawn_read, TempFile, World};
+use common::{join, TempFile, Transport, World};
 use machvm_core::vm::paging::ReturnPolicy;
 use machvm_core::*;
 use machvm_pagers::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Reads a word on another thread of `task` (one that may wait for a
+/// pager).
+fn read_on_thread(k: &Arc<Kernel>, task: TaskId, at: VmAddr) -> std::thread::JoinHandle<Result<u64>> {
+    let k = k.clone();
+    std::thread::spawn(move || k.read_u64(task, at))
+}
 
 const P: u64 = PAGE_SIZE;
 const LIMIT: usize = 64;
@@ -518,7 +525,7 @@ fn the_charge_goes_when_the_pages_go() {
     let name = pager.give(obj, t).unwrap();
     let m = k.vm_map(t, MapRequest::anywhere(16 * P, Some(name))).unwrap();
     let read = |pager: &mut PagerConn, page: u64, fail: bool| {
-        let r = spawn_read(&k, t, VmAddr(m.0 + page * P));
+        let r = read_on_thread(&k, t, VmAddr(m.0 + page * P));
         let (o, off, len, _) = pager.expect_request(Duration::from_secs(5)).unwrap();
         if fail {
             pager.error(o, off, len).unwrap();
@@ -545,7 +552,7 @@ fn the_charge_goes_when_the_pages_go() {
     // one, dropped). The pager dies with that page on its way: the
     // resident pages stay (the kernel holds the only copy), charged as
     // before, and the page that never came is charged no more.
-    let r = spawn_read(&k, t, VmAddr(m.0 + 12 * P));
+    let r = read_on_thread(&k, t, VmAddr(m.0 + 12 * P));
     let _ = pager.expect_request(Duration::from_secs(5)).unwrap();
     assert_eq!((charged(&k, t), k.stats().vm.task_reclaims), (3, 1));
     pager.die().unwrap();
@@ -556,17 +563,19 @@ fn the_charge_goes_when_the_pages_go() {
 
     // Termination: pages of a cached object stay resident, charged to
     // nobody; another task using them is charged nothing for them.
-    let w = World::with_objects(ProxyVersion::Paging, 1, false);
-    let first = w.task();
-    let name = w.give(w.objs[0], first);
-    let b = w.map(first, name, 0, 4 * P).unwrap();
+    let w = World::with_objects(ProxyVersion::Paging, Transport::Local, 1, false);
+    let first_task = w.task();
+    let first = first_task.id();
+    let name = w.give(w.objs[0], &first_task);
+    let b = w.map(&first_task, name, 0, 4 * P).unwrap();
     for i in 0..4 {
         w.k.write_u64(first, VmAddr(b.0 + i * P), i).unwrap();
     }
     assert_eq!(charged(&w.k, first), 4);
-    let second = w.task();
-    let name2 = w.give(w.objs[0], second);
-    let c = w.map(second, name2, 0, 4 * P).unwrap();
+    let second_task = w.task();
+    let second = second_task.id();
+    let name2 = w.give(w.objs[0], &second_task);
+    let c = w.map(&second_task, name2, 0, 4 * P).unwrap();
     w.k.task_terminate(first).unwrap();
     for i in 0..4 {
         assert_eq!(w.k.read_u64(second, VmAddr(c.0 + i * P)), Ok(i));
@@ -583,14 +592,15 @@ fn the_charge_goes_when_the_pages_go() {
 /// to the task writing the original (its write is what needs the page).
 #[test]
 fn copies_are_charged_to_the_task_whose_write_makes_them() {
-    let w = World::with_objects(ProxyVersion::Paging, 1, false);
-    let (a, b) = (w.task(), w.task());
-    let na = w.give(w.objs[0], a);
-    let direct = w.map(a, na, 0, 4 * P).unwrap();
+    let w = World::with_objects(ProxyVersion::Paging, Transport::Local, 1, false);
+    let (ta, tb) = (w.task(), w.task());
+    let (a, b) = (ta.id(), tb.id());
+    let na = w.give(w.objs[0], &ta);
+    let direct = w.map(&ta, na, 0, 4 * P).unwrap();
     for i in 0..2 {
         w.k.write_u64(a, VmAddr(direct.0 + i * P), i + 1).unwrap();
     }
-    let nb = w.give(w.objs[0], b);
+    let nb = w.give(w.objs[0], &tb);
     let copy = w.k.vm_map(b, MapRequest::anywhere(4 * P, Some(nb)).copy(true)).unwrap();
     assert_eq!(w.k.read_u64(b, copy), Ok(1));
     assert_eq!((charged(&w.k, a), charged(&w.k, b)), (2, 0), "b found the page resident");

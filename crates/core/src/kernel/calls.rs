@@ -687,7 +687,12 @@ impl KState {
 
     /// Steps the eager copies `wanted` needs (starting those not started,
     /// charged to `owner`): `Done` once every one is complete.
-    pub(crate) fn step_copies(&mut self, wanted: &[CopySource], jobs: &mut Vec<EagerCopy>, owner: Option<Owner>) -> CopyStep {
+    pub(crate) fn step_copies(
+        &mut self,
+        wanted: &[CopySource],
+        jobs: &mut Vec<EagerCopy>,
+        owner: Option<Owner>,
+    ) -> CopyStep {
         let mut outcome = CopyStep::Done;
         // A copy started for an object that no longer asks for eager
         // copies (its pager changed its strategy, or died) is dropped, half
