@@ -4,9 +4,11 @@
 //! 1. [`Daemon::boot`] boots the kernel, takes its host privilege into the
 //!    daemon's own task (which also holds the name table's rights), and
 //!    starts the default pager if a swap file was named.
-//! 2. [`Daemon::serve`] binds the socket ([`listen`]) and accepts; each
-//!    connection is served by [`conn`]: a hello, then calls, each made by
-//!    [`dispatch`] on the connection's task.
+//! 2. [`Daemon::serve`] accepts on the socket [`Daemon::bind`] made
+//!    ([`listen`]) and gives each connection to an event loop
+//!    ([`reactor`]), which serves it ([`conn`]): a hello, then calls, each
+//!    started by [`dispatch`] on the connection's task as it comes and
+//!    answered when it is done.
 //! 3. A connection that closes (or breaks the protocol) is a task that
 //!    terminates: its rights go, no-senders and dead-name notifications
 //!    fire, faults waiting on its objects fail, its names leave the table.
