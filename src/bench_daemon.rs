@@ -348,8 +348,9 @@ pub(super) struct FrameSizes {
     /// The client's `load` call, and its reply (8 bytes of data).
     pub load_call: usize,
     pub load_reply: usize,
-    /// The reply to the pager's pending `msg_receive` carrying the
-    /// `data_request`, and the pager's `msg_send` of `data_unavailable`.
+    /// The reply to the pager's pending receive carrying the
+    /// `data_request`, and the pager's `mach_msg(send|receive)` of
+    /// `data_unavailable` (its answer and its wait for the next request).
     pub to_pager: usize,
     pub from_pager: usize,
     /// `vm_region` and its reply.
@@ -396,7 +397,10 @@ impl FrameSizes {
             load_call: frame_len(&Request::Call { seq: SEQ, call: Call::Load { address: page, len: LOAD_LEN } })?,
             load_reply: frame_len(&reply(Ok(Reply::Data(vec![0; LOAD_LEN as usize]))))?,
             to_pager: frame_len(&reply(Ok(Reply::Message(message))))?,
-            from_pager: frame_len(&Request::Call { seq: SEQ, call: Call::MsgSend(send) })?,
+            from_pager: frame_len(&Request::Call {
+                seq: SEQ,
+                call: Call::MsgSendReceive { send, name: PortName(5), timeout_ms: None },
+            })?,
             region_call: frame_len(&Request::Call { seq: SEQ, call: Call::VmRegion { address: page } })?,
             region_reply: frame_len(&reply(Ok(region.clone())))?,
         })
@@ -493,7 +497,7 @@ pub(super) struct ClusterRows {
     pub in_daemon_ratio: Vec<f64>,
     pub socket_ratio: Vec<f64>,
     /// Per page: `data_request`s the kernels sent, and messages the
-    /// out-of-process pager sent back (each a `msg_send` call of its own).
+    /// out-of-process pager sent back.
     pub local_requests: Vec<f64>,
     pub remote_requests: Vec<f64>,
     pub remote_answers: Vec<f64>,
@@ -827,7 +831,7 @@ pub(super) fn report(w: &mut String, f: &DaemonFigures) -> std::fmt::Result {
          `BufReader` and written with one `write_all` each, as the client and the daemon do; nothing is encoded, \
          decoded or dispatched. The sizes are those of the real frames, encoded with this run's addresses: a \
          `load` call {} B and its reply {} B; the `data_request` the daemon gives the pager (the reply to its \
-         pending `msg_receive`) {} B and the pager's `msg_send` of `data_unavailable` {} B; `vm_region` {} B and \
+         pending receive) {} B and the pager's `mach_msg(send|receive)` of `data_unavailable` {} B; `vm_region` {} B and \
          its reply {} B (all with the 4-byte header).",
         fr.load_call, fr.load_reply, fr.to_pager, fr.from_pager, fr.region_call, fr.region_reply
     )?;
@@ -871,9 +875,9 @@ pub(super) fn report(w: &mut String, f: &DaemonFigures) -> std::fmt::Result {
         w,
         "- the pager leg: a fault answered by the pager process takes {} when made by calling the daemon's kernel, \
          {} more than with the in-process pager thread ({}). On that leg the daemon gives the pager the request \
-         (a reply to its pending `msg_receive`), the pager sends `data_unavailable` with a `msg_send` call, and \
-         the faulting thread is woken; the pager then waits for the `msg_send`'s reply and makes its next \
-         `msg_receive` call, off the faulting thread's path but on the same CPUs.",
+         (the reply to its pending receive), and the pager answers `data_unavailable` and waits for the next \
+         request in one call (`mach_msg(send|receive)`, as a Mach server loop does), which wakes the faulting \
+         thread.",
         duration(median(f.op(Op::FaultInDaemon))),
         duration(median(&f.pager_leg)),
         duration(median(f.op(Op::FaultInProcess)))
@@ -891,7 +895,7 @@ pub(super) fn report(w: &mut String, f: &DaemonFigures) -> std::fmt::Result {
         w,
         "- thread wake-ups on the way (from the code, with the daemon's default of one event loop on this \
          machine): a call is 2 (the daemon's loop, the client), as the ping-pong's; a pager round trip is 4 (the \
-         loop, by the client's `load`; the pager process, by the reply to its waiting `msg_receive`; the loop, \
+         loop, by the client's `load`; the pager process, by the reply to its waiting receive; the loop, \
          by the pager's `data_unavailable`; the client), as the chain's 4. The pager is a process and the \
          chain's relay and echo are threads of one process."
     )?;

@@ -616,3 +616,32 @@ fn threads_of_one_connection_call_at_once() {
     assert_eq!((m.id, m.data), (7, b"wake".to_vec()));
     waiter.join().unwrap();
 }
+
+/// `mach_msg(SEND|RCV)` in one call: the send, then the receive; a send
+/// that fails receives nothing (the message waiting stays queued).
+#[test]
+fn a_send_and_receive_is_one_call_and_a_failed_send_receives_nothing() {
+    let dir = Dir::new("daemon-sendrecv");
+    let _d = daemon(&dir.socket(), &[]);
+    let c = client(&dir.socket(), "c");
+    let port = c.port_allocate().unwrap();
+    c.port_make_send(port).unwrap();
+    let args = |dest, id| machvm_protocol::wire::SendArgs {
+        dest,
+        dest_disposition: Disposition::CopySend,
+        reply: None,
+        id,
+        data: vec![id as u8],
+        rights: Vec::new(),
+        timeout_ms: Some(0),
+    };
+    let m = c.msg_send_receive(args(port, 1), port, Some(1000)).unwrap();
+    assert_eq!((m.id, m.data), (1, vec![1]));
+    c.send(port, 2, vec![2], Vec::new()).unwrap();
+    let bogus = machvm_protocol::ipc::PortName(0x7777);
+    assert_eq!(kern(c.msg_send_receive(args(bogus, 3), port, Some(0))), KernError::SendInvalidDest);
+    let m = c.msg_receive(port, Some(0)).unwrap();
+    assert_eq!(m.id, 2, "the failed call received nothing");
+    assert_eq!(kern(c.msg_send_receive(args(port, 4), bogus, Some(0))), KernError::RcvInvalidName);
+    assert_eq!(c.msg_receive(port, Some(0)).unwrap().id, 4, "the send was made before the receive failed");
+}

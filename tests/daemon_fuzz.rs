@@ -528,7 +528,7 @@ fn proxy_create(r: &mut Rng, st: &State) -> Call {
 }
 
 /// The number of [`Call`] variants; [`gen_call`] picks each by its index.
-const VARIANTS: u64 = 32;
+const VARIANTS: u64 = 33;
 
 fn variant(call: &Call) -> u64 {
     match call {
@@ -564,6 +564,7 @@ fn variant(call: &Call) -> u64 {
         Call::NameRegister { .. } => 29,
         Call::NameLookup { .. } => 30,
         Call::Inspect(_) => 31,
+        Call::MsgSendReceive { .. } => 32,
     }
 }
 
@@ -646,6 +647,11 @@ fn gen_call(r: &mut Rng, st: &State, v: u64) -> Call {
         },
         29 => Call::NameRegister { name: text(r), object: name(r, st) },
         30 => Call::NameLookup { name: if r.coin() { "zero".into() } else { text(r) } },
+        32 => Call::MsgSendReceive {
+            send: send_args(r, st),
+            name: if !st.receive.is_empty() && r.coin() { r.pick(&st.receive) } else { name(r, st) },
+            timeout_ms: timeout(r),
+        },
         _ => Call::Inspect(match r.below(6) {
             0 => InspectWhat::Tasks,
             1 => InspectWhat::Stats,
@@ -669,7 +675,9 @@ fn any_call(r: &mut Rng, st: &State) -> Call {
 /// connection stays open (so that no answer is no hang)?
 fn may_block(call: &Call, st: &State) -> bool {
     match call {
-        Call::MsgReceive { timeout_ms, .. } => timeout_ms.is_none_or(|t| t > 50),
+        Call::MsgReceive { timeout_ms, .. } | Call::MsgSendReceive { timeout_ms, .. } => {
+            timeout_ms.is_none_or(|t| t > 50)
+        }
         // A copy reads the object's pages when it is made.
         Call::VmMap(m) => m.copy && (st.tainted || m.object.is_some_and(|o| !st.served.contains(&o))),
         Call::Load { .. }
@@ -699,6 +707,13 @@ fn describe(call: &Call) -> String {
             a.rights.len(),
             a.rights.iter().take(3).collect::<Vec<_>>(),
             a.timeout_ms
+        ),
+        Call::MsgSendReceive { send, name, timeout_ms } => format!(
+            "MsgSendReceive {{ dest: {:?}, id: {}, data: {} bytes, rights: {}, name: {name:?}, timeout: {timeout_ms:?} }}",
+            send.dest,
+            send.id,
+            send.data.len(),
+            send.rights.len()
         ),
         Call::ProxyCreate { max, objects, offsets, starts, lens, version } => format!(
             "ProxyCreate {{ max: {max:?}, objects: {} {:?}, offsets: {} {:?}, starts: {} {:?}, lens: {} {:?}, {version:?} }}",
@@ -767,7 +782,7 @@ fn fits(call: &Call, reply: &Reply) -> Result<(), String> {
         (Call::TaskCreate { .. }, Reply::ChildToken(_)) => true,
         (Call::PortAllocate | Call::PortSetAllocate | Call::NameLookup { .. }, Reply::Name(_)) => true,
         (Call::PortLookup { .. }, Reply::NameInfo(_)) => true,
-        (Call::MsgReceive { .. }, Reply::Message(_)) => true,
+        (Call::MsgReceive { .. } | Call::MsgSendReceive { .. }, Reply::Message(_)) => true,
         (Call::ProxyCreate { .. } | Call::RegionProxy { .. }, Reply::Names { .. }) => true,
         (Call::ProxyInfo { .. }, Reply::ProxyInfo(_)) => true,
         (Call::Inspect(InspectWhat::Tasks), Reply::Tasks(_)) => true,
@@ -793,7 +808,7 @@ fn learn(st: &mut State, call: &Call, result: &Result<Reply, KernError>, registe
         | Call::PortDestroy { name }
         | Call::PortModRefs { name, .. }
         | Call::PortMoveMember { member: name, .. } => st.forget(*name),
-        Call::MsgSend(a) => {
+        Call::MsgSend(a) | Call::MsgSendReceive { send: a, .. } => {
             st.forget(a.dest);
             for (n, _) in &a.rights {
                 st.forget(*n);
@@ -849,7 +864,7 @@ fn learn(st: &mut State, call: &Call, result: &Result<Reply, KernError>, registe
                 st.served.insert(*proxy);
             }
         }
-        (Call::MsgReceive { .. }, Reply::Message(m)) => {
+        (Call::MsgReceive { .. } | Call::MsgSendReceive { .. }, Reply::Message(m)) => {
             for &(n, _) in &m.rights {
                 st.learn(n);
                 st.forget(n);

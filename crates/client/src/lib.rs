@@ -379,6 +379,16 @@ impl Connection {
         }
     }
 
+    /// `mach_msg(SEND|RCV)`: sends `send`, then receives on `name` as
+    /// [`Connection::msg_receive`] does, in one round trip. An error is
+    /// the send's (nothing was received) or the receive's.
+    pub fn msg_send_receive(&self, send: SendArgs, name: PortName, timeout_ms: Option<u64>) -> Result<MessageWire> {
+        match self.call(Call::MsgSendReceive { send, name, timeout_ms })? {
+            Reply::Message(m) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// `memory_object_create_proxy`; returns `(proxy, revoke)`.
     pub fn proxy_create(
         &self,

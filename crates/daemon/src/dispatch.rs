@@ -7,7 +7,7 @@
 //! caller would get); this file only converts.
 
 use crate::Shared;
-use machvm_core::ipc::{NotifyKind, UserMessage};
+use machvm_core::ipc::{NotifyKind, ReceivedMessage, UserMessage};
 use machvm_core::kernel::resume::{AccessOp, MapOp, ReceiveOp, SendOp, TaskCreateOp, WriteOp};
 use machvm_core::wait::{Poll, ThreadWaker, Waker};
 use machvm_core::{
@@ -59,14 +59,17 @@ pub enum Pending {
     Child(TaskCreateOp),
     Send(SendOp),
     Receive(ReceiveOp),
+    /// `mach_msg(SEND|RCV)`: the send (until it is done), then the
+    /// receive.
+    SendReceive(Option<SendOp>, ReceiveOp),
 }
 
 impl Pending {
     /// When to poll again if nothing wakes it first.
     pub fn deadline(&self) -> Option<Instant> {
         match self {
-            Pending::Send(op) => op.deadline(),
-            Pending::Receive(op) => op.deadline(),
+            Pending::Send(op) | Pending::SendReceive(Some(op), _) => op.deadline(),
+            Pending::Receive(op) | Pending::SendReceive(None, op) => op.deadline(),
             _ => None,
         }
     }
@@ -89,18 +92,30 @@ impl Pending {
                 then(op.poll(waker), |child| Ok(Reply::ChildToken(sh.child_made(caller.conn, child))))
             }
             Pending::Send(op) => then(op.poll(waker), |()| Ok(Reply::Unit)),
-            Pending::Receive(op) => then(op.poll(waker), |m| {
-                Ok(Reply::Message(MessageWire {
-                    local: m.local,
-                    id: m.id,
-                    data: m.data,
-                    reply: m.reply,
-                    rights: m.rights,
-                    from_kernel: m.from_kernel,
-                }))
-            }),
+            Pending::Receive(op) => then(op.poll(waker), message),
+            Pending::SendReceive(send, receive) => {
+                if let Some(op) = send {
+                    match op.poll(waker) {
+                        Ok(Poll::Ready(())) => *send = None,
+                        Ok(Poll::Pending(t)) => return Poll::Pending(t),
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                then(receive.poll(waker), message)
+            }
         }
     }
+}
+
+fn message(m: ReceivedMessage) -> Result<Reply> {
+    Ok(Reply::Message(MessageWire {
+        local: m.local,
+        id: m.id,
+        data: m.data,
+        reply: m.reply,
+        rights: m.rights,
+        from_kernel: m.from_kernel,
+    }))
 }
 
 /// A deadline `ms` milliseconds from now (`None`: none, also past the end
@@ -146,19 +161,28 @@ fn op(sh: &Shared, caller: Caller, call: Call) -> std::result::Result<Result<Pen
             }
         }
         Call::MsgSend(a) => {
-            let msg = UserMessage {
-                dest: a.dest,
-                dest_disposition: a.dest_disposition,
-                reply: a.reply,
-                id: a.id,
-                data: a.data,
-                rights: a.rights,
-            };
-            Ok(Pending::Send(k.msg_send_op(t, msg, deadline(a.timeout_ms))))
+            let timeout = a.timeout_ms;
+            Ok(Pending::Send(k.msg_send_op(t, user_message(a), deadline(timeout))))
+        }
+        Call::MsgSendReceive { send, name, timeout_ms } => {
+            let timeout = send.timeout_ms;
+            let send = k.msg_send_op(t, user_message(send), deadline(timeout));
+            Ok(Pending::SendReceive(Some(send), k.msg_receive_op(t, name, deadline(timeout_ms))))
         }
         Call::MsgReceive { name, timeout_ms } => Ok(Pending::Receive(k.msg_receive_op(t, name, deadline(timeout_ms)))),
         other => return Err(other),
     })
+}
+
+fn user_message(a: wire::SendArgs) -> UserMessage {
+    UserMessage {
+        dest: a.dest,
+        dest_disposition: a.dest_disposition,
+        reply: a.reply,
+        id: a.id,
+        data: a.data,
+        rights: a.rights,
+    }
 }
 
 /// Starts `call` for `caller`: a call that may wait is polled once with
@@ -281,7 +305,8 @@ fn answer(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
         | Call::Execute { .. }
         | Call::TaskCreate { .. }
         | Call::MsgSend(_)
-        | Call::MsgReceive { .. } => return Err(KernError::Failure),
+        | Call::MsgReceive { .. }
+        | Call::MsgSendReceive { .. } => return Err(KernError::Failure),
     })
 }
 

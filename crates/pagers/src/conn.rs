@@ -10,7 +10,7 @@
 //!   pager.error(object, offset, PAGE_SIZE)?;                              // or fail it
 //! ```
 
-use crate::link::{KernelLink, Local};
+use crate::link::{KernelLink, Local, Outgoing};
 use machvm_core::ipc::{Disposition, PortName, ReceivedMessage, RightKind};
 use machvm_core::{KernError, Kernel, Result, TaskId, VmProt};
 use machvm_protocol::emmi::{CopyStrategy, KernelReply, KernelToPager, PagerToKernel, ReturnPolicy};
@@ -96,6 +96,35 @@ impl<L: KernelLink> PagerConn<L> {
             }
             self.ignored += 1;
         }
+    }
+
+    /// Sends `answer` (if any) and receives the next request in one call
+    /// where the link can (`mach_msg(SEND|RCV)`, as a server loop does):
+    /// otherwise as [`PagerConn::recv`]. If the combined call fails (the
+    /// answer's object ended meanwhile, say), a plain receive follows, so
+    /// an error is always the receive's; its `timeout` then starts again.
+    pub fn recv_after(&mut self, answer: Option<Outgoing>, timeout: Option<Duration>) -> Result<Request> {
+        if let Some(out) = answer {
+            if let Ok(m) = self.link.msg_send_receive(out, self.set, timeout) {
+                if let Some(r) = self.accept(m)? {
+                    return Ok(r);
+                }
+                self.ignored += 1;
+            }
+        }
+        self.recv(timeout)
+    }
+
+    /// A pager → kernel call on `object`'s control port, encoded to be
+    /// sent later ([`PagerConn::recv_after`]).
+    pub fn outgoing(&self, object: PortName, m: PagerToKernel) -> Result<Outgoing> {
+        let (id, data) = m.encode();
+        Ok(Outgoing { dest: self.control(object)?, id, data, reply: None })
+    }
+
+    /// Sends what [`PagerConn::outgoing`] encoded.
+    pub fn send(&self, out: Outgoing) -> Result<()> {
+        self.link.msg_send(out.dest, out.id, out.data, out.reply)
     }
 
     /// Decodes a received message and applies what it means for the

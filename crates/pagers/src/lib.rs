@@ -18,7 +18,7 @@ pub mod pager;
 pub mod serve;
 
 pub use conn::{PagerConn, Request};
-pub use link::{KernelLink, Local};
+pub use link::{KernelLink, Local, Outgoing};
 pub use pager::{serve_pager, Answer, Attributes, Pager};
 pub use serve::{serve, Backing, FileBacking, MemBacking, PagerStats, SwapBacking};
 

@@ -28,6 +28,23 @@ pub trait KernelLink {
     fn msg_send(&self, dest: PortName, id: u32, data: Vec<u8>, reply: Option<(PortName, Disposition)>) -> Result<()>;
     /// `mach_msg(RCV)` on a port or set, waiting at most `timeout`.
     fn msg_receive(&self, name: PortName, timeout: Option<Duration>) -> Result<ReceivedMessage>;
+    /// `mach_msg(SEND|RCV)`: [`KernelLink::msg_send`] of `send` (dest, id,
+    /// data, reply), then [`KernelLink::msg_receive`] on `name`, as one
+    /// call where the link can (a server loop's answer and its wait for
+    /// the next request). An error is the send's or the receive's.
+    fn msg_send_receive(&self, send: Outgoing, name: PortName, timeout: Option<Duration>) -> Result<ReceivedMessage> {
+        self.msg_send(send.dest, send.id, send.data, send.reply)?;
+        self.msg_receive(name, timeout)
+    }
+}
+
+/// A message a pager sends (copy-send to `dest`), with a reply right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub dest: PortName,
+    pub id: u32,
+    pub data: Vec<u8>,
+    pub reply: Option<(PortName, Disposition)>,
 }
 
 /// A pager task in the kernel's own process.
@@ -92,27 +109,43 @@ impl KernelLink for machvm_client::Connection {
         machvm_client::Connection::port_mod_refs(self, name, right, delta).map_err(|e| e.kern())
     }
     fn msg_send(&self, dest: PortName, id: u32, data: Vec<u8>, reply: Option<(PortName, Disposition)>) -> Result<()> {
-        let args = machvm_protocol::wire::SendArgs {
-            dest,
-            dest_disposition: Disposition::CopySend,
-            reply,
-            id,
-            data,
-            rights: Vec::new(),
-            timeout_ms: Some(0),
-        };
+        let args = send_args(Outgoing { dest, id, data, reply });
         machvm_client::Connection::msg_send(self, args).map_err(|e| e.kern())
     }
     fn msg_receive(&self, name: PortName, timeout: Option<Duration>) -> Result<ReceivedMessage> {
-        let ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
-        let m = machvm_client::Connection::msg_receive(self, name, ms).map_err(|e| e.kern())?;
-        Ok(ReceivedMessage {
-            local: m.local,
-            id: m.id,
-            data: m.data,
-            reply: m.reply,
-            rights: m.rights,
-            from_kernel: m.from_kernel,
-        })
+        let m = machvm_client::Connection::msg_receive(self, name, millis(timeout)).map_err(|e| e.kern())?;
+        Ok(received(m))
+    }
+    fn msg_send_receive(&self, send: Outgoing, name: PortName, timeout: Option<Duration>) -> Result<ReceivedMessage> {
+        let m = machvm_client::Connection::msg_send_receive(self, send_args(send), name, millis(timeout))
+            .map_err(|e| e.kern())?;
+        Ok(received(m))
+    }
+}
+
+fn millis(timeout: Option<Duration>) -> Option<u64> {
+    timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn send_args(m: Outgoing) -> machvm_protocol::wire::SendArgs {
+    machvm_protocol::wire::SendArgs {
+        dest: m.dest,
+        dest_disposition: Disposition::CopySend,
+        reply: m.reply,
+        id: m.id,
+        data: m.data,
+        rights: Vec::new(),
+        timeout_ms: Some(0),
+    }
+}
+
+fn received(m: machvm_protocol::wire::MessageWire) -> ReceivedMessage {
+    ReceivedMessage {
+        local: m.local,
+        id: m.id,
+        data: m.data,
+        reply: m.reply,
+        rights: m.rights,
+        from_kernel: m.from_kernel,
     }
 }

@@ -43,7 +43,7 @@
 //! ```
 
 use crate::conn::PagerConn;
-use crate::link::KernelLink;
+use crate::link::{KernelLink, Outgoing};
 use machvm_core::ipc::PortName;
 use machvm_core::{KernError, Result, VmProt};
 use machvm_protocol::emmi::{CopyStrategy, KernelToPager, PagerToKernel, ReturnPolicy};
@@ -124,22 +124,43 @@ pub trait Pager {
 }
 
 /// An [`Answer`] for one object, over a pager's connection.
+/// A pager's answers to one request. The last answer is held back and
+/// sent with the wait for the next request, in one call
+/// ([`PagerConn::recv_after`]): a request answered in one message costs
+/// one round trip to the kernel, as in Mach's server loop.
 struct Answering<'a, L: KernelLink> {
     conn: &'a PagerConn<L>,
     object: PortName,
+    held: &'a mut Option<Outgoing>,
+}
+
+impl<L: KernelLink> Answering<'_, L> {
+    /// Holds `m` back, sending the answer held before it.
+    fn answer(&mut self, m: PagerToKernel) -> Result<()> {
+        let out = self.conn.outgoing(self.object, m)?;
+        match self.held.replace(out) {
+            Some(earlier) => self.conn.send(earlier),
+            None => Ok(()),
+        }
+    }
 }
 
 impl<L: KernelLink> Answer for Answering<'_, L> {
     fn supply(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.conn.supply(self.object, offset, data)
+        let (lock, precious) = (VmProt::NONE, false);
+        self.answer(PagerToKernel::DataSupply { offset, data: data.to_vec(), lock, precious })
     }
     fn unavailable(&mut self, offset: u64, size: u64) -> Result<()> {
-        self.conn.unavailable(self.object, offset, size)
+        self.answer(PagerToKernel::DataUnavailable { offset, size })
     }
     fn error(&mut self, offset: u64, size: u64) -> Result<()> {
-        self.conn.error(self.object, offset, size)
+        self.answer(PagerToKernel::DataError { offset, size, reason: KernError::MemoryError })
     }
     fn unlock(&mut self, offset: u64, size: u64) -> Result<()> {
+        // Its reply is waited for: what is held goes first, in order.
+        if let Some(earlier) = self.held.take() {
+            self.conn.send(earlier)?;
+        }
         self.conn.lock_request(self.object, offset, size, ReturnPolicy::None, false, VmProt::NONE)
     }
 }
@@ -148,8 +169,9 @@ impl<L: KernelLink> Answer for Answering<'_, L> {
 /// receive fails). Malformed or forged messages are skipped; an answer
 /// that fails (the object ended meanwhile) is not the pager's problem.
 pub fn serve_pager<L: KernelLink>(conn: &mut PagerConn<L>, pager: &mut dyn Pager) {
+    let mut held = None;
     loop {
-        let r = match conn.recv(None) {
+        let r = match conn.recv_after(held.take(), None) {
             Ok(r) => r,
             Err(KernError::MigBadId) | Err(KernError::MigBadArguments) => continue,
             Err(_) => return,
@@ -170,10 +192,10 @@ pub fn serve_pager<L: KernelLink>(conn: &mut PagerConn<L>, pager: &mut dyn Pager
                 Ok(())
             }
             KernelToPager::DataRequest { offset, length, access } => {
-                pager.data_request(object, offset, length, access, &mut Answering { conn, object })
+                pager.data_request(object, offset, length, access, &mut Answering { conn, object, held: &mut held })
             }
             KernelToPager::DataUnlock { offset, length, access } => {
-                pager.data_unlock(object, offset, length, access, &mut Answering { conn, object })
+                pager.data_unlock(object, offset, length, access, &mut Answering { conn, object, held: &mut held })
             }
             KernelToPager::DataReturn { offset, data, dirty, kernel_copy } => {
                 pager.data_return(object, offset, &data, dirty, kernel_copy);

@@ -399,6 +399,18 @@ pub enum Call {
     },
     /// The daemon's introspection → the [`Reply`] of the same name.
     Inspect(InspectWhat),
+    /// `mach_msg(MACH_SEND_MSG | MACH_RCV_MSG)`: the send, then (if it
+    /// succeeded) the receive, in one round trip → [`Reply::Message`], or
+    /// the send's error (nothing received). What a server loop makes: the
+    /// answer to one request and the wait for the next.
+    MsgSendReceive {
+        /// The message sent first.
+        send: SendArgs,
+        /// The receive right or port set received on.
+        name: PortName,
+        /// The receive gives up after this long (as for `MsgReceive`).
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// The arguments of `vm_map`.
@@ -809,6 +821,7 @@ impl Call {
             Call::NameRegister { .. } => "netname_check_in",
             Call::NameLookup { .. } => "netname_look_up",
             Call::Inspect(_) => "inspect",
+            Call::MsgSendReceive { .. } => "mach_msg(send|receive)",
         }
     }
 
@@ -828,7 +841,7 @@ impl Call {
             }
             Call::Load { len, .. } => check_len(call, "len", usize::try_from(*len).unwrap_or(usize::MAX), MAX_DATA),
             Call::VmWrite { data, .. } | Call::Store { data, .. } => check_len(call, "data", data.len(), MAX_DATA),
-            Call::MsgSend(m) => {
+            Call::MsgSend(m) | Call::MsgSendReceive { send: m, .. } => {
                 check_len(call, "data", m.data.len(), MAX_DATA)?;
                 check_len(call, "rights", m.rights.len(), MAX_RIGHTS)
             }
