@@ -8,15 +8,13 @@
 //!
 //! Each script runs in-process and over `machvmd`'s socket
 //! ([`transports!`]: modules `local` and `socket`), the pager a
-//! `Role::Pager` connection and each task a connection of its own. Over
-//! the socket a task has one thread (its connection makes one call at a
-//! time), so where a script needs a task to act while one of its calls
-//! waits, another task mapping the same object does it.
+//! `Role::Pager` connection and each task a connection of its own. A
+//! task's threads are the test's threads calling through its [`Task`]:
+//! over the socket they share the task's connection and call at once, so
+//! a task acts on another thread while one of its calls waits, on both
+//! transports.
 //!
 //! In-process only:
-//! - `a_fault_asleep_on_its_pager_wakes_when_its_mapping_changes`: the
-//!   faulting task itself must change its map while its faults wait, which
-//!   takes a second thread of that task; a connection has one.
 //! - `a_fault_can_wait_without_a_thread` and
 //!   `an_access_can_wait_without_a_thread`: they test the kernel's
 //!   non-blocking calls (`vm_fault_poll`, `access_poll`) with a waker of
@@ -39,6 +37,7 @@ use std::time::Duration;
 transports!(
     init_is_sent_once_per_object_however_often_it_is_mapped,
     faults_wait_for_ready_before_asking_for_data,
+    a_fault_asleep_on_its_pager_wakes_when_its_mapping_changes,
     change_attributes_cluster_makes_one_request_per_cluster,
     a_cluster_request_skips_pages_already_resident,
     change_attributes_with_an_invalid_cluster_is_refused_and_changes_nothing,
@@ -123,8 +122,8 @@ fn spawn<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Receiver<
     rx
 }
 
-/// A read by another thread of `task` (over the socket, the task's one
-/// thread: calls of the task made meanwhile wait behind it).
+/// A read by another thread of `task` (over the socket, a call through
+/// the task's connection while its other threads call too).
 fn read_at(task: &Task, at: VmAddr) -> Receiver<Result<u64>> {
     let task = task.clone();
     spawn(move || task.read_u64(at))
@@ -226,10 +225,9 @@ fn faults_wait_for_ready_before_asking_for_data(via: Transport) {
 /// `KERN_INVALID_ADDRESS`), or its protection is taken away
 /// (`KERN_PROTECTION_FAILURE`). The object stays alive through a second
 /// mapping, or through a paging proxy, so nothing else wakes it.
-#[test]
-fn a_fault_asleep_on_its_pager_wakes_when_its_mapping_changes() {
+fn a_fault_asleep_on_its_pager_wakes_when_its_mapping_changes(via: Transport) {
     for through_proxy in [false, true] {
-        let h = kernel(Transport::Local);
+        let h = kernel(via);
         let (client, mut pager, _obj, name) = setup(&h);
         let target = if through_proxy {
             let px = client
@@ -561,14 +559,10 @@ fn a_write_to_a_write_locked_page_sends_one_data_unlock_and_waits_for_the_lock_r
         KernelToPager::DataUnlock { offset: 0, length: P, access } => assert_eq!(access, VmProt::WRITE),
         other => panic!("{other:?}"),
     }
-    // Reads are allowed meanwhile; more writers do not ask again. (The
-    // read and one writer are another task's, mapping the same object: a
-    // task over the socket has one thread, and it is waiting in `w1`.)
-    let other = h.task();
-    let b = map(&other, give(&h, &pager, obj, &other).unwrap(), 1);
-    assert_eq!(other.read_u64(VmAddr(b.0 + 8)).unwrap(), 1);
+    // Reads are allowed meanwhile; more writers do not ask again.
+    assert_eq!(client.read_u64(VmAddr(a.0 + 8)).unwrap(), 1);
     let w2 = write_at(&client, VmAddr(a.0 + 8), 200);
-    let w3 = write_at(&other, VmAddr(b.0 + 16), 300);
+    let w3 = write_at(&client, VmAddr(a.0 + 16), 300);
     still_waiting(&w1);
     still_waiting(&w2);
     still_waiting(&w3);
