@@ -539,17 +539,14 @@ fn region_proxy_of_a_copy_made_through_a_revoked_paging_proxy(v: ProxyVersion, v
 
 fn paging_revoke_during_a_fault(via: Transport) {
     // A thread waits on the real pager for a page through the proxy; the
-    // proxy is revoked (by another task holding the revoke right: over the
-    // socket the client's one thread is the one waiting); the pager
-    // supplies; the fault fails.
+    // proxy is revoked; the pager supplies; the fault fails.
     let mut s = Scripted::new(ProxyVersion::Paging, via);
     let px = s.client.memory_object_create_proxy(VmProt::READ, &[s.name], &[0], &[0], &[P]).unwrap();
-    let (revoker, revoke) = s.hand_over(px.revoke);
     let a = s.client.vm_map(MapRequest::anywhere(P, Some(px.proxy))).unwrap();
     let direct = s.client.vm_map(MapRequest::anywhere(P, Some(s.name))).unwrap();
     let r = spawn_read(&s.client, a);
     s.expect(0);
-    revoker.memory_object_proxy_revoke(revoke).unwrap();
+    s.client.memory_object_proxy_revoke(px.revoke).unwrap();
     s.supply(0, 77);
     assert_eq!(join(r), Err(KernError::MemoryError));
     // The page itself arrived: the object's own mapping reads it.
@@ -560,7 +557,6 @@ fn paging_revoke_during_a_fault(via: Transport) {
 fn paging_revoke_during_a_fault_through_a_nested_proxy(via: Transport) {
     let mut s = Scripted::new(ProxyVersion::Paging, via);
     let inner = s.client.memory_object_create_proxy(VmProt::READ, &[s.name], &[0], &[0], &[2 * P]).unwrap();
-    let (revoker, revoke) = s.hand_over(inner.revoke);
     let outer = s
         .client
         .memory_object_create_proxy_version(VmProt::ALL, &[inner.proxy], &[0], &[P], &[P], ProxyVersion::Mapping)
@@ -568,7 +564,7 @@ fn paging_revoke_during_a_fault_through_a_nested_proxy(via: Transport) {
     let a = s.client.vm_map(MapRequest::anywhere(P, Some(outer.proxy))).unwrap();
     let r = spawn_read(&s.client, a);
     s.expect(P);
-    revoker.memory_object_proxy_revoke(revoke).unwrap();
+    s.client.memory_object_proxy_revoke(inner.revoke).unwrap();
     s.supply(P, 5);
     assert_eq!(join(r), Err(KernError::MemoryError));
 }
@@ -578,10 +574,9 @@ fn paging_revoke_while_the_pager_never_answers(via: Transport) {
     // that may never answer.
     let mut s = Scripted::new(ProxyVersion::Paging, via);
     let px = s.client.memory_object_create_proxy(VmProt::READ, &[s.name], &[0], &[0], &[P]).unwrap();
-    let (revoker, revoke) = s.hand_over(px.revoke);
     let a = s.client.vm_map(MapRequest::anywhere(P, Some(px.proxy))).unwrap();
     let r = spawn_read(&s.client, a);
     s.expect(0);
-    revoker.memory_object_proxy_revoke(revoke).unwrap();
+    s.client.memory_object_proxy_revoke(px.revoke).unwrap();
     assert_eq!(join(r), Err(KernError::MemoryError));
 }

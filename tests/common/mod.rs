@@ -233,15 +233,6 @@ impl Scripted {
         data[..8].copy_from_slice(&v.to_le_bytes());
         self.pager.supply(self.obj, offset, &data).unwrap();
     }
-
-    /// Fixture only: a new task holding a copy of the client's send right
-    /// `name` (to act while the client's thread waits in a fault: over the
-    /// socket a task has one thread).
-    pub fn hand_over(&self, name: PortName) -> (Task, PortName) {
-        let t = self.host.task();
-        let n = self.host.give(&self.client, name, &t);
-        (t, n)
-    }
 }
 
 /// Reads a word on another thread (a task thread that may block on a pager).
