@@ -9,12 +9,11 @@
 //! exist for one version only (revocation, request sharing with the real
 //! pager); they are at the end, run on both transports ([`transports!`]).
 //!
-//! In-process only (no rule of the proxies):
-//! - `terminating_a_task_wakes_its_blocked_receiver` checks the in-process
-//!   fixtures' footing: a task's thread blocked in a receive returns when
-//!   the task is terminated from outside. Over the socket a task ends when
-//!   its connection closes, and the connection cannot be closed while its
-//!   one thread waits in it (the daemon suites cover a peer that goes).
+//! One rule is no rule of the proxies:
+//! `terminating_a_task_wakes_its_blocked_receiver` checks the fixtures'
+//! footing (a task's thread blocked in a receive returns when the task is
+//! terminated from outside, as `Running::stop` ends a pager), on both
+//! transports too. Nothing here is in-process only.
 
 #[macro_use]
 mod common;
@@ -64,6 +63,7 @@ transports!(
     paging_revocation_cuts_only_the_windows_that_reach_the_revoked_proxy,
     paging_a_revoked_proxy_leaves_only_its_id_yet_its_copies_stay_dead,
     mapping_revoke_is_not_supported,
+    terminating_a_task_wakes_its_blocked_receiver,
 );
 
 // ----- creation -----
@@ -772,18 +772,22 @@ fn versions_are_indistinguishable_to_user_code(v: ProxyVersion, via: Transport) 
 
 // ----- the fixtures' own footing -----
 
-#[test]
-fn terminating_a_task_wakes_its_blocked_receiver() {
+fn terminating_a_task_wakes_its_blocked_receiver(via: Transport) {
     // A pager task serving no object yet waits on an empty port set; when
-    // the task ends, that thread must return, not sleep forever.
-    let k = Kernel::new(config(ProxyVersion::Paging));
-    let pager = k.task_create(None).unwrap();
-    let set = k.port_set_allocate(pager).unwrap();
-    let k2 = k.clone();
-    let h = std::thread::spawn(move || k2.msg_receive(pager, set, None).map(|m| m.id as u64));
+    // the task ends, that thread must return, not sleep forever. The task
+    // is ended from outside as `Running::stop` ends a pager (the kernel's
+    // `task_terminate`; over the socket its connection stays open), and
+    // then its other threads' calls fail too.
+    let host = Host::boot(via, config(ProxyVersion::Paging));
+    let pager = host.task();
+    let set = pager.port_set_allocate().unwrap();
+    let thread = pager.clone();
+    let h = std::thread::spawn(move || thread.msg_receive(set, None).map(|m| m.id as u64));
     std::thread::sleep(std::time::Duration::from_millis(50));
-    k.task_terminate(pager).unwrap();
+    assert!(!h.is_finished(), "the receive waits");
+    host.k.task_terminate(pager.id()).unwrap();
     assert_eq!(join(h), Err(KernError::InvalidTask));
+    assert_eq!(pager.port_allocate(), Err(KernError::InvalidTask));
 }
 
 // ----- paging proxies only -----
