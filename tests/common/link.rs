@@ -24,11 +24,13 @@
 //!    kernel's `TaskId` of each task ([`TaskLink::id`]); a rule never uses
 //!    them for what it tests.
 //!
-//! Over the socket a task has one thread: its connection makes one call
-//! at a time, so a call made while another call of the same task waits
-//! (for a pager, for a message) waits behind it. Rules that need a second
-//! thread of a task to act while its first waits give that part to
-//! another task.
+//! A task's threads are the test's threads that call through its
+//! [`Task`]. Over the socket they share the task's one connection and call
+//! at once (`machvm_client::Connection` takes calls from several threads,
+//! each waiting for its own reply, and `machvmd` runs a connection's calls
+//! as they come): a call that waits (for a pager, for a message) holds up
+//! no other call of the task, as in-process. [`Remote`] adds no lock of
+//! its own around the connection.
 
 use machvm_client::Connection;
 use machvm_core::ipc::{Disposition, PortName, ReceivedMessage, RightKind, UserMessage};
