@@ -20,9 +20,14 @@
 //!    its checks is answered in its turn (once the calls before it are)
 //!    with a protocol error naming what was wrong, and the connection
 //!    closes.
-//! 4. When the peer goes (end of stream, an error, a hang-up), the task
-//!    terminates at once: its rights go, a call of it still waiting is
-//!    dropped (its registrations cancelled), its names leave the table.
+//! 4. When the peer's stream ends (a half-close), the calls it sent before
+//!    the end are made and answered while it may still read (for at most
+//!    [`LINGER`]); then the connection closes. If one of them must wait,
+//!    the task ends instead: the calls waiting fail.
+//! 5. When the peer goes (its stream ends with nothing left to make, an
+//!    error, a hang-up), the task terminates at once: its rights go, a
+//!    call of it still waiting is dropped (its registrations cancelled),
+//!    its names leave the table.
 
 use crate::dispatch::{start, Caller, Pending, Started};
 use crate::{ConnInfo, Shared};
@@ -99,6 +104,9 @@ pub struct Conn {
     blocked: bool,
     /// The peer's stream ended; until when its last replies may take.
     eof: Option<Instant>,
+    /// The task was terminated because a call after the end of the stream
+    /// had to wait (step 4).
+    ended: bool,
     waker: Arc<dyn Waker>,
     pid: u32,
     uid: u32,
@@ -135,6 +143,7 @@ impl Conn {
             stop_reading: false,
             blocked: false,
             eof: None,
+            ended: false,
             waker,
             pid,
             uid,
@@ -155,14 +164,13 @@ impl Conn {
         let mut buf = [0u8; READ_CHUNK];
         loop {
             match (&self.stream).read(&mut buf) {
-                // The peer sent its last call: its task ends now (a call
-                // waiting fails with it), and the calls it sent are
-                // answered while it may still read (for at most
-                // `LINGER`). A second end of stream is a hang-up.
+                // The peer sent its last call: the calls it sent are made
+                // and answered while it may still read (for at most
+                // `LINGER`), and a call that must wait ends the task
+                // (step 4). A second end of stream is a hang-up.
                 Ok(0) => match self.phase {
-                    Phase::Task { caller } if self.eof.is_none() => {
+                    Phase::Task { .. } if self.eof.is_none() => {
                         self.eof = Some(Instant::now() + LINGER);
-                        let _ = sh.kernel.task_terminate(caller.task);
                         break;
                     }
                     _ => return After::Close,
@@ -369,11 +377,23 @@ impl Conn {
         }
     }
 
+    /// Starts the calls read (see [`Conn::make_calls`]); after the end of
+    /// the peer's stream, a call that waits ends the task (step 4), so
+    /// that it fails at once.
+    fn run(&mut self, sh: &Shared) {
+        self.make_calls(sh);
+        let Phase::Task { caller } = self.phase else { return };
+        if self.eof.is_some() && !self.running.is_empty() && !self.ended {
+            self.ended = true;
+            let _ = sh.kernel.task_terminate(caller.task);
+        }
+    }
+
     /// Starts the calls read, in order: each is answered when it is done,
     /// so one that waits does not hold up the next (as two threads of a
     /// task). A call that breaks the protocol is answered in its turn,
     /// once the calls before it are: then the connection closes.
-    fn run(&mut self, sh: &Shared) {
+    fn make_calls(&mut self, sh: &Shared) {
         let Phase::Task { caller } = self.phase else { return };
         while self.running.len() < CALLS_QUEUED && self.out.len() - self.out_at < OUT_HIGH {
             let Some(front) = self.queue.front() else { return };
