@@ -5,8 +5,9 @@
 
 mod common;
 use common::daemon::{client, daemon, Dir};
-use machvm_protocol::frame::{encode_frame, read_frame};
-use machvm_protocol::wire::{Call, Request, Response, Role, PROTOCOL_VERSION};
+use machvm_client::ClientError;
+use machvm_protocol::frame::{encode_frame, read_frame, MAX_FRAME};
+use machvm_protocol::wire::{Call, InspectWhat, Request, Response, Role, MAX_NAME_LEN, PROTOCOL_VERSION};
 use machvm_protocol::{VmAddr, PAGE_SIZE};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -56,4 +57,57 @@ fn calls_sent_before_a_half_close_are_made() {
     }
     let c = client(&dir.socket(), "after");
     assert!(c.vm_allocate(VmAddr(0), P, true).is_ok());
+}
+
+/// The soft and hard limits on this process's open files.
+fn nofile() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let n: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    (n[0], n[1])
+}
+
+/// Found by attack: `inspect(Tasks)` (`machvm ps`) answered with every
+/// connection's row whatever the size, unlike the other listings, which
+/// are `KERN_RESOURCE_SHORTAGE` past a frame: with some 8000 connections
+/// named with 255 bytes each, the reply could not be framed and the
+/// daemon closed the connection that asked ("reply not sent"). Whoever
+/// opens enough connections so breaks `machvm ps` for everyone. The
+/// listing is a Mach error when too large, and the asker stays connected.
+#[test]
+fn a_tasks_listing_too_large_for_a_frame_does_not_cost_the_connection() {
+    // Each row holds at least the name and 9 bytes more.
+    let rows = MAX_FRAME / (MAX_NAME_LEN + 9) + 1;
+    let want = rows as u64 + 64;
+    let (soft, hard) = nofile();
+    if soft < want {
+        if hard < want {
+            eprintln!("skipped: {want} descriptors needed, the hard limit is {hard}");
+            return;
+        }
+        let me = std::process::id().to_string();
+        let ok = std::process::Command::new("prlimit")
+            .args(["--pid", &me, &format!("--nofile={hard}:{hard}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: {want} descriptors needed, the limit is {soft} and prlimit failed");
+            return;
+        }
+    }
+    let dir = Dir::new("reactor-ps");
+    let _d = daemon(&dir.socket(), &[]);
+    let probe = client(&dir.socket(), "probe");
+    let long = "n".repeat(MAX_NAME_LEN);
+    let mut conns = Vec::new();
+    for _ in 0..rows {
+        let mut s = UnixStream::connect(dir.socket()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&hello_frame(&long)).unwrap();
+        assert!(matches!(read_frame::<Response>(&mut s), Ok(Some(Response::Welcome { .. }))));
+        conns.push(s);
+    }
+    let listed = probe.inspect(InspectWhat::Tasks);
+    assert!(matches!(listed, Ok(_) | Err(ClientError::Kern(_))), "{rows} tasks listed: {listed:?}");
+    assert!(probe.vm_allocate(VmAddr(0), P, true).is_ok(), "the asker is still connected");
 }
