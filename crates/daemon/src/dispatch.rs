@@ -356,7 +356,7 @@ fn inspect(sh: &Shared, what: InspectWhat) -> Result<Reply> {
                     }
                 })
                 .collect();
-            Ok(Reply::Tasks(rows))
+            fits(Reply::Tasks(rows))
         }
         InspectWhat::Stats => {
             let s = sh.kernel.stats();
