@@ -4,7 +4,7 @@
 //! deadline.
 
 mod common;
-use common::daemon::{client, daemon, Dir};
+use common::daemon::{client, daemon, stat, Dir};
 use machvm_client::ClientError;
 use machvm_protocol::frame::{encode_frame, read_frame, MAX_FRAME};
 use machvm_protocol::wire::{Call, InspectWhat, Request, Response, Role, MAX_NAME_LEN, PROTOCOL_VERSION};
@@ -110,4 +110,48 @@ fn a_tasks_listing_too_large_for_a_frame_does_not_cost_the_connection() {
     let listed = probe.inspect(InspectWhat::Tasks);
     assert!(matches!(listed, Ok(_) | Err(ClientError::Kern(_))), "{rows} tasks listed: {listed:?}");
     assert!(probe.vm_allocate(VmAddr(0), P, true).is_ok(), "the asker is still connected");
+}
+
+/// The daemon's resident set, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Found by attack: a connection kept, for as long as it lived, buffers
+/// as large as its largest call and reply: after one `vm_write` and one
+/// `vm_read` of 2 MiB, each idle connection held some 4 MiB of the
+/// daemon's memory (its reply buffer and its frame decoder never gave
+/// back what they had grown to), although the memory the calls touched
+/// was deallocated. A hundred clients that each once moved 2 MiB so held
+/// 400 MiB. An idle connection costs a few KiB whatever it did before.
+#[test]
+fn an_idle_connection_keeps_no_buffer_of_its_largest_call() {
+    const CONNS: u64 = 100;
+    const BIG: u64 = 2 << 20;
+    let dir = Dir::new("reactor-idle");
+    let d = daemon(&dir.socket(), &[]);
+    let pid = d.0.id();
+    let conns: Vec<_> = (0..CONNS).map(|i| client(&dir.socket(), &format!("idle {i}"))).collect();
+    // One round first, so that the daemon's allocator and the kernel's
+    // frames have grown to what one such call needs.
+    let warm = client(&dir.socket(), "warm");
+    let a = warm.vm_allocate(VmAddr(0), BIG, true).unwrap();
+    warm.vm_write(a, &vec![5; BIG as usize]).unwrap();
+    assert_eq!(warm.vm_read(a, BIG).unwrap().len(), BIG as usize);
+    warm.vm_deallocate(a, BIG).unwrap();
+    let before = rss_kib(pid);
+    for c in &conns {
+        let a = c.vm_allocate(VmAddr(0), BIG, true).unwrap();
+        c.vm_write(a, &vec![5; BIG as usize]).unwrap();
+        assert_eq!(c.vm_read(a, BIG).unwrap().len(), BIG as usize);
+        c.vm_deallocate(a, BIG).unwrap();
+    }
+    assert_eq!(stat(&warm, "resident"), 0, "the memory the calls touched is gone");
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 64 << 10, "{CONNS} idle connections that each moved 2 MiB once hold {grown} KiB");
 }
