@@ -57,6 +57,10 @@ const LINGER: Duration = Duration::from_secs(1);
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 64 << 10;
 
+/// The most reply buffer an idle connection keeps (a larger one, grown
+/// for a large reply, is given back once written).
+const OUT_KEEP: usize = 64 << 10;
+
 /// Where a connection is.
 #[derive(Debug)]
 enum Phase {
@@ -294,6 +298,8 @@ impl Conn {
     /// Encodes `r` for the loop to write.
     fn send(&mut self, r: &Response) {
         match encode_frame(r) {
+            // Nothing waiting: the frame is the buffer (no copy).
+            Ok(frame) if self.out.is_empty() => self.out = frame,
             Ok(frame) => self.out.extend_from_slice(&frame),
             Err(e) => {
                 // A reply too large for a frame (the calls keep theirs
@@ -323,14 +329,18 @@ impl Conn {
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => {
-                    self.out.clear();
+                    self.out = Vec::new();
                     self.out_at = 0;
                     return false;
                 }
             }
         }
         if self.out_at == self.out.len() {
-            self.out.clear();
+            if self.out.capacity() > OUT_KEEP {
+                self.out = Vec::new();
+            } else {
+                self.out.clear();
+            }
             self.out_at = 0;
         } else if self.out_at > (1 << 20) {
             self.out.drain(..self.out_at);

@@ -45,6 +45,9 @@ pub const MAX_FRAME: usize = (2 << 20) + (64 << 10);
 /// The most [`read_frame`] reads (and so allocates) at a time for a body.
 const READ_CHUNK: usize = 64 << 10;
 
+/// The most buffer a [`FrameDecoder`] keeps once it holds no byte.
+const KEEP: usize = 64 << 10;
+
 /// What was wrong with a frame, or with the stream it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -175,7 +178,8 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// byte of that frame's body is kept. (Bytes pushed and not yet taken by
 /// `next` are held too: the bound assumes the caller drains the decoder
 /// after each push, as it must anyway to see the messages.) Memory grows
-/// only with bytes actually pushed, never with a length the peer claims.
+/// only with bytes actually pushed, never with a length the peer claims,
+/// and a decoder emptied of a large frame gives its buffer back.
 ///
 /// After [`FrameError::Oversized`] the stream cannot be resynchronised: the
 /// decoder drops whatever is pushed after it and `next` keeps returning the
@@ -241,7 +245,13 @@ impl FrameDecoder {
         let msg = decode_body(&self.buf[body_start..body_start + len]);
         self.start = body_start + len;
         if self.start == self.buf.len() {
-            self.buf.clear();
+            // Emptied: a buffer grown for a large frame is given back, so
+            // an idle stream costs little whatever it carried before.
+            if self.buf.capacity() > KEEP {
+                self.buf = Vec::new();
+            } else {
+                self.buf.clear();
+            }
             self.start = 0;
         }
         msg.map(Some)
