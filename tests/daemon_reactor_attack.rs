@@ -4,14 +4,20 @@
 //! deadline.
 
 mod common;
-use common::daemon::{client, daemon, stat, Dir};
-use machvm_client::ClientError;
+use common::daemon::{client, daemon, stat, Dir, Watchdog};
+use machvm_client::{map_anywhere, ClientError, Connection};
+use machvm_pagers::PagerConn;
+use machvm_protocol::emmi::{CopyStrategy, KernelToPager, PagerToKernel};
 use machvm_protocol::frame::{encode_frame, read_frame, MAX_FRAME};
-use machvm_protocol::wire::{Call, InspectWhat, Request, Response, Role, MAX_NAME_LEN, PROTOCOL_VERSION};
-use machvm_protocol::{VmAddr, PAGE_SIZE};
+use machvm_protocol::wire::{
+    Call, InspectWhat, ProxyVersion, Reply, Request, Response, Role, MAX_NAME_LEN, PROTOCOL_VERSION,
+};
+use machvm_protocol::{VmAddr, VmProt, PAGE_SIZE};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const P: u64 = PAGE_SIZE;
 
@@ -154,4 +160,64 @@ fn an_idle_connection_keeps_no_buffer_of_its_largest_call() {
     assert_eq!(stat(&warm, "resident"), 0, "the memory the calls touched is gone");
     let grown = rss_kib(pid).saturating_sub(before);
     assert!(grown < 64 << 10, "{CONNS} idle connections that each moved 2 MiB once hold {grown} KiB");
+}
+
+/// Found by attack: a fork of a task with many entries of an object whose
+/// pager asks for eager copies (`MEMORY_OBJECT_COPY_NONE`) never ended,
+/// the daemon's loop busy all along and no other call on it answered.
+/// Each step of the fork's copies matched every copy it plans against
+/// every copy it has begun (quadratic in the entries, under the kernel
+/// lock), and registered one waiter per three copies, all on the same
+/// object: each page the pager supplied woke the connection once per
+/// registration, and the loop made that quadratic step again for each.
+/// With 8192 entries and a pager answering at once, the fork took hours.
+/// It takes about as long as copying its pages.
+#[test]
+fn a_fork_of_many_eagerly_copied_entries_ends_promptly() {
+    const WINDOWS: u64 = 4096;
+    const PROXIES: u64 = 2;
+    let dir = Dir::new("reactor-eager-fork");
+    let d = daemon(&dir.socket(), &["--loops", "1"]);
+    let _watchdog = Watchdog::new(d.0.id(), Duration::from_secs(8));
+    let link = Connection::connect(&dir.socket(), Role::Pager, "copy-none").unwrap();
+    let mut pager = PagerConn::over(link).unwrap();
+    let object = pager.new_object().unwrap();
+    pager.link.name_register("copy-none", object).unwrap();
+    let c = client(&dir.socket(), "forker");
+    let o = c.name_lookup("copy-none").unwrap();
+    c.vm_map(map_anywhere(P, Some(o))).unwrap();
+    let init = pager.recv(Some(Duration::from_secs(5))).unwrap();
+    assert!(matches!(init.msg, KernelToPager::Init { .. }), "{init:?}");
+    let eager = PagerToKernel::ChangeAttributes { may_cache: true, copy_strategy: CopyStrategy::None, cluster_pages: 64 };
+    pager.call(object, eager).unwrap();
+    // One entry per window: a page of the object, every other page.
+    for k in 0..PROXIES {
+        let offsets: Vec<u64> = (0..WINDOWS).map(|i| i * P).collect();
+        let starts: Vec<u64> = (0..WINDOWS).map(|i| 2 * (k * WINDOWS + i) * P).collect();
+        let objects = vec![o; WINDOWS as usize];
+        let lens = vec![P; WINDOWS as usize];
+        let (px, _) =
+            c.proxy_create(VmProt::ALL, &objects, &offsets, &starts, &lens, Some(ProxyVersion::Mapping)).unwrap();
+        c.vm_map(map_anywhere(WINDOWS * P, Some(px))).unwrap();
+    }
+    // The pager answers every request at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let serving = std::thread::spawn(move || {
+        while !s2.load(Ordering::Relaxed) {
+            if let Ok(r) = pager.recv(Some(Duration::from_millis(50))) {
+                if let KernelToPager::DataRequest { offset, length, .. } = r.msg {
+                    let _ = pager.supply(r.object, offset, &vec![7; length as usize]);
+                }
+            }
+        }
+    });
+    let t = Instant::now();
+    let forked = c.call(Call::TaskCreate { inherit_memory: true });
+    let took = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    serving.join().unwrap();
+    let entries = WINDOWS * PROXIES;
+    assert!(matches!(forked, Ok(Reply::ChildToken(_))), "a fork of {entries} entries: {forked:?} after {took:?}");
+    assert!(took < Duration::from_secs(3), "a fork of {entries} entries took {took:?}");
 }
