@@ -16,6 +16,7 @@ use crate::vm::copy::{CopyStep, EagerCopy};
 use crate::vm::map::{nonzero_pages, MapEntry, VmMap};
 use crate::vm::object::{ObjectId, Provider, VmObject};
 use crate::wait::{Poll, WaitKey, Waker};
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 /// The arguments of `vm_map`.
@@ -705,12 +706,16 @@ impl KState {
             let dest = self.vm.eager_copy_finish(job);
             self.vm.object_deallocate(dest);
         }
+        // The copies begun, by what they copy: a fork may plan one per
+        // map entry, so finding them must not cost a walk of the others.
+        let mut begun: FxHashMap<CopySource, usize> =
+            jobs.iter().enumerate().map(|(i, j)| ((j.source, j.offset, j.len), i)).collect();
         for &(object, offset, len) in wanted {
             if !self.vm.copies_eagerly(object) {
                 continue;
             }
-            let i = match jobs.iter().position(|j| (j.source, j.offset, j.len) == (object, offset, len)) {
-                Some(i) => i,
+            let i = match begun.get(&(object, offset, len)) {
+                Some(&i) => i,
                 None => {
                     // The copy is made in memory: one larger than the
                     // machine is refused, not attempted.
@@ -718,6 +723,7 @@ impl KState {
                         return CopyStep::Error(KernError::ResourceShortage);
                     }
                     jobs.push(self.vm.eager_copy_begin(object, offset, len, owner));
+                    begun.insert((object, offset, len), jobs.len() - 1);
                     jobs.len() - 1
                 }
             };

@@ -25,6 +25,7 @@ use crate::types::{KernError, Result, VmAddr, VmProt, PAGE_SIZE};
 use crate::vm::charge::Owner;
 use crate::vm::copy::{CopyStep, EagerCopy};
 use crate::wait::{Poll, Step, ThreadWaker, WaitBy, WaitKey, WaitTicket, Waker, MAX_KEYS};
+use rustc_hash::FxHashSet;
 use std::time::Instant;
 
 /// How often `vm_write` faults its whole range in again when pageout keeps
@@ -387,9 +388,12 @@ impl Copies {
             };
             match st.step_copies(&wanted, &mut self.jobs, task.map(|t| Owner(t.id))) {
                 CopyStep::Wait => {
-                    // Woken by the pages being copied, or the task's map.
-                    let mut keys: Vec<WaitKey> = self.jobs.iter().map(|j| WaitKey::Object(j.source)).collect();
-                    keys.extend(task.map(|t| WaitKey::Task(t.id)));
+                    // Woken by the pages being copied, or the task's map:
+                    // each key once (many copies may read one object).
+                    let mut seen = FxHashSet::default();
+                    let objects = self.jobs.iter().map(|j| WaitKey::Object(j.source));
+                    let keys: Vec<WaitKey> =
+                        objects.chain(task.map(|t| WaitKey::Task(t.id))).filter(|&k| seen.insert(k)).collect();
                     self.tickets = keys.chunks(MAX_KEYS).map(|c| st.waits.register(c, waker.clone())).collect();
                     let first = self.tickets[0];
                     k.unlock(st);
@@ -398,6 +402,7 @@ impl Copies {
                 CopyStep::Error(e) => break 'made Err(e),
                 CopyStep::Done => {}
             }
+            let wanted: FxHashSet<CopySource> = wanted.into_iter().collect();
             for job in self.jobs.drain(..) {
                 let key = (job.source, job.offset, job.len);
                 let dest = st.vm.eager_copy_finish(job);
