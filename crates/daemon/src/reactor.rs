@@ -295,7 +295,11 @@ impl Loop {
     fn drain(&mut self) {
         loop {
             let streams = std::mem::take(&mut *self.inbox.conns.lock().unwrap_or_else(|e| e.into_inner()));
-            let woken = std::mem::take(&mut *self.inbox.woken.lock().unwrap_or_else(|e| e.into_inner()));
+            let mut woken = std::mem::take(&mut *self.inbox.woken.lock().unwrap_or_else(|e| e.into_inner()));
+            // An op registered on several keys is woken once per key
+            // marked; one poll makes it start again from the top.
+            woken.sort_unstable();
+            woken.dedup();
             let close = std::mem::take(&mut *self.inbox.close.lock().unwrap_or_else(|e| e.into_inner()));
             if streams.is_empty() && woken.is_empty() && close.is_empty() {
                 return;
