@@ -37,7 +37,7 @@ use common::racing::RacingMachine;
 use machvm_core::ipc::{Disposition, PortName};
 use machvm_core::memory_object::emmi::{KernelToPager, PagerToKernel};
 use machvm_core::pmap::soft::SoftMachine;
-use machvm_core::pmap::{Access, Frame, HwFault, Machine, PhysMem, Pmap, PmapId};
+use machvm_core::pmap::{Access, Frame, HwFault, Machine, ObjectId, PageStore, Pmap, PmapId, StoreError};
 use machvm_core::vm::object::CopyStrategy;
 use machvm_core::vm::paging::ReturnPolicy;
 use machvm_core::*;
@@ -264,9 +264,21 @@ impl JitterMachine {
     }
 }
 
-impl PhysMem for JitterMachine {
-    fn frame_count(&self) -> usize {
-        self.inner.frame_count()
+impl PageStore for JitterMachine {
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+    fn alloc(&self, object: ObjectId, offset: u64) -> Result<Frame, StoreError> {
+        self.inner.alloc(object, offset)
+    }
+    fn free(&self, page: Frame) {
+        self.inner.free(page)
+    }
+    fn rename(&self, page: Frame, object: ObjectId, offset: u64) -> Result<Frame, StoreError> {
+        self.inner.rename(page, object, offset)
+    }
+    fn object_released(&self, object: ObjectId) {
+        self.inner.object_released(object)
     }
     fn read(&self, frame: Frame, offset: usize, buf: &mut [u8]) {
         self.dawdle();

@@ -11,7 +11,7 @@ mod common;
 
 use common::*;
 use machvm_core::pmap::soft::SoftMachine;
-use machvm_core::pmap::PhysMem;
+use machvm_core::pmap::PageStore;
 use machvm_core::*;
 use std::sync::Arc;
 
@@ -172,8 +172,8 @@ fn limited(
     let m = Arc::new(SoftMachine::new(8 * 2048 + 64));
     let limits = TaskLimits { resident_pages: limit, ..TaskLimits::default() };
     let c = KernelConfig {
-        phys_pages: m.frame_count(),
-        resident_limit: m.frame_count(),
+        phys_pages: m.capacity(),
+        resident_limit: m.capacity(),
         cluster_pages: 1,
         limits,
         ..KernelConfig::default()

@@ -6,7 +6,7 @@
 //! translation that is still there.
 
 use machvm_core::pmap::soft::SoftMachine;
-use machvm_core::pmap::{Access, Frame, HwFault, Machine, PhysMem, Pmap, PmapId};
+use machvm_core::pmap::{Access, Frame, HwFault, Machine, ObjectId, PageStore, Pmap, PmapId, StoreError};
 use machvm_core::{VmAddr, VmProt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,9 +43,21 @@ impl RacingMachine {
     }
 }
 
-impl PhysMem for RacingMachine {
-    fn frame_count(&self) -> usize {
-        self.inner.frame_count()
+impl PageStore for RacingMachine {
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+    fn alloc(&self, object: ObjectId, offset: u64) -> Result<Frame, StoreError> {
+        self.inner.alloc(object, offset)
+    }
+    fn free(&self, page: Frame) {
+        self.inner.free(page)
+    }
+    fn rename(&self, page: Frame, object: ObjectId, offset: u64) -> Result<Frame, StoreError> {
+        self.inner.rename(page, object, offset)
+    }
+    fn object_released(&self, object: ObjectId) {
+        self.inner.object_released(object)
     }
     fn read(&self, frame: Frame, offset: usize, buf: &mut [u8]) {
         self.inner.read(frame, offset, buf)

@@ -417,7 +417,7 @@ impl Kernel {
     /// aborts the kernel). Its length.
     pub(crate) fn vm_read_check(&self, task: TaskId, address: VmAddr, size: u64) -> Result<usize> {
         self.check_access(task, address, size, VmProt::READ)?;
-        let limit = (self.machine.frame_count() as u64).saturating_mul(PAGE_SIZE);
+        let limit = (self.machine.capacity() as u64).saturating_mul(PAGE_SIZE);
         usize::try_from(size).ok().filter(|_| size <= limit).ok_or(KernError::ResourceShortage)
     }
 
@@ -719,7 +719,7 @@ impl KState {
                 None => {
                     // The copy is made in memory: one larger than the
                     // machine is refused, not attempted.
-                    if len / PAGE_SIZE > self.vm.machine.frame_count() as u64 {
+                    if len / PAGE_SIZE > self.vm.machine.capacity() as u64 {
                         return CopyStep::Error(KernError::ResourceShortage);
                     }
                     jobs.push(self.vm.eager_copy_begin(object, offset, len, owner));

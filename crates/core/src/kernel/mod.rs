@@ -354,7 +354,7 @@ impl Kernel {
     pub fn set_resident_limit(&self, limit: usize) {
         self.with(|st| {
             st.vm.resident_limit =
-                limit.clamp(crate::vm::MIN_RESIDENT, st.vm.machine.frame_count().max(crate::vm::MIN_RESIDENT));
+                limit.clamp(crate::vm::MIN_RESIDENT, st.vm.machine.capacity().max(crate::vm::MIN_RESIDENT));
             if st.vm.resident > st.vm.resident_limit {
                 let n = st.vm.resident - st.vm.resident_limit;
                 st.vm.pageout(n);

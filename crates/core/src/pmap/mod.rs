@@ -34,14 +34,20 @@
 //! 3. A store sets the frame's modified bit, any access its referenced bit,
 //!    before the access is visible; the bits are only cleared by the VM.
 //!
-//! Physical memory is a set of [`Frame`]s owned by the VM's frame allocator;
-//! the machine stores their bytes ([`PhysMem`]).
+//! The bytes of resident pages live in the machine's page store
+//! ([`store`]), keyed by `(object, offset)`; a [`Frame`] is the store's
+//! handle for one of them.
 
 pub mod soft;
+pub mod store;
+
+pub use store::{ObjectId, PageStore, StoreError};
 
 use crate::types::{VmAddr, VmProt};
 
-/// A physical page frame number.
+/// A resident page, as the page store names it: a physical frame number on
+/// the software MMU, a slot naming `(object, offset)` on a host whose
+/// pages live in each object's own memory (see [`store`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frame(pub u32);
 
@@ -69,20 +75,6 @@ pub enum Access<'a> {
     Store(&'a [u8]),
     /// An instruction fetch (checks execute permission, reads nothing).
     Execute,
-}
-
-/// Physical memory: the bytes behind frames.
-pub trait PhysMem: Send + Sync {
-    /// How many frames this machine has.
-    fn frame_count(&self) -> usize;
-    /// Copies bytes out of a frame. `offset + buf.len()` must not exceed a page.
-    fn read(&self, frame: Frame, offset: usize, buf: &mut [u8]);
-    /// Copies bytes into a frame. `offset + data.len()` must not exceed a page.
-    fn write(&self, frame: Frame, offset: usize, data: &[u8]);
-    /// Fills a frame with zeroes.
-    fn zero(&self, frame: Frame);
-    /// Copies a whole frame.
-    fn copy(&self, from: Frame, to: Frame);
 }
 
 /// The MMU: translation tables plus the per-frame attribute bits.
@@ -113,9 +105,11 @@ pub trait Pmap: Send + Sync {
     fn extract(&self, pmap: PmapId, va: VmAddr) -> Option<(Frame, VmProt)>;
 }
 
-/// A whole machine: MMU plus physical memory, and the "CPU" accesses task
-/// threads make through it.
-pub trait Machine: Pmap + PhysMem {
+/// A whole machine: MMU plus page store, and the "CPU" accesses task
+/// threads make through it. One value implements both halves, so that a
+/// host can keep what they share (a page dropped from shared memory while
+/// it is unmapped, the attribute bits) in one place.
+pub trait Machine: Pmap + PageStore {
     /// One access by a task thread within a single page: translate `va`
     /// through `pmap` and perform the access, or report the fault. The
     /// access must not cross a page boundary.

@@ -11,7 +11,12 @@
 //!   pv[frame] ◄── reverse map ─────────────────────────────────────┘
 //!                 { (pmap, vpn) } for page_protect
 //!   attrs[frame]: MODIFIED | REFERENCED        frames[frame]: 4 KiB of bytes
+//!                                              free: the frames no page holds
 //! ```
+//!
+//! As a page store it is physical memory: any frame can hold the page of
+//! any `(object, offset)`, so the key of an allocation is not kept, and a
+//! rename relabels nothing (the frame is the page's under its new key).
 //!
 //! Locking: an access holds its page table's read lock for the whole copy,
 //! so `remove`/`protect` (which take the write lock) return only after every
@@ -37,7 +42,7 @@
 //! nothing), so forgetting one translation of a frame mapped n times is
 //! O(1), and `page_protect` costs O(1) per translation of the frame.
 
-use super::{Access, Frame, HwFault, Machine, PhysMem, Pmap, PmapId};
+use super::{Access, Frame, HwFault, Machine, ObjectId, PageStore, Pmap, PmapId, StoreError};
 use crate::sync::{Mutex, RwLock};
 use crate::types::{VmAddr, VmProt, PAGE_SHIFT, PAGE_SIZE};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -243,6 +248,8 @@ impl Translations {
 #[allow(missing_debug_implementations)]
 pub struct SoftMachine {
     frames: Vec<RwLock<Box<[u8]>>>,
+    /// Frames no page holds, the next to allocate last.
+    free_frames: Mutex<Vec<Frame>>,
     attrs: Vec<AtomicU8>,
     pmaps: RwLock<Vec<Option<RwLock<PageTable>>>>,
     pv: Mutex<ReverseMap>,
@@ -258,6 +265,7 @@ impl SoftMachine {
     pub fn new(frame_count: usize) -> SoftMachine {
         SoftMachine {
             frames: (0..frame_count).map(|_| RwLock::new(Box::default())).collect(),
+            free_frames: Mutex::new((0..frame_count as u32).rev().map(Frame).collect()),
             attrs: (0..frame_count).map(|_| AtomicU8::new(0)).collect(),
             pmaps: RwLock::new(Vec::new()),
             pv: Mutex::new(HashMap::new()),
@@ -321,9 +329,21 @@ impl SoftMachine {
     }
 }
 
-impl PhysMem for SoftMachine {
-    fn frame_count(&self) -> usize {
+impl PageStore for SoftMachine {
+    fn capacity(&self) -> usize {
         self.frames.len()
+    }
+
+    fn alloc(&self, _object: ObjectId, _offset: u64) -> Result<Frame, StoreError> {
+        self.free_frames.lock().pop().ok_or(StoreError::Exhausted)
+    }
+
+    fn free(&self, page: Frame) {
+        self.free_frames.lock().push(page);
+    }
+
+    fn rename(&self, page: Frame, _object: ObjectId, _offset: u64) -> Result<Frame, StoreError> {
+        Ok(page)
     }
 
     fn read(&self, frame: Frame, offset: usize, buf: &mut [u8]) {

@@ -369,7 +369,7 @@ mod tests {
     fn pages(vm: &mut Vm, owner: Owner, n: u64, dirty: bool) -> ObjectId {
         let o = vm.object_insert(VmObject::temporary(n * P));
         for i in 0..n {
-            let f = vm.frame_alloc().unwrap();
+            let f = vm.page_alloc(o, i * P).unwrap();
             vm.page_insert(o, i * P, Page { dirty, ..Page::resident(f) }.owned_by(Some(owner)));
         }
         o
@@ -462,7 +462,7 @@ mod tests {
         // dropped; either way only A's.
         vm.object_mut(a).pages.get_mut(&P).unwrap().dirty = true;
         vm.default_pager_registered();
-        let f = vm.frame_alloc().unwrap();
+        let f = vm.page_alloc(a, 0).unwrap();
         vm.page_insert(a, 0, Page::resident(f).owned_by(Some(A)));
         assert_eq!(vm.make_room(Some(A), 2), Room::Pages(2));
         assert_eq!((resident(&vm, a), resident(&vm, b)), (vec![0, 3], vec![0, 1, 2, 3]));
@@ -488,7 +488,7 @@ mod tests {
         assert_eq!(resident(&vm, a), vec![0, 2]);
         // It went to the back of the queue, behind page 2; then it goes.
         let add = |vm: &mut Vm, page: u64| {
-            let f = vm.frame_alloc().unwrap();
+            let f = vm.page_alloc(a, page * P).unwrap();
             vm.page_insert(a, page * P, Page::resident(f).owned_by(Some(A)));
         };
         add(&mut vm, 3);
@@ -564,7 +564,7 @@ mod tests {
         vm.account_open(A, 64);
         let o = vm.object_insert(VmObject::temporary(P));
         for _ in 0..10_000 {
-            let f = vm.frame_alloc().unwrap();
+            let f = vm.page_alloc(o, 0).unwrap();
             vm.page_insert(o, 0, Page::resident(f).owned_by(Some(A)));
             vm.page_evict(o, 0, false);
         }

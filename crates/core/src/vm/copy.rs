@@ -121,7 +121,8 @@ impl Vm {
             }
             let frame = p.frame.expect("resident page has a frame");
             let owner = job.owner;
-            let copy = super::fault::pinned(self, job.source, off, |vm| super::fault::frame_for(vm, owner));
+            let dest = job.dest;
+            let copy = super::fault::pinned(self, job.source, off, |vm| super::fault::frame_for(vm, dest, off, owner));
             let nf = match copy {
                 Ok(f) => f,
                 Err(NoFrame::Room(Room::Wait)) => return CopyStep::Wait,

@@ -232,7 +232,7 @@ pub fn fault_locked(
     }
     if pobj != first {
         if wants_write {
-            let nf = tri!(pinned(vm, pobj, poff, |vm| frame_for(vm, owner)));
+            let nf = tri!(pinned(vm, pobj, poff, |vm| frame_for(vm, first, first_off, owner)));
             vm.machine.copy(frame, nf);
             // Other mappings of `first` (sharers of a shadow) may map the
             // page below: they cannot be told from mappings that want it,
@@ -267,12 +267,12 @@ fn copy_lacks(vm: &Vm, object: ObjectId, offset: u64) -> bool {
     !c.pages.contains_key(&offset) && !c.paged_out.contains(&offset)
 }
 
-/// Why a frame could not be had for a page charged to a task.
+/// Why a page could not be had for a page charged to a task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum NoFrame {
     /// No room within the task's limit ([`Room::Wait`] or [`Room::Full`]).
     Room(Room),
-    /// No free frame.
+    /// No room in the store.
     Kern(KernError),
 }
 
@@ -285,10 +285,16 @@ impl From<NoFrame> for FaultOutcome {
     }
 }
 
-/// A frame for a page charged to `owner`, room made for it first.
-pub(super) fn frame_for(vm: &mut Vm, owner: Option<Owner>) -> std::result::Result<Frame, NoFrame> {
+/// The page at `offset` of `object` allocated in the store, for a page
+/// charged to `owner`, room made for it first.
+pub(super) fn frame_for(
+    vm: &mut Vm,
+    object: ObjectId,
+    offset: u64,
+    owner: Option<Owner>,
+) -> std::result::Result<Frame, NoFrame> {
     match vm.make_room(owner, 1) {
-        Room::Pages(_) => vm.frame_alloc().map_err(NoFrame::Kern),
+        Room::Pages(_) => vm.page_alloc(object, offset).map_err(NoFrame::Kern),
         r => Err(NoFrame::Room(r)),
     }
 }
@@ -308,7 +314,7 @@ fn push_to_copy(
     owner: Option<Owner>,
 ) -> std::result::Result<(), NoFrame> {
     let c = vm.object(object).copy.expect("caller checked");
-    let nf = frame_for(vm, owner)?;
+    let nf = frame_for(vm, c, offset, owner)?;
     vm.machine.copy(frame, nf);
     vm.machine.page_protect(frame, VmProt::NONE);
     vm.page_insert(c, offset, Page { dirty: true, owner, ..Page::resident(nf) });

@@ -16,7 +16,7 @@ pub mod pageout;
 pub mod paging;
 
 use crate::pmap::{Frame, Machine, PmapId};
-use crate::types::{KernError, Result, VmProt, PAGE_SIZE};
+use crate::types::{Result, VmProt, PAGE_SIZE};
 use charge::{Accounts, Owner};
 use object::{ObjectId, Page, Provider, VmObject};
 use std::collections::{HashMap, VecDeque};
@@ -78,11 +78,10 @@ pub struct VmStats {
 pub struct Vm {
     pub objects: HashMap<ObjectId, VmObject>,
     next_object: u64,
-    free_frames: Vec<Frame>,
-    /// Pages resident now.
+    /// Pages resident now (each holds a page of the machine's store).
     pub resident: usize,
     /// Pageout keeps `resident` at or below this as far as it can reclaim
-    /// (see [`Vm::frame_alloc`]).
+    /// (see [`Vm::page_alloc`]).
     pub resident_limit: usize,
     /// Pageout candidates, oldest first (entries may be stale).
     queue: VecDeque<(ObjectId, u64)>,
@@ -119,11 +118,10 @@ impl std::fmt::Debug for Vm {
 
 impl Vm {
     pub fn new(machine: Arc<dyn Machine>, resident_limit: usize) -> Vm {
-        let n = machine.frame_count();
+        let n = machine.capacity();
         Vm {
             objects: HashMap::new(),
             next_object: 0,
-            free_frames: (0..n as u32).rev().map(Frame).collect(),
             resident: 0,
             resident_limit: resident_limit.clamp(MIN_RESIDENT, n.max(MIN_RESIDENT)),
             queue: VecDeque::new(),
@@ -223,30 +221,38 @@ impl Vm {
         if o.provider != Provider::None {
             self.outbox.push(PagerOp::Terminated { object: id, provider: o.provider });
         }
+        self.machine.object_released(id);
         o.shadow.map(|(s, _)| s)
     }
 
-    // ----- frames -----
+    // ----- pages in the store -----
 
-    /// Takes a free frame, paging out first if the resident limit is
-    /// reached. If pageout finds nothing to reclaim, a free frame is taken
-    /// anyway (the limit is exceeded); `KERN_RESOURCE_SHORTAGE` only when
-    /// there is none.
-    pub fn frame_alloc(&mut self) -> Result<Frame> {
+    /// Allocates the page at `offset` of `object` in the machine's page
+    /// store (no page is resident there), paging out first if the
+    /// resident limit is reached. If pageout finds nothing to reclaim, the
+    /// page is taken anyway (the limit is exceeded);
+    /// `KERN_RESOURCE_SHORTAGE` only when the store has no room. The
+    /// caller puts it in (`page_insert`) or frees it.
+    pub fn page_alloc(&mut self, object: ObjectId, offset: u64) -> Result<Frame> {
+        debug_assert!(
+            !matches!(self.objects.get(&object).map(|o| o.provider), Some(Provider::View(_))),
+            "a view has no pages of its own"
+        );
         if self.resident >= self.resident_limit {
             self.pageout(self.resident + 1 - self.resident_limit);
         }
-        let f = self.free_frames.pop().ok_or(KernError::ResourceShortage)?;
+        let f = self.machine.alloc(object, offset)?;
         self.resident += 1;
         Ok(f)
     }
 
-    fn frame_free(&mut self, f: Frame) {
+    /// Gives a page back to the store, its translations and bits gone.
+    fn page_free(&mut self, f: Frame) {
         self.machine.page_protect(f, VmProt::NONE);
         self.machine.clear_modify(f);
         self.machine.clear_reference(f);
         self.resident -= 1;
-        self.free_frames.push(f);
+        self.machine.free(f);
     }
 
     /// Drops stale and duplicate candidates (amortised O(1) per insert).
@@ -266,6 +272,7 @@ impl Vm {
         let (resident, owner) = (page.frame.is_some(), page.owner);
         let o = self.object_mut(object);
         let old = o.pages.insert(offset, page);
+        debug_assert!(old.as_ref().is_none_or(|p| p.frame.is_none()), "two resident pages at one key");
         o.resident = o.resident + usize::from(resident) - usize::from(old.as_ref().is_some_and(|p| p.frame.is_some()));
         if let Some(old) = old {
             self.uncharge(old.owner, old.frame.is_some());
@@ -285,7 +292,7 @@ impl Vm {
 
     /// A new zero-filled resident page, charged to `owner`.
     pub fn page_zero_fill(&mut self, object: ObjectId, offset: u64, owner: Option<Owner>) -> Result<Frame> {
-        let f = self.frame_alloc()?;
+        let f = self.page_alloc(object, offset)?;
         self.machine.zero(f);
         self.page_insert(object, offset, Page::resident(f).owned_by(owner));
         self.stats.zero_fills += 1;
@@ -323,7 +330,7 @@ impl Vm {
                 self.page_returned(object, offset, data, dirty, false);
             }
         }
-        self.frame_free(frame);
+        self.page_free(frame);
     }
 
     /// Sends a page's data to its pager (`data_return`), whatever the
@@ -342,15 +349,15 @@ impl Vm {
 
     /// Puts back a page whose `data_return` could not be delivered (its
     /// pager died since): resident again and dirty, unless the object has
-    /// gone or holds a page there already. With no free frame the data is
-    /// lost, as nothing else holds it.
+    /// gone or holds a page there already. With no room in the store the data
+    /// is lost, as nothing else holds it.
     pub fn page_restore(&mut self, object: ObjectId, offset: u64, data: &[u8]) {
         if self.objects.get(&object).is_none_or(|o| o.pages.contains_key(&offset)) {
             return;
         }
-        let Ok(frame) = self.frame_alloc() else { return };
+        let Ok(frame) = self.page_alloc(object, offset) else { return };
         if self.objects.get(&object).is_none_or(|o| o.pages.contains_key(&offset)) {
-            self.frame_free(frame);
+            self.page_free(frame);
             return;
         }
         self.machine.write(frame, 0, data);

@@ -28,12 +28,9 @@
 
 use super::charge::Owner;
 use crate::pmap::Frame;
+pub use crate::pmap::ObjectId;
 use crate::types::VmProt;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// Names a VM object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjectId(pub u64);
 
 /// Who provides an object's pages. The VM knows providers only by opaque
 /// keys; the memory-object layer turns them into ports and messages.

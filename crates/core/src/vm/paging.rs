@@ -31,7 +31,7 @@ impl Vm {
         }
         // Room for it was made when it was asked for (see `super::charge`).
         let owner = placeholder_owner(self, object, offset);
-        let frame = match self.frame_alloc() {
+        let frame = match self.page_alloc(object, offset) {
             Ok(f) => f,
             Err(e) => {
                 self.fail_placeholder(object, offset);
