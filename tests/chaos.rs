@@ -37,7 +37,7 @@ use common::racing::RacingMachine;
 use machvm_core::ipc::{Disposition, PortName};
 use machvm_core::memory_object::emmi::{KernelToPager, PagerToKernel};
 use machvm_core::pmap::soft::SoftMachine;
-use machvm_core::pmap::{Access, Frame, HwFault, Machine, ObjectId, PageStore, Pmap, PmapId, StoreError};
+use machvm_core::pmap::{Access, Frame, HwFault, Machine, ObjectId, PageStore, Pmap, PmapError, PmapId, StoreError};
 use machvm_core::vm::object::CopyStrategy;
 use machvm_core::vm::paging::ReturnPolicy;
 use machvm_core::*;
@@ -303,18 +303,22 @@ impl Pmap for JitterMachine {
     fn destroy(&self, pmap: PmapId) {
         self.inner.destroy(pmap)
     }
-    fn enter(&self, pmap: PmapId, va: VmAddr, frame: Frame, prot: VmProt) {
-        self.inner.enter(pmap, va, frame, prot)
+    fn enter(&self, pmap: PmapId, va: VmAddr, pages: &[Frame], prot: VmProt) -> Result<(), PmapError> {
+        self.inner.enter(pmap, va, pages, prot)
     }
-    fn remove(&self, pmap: PmapId, start: VmAddr, end: VmAddr) {
+    fn remove(&self, pmap: PmapId, start: VmAddr, end: VmAddr) -> Result<(), PmapError> {
         self.dawdle();
         self.inner.remove(pmap, start, end)
     }
-    fn protect(&self, pmap: PmapId, start: VmAddr, end: VmAddr, prot: VmProt) {
+    fn protect(&self, pmap: PmapId, start: VmAddr, end: VmAddr, prot: VmProt) -> Result<(), PmapError> {
         self.dawdle();
         self.inner.protect(pmap, start, end, prot)
     }
-    fn page_protect(&self, frame: Frame, prot: VmProt) {
+    fn page_remove(&self, page: Frame) -> Result<(), PmapError> {
+        self.dawdle();
+        self.inner.page_remove(page)
+    }
+    fn page_protect(&self, frame: Frame, prot: VmProt) -> Result<(), PmapError> {
         self.dawdle();
         self.inner.page_protect(frame, prot)
     }

@@ -9,7 +9,7 @@
 mod common;
 use common::*;
 use machvm_core::pmap::soft::SoftMachine;
-use machvm_core::pmap::{Access, Frame, HwFault, Machine, ObjectId, PageStore, Pmap, PmapId, StoreError};
+use machvm_core::pmap::{Access, Frame, HwFault, Machine, ObjectId, PageStore, Pmap, PmapError, PmapId, StoreError};
 use machvm_core::*;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -120,22 +120,27 @@ impl Pmap for KeyedMachine {
     fn destroy(&self, pmap: PmapId) {
         self.inner.destroy(pmap)
     }
-    fn enter(&self, pmap: PmapId, va: VmAddr, frame: Frame, prot: VmProt) {
+    fn enter(&self, pmap: PmapId, va: VmAddr, pages: &[Frame], prot: VmProt) -> Result<(), PmapError> {
         let mut keys = self.keys();
-        if !keys.live.contains_key(&frame) {
-            keys.broken.push(format!("{frame:?} entered but not allocated"));
+        for frame in pages {
+            if !keys.live.contains_key(frame) {
+                keys.broken.push(format!("{frame:?} entered but not allocated"));
+            }
         }
-        keys.last_entered = Some(frame);
+        keys.last_entered = pages.last().copied();
         drop(keys);
-        self.inner.enter(pmap, va, frame, prot)
+        self.inner.enter(pmap, va, pages, prot)
     }
-    fn remove(&self, pmap: PmapId, start: VmAddr, end: VmAddr) {
+    fn remove(&self, pmap: PmapId, start: VmAddr, end: VmAddr) -> Result<(), PmapError> {
         self.inner.remove(pmap, start, end)
     }
-    fn protect(&self, pmap: PmapId, start: VmAddr, end: VmAddr, prot: VmProt) {
+    fn protect(&self, pmap: PmapId, start: VmAddr, end: VmAddr, prot: VmProt) -> Result<(), PmapError> {
         self.inner.protect(pmap, start, end, prot)
     }
-    fn page_protect(&self, frame: Frame, prot: VmProt) {
+    fn page_remove(&self, page: Frame) -> Result<(), PmapError> {
+        self.inner.page_remove(page)
+    }
+    fn page_protect(&self, frame: Frame, prot: VmProt) -> Result<(), PmapError> {
         self.inner.page_protect(frame, prot)
     }
     fn is_modified(&self, frame: Frame) -> bool {

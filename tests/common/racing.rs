@@ -6,8 +6,8 @@
 //! translation that is still there.
 
 use machvm_core::pmap::soft::SoftMachine;
-use machvm_core::pmap::{Access, Frame, HwFault, Machine, ObjectId, PageStore, Pmap, PmapId, StoreError};
-use machvm_core::{VmAddr, VmProt};
+use machvm_core::pmap::{Access, Frame, HwFault, Machine, ObjectId, PageStore, Pmap, PmapError, PmapId, StoreError};
+use machvm_core::{VmAddr, VmProt, PAGE_SIZE};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -80,19 +80,25 @@ impl Pmap for RacingMachine {
     fn destroy(&self, pmap: PmapId) {
         self.inner.destroy(pmap)
     }
-    fn enter(&self, pmap: PmapId, va: VmAddr, frame: Frame, prot: VmProt) {
+    fn enter(&self, pmap: PmapId, va: VmAddr, pages: &[Frame], prot: VmProt) -> Result<(), PmapError> {
         if prot.contains(VmProt::WRITE) {
-            self.writable.lock().unwrap().insert(frame, (pmap, va));
+            let mut writable = self.writable.lock().unwrap();
+            for (i, &frame) in pages.iter().enumerate() {
+                writable.insert(frame, (pmap, VmAddr(va.0 + i as u64 * PAGE_SIZE)));
+            }
         }
-        self.inner.enter(pmap, va, frame, prot)
+        self.inner.enter(pmap, va, pages, prot)
     }
-    fn remove(&self, pmap: PmapId, start: VmAddr, end: VmAddr) {
+    fn remove(&self, pmap: PmapId, start: VmAddr, end: VmAddr) -> Result<(), PmapError> {
         self.inner.remove(pmap, start, end)
     }
-    fn protect(&self, pmap: PmapId, start: VmAddr, end: VmAddr, prot: VmProt) {
+    fn protect(&self, pmap: PmapId, start: VmAddr, end: VmAddr, prot: VmProt) -> Result<(), PmapError> {
         self.inner.protect(pmap, start, end, prot)
     }
-    fn page_protect(&self, frame: Frame, prot: VmProt) {
+    fn page_remove(&self, page: Frame) -> Result<(), PmapError> {
+        self.inner.page_remove(page)
+    }
+    fn page_protect(&self, frame: Frame, prot: VmProt) -> Result<(), PmapError> {
         self.inner.page_protect(frame, prot)
     }
     fn is_modified(&self, frame: Frame) -> bool {

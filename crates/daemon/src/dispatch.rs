@@ -369,6 +369,7 @@ fn inspect(sh: &Shared, what: InspectWhat) -> Result<Reply> {
                 ("resident_limit".into(), s.resident_limit as u64),
                 ("charged".into(), s.charged as u64),
                 ("task_reclaims".into(), s.vm.task_reclaims),
+                ("pmap_failures".into(), s.vm.pmap_failures),
                 ("objects".into(), s.objects as u64),
                 ("proxies".into(), s.proxies as u64),
                 ("connections".into(), sh.connections().len() as u64),

@@ -345,7 +345,7 @@ impl Kernel {
             let entries: Vec<(u64, u64, VmProt)> =
                 t.map.overlapping(address.0, end).map(|e| (e.start, e.end, e.cur)).collect();
             for (s, e, cur) in entries {
-                st.vm.machine.protect(pmap, VmAddr(s), VmAddr(e), cur);
+                st.vm.pmap_protect(pmap, s, e, cur);
             }
             // A fault asleep in the range may no longer be allowed.
             st.waits.mark(WaitKey::Task(task.id));

@@ -182,7 +182,7 @@ impl Kernel {
             for (&id, t) in &st.tasks {
                 let mut cut = false;
                 for e in t.map.iter().filter(|e| e.via.contains(&p)) {
-                    st.vm.machine.remove(t.pmap, VmAddr(e.start), VmAddr(e.end));
+                    st.vm.pmap_remove_range(t.pmap, e.start, e.end);
                     cut = true;
                 }
                 // Its faults asleep through the proxy must fail now.

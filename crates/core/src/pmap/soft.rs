@@ -30,6 +30,10 @@
 //! `remove`, `destroy`) or before it takes one (`page_protect` removing), so
 //! no thread ever waits for `pv` holding a table or `pmaps`.
 //!
+//! It can also play a lesser host, for tests of the VM: it refuses
+//! operations when told to ([`SoftMachine::refuse`]), as a host short of
+//! resources would.
+//!
 //! Cost: a page table is a hash table of 64-page leaves (a lookup is one
 //! hash probe and an index, as a two-level hardware table is two loads),
 //! whose leaf numbers are also kept in order. So `remove` and `protect`
@@ -42,7 +46,7 @@
 //! nothing), so forgetting one translation of a frame mapped n times is
 //! O(1), and `page_protect` costs O(1) per translation of the frame.
 
-use super::{Access, Frame, HwFault, Machine, ObjectId, PageStore, Pmap, PmapId, StoreError};
+use super::{Access, Frame, HwFault, Machine, ObjectId, PageStore, Pmap, PmapError, PmapId, StoreError};
 use crate::sync::{Mutex, RwLock};
 use crate::types::{VmAddr, VmProt, PAGE_SHIFT, PAGE_SIZE};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -257,6 +261,8 @@ pub struct SoftMachine {
     pte_visits: AtomicU64,
     /// Reverse-map entries visited (see [`SoftMachine::pv_visits`]).
     pv_visits: AtomicU64,
+    /// Operations still to refuse, by [`Refuse`] kind.
+    refusals: [AtomicU64; 3],
 }
 
 impl SoftMachine {
@@ -271,6 +277,7 @@ impl SoftMachine {
             pv: Mutex::new(HashMap::new()),
             pte_visits: AtomicU64::new(0),
             pv_visits: AtomicU64::new(0),
+            refusals: Default::default(),
         }
     }
 
@@ -379,46 +386,37 @@ impl PageStore for SoftMachine {
     }
 }
 
-impl Pmap for SoftMachine {
-    fn create(&self) -> PmapId {
-        // Slots of destroyed pmaps are never reused: a terminated task's
-        // stale handle must miss, not reach a later task's tables.
-        let mut pmaps = self.pmaps.write();
-        pmaps.push(Some(RwLock::new(PageTable::default())));
-        PmapId((pmaps.len() - 1) as u32)
+/// Operations a [`SoftMachine`] can be told to refuse, to play a host
+/// that fails them (see [`SoftMachine::refuse`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refuse {
+    /// `enter` fails with [`PmapError::ResourceShortage`], entering nothing.
+    Enter,
+    /// `protect` and `page_protect` fail with
+    /// [`PmapError::ResourceShortage`], lowering nothing.
+    Lower,
+    /// `remove` and `page_remove` take more than asked: every address
+    /// space they touch is destroyed (unreachable from then on), and they
+    /// fail with [`PmapError::Unreachable`].
+    Remove,
+}
+
+impl SoftMachine {
+    /// The next `count` operations of kind `what` are refused, as a host
+    /// short of resources would refuse them (for tests of the VM's
+    /// answers to a failing pmap).
+    pub fn refuse(&self, what: Refuse, count: u64) {
+        self.refusals[what as usize].store(count, Ordering::Relaxed);
     }
 
-    fn destroy(&self, pmap: PmapId) {
-        let table = {
-            let mut pmaps = self.pmaps.write();
-            pmaps.get_mut(pmap.0 as usize).and_then(Option::take)
-        };
-        if let Some(table) = table {
-            let table = table.into_inner();
-            self.count_pte(table.len);
-            let mut pv = self.pv.lock();
-            for (vpn, pte) in table.into_translations() {
-                self.pv_remove(&mut pv, pte.frame, pmap, vpn);
-            }
-        }
+    /// Is this operation to be refused (one refusal used up)?
+    fn refused(&self, what: Refuse) -> bool {
+        let n = &self.refusals[what as usize];
+        n.load(Ordering::Relaxed) != 0
+            && n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1)).is_ok()
     }
 
-    fn enter(&self, pmap: PmapId, va: VmAddr, frame: Frame, prot: VmProt) {
-        let vpn = va.0 >> PAGE_SHIFT;
-        let old = self.with_table(pmap, |t| t.insert(vpn, Pte { frame, prot }));
-        let Some(old) = old else { return };
-        if old.is_some_and(|o| o.frame == frame) {
-            return;
-        }
-        let mut pv = self.pv.lock();
-        if let Some(old) = old {
-            self.pv_remove(&mut pv, old.frame, pmap, vpn);
-        }
-        pv.entry(frame).or_default().insert((pmap, vpn));
-        self.count_pv(1);
-    }
-
-    fn remove(&self, pmap: PmapId, start: VmAddr, end: VmAddr) {
+    fn remove_range(&self, pmap: PmapId, start: VmAddr, end: VmAddr) {
         let range = Self::range(start, end);
         let mut removed = Vec::new();
         let visited = self.with_table(pmap, |t| {
@@ -436,21 +434,7 @@ impl Pmap for SoftMachine {
         }
     }
 
-    fn protect(&self, pmap: PmapId, start: VmAddr, end: VmAddr, prot: VmProt) {
-        if prot.is_empty() {
-            return self.remove(pmap, start, end);
-        }
-        let range = Self::range(start, end);
-        let visited = self.with_table(pmap, |t| {
-            t.for_range(range, |_, pte| {
-                pte.prot &= prot;
-                true
-            })
-        });
-        self.count_pte(visited.unwrap_or(0));
-    }
-
-    fn page_protect(&self, frame: Frame, prot: VmProt) {
+    fn page_lower(&self, frame: Frame, prot: VmProt) {
         if prot.is_empty() {
             // Every translation goes: the frame's set leaves the reverse
             // map whole, and the tables are visited after the pv lock is
@@ -480,6 +464,127 @@ impl Pmap for SoftMachine {
                 });
             }
         }
+    }
+}
+
+impl Pmap for SoftMachine {
+    fn create(&self) -> PmapId {
+        // Slots of destroyed pmaps are never reused: a terminated task's
+        // stale handle must miss, not reach a later task's tables.
+        let mut pmaps = self.pmaps.write();
+        pmaps.push(Some(RwLock::new(PageTable::default())));
+        PmapId((pmaps.len() - 1) as u32)
+    }
+
+    fn destroy(&self, pmap: PmapId) {
+        let table = {
+            let mut pmaps = self.pmaps.write();
+            pmaps.get_mut(pmap.0 as usize).and_then(Option::take)
+        };
+        if let Some(table) = table {
+            let table = table.into_inner();
+            self.count_pte(table.len);
+            let mut pv = self.pv.lock();
+            for (vpn, pte) in table.into_translations() {
+                self.pv_remove(&mut pv, pte.frame, pmap, vpn);
+            }
+        }
+    }
+
+    fn enter(&self, pmap: PmapId, va: VmAddr, pages: &[Frame], prot: VmProt) -> Result<(), PmapError> {
+        if self.refused(Refuse::Enter) {
+            return Err(PmapError::ResourceShortage);
+        }
+        let first = va.0 >> PAGE_SHIFT;
+        if let [frame] = *pages {
+            // One page (a fault): as below, with nothing to collect.
+            let old = self.with_table(pmap, |t| t.insert(first, Pte { frame, prot })).ok_or(PmapError::Unreachable)?;
+            if old.is_none_or(|o| o.frame != frame) {
+                let mut pv = self.pv.lock();
+                if let Some(old) = old {
+                    self.pv_remove(&mut pv, old.frame, pmap, first);
+                }
+                pv.entry(frame).or_default().insert((pmap, first));
+                self.count_pv(1);
+            }
+            return Ok(());
+        }
+        // Each translation replaced by one of another frame: its old
+        // frame's reverse-map entry goes, the new one's comes.
+        let mut moved = Vec::new();
+        self.with_table(pmap, |t| {
+            for (i, &frame) in pages.iter().enumerate() {
+                let vpn = first + i as u64;
+                let old = t.insert(vpn, Pte { frame, prot });
+                if old.is_none_or(|o| o.frame != frame) {
+                    moved.push((vpn, old.map(|o| o.frame), frame));
+                }
+            }
+        })
+        .ok_or(PmapError::Unreachable)?;
+        if !moved.is_empty() {
+            let mut pv = self.pv.lock();
+            for (vpn, old, frame) in moved {
+                if let Some(old) = old {
+                    self.pv_remove(&mut pv, old, pmap, vpn);
+                }
+                pv.entry(frame).or_default().insert((pmap, vpn));
+                self.count_pv(1);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&self, pmap: PmapId, start: VmAddr, end: VmAddr) -> Result<(), PmapError> {
+        if self.refused(Refuse::Remove) {
+            self.destroy(pmap);
+            return Err(PmapError::Unreachable);
+        }
+        self.remove_range(pmap, start, end);
+        Ok(())
+    }
+
+    fn protect(&self, pmap: PmapId, start: VmAddr, end: VmAddr, prot: VmProt) -> Result<(), PmapError> {
+        if prot.is_empty() {
+            return self.remove(pmap, start, end);
+        }
+        if self.refused(Refuse::Lower) {
+            return Err(PmapError::ResourceShortage);
+        }
+        let range = Self::range(start, end);
+        let visited = self.with_table(pmap, |t| {
+            t.for_range(range, |_, pte| {
+                pte.prot &= prot;
+                true
+            })
+        });
+        self.count_pte(visited.unwrap_or(0));
+        Ok(())
+    }
+
+    fn page_protect(&self, frame: Frame, prot: VmProt) -> Result<(), PmapError> {
+        if prot.is_empty() {
+            return self.page_remove(frame);
+        }
+        if self.refused(Refuse::Lower) {
+            return Err(PmapError::ResourceShortage);
+        }
+        self.page_lower(frame, prot);
+        Ok(())
+    }
+
+    fn page_remove(&self, frame: Frame) -> Result<(), PmapError> {
+        if self.refused(Refuse::Remove) {
+            let pmaps: BTreeSet<PmapId> =
+                self.pv.lock().get(&frame).map(|set| set.iter().map(|(p, _)| p).collect()).unwrap_or_default();
+            if !pmaps.is_empty() {
+                pmaps.into_iter().for_each(|p| self.destroy(p));
+                return Err(PmapError::Unreachable);
+            }
+            return Ok(());
+        }
+        self.page_lower(frame, VmProt::NONE);
+        Ok(())
     }
 
     fn is_modified(&self, frame: Frame) -> bool {
@@ -551,13 +656,13 @@ mod tests {
         let va = VmAddr(0x10000);
         let e = m.access(p, va, Access::Load(&mut buf)).unwrap_err();
         assert!(!e.protection);
-        m.enter(p, va, Frame(1), VmProt::READ);
+        m.enter(p, va, &[Frame(1)], VmProt::READ).unwrap();
         m.access(p, VmAddr(va.0 + 8), Access::Load(&mut buf)).unwrap();
         assert!(m.is_referenced(Frame(1)) && !m.is_modified(Frame(1)));
         let e = m.access(p, va, Access::Store(&[1, 2])).unwrap_err();
         assert!(e.protection && e.access == VmProt::WRITE);
         assert!(m.access(p, va, Access::Execute).unwrap_err().protection);
-        m.enter(p, va, Frame(1), VmProt::DEFAULT);
+        m.enter(p, va, &[Frame(1)], VmProt::DEFAULT).unwrap();
         m.access(p, VmAddr(va.0 + 8), Access::Store(&[7, 7])).unwrap();
         assert!(m.is_modified(Frame(1)));
         m.access(p, VmAddr(va.0 + 7), Access::Load(&mut buf)).unwrap();
@@ -568,12 +673,12 @@ mod tests {
     fn page_protect_reaches_every_pmap() {
         let m = SoftMachine::new(4);
         let (a, b) = (m.create(), m.create());
-        m.enter(a, VmAddr(0x1000), Frame(2), VmProt::ALL);
-        m.enter(b, VmAddr(0x5000), Frame(2), VmProt::ALL);
-        m.page_protect(Frame(2), VmProt::READ);
+        m.enter(a, VmAddr(0x1000), &[Frame(2)], VmProt::ALL).unwrap();
+        m.enter(b, VmAddr(0x5000), &[Frame(2)], VmProt::ALL).unwrap();
+        m.page_protect(Frame(2), VmProt::READ).unwrap();
         assert_eq!(m.extract(a, VmAddr(0x1000)), Some((Frame(2), VmProt::READ)));
         assert_eq!(m.extract(b, VmAddr(0x5000)), Some((Frame(2), VmProt::READ)));
-        m.page_protect(Frame(2), VmProt::NONE);
+        m.page_protect(Frame(2), VmProt::NONE).unwrap();
         assert_eq!(m.extract(a, VmAddr(0x1000)), None);
         assert_eq!(m.extract(b, VmAddr(0x5000)), None);
         assert!(m.pv.lock().is_empty());
@@ -584,14 +689,59 @@ mod tests {
         let m = SoftMachine::new(8);
         let p = m.create();
         for i in 0..4 {
-            m.enter(p, VmAddr(i * PAGE_SIZE), Frame(i as u32), VmProt::ALL);
+            m.enter(p, VmAddr(i * PAGE_SIZE), &[Frame(i as u32)], VmProt::ALL).unwrap();
         }
-        m.protect(p, VmAddr(PAGE_SIZE), VmAddr(3 * PAGE_SIZE), VmProt::READ);
+        m.protect(p, VmAddr(PAGE_SIZE), VmAddr(3 * PAGE_SIZE), VmProt::READ).unwrap();
         assert_eq!(m.extract(p, VmAddr(PAGE_SIZE)).unwrap().1, VmProt::READ);
         assert_eq!(m.extract(p, VmAddr(3 * PAGE_SIZE)).unwrap().1, VmProt::ALL);
-        m.remove(p, VmAddr(0), VmAddr(2 * PAGE_SIZE));
+        m.remove(p, VmAddr(0), VmAddr(2 * PAGE_SIZE)).unwrap();
         assert_eq!(m.resident_count(p), 2);
         m.destroy(p);
+        assert!(m.pv.lock().is_empty());
+    }
+
+    #[test]
+    fn a_range_enter_maps_each_page_and_replaces_what_was_there() {
+        let m = SoftMachine::new(8);
+        let p = m.create();
+        m.enter(p, VmAddr(0x4000), &[Frame(1), Frame(2), Frame(3)], VmProt::READ).unwrap();
+        for (i, f) in [1, 2, 3].into_iter().enumerate() {
+            assert_eq!(m.extract(p, VmAddr(0x4000 + i as u64 * PAGE_SIZE)), Some((Frame(f), VmProt::READ)));
+        }
+        // Over the middle one: another frame, more access.
+        m.enter(p, VmAddr(0x5000), &[Frame(7)], VmProt::ALL).unwrap();
+        assert_eq!(m.extract(p, VmAddr(0x5000)), Some((Frame(7), VmProt::ALL)));
+        m.page_remove(Frame(2)).unwrap();
+        assert_eq!(m.resident_count(p), 3, "frame 2 is mapped nowhere any more");
+        m.page_remove(Frame(7)).unwrap();
+        assert_eq!(m.extract(p, VmAddr(0x5000)), None);
+        m.destroy(p);
+        assert!(m.pv.lock().is_empty());
+        assert_eq!(m.enter(p, VmAddr(0), &[Frame(1)], VmProt::READ), Err(PmapError::Unreachable));
+    }
+
+    #[test]
+    fn a_refused_operation_changes_nothing_or_takes_the_address_space() {
+        let m = SoftMachine::new(4);
+        let (p, q) = (m.create(), m.create());
+        m.refuse(Refuse::Enter, 1);
+        assert_eq!(m.enter(p, VmAddr(0), &[Frame(1)], VmProt::ALL), Err(PmapError::ResourceShortage));
+        assert_eq!(m.extract(p, VmAddr(0)), None);
+        m.enter(p, VmAddr(0), &[Frame(1)], VmProt::ALL).unwrap();
+        m.refuse(Refuse::Lower, 2);
+        assert_eq!(m.protect(p, VmAddr(0), VmAddr(PAGE_SIZE), VmProt::READ), Err(PmapError::ResourceShortage));
+        assert_eq!(m.page_protect(Frame(1), VmProt::READ), Err(PmapError::ResourceShortage));
+        assert_eq!(m.extract(p, VmAddr(0)), Some((Frame(1), VmProt::ALL)));
+        // A refused removal takes every address space the page is in.
+        m.enter(q, VmAddr(0), &[Frame(2)], VmProt::ALL).unwrap();
+        m.refuse(Refuse::Remove, 1);
+        assert_eq!(m.page_remove(Frame(1)), Err(PmapError::Unreachable));
+        assert!(m.access(p, VmAddr(0), Access::Execute).is_err());
+        assert_eq!(m.enter(p, VmAddr(0), &[Frame(1)], VmProt::ALL), Err(PmapError::Unreachable));
+        assert_eq!(m.extract(q, VmAddr(0)), Some((Frame(2), VmProt::ALL)), "q never mapped frame 1");
+        m.refuse(Refuse::Remove, 1);
+        assert_eq!(m.remove(q, VmAddr(0x10000), VmAddr(0x20000)), Err(PmapError::Unreachable));
+        assert_eq!(m.extract(q, VmAddr(0)), None);
         assert!(m.pv.lock().is_empty());
     }
 
@@ -604,7 +754,7 @@ mod tests {
         let m = SoftMachine::new(n as usize + 1);
         let p = m.create();
         for i in 0..n {
-            m.enter(p, VmAddr(i * PAGE_SIZE), Frame(i as u32), VmProt::ALL);
+            m.enter(p, VmAddr(i * PAGE_SIZE), &[Frame(i as u32)], VmProt::ALL).unwrap();
         }
         (m, p)
     }
@@ -614,7 +764,7 @@ mod tests {
         let m = SoftMachine::new(1);
         let p = m.create();
         for i in 0..n {
-            m.enter(p, VmAddr(i * PAGE_SIZE), Frame(0), VmProt::ALL);
+            m.enter(p, VmAddr(i * PAGE_SIZE), &[Frame(0)], VmProt::ALL).unwrap();
         }
         (m, p)
     }
@@ -628,7 +778,7 @@ mod tests {
         for n in SIZES {
             let (m, p) = with_pages(n);
             let before = m.pte_visits();
-            m.protect(p, page(7), page(8), VmProt::READ);
+            m.protect(p, page(7), page(8), VmProt::READ).unwrap();
             assert_eq!(m.pte_visits() - before, 1, "{n} translations mapped");
             assert_eq!(m.extract(p, page(7)).unwrap().1, VmProt::READ);
             assert_eq!(m.extract(p, page(8)).unwrap().1, VmProt::ALL);
@@ -641,7 +791,7 @@ mod tests {
             let (m, p) = with_pages(n);
             let before = m.pte_visits();
             for i in 0..n {
-                m.protect(p, page(i), page(i + 1), VmProt::READ);
+                m.protect(p, page(i), page(i + 1), VmProt::READ).unwrap();
             }
             assert_eq!(m.pte_visits() - before, n, "{n} translations mapped");
             assert!((0..n).all(|i| m.extract(p, page(i)).unwrap().1 == VmProt::READ));
@@ -655,19 +805,19 @@ mod tests {
         for n in SIZES {
             let (m, p) = with_pages(n);
             let far = VmAddr(1 << 40);
-            m.enter(p, far, Frame(n as u32), VmProt::ALL);
+            m.enter(p, far, &[Frame(n as u32)], VmProt::ALL).unwrap();
             let before = m.pte_visits();
-            m.protect(p, VmAddr(1 << 39), VmAddr(1 << 41), VmProt::READ);
+            m.protect(p, VmAddr(1 << 39), VmAddr(1 << 41), VmProt::READ).unwrap();
             assert_eq!(m.pte_visits() - before, 1, "protect, {n} translations mapped");
             assert_eq!(m.extract(p, far).unwrap().1, VmProt::READ);
             let before = m.pte_visits();
-            m.remove(p, VmAddr(1 << 39), VmAddr(1 << 41));
+            m.remove(p, VmAddr(1 << 39), VmAddr(1 << 41)).unwrap();
             assert_eq!(m.pte_visits() - before, 1, "remove, {n} translations mapped");
             assert_eq!((m.extract(p, far), m.resident_count(p)), (None, n as usize));
             // A range over nothing at all visits nothing.
             let before = m.pte_visits();
-            m.remove(p, VmAddr(1 << 39), VmAddr(1 << 41));
-            m.protect(p, VmAddr(1 << 39), VmAddr(1 << 41), VmProt::READ);
+            m.remove(p, VmAddr(1 << 39), VmAddr(1 << 41)).unwrap();
+            m.protect(p, VmAddr(1 << 39), VmAddr(1 << 41), VmProt::READ).unwrap();
             assert_eq!(m.pte_visits() - before, 0);
         }
     }
@@ -677,12 +827,12 @@ mod tests {
         for n in SIZES {
             let (m, p) = one_frame_many_times(n);
             let before = m.pv_visits();
-            m.remove(p, page(5), page(6));
+            m.remove(p, page(5), page(6)).unwrap();
             assert_eq!(m.pv_visits() - before, 1, "frame mapped {n} times");
             // The rest, one call each: each costs the same.
             let before = m.pv_visits();
             for i in 0..n {
-                m.remove(p, page(i), page(i + 1));
+                m.remove(p, page(i), page(i + 1)).unwrap();
             }
             assert_eq!(m.pv_visits() - before, n - 1, "frame mapped {n} times");
             assert!(m.pv.lock().is_empty());
@@ -694,11 +844,11 @@ mod tests {
         for n in SIZES {
             let (m, p) = one_frame_many_times(n);
             let (pte, pv) = (m.pte_visits(), m.pv_visits());
-            m.page_protect(Frame(0), VmProt::READ);
+            m.page_protect(Frame(0), VmProt::READ).unwrap();
             assert_eq!((m.pte_visits() - pte, m.pv_visits() - pv), (n, n), "lowering, frame mapped {n} times");
             assert!((0..n).all(|i| m.extract(p, page(i)) == Some((Frame(0), VmProt::READ))));
             let (pte, pv) = (m.pte_visits(), m.pv_visits());
-            m.page_protect(Frame(0), VmProt::NONE);
+            m.page_protect(Frame(0), VmProt::NONE).unwrap();
             assert_eq!((m.pte_visits() - pte, m.pv_visits() - pv), (n, n), "removing, frame mapped {n} times");
             assert_eq!(m.resident_count(p), 0);
             assert!(m.pv.lock().is_empty());
@@ -732,16 +882,16 @@ mod tests {
             match next(5) {
                 0 | 1 => {
                     let f = Frame(next(8) as u32);
-                    m.enter(p, page(a), f, prot);
+                    m.enter(p, page(a), &[f], prot).unwrap();
                     model.insert(a, (f, prot));
                 }
                 2 => {
-                    m.remove(p, page(a), page(b));
+                    m.remove(p, page(a), page(b)).unwrap();
                     model.retain(|v, _| !(a..b).contains(v));
                 }
                 3 => {
                     let f = Frame(next(8) as u32);
-                    m.page_protect(f, prot);
+                    m.page_protect(f, prot).unwrap();
                     if prot.is_empty() {
                         model.retain(|_, (g, _)| *g != f);
                     } else {
@@ -749,7 +899,7 @@ mod tests {
                     }
                 }
                 _ => {
-                    m.protect(p, page(a), page(b), prot);
+                    m.protect(p, page(a), page(b), prot).unwrap();
                     if prot.is_empty() {
                         model.retain(|v, _| !(a..b).contains(v));
                     } else {

@@ -482,7 +482,7 @@ mod tests {
         // The oldest page is used through a mapping.
         let pmap = m.create();
         let f = vm.object(a).pages[&0].frame.unwrap();
-        m.enter(pmap, VmAddr(0), f, VmProt::READ);
+        m.enter(pmap, VmAddr(0), &[f], VmProt::READ).unwrap();
         m.access(pmap, VmAddr(0), Access::Load(&mut [0u8; 8])).unwrap();
         assert_eq!(vm.make_room(Some(A), 1), Room::Pages(1));
         assert_eq!(resident(&vm, a), vec![0, 2]);

@@ -44,7 +44,7 @@ use super::map::VmMap;
 use super::object::{ObjectId, Page, Provider, VmObject};
 use super::{PagerOp, ViewResolver, Vm};
 use crate::pmap::{Frame, PmapId};
-use crate::types::{KernError, VmAddr, VmProt, PAGE_SIZE};
+use crate::types::{KernError, VmProt, PAGE_SIZE};
 
 /// What a fault came to.
 #[must_use]
@@ -237,7 +237,7 @@ pub fn fault_locked(
             // Other mappings of `first` (sharers of a shadow) may map the
             // page below: they cannot be told from mappings that want it,
             // so every translation of it goes, as in Mach.
-            vm.machine.page_protect(frame, VmProt::NONE);
+            vm.page_remove(frame);
             vm.page_insert(first, first_off, Page { dirty: true, owner, ..Page::resident(nf) });
             vm.stats.cow_copies += 1;
             frame = nf;
@@ -248,7 +248,7 @@ pub fn fault_locked(
 
     // 5. Map it.
     debug_assert!(prot.contains(access));
-    vm.machine.enter(pmap, VmAddr(page_va), frame, prot);
+    tri!(vm.pmap_enter(pmap, page_va, &[frame], prot));
     if wants_write {
         if let Some(p) = vm.object_mut(first).pages.get_mut(&first_off) {
             p.dirty = true;
@@ -316,7 +316,7 @@ fn push_to_copy(
     let c = vm.object(object).copy.expect("caller checked");
     let nf = frame_for(vm, c, offset, owner)?;
     vm.machine.copy(frame, nf);
-    vm.machine.page_protect(frame, VmProt::NONE);
+    vm.page_remove(frame);
     vm.page_insert(c, offset, Page { dirty: true, owner, ..Page::resident(nf) });
     vm.stats.copy_pushes += 1;
     Ok(())

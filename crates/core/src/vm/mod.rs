@@ -16,7 +16,7 @@ pub mod pageout;
 pub mod paging;
 
 use crate::pmap::{Frame, Machine, PmapId};
-use crate::types::{Result, VmProt, PAGE_SIZE};
+use crate::types::{Result, VmAddr, VmProt, PAGE_SIZE};
 use charge::{Accounts, Owner};
 use object::{ObjectId, Page, Provider, VmObject};
 use std::collections::{HashMap, VecDeque};
@@ -72,6 +72,10 @@ pub struct VmStats {
     /// Candidates a task's own reclaim looked at (each costs O(1)): it
     /// measures the reclaim's work.
     pub task_reclaim_visits: u64,
+    /// Pmap operations that failed (see `crate::pmap`, "Failure"): enters
+    /// refused (the fault failed), lowerings done by removing instead,
+    /// removals that took more than asked.
+    pub pmap_failures: u64,
 }
 
 /// The VM's state, guarded by the kernel lock.
@@ -248,7 +252,7 @@ impl Vm {
 
     /// Gives a page back to the store, its translations and bits gone.
     fn page_free(&mut self, f: Frame) {
-        self.machine.page_protect(f, VmProt::NONE);
+        self.page_remove(f);
         self.machine.clear_modify(f);
         self.machine.clear_reference(f);
         self.resident -= 1;
@@ -322,7 +326,7 @@ impl Vm {
         self.uncharge(page.owner, page.frame.is_some());
         let Some(frame) = page.frame else { return };
         self.object_mut(object).resident -= 1;
-        self.machine.page_protect(frame, VmProt::NONE);
+        self.page_remove(frame);
         if give_back {
             let dirty = self.page_is_dirty(&page);
             if dirty || page.precious {
@@ -364,9 +368,59 @@ impl Vm {
         self.page_insert(object, offset, Page { dirty: true, ..Page::resident(frame) });
     }
 
-    /// Removes every translation in `[start, end)` of `pmap`.
-    pub fn pmap_remove_range(&self, pmap: PmapId, start: u64, end: u64) {
-        self.machine.remove(pmap, crate::types::VmAddr(start), crate::types::VmAddr(end));
+    // ----- the pmap (see `crate::pmap`, "Failure") -----
+
+    /// Maps `pages` from `va` in `pmap` with `prot`. A refusal is the
+    /// fault's error (`KERN_RESOURCE_SHORTAGE`, `KERN_MEMORY_ERROR`).
+    pub fn pmap_enter(&mut self, pmap: PmapId, va: u64, pages: &[Frame], prot: VmProt) -> Result<()> {
+        self.machine.enter(pmap, VmAddr(va), pages, prot).map_err(|e| {
+            self.stats.pmap_failures += 1;
+            e.into()
+        })
+    }
+
+    /// Lowers every translation in `[start, end)` of `pmap` to `prot`, or
+    /// removes them if the pmap cannot lower them.
+    pub fn pmap_protect(&mut self, pmap: PmapId, start: u64, end: u64, prot: VmProt) {
+        if self.machine.protect(pmap, VmAddr(start), VmAddr(end), prot).is_err() {
+            self.stats.pmap_failures += 1;
+            self.pmap_remove_range(pmap, start, end);
+        }
+    }
+
+    /// Removes every translation in `[start, end)` of `pmap` (a pmap that
+    /// fails has taken more: the address space).
+    pub fn pmap_remove_range(&mut self, pmap: PmapId, start: u64, end: u64) {
+        if self.machine.remove(pmap, VmAddr(start), VmAddr(end)).is_err() {
+            self.stats.pmap_failures += 1;
+        }
+    }
+
+    /// Lowers every translation of `page`, in every pmap, to `prot`
+    /// (`NONE`: [`Vm::page_remove`]), or removes them all if the pmap
+    /// cannot lower them.
+    pub fn page_protect(&mut self, page: Frame, prot: VmProt) {
+        if prot.is_empty() {
+            return self.page_remove(page);
+        }
+        if self.machine.page_protect(page, prot).is_err() {
+            self.stats.pmap_failures += 1;
+            self.page_remove(page);
+        }
+    }
+
+    /// Write-protects `page` in every mapping: what the VM does before it
+    /// judges a page whose readers may go on reading (a copy-on-write
+    /// snapshot, a `lock_request` that returns without flushing).
+    pub fn page_write_protect(&mut self, page: Frame) {
+        self.page_protect(page, VmProt::READ | VmProt::EXECUTE);
+    }
+
+    /// Removes `page` from every mapping (it stays resident).
+    pub fn page_remove(&mut self, page: Frame) {
+        if self.machine.page_remove(page).is_err() {
+            self.stats.pmap_failures += 1;
+        }
     }
 }
 

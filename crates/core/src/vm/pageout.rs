@@ -21,7 +21,6 @@
 
 use super::object::{ObjectId, Provider};
 use super::{PagerOp, Vm};
-use crate::types::VmProt;
 
 /// What pageout made of one candidate ([`Vm::reclaim_one`]).
 #[must_use]
@@ -82,15 +81,17 @@ impl Vm {
         // Pages nobody could get back: dirty anonymous memory with no
         // default pager, and every page of a dead pager (it can give
         // nothing back, not even a clean page).
-        let keep = |dirty: bool| (o.temporary && !self.default_pager && dirty) || o.pager_dead;
-        if keep(self.page_is_dirty(p)) {
+        let (temporary, pager_dead) = (o.temporary, o.pager_dead);
+        let keep = move |dirty: bool, default_pager: bool| (temporary && !default_pager && dirty) || pager_dead;
+        if keep(self.page_is_dirty(p), self.default_pager) {
             return Verdict::Kept;
         }
         // Stop writers before judging the page: a store through a live
         // translation could land after a "clean" verdict and be lost.
-        self.machine.page_protect(frame, VmProt::NONE);
-        let dirty = self.page_is_dirty(p);
-        if keep(dirty) {
+        self.page_remove(frame);
+        let o = self.object(object);
+        let dirty = self.page_is_dirty(&o.pages[&offset]);
+        if keep(dirty, self.default_pager) {
             // Written just before the shootdown: it stays.
             return Verdict::Kept;
         }

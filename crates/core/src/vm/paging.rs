@@ -118,9 +118,9 @@ impl Vm {
             // returned nor prevented. A flush takes every access; a return
             // takes write access (the page stays readable meanwhile).
             if should_flush {
-                self.machine.page_protect(frame, VmProt::NONE);
+                self.page_remove(frame);
             } else if should_return != ReturnPolicy::None {
-                self.machine.page_protect(frame, VmProt::READ | VmProt::EXECUTE);
+                self.page_write_protect(frame);
             }
             let dirty = marked_dirty || self.machine.is_modified(frame);
             let give = match should_return {
@@ -145,7 +145,7 @@ impl Vm {
             p.lock = lock;
             p.unlock_pending &= lock;
             if !lock.is_empty() {
-                self.machine.page_protect(frame, VmProt::ALL - lock);
+                self.page_protect(frame, VmProt::ALL - lock);
             }
         }
     }
@@ -200,7 +200,7 @@ impl Vm {
         // Writers of the original must fault so that pushes happen.
         let frames: Vec<_> = self.object(object).pages.values().filter_map(|p| p.frame).collect();
         for f in frames {
-            self.machine.page_protect(f, VmProt::READ | VmProt::EXECUTE);
+            self.page_write_protect(f);
         }
         c
     }
