@@ -89,7 +89,17 @@
 //!   after a clear. A conservative answer costs a needless `data_return`,
 //!   and keeps dirty-looking anonymous memory resident where no default
 //!   pager can take it.
-//! - **Referenced** is a hint for pageout's second chance.
+//! - **Referenced** is a hint, right either way (a host without accessed
+//!   bits may say "always referenced"). Pageout gives a referenced page one
+//!   second chance per lap of its queue, not more, so a host that always
+//!   says "referenced" makes it first in, first out, never stuck.
+//!
+//! The VM's correctness with conservative bits is tested
+//! (`tests/approximate_bits.rs`): the pageout, per-task reclaim and
+//! `lock_request` rules on a software MMU that answers "always" to both
+//! bits, and on one that learns of stores only from write-protect faults
+//! ([`soft::Bits`]), which also checks that `clear_modify` is never called
+//! while a translation allows writing.
 
 pub mod soft;
 pub mod store;

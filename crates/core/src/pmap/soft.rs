@@ -32,7 +32,8 @@
 //!
 //! It can also play a lesser host, for tests of the VM: it refuses
 //! operations when told to ([`SoftMachine::refuse`]), as a host short of
-//! resources would.
+//! resources would, and it can report the referenced and modified bits
+//! only as approximately as a host may ([`Bits`]).
 //!
 //! Cost: a page table is a hash table of 64-page leaves (a lookup is one
 //! hash probe and an index, as a two-level hardware table is two loads),
@@ -189,6 +190,11 @@ impl PageTable {
         visited
     }
 
+    /// The translations of `range` (page numbers), in order.
+    fn translations_in(&self, range: Range<u64>) -> impl Iterator<Item = Pte> + '_ {
+        range.filter_map(|vpn| self.get(vpn).copied())
+    }
+
     /// Every translation, in no particular order.
     fn into_translations(self) -> impl Iterator<Item = (u64, Pte)> {
         self.leaves
@@ -263,13 +269,57 @@ pub struct SoftMachine {
     pv_visits: AtomicU64,
     /// Operations still to refuse, by [`Refuse`] kind.
     refusals: [AtomicU64; 3],
+    /// How it reports referenced and modified bits.
+    bits: Bits,
+    /// Calls that broke the contract (see [`SoftMachine::breaches`]).
+    breaches: AtomicU64,
+    /// Write faults taken (see [`SoftMachine::write_faults`]).
+    write_faults: AtomicU64,
 }
+
+/// How a [`SoftMachine`] reports the referenced and modified bits: exactly,
+/// as hardware does, or as a host that only approximates them may (the
+/// contract allows both, see [`crate::pmap`]). The approximate machines
+/// also check that the VM calls `clear_modify` only when no translation of
+/// the page allows writing ([`SoftMachine::breaches`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bits {
+    /// Every access sets the referenced bit, every store the modified bit.
+    Exact,
+    /// Every page is always referenced and always modified, whatever was
+    /// done to it: a host with no bits at all, answering conservatively.
+    Always,
+    /// No referenced bits (always referenced); stores are learned from
+    /// write-protect faults, as a userfaultfd host learns them: a writable
+    /// translation of a page not modified since its last `clear_modify` is
+    /// write-protected underneath, and the first store through it faults
+    /// into the machine, which marks the page modified and lifts the
+    /// protection of the whole aligned run of [`WRITE_FAULT_RUN`] pages
+    /// around it in that address space at once, marking every page mapped
+    /// writable there modified too (one fault per run, as a host that
+    /// resolves a fault for a cluster: more pages reported modified than
+    /// were written).
+    WriteFaults,
+}
+
+/// Pages whose write protection one write fault lifts, in
+/// [`Bits::WriteFaults`].
+pub const WRITE_FAULT_RUN: u64 = 16;
 
 impl SoftMachine {
     /// A machine with `frame_count` frames of physical memory. Frame
     /// storage is allocated on first use.
     pub fn new(frame_count: usize) -> SoftMachine {
+        SoftMachine::with_bits(frame_count, Bits::Exact)
+    }
+
+    /// A machine whose referenced and modified bits are `bits`: exact, or
+    /// the approximations a host may give instead (see [`Bits`]).
+    pub fn with_bits(frame_count: usize, bits: Bits) -> SoftMachine {
         SoftMachine {
+            bits,
+            breaches: AtomicU64::new(0),
+            write_faults: AtomicU64::new(0),
             frames: (0..frame_count).map(|_| RwLock::new(Box::default())).collect(),
             free_frames: Mutex::new((0..frame_count as u32).rev().map(Frame).collect()),
             attrs: (0..frame_count).map(|_| AtomicU8::new(0)).collect(),
@@ -296,6 +346,30 @@ impl SoftMachine {
     /// and benchmarks). Each costs O(1).
     pub fn pv_visits(&self) -> u64 {
         self.pv_visits.load(Ordering::Relaxed)
+    }
+
+    /// Calls that broke the contract since the machine was made: on an
+    /// approximate machine ([`Bits`]), `clear_modify` of a page some
+    /// translation still allows writing (a host learning of stores from
+    /// write faults would miss the next one).
+    pub fn breaches(&self) -> u64 {
+        self.breaches.load(Ordering::Relaxed)
+    }
+
+    /// Write faults taken ([`Bits::WriteFaults`]).
+    pub fn write_faults(&self) -> u64 {
+        self.write_faults.load(Ordering::Relaxed)
+    }
+
+    /// Does a translation of `frame`, in any pmap, allow writing?
+    fn writable_anywhere(&self, frame: Frame) -> bool {
+        let pv = self.pv.lock();
+        let Some(set) = pv.get(&frame) else { return false };
+        let writable = set.iter().any(|(pmap, vpn)| {
+            self.with_table(pmap, |t| t.get(vpn).is_some_and(|p| p.frame == frame && p.prot.contains(VmProt::WRITE)))
+                .unwrap_or(false)
+        });
+        writable
     }
 
     fn count_pte(&self, n: usize) {
@@ -588,15 +662,18 @@ impl Pmap for SoftMachine {
     }
 
     fn is_modified(&self, frame: Frame) -> bool {
-        self.attrs[frame.0 as usize].load(Ordering::Acquire) & MODIFIED != 0
+        self.bits == Bits::Always || self.attrs[frame.0 as usize].load(Ordering::Acquire) & MODIFIED != 0
     }
 
     fn clear_modify(&self, frame: Frame) {
+        if self.bits != Bits::Exact && self.writable_anywhere(frame) {
+            self.breaches.fetch_add(1, Ordering::Relaxed);
+        }
         self.attrs[frame.0 as usize].fetch_and(!MODIFIED, Ordering::AcqRel);
     }
 
     fn is_referenced(&self, frame: Frame) -> bool {
-        self.attrs[frame.0 as usize].load(Ordering::Acquire) & REFERENCED != 0
+        self.bits != Bits::Exact || self.attrs[frame.0 as usize].load(Ordering::Acquire) & REFERENCED != 0
     }
 
     fn clear_reference(&self, frame: Frame) {
@@ -633,6 +710,16 @@ impl Machine for SoftMachine {
                 self.read(pte.frame, offset, buf);
             }
             Access::Store(data) => {
+                if self.bits == Bits::WriteFaults && attr.load(Ordering::Acquire) & MODIFIED == 0 {
+                    // Write-protected underneath: the write fault, which
+                    // the host resolves for the whole run around it.
+                    let vpn = va.0 >> PAGE_SHIFT;
+                    let run = vpn - vpn % WRITE_FAULT_RUN..vpn - vpn % WRITE_FAULT_RUN + WRITE_FAULT_RUN;
+                    for p in table.translations_in(run).filter(|p| p.prot.contains(VmProt::WRITE)) {
+                        self.attrs[p.frame.0 as usize].fetch_or(MODIFIED, Ordering::AcqRel);
+                    }
+                    self.write_faults.fetch_add(1, Ordering::Relaxed);
+                }
                 attr.fetch_or(REFERENCED | MODIFIED, Ordering::AcqRel);
                 self.write(pte.frame, offset, data);
             }
@@ -743,6 +830,43 @@ mod tests {
         assert_eq!(m.remove(q, VmAddr(0x10000), VmAddr(0x20000)), Err(PmapError::Unreachable));
         assert_eq!(m.extract(q, VmAddr(0)), None);
         assert!(m.pv.lock().is_empty());
+    }
+
+    #[test]
+    fn approximate_bits_never_miss_a_store() {
+        let m = SoftMachine::with_bits(4, Bits::Always);
+        assert!(m.is_modified(Frame(0)) && m.is_referenced(Frame(0)));
+        m.clear_modify(Frame(0));
+        m.clear_reference(Frame(0));
+        assert!(m.is_modified(Frame(0)) && m.is_referenced(Frame(0)));
+
+        let m = SoftMachine::with_bits(WRITE_FAULT_RUN as usize + 2, Bits::WriteFaults);
+        let p = m.create();
+        // Pages 0..=RUN mapped writable, page 1 read-only.
+        for i in 0..=WRITE_FAULT_RUN {
+            let prot = if i == 1 { VmProt::READ } else { VmProt::DEFAULT };
+            m.enter(p, page(i), &[Frame(i as u32)], prot).unwrap();
+        }
+        assert!(m.is_referenced(Frame(5)) && !m.is_modified(Frame(0)));
+        // The first store faults and lifts the protection of its run: the
+        // run's writable pages count as modified, not the read-only one,
+        // nor the page of the next run.
+        m.access(p, page(0), Access::Store(&[1])).unwrap();
+        m.access(p, page(2), Access::Store(&[1])).unwrap();
+        assert_eq!(m.write_faults(), 1);
+        assert!((0..WRITE_FAULT_RUN).filter(|&i| i != 1).all(|i| m.is_modified(Frame(i as u32))));
+        assert!(!m.is_modified(Frame(1)) && !m.is_modified(Frame(WRITE_FAULT_RUN as u32)));
+        // Cleared with no writer left, the next store faults again.
+        m.page_protect(Frame(0), VmProt::READ).unwrap();
+        m.clear_modify(Frame(0));
+        assert_eq!(m.breaches(), 0);
+        m.enter(p, page(0), &[Frame(0)], VmProt::DEFAULT).unwrap();
+        m.access(p, page(0), Access::Store(&[2])).unwrap();
+        assert_eq!(m.write_faults(), 2);
+        assert!(m.is_modified(Frame(0)));
+        // Cleared under a writable translation: a breach of the contract.
+        m.clear_modify(Frame(2));
+        assert_eq!(m.breaches(), 1);
     }
 
     /// Sizes each growth test runs at: a cost that grows with the table

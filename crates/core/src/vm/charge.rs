@@ -24,7 +24,8 @@
 //!    cluster, for an owner, [`Vm::make_room`] checks the owner's resident
 //!    and in-transit pages against its limit. Over it, the owner's own
 //!    candidates are reclaimed, least recently charged first, with a second
-//!    chance for pages the MMU saw referenced: the same judgement pageout
+//!    chance for pages the MMU saw referenced (one lap's worth, so that
+//!    bits stuck at "referenced" cannot stop it): the same judgement pageout
 //!    makes (`Vm::reclaim_one`: dirty and precious pages are returned to
 //!    their pager, anonymous ones to the default pager, clean ones dropped).
 //!    Pages charged to other owners are never taken. A cluster gets what
@@ -52,7 +53,7 @@
 //! here is O(1) amortised, however many pages the task has.
 
 use super::object::{ObjectId, Page};
-use super::pageout::Verdict;
+use super::pageout::{Reprieves, Verdict};
 use super::{Vm, MIN_RESIDENT};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -226,13 +227,15 @@ impl Vm {
 
     /// Reclaims up to `want` of `owner`'s own pages; returns how many it
     /// freed. Each candidate is looked at at most twice: a referenced one
-    /// goes to the back of the queue with its bit cleared, a busy one
-    /// (pinned by the fault running now) waits for the next call.
+    /// goes to the back of the queue with its bit cleared (while the scan
+    /// has second chances left: one lap's worth), a busy one (pinned by
+    /// the fault running now) waits for the next call.
     fn reclaim_own(&mut self, owner: Owner, want: usize) -> usize {
         let Some(acc) = self.accounts.get(&owner) else {
             return 0;
         };
         let mut budget = 2 * acc.queue.len() + 8;
+        let mut reprieves = Reprieves::lap(acc.queue.len());
         let mut busy = Vec::new();
         let mut freed = 0;
         while freed < want && budget > 0 {
@@ -244,7 +247,7 @@ impl Vm {
             if self.resident_owner(object, offset) != Some(owner) {
                 continue;
             }
-            match self.reclaim_one(object, offset) {
+            match self.reclaim_one(object, offset, &mut reprieves) {
                 Verdict::Gone => {}
                 Verdict::Busy => busy.push((object, offset)),
                 Verdict::Referenced => self.account(owner).queue.push_back((object, offset)),

@@ -1,7 +1,12 @@
 //! Pageout: keeping resident pages under the configured limit.
 //!
 //! Candidates come off a FIFO queue with a second chance for pages the MMU
-//! saw referenced (a clock, in effect). For each victim:
+//! saw referenced (a clock, in effect): at most one per lap of the queue,
+//! so that a pmap whose referenced bits are stuck at "referenced" (a host
+//! without them may answer so, see `crate::pmap`) makes pageout first in,
+//! first out, not stuck. With exact bits a lap clears every bit it sees,
+//! so a second lap in one scan meets a set bit only if a task touched the
+//! page meanwhile, and the bound changes nothing. For each victim:
 //!
 //! 1. every translation of its frame is removed (`page_protect(NONE)`),
 //!    so no task can change it while it is written back;
@@ -31,7 +36,7 @@ pub(super) enum Verdict {
     /// Pinned busy by a fault that is copying it: look again later.
     Busy,
     /// The MMU saw it used since it was last looked at: its referenced
-    /// bit is cleared, and it gets a second chance.
+    /// bit is cleared, and it gets a second chance (see [`Reprieves`]).
     Referenced,
     /// Nobody could get it back if it went (see the module comment): it
     /// stays resident.
@@ -40,17 +45,36 @@ pub(super) enum Verdict {
     Freed,
 }
 
+/// The second chances one scan of a queue may still give: one lap's
+/// worth (the queue's length when the scan starts), then none, whatever
+/// the referenced bits say.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Reprieves(usize);
+
+impl Reprieves {
+    /// For a scan of a queue of `len` candidates.
+    pub(super) fn lap(len: usize) -> Reprieves {
+        Reprieves(len)
+    }
+
+    /// May another referenced page be spared? (Uses one up if so.)
+    fn take(&mut self) -> bool {
+        self.0.checked_sub(1).map(|n| self.0 = n).is_some()
+    }
+}
+
 impl Vm {
     /// Reclaims up to `want` frames; returns how many it freed.
     pub fn pageout(&mut self, want: usize) -> usize {
         let mut freed = 0;
         let mut budget = self.queue.len() * 2 + 8;
+        let mut reprieves = Reprieves::lap(self.queue.len());
         while freed < want && budget > 0 {
             budget -= 1;
             let Some((object, offset)) = self.queue.pop_front() else {
                 break;
             };
-            match self.reclaim_one(object, offset) {
+            match self.reclaim_one(object, offset, &mut reprieves) {
                 Verdict::Gone => {}
                 Verdict::Busy | Verdict::Referenced | Verdict::Kept => self.queue.push_back((object, offset)),
                 Verdict::Freed => freed += 1,
@@ -61,9 +85,10 @@ impl Vm {
     }
 
     /// Judges one candidate and reclaims it if it can go (steps 1 to 3 of
-    /// the module comment). A task's own reclaim (`crate::vm::charge`)
-    /// judges its pages the same way.
-    pub(super) fn reclaim_one(&mut self, object: ObjectId, offset: u64) -> Verdict {
+    /// the module comment); a referenced one is spared while the scan has
+    /// `reprieves` left. A task's own reclaim (`crate::vm::charge`) judges
+    /// its pages the same way.
+    pub(super) fn reclaim_one(&mut self, object: ObjectId, offset: u64, reprieves: &mut Reprieves) -> Verdict {
         let Some(o) = self.objects.get(&object) else {
             return Verdict::Gone;
         };
@@ -74,7 +99,7 @@ impl Vm {
         if p.busy {
             return Verdict::Busy;
         }
-        if self.machine.is_referenced(frame) {
+        if self.machine.is_referenced(frame) && reprieves.take() {
             self.machine.clear_reference(frame);
             return Verdict::Referenced;
         }
