@@ -188,7 +188,8 @@ fn a_fork_of_many_eagerly_copied_entries_ends_promptly() {
     c.vm_map(map_anywhere(P, Some(o))).unwrap();
     let init = pager.recv(Some(Duration::from_secs(5))).unwrap();
     assert!(matches!(init.msg, KernelToPager::Init { .. }), "{init:?}");
-    let eager = PagerToKernel::ChangeAttributes { may_cache: true, copy_strategy: CopyStrategy::None, cluster_pages: 64 };
+    let eager =
+        PagerToKernel::ChangeAttributes { may_cache: true, copy_strategy: CopyStrategy::None, cluster_pages: 64 };
     pager.call(object, eager).unwrap();
     // One entry per window: a page of the object, every other page.
     for k in 0..PROXIES {
