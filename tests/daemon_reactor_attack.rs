@@ -222,3 +222,44 @@ fn a_fork_of_many_eagerly_copied_entries_ends_promptly() {
     assert!(matches!(forked, Ok(Reply::ChildToken(_))), "a fork of {entries} entries: {forked:?} after {took:?}");
     assert!(took < Duration::from_secs(3), "a fork of {entries} entries took {took:?}");
 }
+
+/// Found by attack: after a bad frame behind a call that waits, the daemon
+/// read and threw away whatever the peer sent for as long as the call
+/// waited (23 GB in 3 s, half a CPU). Now nothing more is read from it,
+/// only its end is watched: the peer's writes stop once the socket's
+/// buffers are full, and its end closes the connection.
+#[test]
+fn bytes_after_a_bad_frame_are_not_read() {
+    let dir = Dir::new("reactor-junk");
+    let _d = daemon(&dir.socket(), &[]);
+    let watcher = client(&dir.socket(), "watcher");
+    let mut s = UnixStream::connect(dir.socket()).unwrap();
+    s.write_all(&hello_frame("junk")).unwrap();
+    assert!(matches!(read_frame::<Response>(&mut s), Ok(Some(Response::Welcome { .. }))));
+    let call = |seq, call| encode_frame(&Request::Call { seq, call }).unwrap();
+    s.write_all(&call(1, Call::PortAllocate)).unwrap();
+    let Ok(Some(Response::Reply { result: Ok(Reply::Name(port)), .. })) = read_frame::<Response>(&mut s) else {
+        panic!("a port")
+    };
+    // A receive that waits for good, then a frame that does not decode.
+    s.write_all(&call(2, Call::MsgReceive { name: port, timeout_ms: None })).unwrap();
+    s.write_all(&[3, 0, 0, 0, 0xff, 0xff, 0xff]).unwrap();
+    s.set_nonblocking(true).unwrap();
+    let junk = vec![0x5au8; 64 << 10];
+    let (mut sent, end) = (0usize, Instant::now() + Duration::from_millis(500));
+    while Instant::now() < end {
+        match s.write(&junk) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(sent < 16 << 20, "the daemon took {sent} bytes after the bad frame");
+    let connections = stat(&watcher, "connections");
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat(&watcher, "connections") >= connections {
+        assert!(Instant::now() < deadline, "the connection outlives its peer");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

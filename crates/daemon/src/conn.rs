@@ -80,11 +80,23 @@ struct Running {
     pending: Pending,
 }
 
+/// What the loop watches a connection's socket for, on the reading side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// Its bytes (and its end).
+    Data,
+    /// Only its end: nothing more is taken from it (after a bad frame,
+    /// while closing), so a peer that keeps sending costs no work.
+    End,
+    /// Nothing: its stream has ended.
+    No,
+}
+
 /// What the loop must do with a connection after an event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum After {
     /// Keep it; these are its wants.
-    Keep { read: bool, write: bool, deadline: Option<Instant> },
+    Keep { read: Reading, write: bool, deadline: Option<Instant> },
     /// Close it now.
     Close,
 }
@@ -433,7 +445,13 @@ impl Conn {
         // full.
         let writing = self.has_output();
         let write = writing && self.blocked;
-        let read = self.eof.is_none();
+        let read = if self.eof.is_some() {
+            Reading::No
+        } else if self.stop_reading || matches!(self.phase, Phase::Closing { .. }) {
+            Reading::End
+        } else {
+            Reading::Data
+        };
         match self.phase {
             Phase::Closing { .. } if !writing => After::Close,
             Phase::Closing { deadline, .. } | Phase::Hello { deadline } => {

@@ -22,7 +22,7 @@
 //!    after every event before it sleeps.
 //! 5. On stop, each loop closes the connections it still has.
 
-use crate::conn::{After, Conn};
+use crate::conn::{After, Conn, Reading};
 use crate::Shared;
 use machvm_core::wait::Waker;
 use rustix::event::epoll;
@@ -174,7 +174,7 @@ struct Loop {
 struct Slot {
     conn: Conn,
     /// The epoll interest: reading, writing.
-    watch: (bool, bool),
+    watch: (Reading, bool),
     deadline: Option<Instant>,
 }
 
@@ -330,10 +330,12 @@ impl Loop {
         self.next += 1;
         let waker: Arc<dyn Waker> = Arc::new(ConnWaker { inbox: self.inbox.clone(), token });
         let conn = Conn::new(stream, waker);
-        if epoll::add(&self.epoll, conn.stream.as_fd(), epoll::EventData::new_u64(token), flags(true, false)).is_err() {
+        if epoll::add(&self.epoll, conn.stream.as_fd(), epoll::EventData::new_u64(token), flags(Reading::Data, false))
+            .is_err()
+        {
             return;
         }
-        self.conns.insert(token, Slot { conn, watch: (true, false), deadline: None });
+        self.conns.insert(token, Slot { conn, watch: (Reading::Data, false), deadline: None });
         // The hello may be there already, and its deadline starts now.
         self.event(token, |c, sh| c.readable(sh));
     }
@@ -341,11 +343,12 @@ impl Loop {
 
 /// The epoll interest for reading and writing (hang-ups and errors are
 /// always reported).
-fn flags(read: bool, write: bool) -> epoll::EventFlags {
-    let mut f = epoll::EventFlags::empty();
-    if read {
-        f |= epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
-    }
+fn flags(read: Reading, write: bool) -> epoll::EventFlags {
+    let mut f = match read {
+        Reading::Data => epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+        Reading::End => epoll::EventFlags::RDHUP,
+        Reading::No => epoll::EventFlags::empty(),
+    };
     if write {
         f |= epoll::EventFlags::OUT;
     }
