@@ -112,6 +112,7 @@ impl Served {
             host_priv_uid: None,
             limits: machvm_core::TaskLimits::default(),
             loops: machvm_daemon::default_loops(),
+            max_conns_per_uid: usize::MAX,
             proxy_version: machvm_core::ProxyVersion::Paging,
             cluster_pages: machvm_core::KernelConfig::default().cluster_pages,
         };

@@ -183,3 +183,25 @@ fn a_trickled_hello_is_cut_off_at_the_hello_timeout() {
     }
     assert!(cut, "still reading the hello {:?} after connecting (HELLO_TIMEOUT is 10 s)", start.elapsed());
 }
+
+/// One uid cannot open connections without bound: past
+/// `--max-conns-per-uid` its hello is refused, saying why, and a place
+/// freed is taken again. (The test's uid is made unprivileged: the
+/// host-privilege uid has no such limit.)
+#[test]
+fn one_uid_may_hold_only_so_many_connections() {
+    let dir = Dir::new("attack-per-uid");
+    let _d = daemon(&dir.socket(), &["--host-priv-uid", "4242", "--max-conns-per-uid", "3"]);
+    let held: Vec<Connection> = (0..3).map(|i| client(&dir.socket(), &format!("c{i}"))).collect();
+    match Connection::connect(&dir.socket(), Role::Task { child_token: None }, "one too many") {
+        Err(machvm_client::ClientError::Refused(reason)) => {
+            assert!(reason.contains("3 connections"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(held[0].vm_allocate(VmAddr(0), P, true).is_ok(), "those held carry on");
+    drop(held);
+    common::daemon::wait_until("a place is free again", || {
+        Connection::connect(&dir.socket(), Role::Task { child_token: None }, "again").is_ok()
+    });
+}

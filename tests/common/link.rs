@@ -665,6 +665,7 @@ impl Host {
             proxy_version: config.proxy_version,
             cluster_pages: config.cluster_pages,
             loops: 1,
+            max_conns_per_uid: usize::MAX,
         })
         .expect("booting machvmd");
         let listener = daemon.bind().expect("binding machvmd's socket");

@@ -46,6 +46,10 @@ pub struct DaemonArgs {
     /// CPUs, at least 1 and at most 4).
     #[arg(long, default_value_t = crate::default_loops())]
     pub loops: usize,
+    /// The most connections one uid may have at once; the host-privilege
+    /// uid has no limit.
+    #[arg(long, default_value_t = 1024)]
+    pub max_conns_per_uid: usize,
     /// What `memory_object_create_proxy` makes when the call names no
     /// version.
     #[arg(long, value_enum, default_value_t = ProxyVersionArg::Paging)]
@@ -104,6 +108,7 @@ pub fn run(args: DaemonArgs) -> ExitCode {
             resident_pages: args.max_resident.unwrap_or(machvm_core::TaskLimits::default().resident_pages),
         },
         loops: args.loops,
+        max_conns_per_uid: args.max_conns_per_uid,
         proxy_version: args.proxy_version.into(),
         cluster_pages: args.cluster_pages,
     };

@@ -281,7 +281,17 @@ impl Conn {
             .then(|| k.port_transfer(sh.own, sh.host_priv, machvm_protocol::ipc::Disposition::CopySend, task).ok())
             .flatten();
         let info = ConnInfo { task, pid: self.pid, uid: self.uid, name: name.clone(), pager };
-        let id = sh.conn_add(info);
+        let id = match sh.conn_add(info) {
+            Ok(id) => id,
+            Err(held) => {
+                let _ = k.task_terminate(task);
+                let reason = format!(
+                    "uid {} has {held} connections, the most one uid may have (machvmd --max-conns-per-uid)",
+                    self.uid
+                );
+                return self.refuse(Response::Refused { version: PROTOCOL_VERSION, reason });
+            }
+        };
         tracing::info!(conn = id, task = task.number(), pid = self.pid, uid = self.uid, name = %name, pager, "connected");
         self.phase = Phase::Task { caller: Caller { conn: id, task } };
         self.send(&Response::Welcome { version: PROTOCOL_VERSION, task: task.number(), host_priv });

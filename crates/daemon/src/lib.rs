@@ -66,6 +66,9 @@ pub struct DaemonConfig {
     pub limits: machvm_core::TaskLimits,
     /// Event-loop threads serving the connections (see [`reactor`]).
     pub loops: usize,
+    /// The most connections one uid may have at once (the host-privilege
+    /// uid excepted): a hello past it is refused.
+    pub max_conns_per_uid: usize,
     /// What `memory_object_create_proxy` makes when the call names no
     /// version (`KernelConfig::proxy_version`).
     pub proxy_version: machvm_core::ProxyVersion,
@@ -101,6 +104,8 @@ pub struct Shared {
     pub own: TaskId,
     pub host_priv: PortName,
     pub host_priv_uid: u32,
+    /// The most connections one uid (but the host-privilege uid) may have.
+    pub max_conns_per_uid: usize,
     /// Name → (registering connection, the daemon's send right).
     names: Mutex<HashMap<String, (u64, PortName)>>,
     /// Child tasks made by `task_create`, not claimed yet: token → (parent
@@ -149,6 +154,7 @@ impl Daemon {
             own,
             host_priv,
             host_priv_uid,
+            max_conns_per_uid: config.max_conns_per_uid,
             names: Mutex::default(),
             children: Mutex::default(),
             conns: Mutex::default(),
@@ -238,11 +244,20 @@ fn kern_io(e: KernError) -> std::io::Error {
 }
 
 impl Shared {
-    /// Registers a new connection.
-    pub(crate) fn conn_add(&self, info: ConnInfo) -> u64 {
+    /// Registers a new connection; `Err` with the connections its uid
+    /// holds if that is [`DaemonConfig::max_conns_per_uid`] already (the
+    /// host-privilege uid has no such limit).
+    pub(crate) fn conn_add(&self, info: ConnInfo) -> std::result::Result<u64, usize> {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        if info.uid != self.host_priv_uid {
+            let held = conns.values().filter(|c| c.uid == info.uid).count();
+            if held >= self.max_conns_per_uid {
+                return Err(held);
+            }
+        }
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, info);
-        id
+        conns.insert(id, info);
+        Ok(id)
     }
 
     /// A connection is gone: its names leave the table, its unclaimed
