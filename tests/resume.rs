@@ -168,3 +168,37 @@ fn a_task_create_op_dropped_while_an_eager_copy_waits_releases_the_copy() {
     assert_eq!(s.k.stats().objects, objects, "the half-made copy is gone");
     assert_eq!(s.k.stats().waiters, 0);
 }
+
+/// Room for one message wakes one sender, the one that waited longest, not
+/// every sender waiting on the full queue; a woken sender that goes away
+/// without sending hands the room to the next.
+#[test]
+fn room_in_a_full_queue_wakes_one_sender_and_is_handed_on_if_unused() {
+    let s = Scripted::new(ProxyVersion::Paging, Transport::Local);
+    let t = s.client.id();
+    let port = s.k.port_allocate(t).unwrap();
+    s.k.port_make_send(t, port).unwrap();
+    while s.k.msg_send(t, UserMessage::new(port, 1, vec![])).is_ok() {}
+    let waiting: Vec<_> = (0..50u32)
+        .map(|i| {
+            let (count, w) = counter();
+            let mut op = s.k.msg_send_op(t, UserMessage::new(port, 100 + i, vec![]), None);
+            assert!(matches!(op.poll(&w), Ok(Poll::Pending(_))));
+            (count, w, op)
+        })
+        .collect();
+    let woken = |w: &[(Arc<Count>, Arc<dyn Waker>, machvm_core::kernel::resume::SendOp)]| -> Vec<usize> {
+        (0..w.len()).filter(|&i| w[i].0 .0.load(Ordering::SeqCst) > 0).collect()
+    };
+    s.k.msg_receive(t, port, Some(Duration::ZERO)).unwrap();
+    assert_eq!(woken(&waiting), vec![0], "one sender, the first, is woken");
+    // The first goes away without sending (dropped by `skip`): the room
+    // goes to the second.
+    let mut rest: Vec<_> = waiting.into_iter().skip(1).collect();
+    assert_eq!(woken(&rest), vec![0], "the unused room is handed on");
+    let (_, w, op) = &mut rest[0];
+    assert_eq!(op.poll(w), Ok(Poll::Ready(())));
+    assert_eq!(woken(&rest), vec![0], "the room was used: no one else is woken");
+    drop(rest);
+    assert_eq!(s.k.stats().waiters, 0);
+}

@@ -111,6 +111,13 @@ impl<T> Step<T> {
     }
 }
 
+/// Whom a mark wakes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    All,
+    One,
+}
+
 /// The waiters on one key: almost always one, so one needs no allocation.
 #[derive(Debug)]
 enum Tickets {
@@ -161,7 +168,7 @@ pub struct WaitTable {
     next: u64,
     by_key: FxHashMap<WaitKey, Tickets>,
     waiters: FxHashMap<WaitTicket, Waiter>,
-    marked: Vec<WaitKey>,
+    marked: Vec<(WaitKey, Wake)>,
 }
 
 impl std::fmt::Debug for WaitTable {
@@ -208,21 +215,42 @@ impl WaitTable {
         }
     }
 
-    /// Something waiters on `key` wait for happened (step 2).
+    /// Something waiters on `key` wait for happened (step 2): all of them
+    /// are woken.
     pub fn mark(&mut self, key: WaitKey) {
         if self.by_key.contains_key(&key) {
-            self.marked.push(key);
+            self.marked.push((key, Wake::All));
         }
     }
 
-    /// Takes every waiter on a marked key off all its keys (step 3), having
-    /// called its `wake_locked`; the caller calls `wake` once the lock is
+    /// Something only one waiter on `key` can use happened (room for one
+    /// message): the one that waited longest is woken. A woken waiter that
+    /// does not use it must mark the key again, or the others sleep on.
+    pub fn mark_one(&mut self, key: WaitKey) {
+        if self.by_key.contains_key(&key) {
+            self.marked.push((key, Wake::One));
+        }
+    }
+
+    /// Takes the waiters on marked keys off all their keys (step 3), having
+    /// called their `wake_locked`; the caller calls `wake` once the lock is
     /// dropped.
     pub fn take_woken(&mut self) -> Vec<Arc<dyn Waker>> {
         let mut out = Vec::new();
-        for key in std::mem::take(&mut self.marked) {
-            let Some(list) = self.by_key.remove(&key) else { continue };
-            list.each(|t| {
+        for (key, how) in std::mem::take(&mut self.marked) {
+            let woken = match (how, self.by_key.remove(&key)) {
+                (_, None) => continue,
+                (Wake::All, Some(list)) => list,
+                (Wake::One, Some(Tickets::One(t))) => Tickets::One(t),
+                (Wake::One, Some(Tickets::Many(mut v))) => {
+                    let first = v.remove(0);
+                    if !v.is_empty() {
+                        self.by_key.insert(key, Tickets::Many(v));
+                    }
+                    Tickets::One(first)
+                }
+            };
+            woken.each(|t| {
                 let Some(w) = self.waiters.remove(&t) else { return };
                 for k in w.keys.into_iter().flatten().filter(|&k| k != key) {
                     if self.by_key.get_mut(&k).is_some_and(|list| list.remove(t)) {

@@ -227,10 +227,8 @@ impl Kernel {
             return Err(KernError::InvalidArgument);
         };
         let once = matches!(m.dest_disposition, Disposition::MoveSendOnce | Disposition::MakeSendOnce);
-        let full = st.task(task).ok().map(|t| t.space).and_then(|space| {
-            let port = st.ipc.send_port_of(space, m.dest).ok()?;
-            (st.kobject(port).is_none() && st.ipc.queue_len(port) >= crate::ipc::QLIMIT).then_some(port)
-        });
+        let port = user_port(&st, task, m.dest);
+        let full = port.filter(|&p| st.ipc.queue_len(p) >= crate::ipc::QLIMIT);
         match (full, by) {
             (Some(port), Some(by)) if !once => {
                 let keys = [WaitKey::Port(port), WaitKey::Task(task.id)];
@@ -241,6 +239,11 @@ impl Kernel {
                     Some(m) => send_locked(&mut st, task, m),
                     None => Err(KernError::InvalidArgument),
                 };
+                if r.is_err() {
+                    // Room this sender may have been woken for, and did not
+                    // use, goes to the next one waiting.
+                    pass_room_on(&mut st, port);
+                }
                 self.unlock(st);
                 r.map(Step::Ready)
             }
@@ -297,9 +300,10 @@ impl Kernel {
         let got = st.task(task).map(|t| t.space).and_then(|space| Ok((space, st.ipc.try_receive(space, name)?)));
         match got {
             Ok((space, Some(m))) => {
-                // Room in that queue: a sender may be waiting for it.
+                // Room in that queue, for one message: the sender that
+                // waited longest may have it.
                 if let Ok(port) = st.ipc.port_of(space, m.local) {
-                    st.waits.mark(WaitKey::Port(port));
+                    st.waits.mark_one(WaitKey::Port(port));
                 }
                 self.unlock(st);
                 Ok(Step::Ready(m))
@@ -319,6 +323,32 @@ impl Kernel {
                 Err(e)
             }
         }
+    }
+}
+
+impl Kernel {
+    /// A send that may have been woken for room gives up without sending
+    /// (its caller went): the room goes to the next sender waiting.
+    pub(crate) fn send_abandoned(&self, task: TaskId, dest: PortName) {
+        self.with(|st| {
+            let port = user_port(st, task, dest);
+            pass_room_on(st, port);
+        });
+    }
+}
+
+/// The port `dest` names in `task`'s space, if it is a user port (one
+/// whose queue can be full).
+fn user_port(st: &KState, task: TaskId, dest: PortName) -> Option<crate::ipc::PortId> {
+    let space = st.task(task).ok()?.space;
+    let port = st.ipc.send_port_of(space, dest).ok()?;
+    st.kobject(port).is_none().then_some(port)
+}
+
+/// If `port`'s queue has room, wakes the next sender waiting for it.
+fn pass_room_on(st: &mut KState, port: Option<crate::ipc::PortId>) {
+    if let Some(p) = port.filter(|&p| st.ipc.queue_len(p) < crate::ipc::QLIMIT) {
+        st.waits.mark_one(WaitKey::Port(p));
     }
 }
 

@@ -516,6 +516,10 @@ impl SendOp {
 impl Drop for SendOp {
     fn drop(&mut self) {
         self.kernel.cancel_all(&mut self.tickets);
+        if let Some(m) = &self.msg {
+            // It may have been woken for room it will not use.
+            self.kernel.send_abandoned(self.task, m.dest);
+        }
     }
 }
 
