@@ -17,6 +17,9 @@
 //! As a page store it is physical memory: any frame can hold the page of
 //! any `(object, offset)`, so the key of an allocation is not kept, and a
 //! rename relabels nothing (the frame is the page's under its new key).
+//! It can also keep its page tables in software over another store
+//! ([`SoftMachine::with_store`], such as a host's memfd per object): then
+//! every page-store call, and the bytes of every access, go to that store.
 //!
 //! Locking: an access holds its page table's read lock for the whole copy,
 //! so `remove`/`protect` (which take the write lock) return only after every
@@ -257,9 +260,8 @@ impl Translations {
 /// A software machine with `frame_count` physical pages.
 #[allow(missing_debug_implementations)]
 pub struct SoftMachine {
-    frames: Vec<RwLock<Box<[u8]>>>,
-    /// Frames no page holds, the next to allocate last.
-    free_frames: Mutex<Vec<Frame>>,
+    /// Where the pages' bytes live.
+    bytes: Bytes,
     attrs: Vec<AtomicU8>,
     pmaps: RwLock<Vec<Option<RwLock<PageTable>>>>,
     pv: Mutex<ReverseMap>,
@@ -275,6 +277,18 @@ pub struct SoftMachine {
     breaches: AtomicU64,
     /// Write faults taken (see [`SoftMachine::write_faults`]).
     write_faults: AtomicU64,
+}
+
+/// Where a [`SoftMachine`] keeps the bytes of its pages.
+enum Bytes {
+    /// Its own frames (the soft MMU as physical memory).
+    Frames {
+        frames: Vec<RwLock<Box<[u8]>>>,
+        /// Frames no page holds, the next to allocate last.
+        free: Mutex<Vec<Frame>>,
+    },
+    /// Another page store (a host's), behind the software page tables.
+    Store(Box<dyn PageStore>),
 }
 
 /// How a [`SoftMachine`] reports the referenced and modified bits: exactly,
@@ -316,12 +330,30 @@ impl SoftMachine {
     /// A machine whose referenced and modified bits are `bits`: exact, or
     /// the approximations a host may give instead (see [`Bits`]).
     pub fn with_bits(frame_count: usize, bits: Bits) -> SoftMachine {
+        let bytes = Bytes::Frames {
+            frames: (0..frame_count).map(|_| RwLock::new(Box::default())).collect(),
+            free: Mutex::new((0..frame_count as u32).rev().map(Frame).collect()),
+        };
+        SoftMachine::build(bytes, frame_count, bits)
+    }
+
+    /// A machine whose page tables are software but whose pages' bytes
+    /// live in `store` (a host's, such as a memfd per object): every
+    /// [`PageStore`] call goes to `store`, and accesses read and write
+    /// through it. The store must name its pages with frame numbers below
+    /// its [`PageStore::capacity`] (the attribute bits are kept in a table
+    /// of that size, as for the machine's own frames). Exact bits.
+    pub fn with_store(store: Box<dyn PageStore>) -> SoftMachine {
+        let n = store.capacity();
+        SoftMachine::build(Bytes::Store(store), n, Bits::Exact)
+    }
+
+    fn build(bytes: Bytes, frame_count: usize, bits: Bits) -> SoftMachine {
         SoftMachine {
             bits,
             breaches: AtomicU64::new(0),
             write_faults: AtomicU64::new(0),
-            frames: (0..frame_count).map(|_| RwLock::new(Box::default())).collect(),
-            free_frames: Mutex::new((0..frame_count as u32).rev().map(Frame).collect()),
+            bytes,
             attrs: (0..frame_count).map(|_| AtomicU8::new(0)).collect(),
             pmaps: RwLock::new(Vec::new()),
             pv: Mutex::new(HashMap::new()),
@@ -412,23 +444,43 @@ impl SoftMachine {
 
 impl PageStore for SoftMachine {
     fn capacity(&self) -> usize {
-        self.frames.len()
+        match &self.bytes {
+            Bytes::Frames { frames, .. } => frames.len(),
+            Bytes::Store(s) => s.capacity(),
+        }
     }
 
-    fn alloc(&self, _object: ObjectId, _offset: u64) -> Result<Frame, StoreError> {
-        self.free_frames.lock().pop().ok_or(StoreError::Exhausted)
+    fn alloc(&self, object: ObjectId, offset: u64) -> Result<Frame, StoreError> {
+        match &self.bytes {
+            Bytes::Frames { free, .. } => free.lock().pop().ok_or(StoreError::Exhausted),
+            Bytes::Store(s) => {
+                let page = s.alloc(object, offset)?;
+                assert!((page.0 as usize) < self.attrs.len(), "{page:?} is past the store's capacity");
+                Ok(page)
+            }
+        }
     }
 
     fn free(&self, page: Frame) {
-        self.free_frames.lock().push(page);
+        match &self.bytes {
+            Bytes::Frames { free, .. } => free.lock().push(page),
+            Bytes::Store(s) => s.free(page),
+        }
     }
 
-    fn rename(&self, page: Frame, _object: ObjectId, _offset: u64) -> Result<Frame, StoreError> {
-        Ok(page)
+    fn rename(&self, page: Frame, object: ObjectId, offset: u64) -> Result<Frame, StoreError> {
+        match &self.bytes {
+            Bytes::Frames { .. } => Ok(page),
+            Bytes::Store(s) => s.rename(page, object, offset),
+        }
     }
 
     fn read(&self, frame: Frame, offset: usize, buf: &mut [u8]) {
-        let f = self.frames[frame.0 as usize].read();
+        let frames = match &self.bytes {
+            Bytes::Frames { frames, .. } => frames,
+            Bytes::Store(s) => return s.read(frame, offset, buf),
+        };
+        let f = frames[frame.0 as usize].read();
         if f.is_empty() {
             buf.fill(0);
         } else {
@@ -437,7 +489,11 @@ impl PageStore for SoftMachine {
     }
 
     fn write(&self, frame: Frame, offset: usize, data: &[u8]) {
-        let mut f = self.frames[frame.0 as usize].write();
+        let frames = match &self.bytes {
+            Bytes::Frames { frames, .. } => frames,
+            Bytes::Store(s) => return s.write(frame, offset, data),
+        };
+        let mut f = frames[frame.0 as usize].write();
         if f.is_empty() {
             *f = vec![0u8; PAGE_SIZE as usize].into_boxed_slice();
         }
@@ -445,18 +501,32 @@ impl PageStore for SoftMachine {
     }
 
     fn zero(&self, frame: Frame) {
-        let mut f = self.frames[frame.0 as usize].write();
+        let frames = match &self.bytes {
+            Bytes::Frames { frames, .. } => frames,
+            Bytes::Store(s) => return s.zero(frame),
+        };
+        let mut f = frames[frame.0 as usize].write();
         if !f.is_empty() {
             f.fill(0);
         }
     }
 
     fn copy(&self, from: Frame, to: Frame) {
+        let frames = match &self.bytes {
+            Bytes::Frames { frames, .. } => frames,
+            Bytes::Store(s) => return s.copy(from, to),
+        };
         if from == to {
             return;
         }
-        let data = self.frames[from.0 as usize].read().clone();
-        *self.frames[to.0 as usize].write() = data;
+        let data = frames[from.0 as usize].read().clone();
+        *frames[to.0 as usize].write() = data;
+    }
+
+    fn object_released(&self, object: ObjectId) {
+        if let Bytes::Store(s) = &self.bytes {
+            s.object_released(object);
+        }
     }
 }
 
