@@ -1,8 +1,9 @@
 //! machvm's Linux host backend, first layer: a safe toolkit over the host
 //! calls that give tasks real memory (DESIGN.md §5). It is the only crate
 //! of the project that contains `unsafe`; everything above it (the daemon's
-//! fault server, the task library) is safe code on these types. It does not
-//! know the kernel core: the page-store seam comes later.
+//! fault server, the task library) is safe code on these types. It knows
+//! the kernel core only through the page-store seam
+//! (`machvm_core::pmap::PageStore`), which [`store`] implements.
 //!
 //! What each module wraps:
 //!
@@ -20,6 +21,9 @@
 //!   batched non-blocking reads of its events.
 //! - [`fdpass`]: descriptors over a Unix socket (`sendmsg`/`recvmsg` with
 //!   `SCM_RIGHTS`), bounded on receipt, with the sender's credentials.
+//! - [`store`]: [`MemfdStore`], the core's page store on an
+//!   [`ObjectMemory`] per VM object (no host call of its own: safe code on
+//!   [`memfd`]).
 //!
 //! Every host call is wrapped once, on `rustix` (with `linux-raw-sys` for
 //! the userfaultfd structures); no `libc`.
@@ -120,11 +124,13 @@ pub mod fdpass;
 pub mod mapping;
 pub mod memfd;
 mod range;
+pub mod store;
 pub mod uffd;
 
 pub use mapping::{Mapping, Prot};
 pub use memfd::ObjectMemory;
 pub use range::{page_size, PageRange};
+pub use store::MemfdStore;
 pub use uffd::{NewUserfaultfd, Userfaultfd};
 
 pub use rustix::io::Errno;
@@ -193,6 +199,15 @@ pub enum Error {
     /// has none of this process's mappings).
     #[error("{0}")]
     AddressSpace(&'static str),
+    /// The host's page size is not the VM's: the memfd page store keeps
+    /// each VM page in one host page.
+    #[error("the host's pages are {host} bytes, the VM's {vm}")]
+    PageSize {
+        /// The host's page size.
+        host: u64,
+        /// The VM's (`machvm_core::types::PAGE_SIZE`).
+        vm: u64,
+    },
     /// The process whose memory the userfaultfd serves has exited (`ESRCH`):
     /// the uffd has nothing left to serve.
     #[error("the process of this userfaultfd has exited")]

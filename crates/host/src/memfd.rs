@@ -4,7 +4,8 @@
 //! page leaves every mapping of every process with
 //! [`ObjectMemory::punch`] (`fallocate(PUNCH_HOLE)`), and
 //! [`ObjectMemory::present`] (`lseek(SEEK_DATA/SEEK_HOLE)`) says which pages
-//! are there.
+//! are there. [`ObjectMemory::reserve`] (`fallocate`) allocates pages
+//! ahead, so that writing them later cannot fail.
 //!
 //! The life of the memfd:
 //!
@@ -147,6 +148,19 @@ impl ObjectMemory {
             range.len(),
         )
         .map_err(host("fallocate(PUNCH_HOLE)"))
+    }
+
+    /// `fallocate(fd, FALLOC_FL_KEEP_SIZE, start, len)`—Allocates the pages
+    /// of `range` now, so that later writes to them cannot fail for lack
+    /// of memory: holes become zeroed pages (present from now on), pages
+    /// holding data keep it.
+    ///
+    /// Errors: [`Error::OutOfBounds`] past [`Self::size`];
+    /// [`Error::Host`] if `fallocate` fails (`ENOSPC`, `ENOMEM`).
+    pub fn reserve(&self, range: PageRange) -> Result<()> {
+        self.check(range.start(), range.len() as usize)?;
+        rustix::fs::fallocate(&self.fd, FallocateFlags::KEEP_SIZE, range.start(), range.len())
+            .map_err(host("fallocate"))
     }
 
     /// `lseek(SEEK_DATA)` and `lseek(SEEK_HOLE)` in turn—The runs of pages
