@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!   Frame(7) ─► slots[7] = (object 3, 0x5000) ─► memfd of object 3: ....[0x5000: page]....
-//!   free: slot numbers no page holds          objects: ObjectId ─► ObjectMemory
+//!   free: slot numbers no page holds          objects: ObjectId ─► (ObjectMemory, its pages' offsets)
 //! ```
 //!
 //! - **alloc** takes a slot (the free list first, then the next unused
@@ -16,6 +16,10 @@
 //!   reads and writes the contract says cannot fail do not. A page the
 //!   store does not hold is always a hole, so a new page is zeroes: the
 //!   slot remembers it, and the VM's `zero` of it costs nothing.
+//!   A reserved page holds no data until it is written: `lseek(SEEK_DATA)`
+//!   and [`ObjectMemory::present`] count it as a hole (an unwritten
+//!   `fallocate`d shmem page), so [`MemfdStore::pages_of`] is the list of
+//!   the pages the store holds.
 //! - **read**, **write**, **zero** are `pread`/`pwrite` at the page's
 //!   object offset (`zero` of a written page writes zeroes, keeping the
 //!   reservation); **copy** reads one memfd and writes the other.
@@ -39,7 +43,8 @@
 use crate::{page_size, Error, ObjectMemory, PageRange, Result};
 use machvm_core::pmap::{Frame, ObjectId, PageStore, StoreError};
 use machvm_core::types::PAGE_SIZE;
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -71,7 +76,14 @@ struct State {
     free: Vec<u32>,
     /// Pages held.
     resident: usize,
-    objects: HashMap<ObjectId, Arc<ObjectMemory>>,
+    objects: HashMap<ObjectId, Object>,
+}
+
+/// One object's memfd, and the offsets of its pages the store holds.
+#[derive(Debug)]
+struct Object {
+    memory: Arc<ObjectMemory>,
+    pages: BTreeSet<u64>,
 }
 
 /// The VM's resident pages in a memfd per object (see the module
@@ -108,7 +120,14 @@ impl MemfdStore {
     /// to pass it to a task process. Its resident pages are at their
     /// object offsets; every other page is a hole.
     pub fn memory_of(&self, object: ObjectId) -> Option<Arc<ObjectMemory>> {
-        self.state().objects.get(&object).cloned()
+        self.state().objects.get(&object).map(|o| o.memory.clone())
+    }
+
+    /// The object offsets of `object`'s pages the store holds, in order.
+    /// Every other page of its memfd is a hole (a reserved page not yet
+    /// written is one too, to `lseek(SEEK_DATA)`: it holds no data).
+    pub fn pages_of(&self, object: ObjectId) -> Vec<u64> {
+        self.state().objects.get(&object).map(|o| o.pages.iter().copied().collect()).unwrap_or_default()
     }
 
     /// Where the page `page` lives: its object and object offset, if it is
@@ -147,27 +166,26 @@ impl MemfdStore {
             .get(page.0 as usize)
             .and_then(Option::as_ref)
             .unwrap_or_else(|| panic!("{page:?} is not a page of the store"));
-        let zeroed = if dirtying {
-            slot.zeroed.swap(false, Ordering::AcqRel)
-        } else {
-            slot.zeroed.load(Ordering::Acquire)
-        };
+        let zeroed =
+            if dirtying { slot.zeroed.swap(false, Ordering::AcqRel) } else { slot.zeroed.load(Ordering::Acquire) };
         (slot.memory.clone(), slot.offset, zeroed)
     }
 }
 
 /// The object's memfd, made or grown so that it covers `end` bytes.
-fn memory_covering(objects: &mut HashMap<ObjectId, Arc<ObjectMemory>>, object: ObjectId, end: u64) -> Result<Arc<ObjectMemory>> {
+fn memory_covering(objects: &mut HashMap<ObjectId, Object>, object: ObjectId, end: u64) -> Result<&mut Object> {
     let size = |at_least: u64| end.max(at_least).min(MAX_OBJECT_SIZE);
-    if let Some(m) = objects.get(&object) {
-        if m.size() < end {
-            m.grow(size(m.size().saturating_mul(2)))?;
+    let o = match objects.entry(object) {
+        Entry::Occupied(o) => o.into_mut(),
+        Entry::Vacant(v) => {
+            let memory = ObjectMemory::new(&format!("machvm object {}", object.0), size(INITIAL_OBJECT_SIZE))?;
+            v.insert(Object { memory: Arc::new(memory), pages: BTreeSet::new() })
         }
-        return Ok(m.clone());
+    };
+    if o.memory.size() < end {
+        o.memory.grow(size(o.memory.size().saturating_mul(2)))?;
     }
-    let m = Arc::new(ObjectMemory::new(&format!("machvm object {}", object.0), size(INITIAL_OBJECT_SIZE))?);
-    objects.insert(object, m.clone());
-    Ok(m)
+    Ok(o)
 }
 
 /// A page the VM believes it holds could not be read or written: the
@@ -188,10 +206,13 @@ impl PageStore for MemfdStore {
         if state.resident >= self.inner.capacity {
             return Err(StoreError::Exhausted);
         }
-        let memory = memory_covering(&mut state.objects, object, end).map_err(|_| StoreError::Exhausted)?;
+        let o = memory_covering(&mut state.objects, object, end).map_err(|_| StoreError::Exhausted)?;
         let range = PageRange::new(offset, PAGE_SIZE).map_err(|_| StoreError::Exhausted)?;
         // A page the store does not hold is a hole: reserved, it is zeroes.
-        memory.reserve(range).map_err(|_| StoreError::Exhausted)?;
+        o.memory.reserve(range).map_err(|_| StoreError::Exhausted)?;
+        let fresh = o.pages.insert(offset);
+        debug_assert!(fresh, "{object:?} {offset:#x} allocated twice");
+        let memory = o.memory.clone();
         let slot = Slot { object, offset, memory, zeroed: AtomicBool::new(true) };
         let n = match state.free.pop() {
             Some(n) => n,
@@ -214,6 +235,9 @@ impl PageStore for MemfdStore {
             .unwrap_or_else(|| panic!("{page:?} freed but not allocated"));
         state.free.push(page.0);
         state.resident -= 1;
+        if let Some(o) = state.objects.get_mut(&slot.object) {
+            o.pages.remove(&slot.offset);
+        }
         // A page the store does not hold is a hole (see `alloc`); it also
         // leaves every mapping of the memfd.
         let range = PageRange::new(slot.offset, PAGE_SIZE).expect("a page-aligned page");
@@ -262,7 +286,8 @@ impl PageStore for MemfdStore {
     }
 
     fn object_released(&self, object: ObjectId) {
-        self.state_mut().objects.remove(&object);
+        let gone = self.state_mut().objects.remove(&object);
+        debug_assert!(gone.is_none_or(|o| o.pages.is_empty()), "{object:?} released with pages resident");
     }
 }
 
@@ -296,6 +321,7 @@ mod tests {
         let pa = s.alloc(a, 3 * P).unwrap();
         let pb = s.alloc(b, 0).unwrap();
         assert_eq!((s.key(pa), s.key(pb)), (Some((a, 3 * P)), Some((b, 0))));
+        assert_eq!((s.pages_of(a), s.pages_of(b)), (vec![3 * P], vec![0]));
         assert_eq!(bytes(&s, pa), page_of(0), "a new page is zeroes");
         s.zero(pa);
         s.write(pa, 0, &page_of(7));
@@ -336,6 +362,7 @@ mod tests {
         assert!(!m.is_present(P).unwrap(), "a freed page is a hole");
         assert_eq!(s.key(p), None);
         assert_eq!(s.resident(), 0);
+        assert_eq!(s.pages_of(o), Vec::<u64>::new());
         // The slot comes back for another page, which reads as zeroes.
         let q = s.alloc(o, P).unwrap();
         assert_eq!(q, p);
