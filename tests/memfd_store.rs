@@ -4,7 +4,8 @@
 //! byte twice: through the task's loads, and in the memfds themselves,
 //! where a task process will map them (each resident page at its own
 //! object offset, in the memfd of the object the kernel says holds it,
-//! every other page a hole).
+//! every other page a hole). A page reached through a paging proxy's
+//! view is its real object's, in that object's memfd; a view has none.
 
 mod common;
 use common::{Host, Task, TempFile};
@@ -316,4 +317,27 @@ fn a_full_store_fails_the_fault_with_a_resource_shortage_and_keeps_what_it_holds
         assert_eq!(t.read_u64(VmAddr(a.0 + p * P)), Ok(p + 1));
     }
     assert_memfds_agree(&h.k, &store);
+}
+
+#[test]
+fn a_page_read_through_a_paging_proxy_is_in_its_real_objects_memfd_and_a_view_has_none() {
+    let store = MemfdStore::new(4096).unwrap();
+    let m = Arc::new(SoftMachine::with_store(Box::new(store.clone())));
+    let w = common::World::on_machine(ProxyVersion::Paging, 1, true, m);
+    let real = w.k.objects_info().into_iter().find(|o| o.kind == ObjectKind::External).unwrap().id;
+    let pages = common::OBJ_PAGES;
+    let rights = w.proxy(VmProt::READ | VmProt::WRITE, &[(w.objs[0], 0, 0, pages * P)]).unwrap();
+    let reader = w.task();
+    let name = w.give(rights.proxy, &reader);
+    let a = w.map(&reader, name, 0, pages * P).unwrap();
+    for page in [3, 0, 15] {
+        let at = page * P + 8;
+        assert_eq!(reader.read_u64(VmAddr(a.0 + at)), Ok(common::word(0, at)));
+        assert_eq!(memfd_word(&store, real, at), common::word(0, at), "page {page}, in the real object's memfd");
+    }
+    // A store through the view is in the real object's memfd.
+    reader.write_u64(VmAddr(a.0 + 5 * P), 0xfeed).unwrap();
+    assert_eq!(memfd_word(&store, real, 5 * P), 0xfeed);
+    assert!(w.k.objects_info().iter().any(|o| o.kind == ObjectKind::View));
+    assert_memfds_agree(&w.k, &store);
 }
