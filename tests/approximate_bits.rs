@@ -10,6 +10,7 @@
 //! the page (`SoftMachine::breaches`).
 
 mod common;
+use common::workload::{scribble, verify};
 use common::{Host, Task, TempFile};
 use machvm_core::ipc::{Disposition, PortName};
 use machvm_core::memory_object::emmi::KernelToPager;
@@ -25,7 +26,6 @@ type PagerConn = machvm_pagers::PagerConn<Task>;
 
 const P: u64 = PAGE_SIZE;
 const LIMIT: usize = 32;
-const WORDS: u64 = P / 8;
 const T: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(60);
 
@@ -71,51 +71,6 @@ fn assert_sound(h: &Host, m: &SoftMachine, bits: Bits) {
     assert_eq!(m.breaches(), 0, "clear_modify with a writable translation left");
     if bits == Bits::WriteFaults {
         assert!(m.write_faults() > 0, "the stores were learned from write faults");
-    }
-}
-
-/// xorshift64*: the same sequence every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// Touches every page of `pages` at `base`, then writes random words all
-/// over them (most to pages paged out since); returns the model, words
-/// by (page, word).
-fn scribble(t: &Task, base: VmAddr, pages: u64, writes: u64, seed: u64) -> BTreeMap<(u64, u64), u64> {
-    let mut model = BTreeMap::new();
-    for p in 0..pages {
-        t.write_u64(VmAddr(base.0 + p * P), seed ^ p).unwrap();
-        model.insert((p, 0), seed ^ p);
-    }
-    let mut rng = Rng(seed);
-    for _ in 0..writes {
-        let (p, w, v) = (rng.below(pages), rng.below(WORDS), rng.next());
-        t.write_u64(VmAddr(base.0 + p * P + w * 8), v).unwrap();
-        model.insert((p, w), v);
-    }
-    model
-}
-
-/// Reads every page back: each word is the model's, or zero.
-#[track_caller]
-fn verify(t: &Task, base: VmAddr, pages: u64, model: &BTreeMap<(u64, u64), u64>) {
-    for p in 0..pages {
-        let data = t.vm_read(VmAddr(base.0 + p * P), P).unwrap();
-        for w in 0..WORDS {
-            let got = u64::from_le_bytes(data[w as usize * 8..][..8].try_into().unwrap());
-            assert_eq!(got, model.get(&(p, w)).copied().unwrap_or(0), "page {p} word {w}");
-        }
     }
 }
 

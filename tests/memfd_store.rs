@@ -8,6 +8,7 @@
 //! view is its real object's, in that object's memfd; a view has none.
 
 mod common;
+use common::workload::{scribble, verify, WORDS};
 use common::{Host, Task, TempFile};
 use machvm_core::ipc::{Disposition, PortName};
 use machvm_core::memory_object::emmi::KernelToPager;
@@ -16,14 +17,12 @@ use machvm_core::pmap::ObjectId;
 use machvm_core::*;
 use machvm_host::{MemfdStore, PageRange};
 use machvm_pagers::{boot_default_pager, MemBacking};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 type PagerConn = machvm_pagers::PagerConn<Task>;
 
 const P: u64 = PAGE_SIZE;
-const WORDS: u64 = P / 8;
 const T: Duration = Duration::from_secs(5);
 
 /// A kernel on the soft page tables over a memfd store of `capacity`
@@ -203,50 +202,6 @@ fn copy_on_write_after_task_create_copies_between_objects_memfds() {
     assert_memfds_agree(k, &store);
     assert_eq!(store.resident(), 0, "every page freed with its object");
     assert_eq!(store.object_count(), 0, "every memfd released");
-}
-
-/// xorshift64*: the same sequence every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// Touches every page, then writes random words all over them (most to
-/// pages paged out since); returns the model, words by (page, word).
-fn scribble(t: &Task, base: VmAddr, pages: u64, writes: u64, seed: u64) -> BTreeMap<(u64, u64), u64> {
-    let mut model = BTreeMap::new();
-    for p in 0..pages {
-        t.write_u64(VmAddr(base.0 + p * P), seed ^ p).unwrap();
-        model.insert((p, 0), seed ^ p);
-    }
-    let mut rng = Rng(seed);
-    for _ in 0..writes {
-        let (p, w, v) = (rng.below(pages), rng.below(WORDS), rng.next());
-        t.write_u64(VmAddr(base.0 + p * P + w * 8), v).unwrap();
-        model.insert((p, w), v);
-    }
-    model
-}
-
-/// Reads every page back: each word is the model's, or zero.
-#[track_caller]
-fn verify(t: &Task, base: VmAddr, pages: u64, model: &BTreeMap<(u64, u64), u64>) {
-    for p in 0..pages {
-        let data = t.vm_read(VmAddr(base.0 + p * P), P).unwrap();
-        for w in 0..WORDS {
-            let got = u64::from_le_bytes(data[w as usize * 8..][..8].try_into().unwrap());
-            assert_eq!(got, model.get(&(p, w)).copied().unwrap_or(0), "page {p} word {w}");
-        }
-    }
 }
 
 const LIMIT: usize = 32;

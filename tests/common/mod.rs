@@ -18,6 +18,7 @@
 pub mod daemon;
 pub mod link;
 pub mod racing;
+pub mod workload;
 
 pub use link::{die, Host, Running, Task, TaskLink, Transport};
 use machvm_core::ipc::{Disposition, PortName};
