@@ -22,7 +22,7 @@
 //!    closes.
 //! 4. When the peer's stream ends (a half-close), the calls it sent before
 //!    the end are made and answered while it may still read (for at most
-//!    [`LINGER`]); then the connection closes. If one of them must wait,
+//!    one second, `LINGER`); then the connection closes. If one of them must wait,
 //!    the task ends instead: the calls waiting fail.
 //! 5. When the peer goes (its stream ends with nothing left to make, an
 //!    error, a hang-up), the task terminates at once: its rights go, a

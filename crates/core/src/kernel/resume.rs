@@ -8,7 +8,7 @@
 //! registered on the keys that could change the answer (see
 //! [`crate::wait`]). The daemon's event loop drives ops, so a waiting
 //! client costs no thread; the in-process blocking calls run the very same
-//! steps on the calling thread ([`Kernel::block_on`]), so the two cannot
+//! steps on the calling thread (`Kernel::block_on`), so the two cannot
 //! disagree.
 //!
 //! An op holds the kernel (`Arc<Kernel>`). Dropped before its end, it
