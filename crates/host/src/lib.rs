@@ -24,6 +24,12 @@
 //! - [`store`]: [`MemfdStore`], the core's page store on an
 //!   [`ObjectMemory`] per VM object (no host call of its own: safe code on
 //!   [`memfd`]).
+//! - [`arena`]: [`Arena`], the room a task process reserves for the
+//!   memory the daemon serves it, and the windows of object memfds placed
+//!   in it (`mmap` with `MAP_FIXED` inside the reservation only).
+//! - [`machine`]: [`HostMachine`], the core's whole machine: the store,
+//!   and translations that are the task processes' own page tables,
+//!   filled from outside with `UFFDIO_CONTINUE` (safe code on [`uffd`]).
 //!
 //! Every host call is wrapped once, on `rustix` (with `linux-raw-sys` for
 //! the userfaultfd structures); no `libc`.
@@ -120,13 +126,17 @@
 #![warn(missing_docs)]
 #![warn(missing_debug_implementations)]
 
+pub mod arena;
 pub mod fdpass;
+pub mod machine;
 pub mod mapping;
 pub mod memfd;
 mod range;
 pub mod store;
 pub mod uffd;
 
+pub use arena::Arena;
+pub use machine::HostMachine;
 pub use mapping::{Mapping, Prot};
 pub use memfd::ObjectMemory;
 pub use range::{page_size, PageRange};

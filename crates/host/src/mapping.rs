@@ -177,17 +177,10 @@ impl Mapping {
     /// if the mapping is not readable.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         self.check(offset, buf.len(), Prot::READ, "read")?;
-        let mut at = offset;
-        let mut out = 0;
-        while out < buf.len() {
-            let word_start = at / WORD * WORD;
-            let skip = at - word_start;
-            let n = (WORD - skip).min(buf.len() - out);
-            let bytes = self.word(word_start).load(Ordering::Relaxed).to_ne_bytes();
-            buf[out..out + n].copy_from_slice(&bytes[skip..skip + n]);
-            out += n;
-            at += n;
-        }
+        // SAFETY: the bytes lie inside this mapping (checked), which lives as
+        // long as `&self`; this process touches them only with atomic word
+        // accesses (module comment).
+        unsafe { read_words(self.ptr, offset, buf) };
         Ok(())
     }
 
@@ -199,40 +192,9 @@ impl Mapping {
     /// if the mapping is not writable.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.check(offset, data.len(), Prot::WRITE, "write")?;
-        let mut at = offset;
-        let mut from = 0;
-        while from < data.len() {
-            let word_start = at / WORD * WORD;
-            let skip = at - word_start;
-            let n = (WORD - skip).min(data.len() - from);
-            let word = self.word(word_start);
-            if n == WORD {
-                let mut bytes = [0u8; WORD];
-                bytes.copy_from_slice(&data[from..from + WORD]);
-                word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
-            } else {
-                let part = &data[from..from + n];
-                // Never fails: the closure always returns `Some`.
-                let _ = word.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                    let mut bytes = old.to_ne_bytes();
-                    bytes[skip..skip + n].copy_from_slice(part);
-                    Some(u64::from_ne_bytes(bytes))
-                });
-            }
-            from += n;
-            at += n;
-        }
+        // SAFETY: as for `read`.
+        unsafe { write_words(self.ptr, offset, data) };
         Ok(())
-    }
-
-    /// The word at `offset` (a multiple of 8 inside the mapping).
-    fn word(&self, offset: usize) -> &AtomicU64 {
-        debug_assert!(offset % WORD == 0 && offset + WORD <= self.len);
-        // SAFETY: the mapping is page-aligned, so `ptr + offset` is 8-aligned,
-        // and it lies inside the mapping, which lives as long as `&self`.
-        // Every access this process makes through this type is an atomic
-        // access of this one size (module comment), as `from_ptr` requires.
-        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(offset).cast::<u64>()) }
     }
 
     fn check(&self, offset: usize, len: usize, need: Prot, access: &'static str) -> Result<()> {
@@ -253,6 +215,76 @@ impl Mapping {
         }
         Ok(())
     }
+}
+
+/// Copies the bytes at `base + offset` into `buf` with relaxed atomic loads
+/// of aligned 64-bit words (see the module comment).
+///
+/// # Safety
+///
+/// `base` is page-aligned, and `[base + offset, + buf.len())` lies in memory
+/// mapped for as long as the call runs, which this process touches only
+/// with atomic word accesses.
+pub(crate) unsafe fn read_words(base: NonNull<u8>, offset: usize, buf: &mut [u8]) {
+    let mut at = offset;
+    let mut out = 0;
+    while out < buf.len() {
+        let word_start = at / WORD * WORD;
+        let skip = at - word_start;
+        let n = (WORD - skip).min(buf.len() - out);
+        // SAFETY: the caller's promise covers the word holding these bytes
+        // (words never cross a page, and the memory is mapped by pages).
+        let bytes = unsafe { word(base, word_start) }.load(Ordering::Relaxed).to_ne_bytes();
+        buf[out..out + n].copy_from_slice(&bytes[skip..skip + n]);
+        out += n;
+        at += n;
+    }
+}
+
+/// Copies `data` to `base + offset` with relaxed atomic stores of aligned
+/// 64-bit words (a partial word by compare-and-swap).
+///
+/// # Safety
+///
+/// As for [`read_words`].
+pub(crate) unsafe fn write_words(base: NonNull<u8>, offset: usize, data: &[u8]) {
+    let mut at = offset;
+    let mut from = 0;
+    while from < data.len() {
+        let word_start = at / WORD * WORD;
+        let skip = at - word_start;
+        let n = (WORD - skip).min(data.len() - from);
+        // SAFETY: as in `read_words`.
+        let word = unsafe { word(base, word_start) };
+        if n == WORD {
+            let mut bytes = [0u8; WORD];
+            bytes.copy_from_slice(&data[from..from + WORD]);
+            word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+        } else {
+            let part = &data[from..from + n];
+            // Never fails: the closure always returns `Some`.
+            let _ = word.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                let mut bytes = old.to_ne_bytes();
+                bytes[skip..skip + n].copy_from_slice(part);
+                Some(u64::from_ne_bytes(bytes))
+            });
+        }
+        from += n;
+        at += n;
+    }
+}
+
+/// The word at `base + offset` (`offset` a multiple of 8).
+///
+/// # Safety
+///
+/// As for [`read_words`], for the 8 bytes of the word.
+unsafe fn word<'a>(base: NonNull<u8>, offset: usize) -> &'a AtomicU64 {
+    debug_assert!(offset % WORD == 0);
+    // SAFETY: `base` is page-aligned, so `base + offset` is 8-aligned; the
+    // caller promises it is mapped and touched only atomically, as
+    // `from_ptr` requires.
+    unsafe { AtomicU64::from_ptr(base.as_ptr().add(offset).cast::<u64>()) }
 }
 
 impl Drop for Mapping {

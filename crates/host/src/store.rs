@@ -123,6 +123,36 @@ impl MemfdStore {
         self.state().objects.get(&object).map(|o| o.memory.clone())
     }
 
+    /// The memfd of `object`, made now if the store has none yet, and
+    /// grown to cover its first `end` bytes: the memory a task process
+    /// maps a window of before the object has a page (an access past a
+    /// memfd's end would be `SIGBUS`).
+    ///
+    /// Errors: [`Error::OutOfBounds`] past [`MAX_OBJECT_SIZE`];
+    /// [`Error::Host`] if the memfd cannot be made or grown.
+    pub fn memory_for(&self, object: ObjectId, end: u64) -> Result<Arc<ObjectMemory>> {
+        if end > MAX_OBJECT_SIZE {
+            return Err(Error::OutOfBounds { what: "object", offset: 0, len: end, size: MAX_OBJECT_SIZE });
+        }
+        if let Some(m) = self.memory_of(object).filter(|m| m.size() >= end) {
+            return Ok(m);
+        }
+        let mut state = self.state_mut();
+        Ok(memory_covering(&mut state.objects, object, end.max(PAGE_SIZE))?.memory.clone())
+    }
+
+    /// Makes the page `page` hold its bytes in its memfd, not a mere
+    /// reservation (which a userfaultfd's `CONTINUE` takes for a hole): a
+    /// page still the zeroes it was reserved as is written with zeroes.
+    pub fn materialize(&self, page: Frame) {
+        let (memory, at, zeroed) = self.locate(page, true);
+        if zeroed {
+            if let Err(e) = memory.write_at(at, &[0u8; PAGE_SIZE as usize]) {
+                broken("zero", e)
+            }
+        }
+    }
+
     /// The object offsets of `object`'s pages the store holds, in order.
     /// Every other page of its memfd is a hole (a reserved page not yet
     /// written is one too, to `lseek(SEEK_DATA)`: it holds no data).

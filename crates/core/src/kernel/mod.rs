@@ -27,6 +27,7 @@ pub mod inspect;
 mod ipc_calls;
 mod proxy_calls;
 pub mod resume;
+pub mod windows;
 
 pub use calls::{MapRequest, RegionInfo, TaskInfo};
 pub use inspect::{EntryInfo, ObjectInfo, ObjectKind, PagerInfo, ProxyRecord};

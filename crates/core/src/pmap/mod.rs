@@ -221,4 +221,18 @@ pub trait Machine: Pmap + PageStore {
     /// through `pmap` and perform the access, or report the fault. The
     /// access must not cross a page boundary.
     fn access(&self, pmap: PmapId, va: VmAddr, access: Access<'_>) -> Result<(), HwFault>;
+
+    /// Does a translation of this machine show only the page of its
+    /// window's own object? A host whose tasks map each object's memory
+    /// as a window at the object's offsets (a memfd per object) cannot
+    /// show, at an address of one object's window, a page another object
+    /// holds. The fault path then never maps a page found below the
+    /// entry's object, even to read it: it copies the page up first (as a
+    /// write would), and it gives a copy-on-write entry its private object
+    /// on the first access, not the first write. The semantics are Mach's
+    /// either way (a copy sees the data as of the copy); only what is
+    /// shared in memory differs. The software MMU says no.
+    fn windows_fixed(&self) -> bool {
+        false
+    }
 }

@@ -127,7 +127,11 @@ pub fn fault_locked(
             o
         }
     };
-    if entry.needs_copy && access.contains(VmProt::WRITE) {
+    // A machine whose windows are fixed (see `Machine::windows_fixed`)
+    // maps only the entry's own object's pages: the private object comes
+    // on the first access, and pages found below are copied up to be read.
+    let fixed = vm.machine.windows_fixed();
+    if entry.needs_copy && (fixed || access.contains(VmProt::WRITE)) {
         let mut s = VmObject::temporary(entry.len());
         s.shadow = Some((obj, entry.offset)); // takes over the entry's reference
         entry.object = Some(vm.object_insert(s));
@@ -200,7 +204,7 @@ pub fn fault_locked(
     }
     let wants_write = access.contains(VmProt::WRITE);
     // Copying a page up only reads the page below.
-    let copies_up = pobj != first && wants_write;
+    let copies_up = pobj != first && (wants_write || fixed);
     let page_access = if copies_up { (access - VmProt::WRITE) | VmProt::READ } else { access };
     {
         // A dead pager will never answer a `data_unlock`.
@@ -231,14 +235,21 @@ pub fn fault_locked(
         }
     }
     if pobj != first {
-        if wants_write {
+        if copies_up {
             let nf = tri!(pinned(vm, pobj, poff, |vm| frame_for(vm, first, first_off, owner)));
             vm.machine.copy(frame, nf);
             // Other mappings of `first` (sharers of a shadow) may map the
             // page below: they cannot be told from mappings that want it,
-            // so every translation of it goes, as in Mach.
-            vm.page_remove(frame);
-            vm.page_insert(first, first_off, Page { dirty: true, owner, ..Page::resident(nf) });
+            // so every translation of it goes, as in Mach. With fixed
+            // windows none does: every translation of the page below is
+            // its own object's.
+            if !fixed {
+                vm.page_remove(frame);
+            }
+            // A copy made to be read is the page below, unchanged: clean,
+            // it may be dropped and copied again (the page below is the
+            // copy's data as of the copy: it changes only after a push).
+            vm.page_insert(first, first_off, Page { dirty: wants_write, owner, ..Page::resident(nf) });
             vm.stats.cow_copies += 1;
             frame = nf;
         } else {

@@ -1,0 +1,175 @@
+//! [`Arena`]: the room a task process reserves for the memory the daemon
+//! serves it: one range of its address space, reserved inaccessible
+//! (`PROT_NONE`, no swap reserved), inside which windows of object memfds
+//! are mapped at the addresses the kernel chose (`MAP_FIXED` within the
+//! arena only, so no memory this process uses otherwise is replaced).
+//!
+//! The task's whole VM address space *is* the arena (the daemon bounds the
+//! task's map to it): a kernel address is a process address, with no
+//! translation.
+//!
+//! Access to the memory follows [`crate::mapping`]'s rules (copies made of
+//! atomic word accesses, no slices), with one difference: the arena does
+//! not check protection itself. What a store into a read-only window does
+//! is up to the host MMU and the daemon (the process gets `SIGSEGV`), as
+//! for any real program.
+
+use crate::mapping::{read_words, write_words};
+use crate::{host, Error, PageRange, Result};
+use rustix::fd::AsFd;
+use rustix::mm::{MapFlags, ProtFlags};
+use std::ffi::c_void;
+use std::ptr::NonNull;
+
+/// A reserved range of this process's address space (see the module
+/// comment), unmapped when dropped.
+#[derive(Debug)]
+pub struct Arena {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the arena is plain memory owned by this value; every access this
+// type makes is atomic (module comment), so sharing it between threads adds
+// no race that atomics do not define.
+unsafe impl Send for Arena {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    /// `mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)`:
+    /// reserves `len` bytes (a page multiple) where the kernel chooses.
+    ///
+    /// Errors: [`Error::BadRange`] for a length that is not a non-zero page
+    /// multiple; [`Error::Host`] if `mmap` fails (`ENOMEM`).
+    pub fn reserve(len: u64) -> Result<Arena> {
+        let bad = || Error::BadRange { start: 0, len };
+        if len == 0 || len % crate::page_size() != 0 {
+            return Err(bad());
+        }
+        let n = usize::try_from(len).map_err(|_| bad())?;
+        // SAFETY: a null hint without MAP_FIXED: the kernel picks addresses
+        // nothing else of this process uses.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                n,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(host("mmap"))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Error::Host { call: "mmap", errno: crate::Errno::NOMEM })?;
+        Ok(Arena { ptr, len: n })
+    }
+
+    /// The addresses the arena covers.
+    pub fn range(&self) -> PageRange {
+        PageRange::new(self.ptr.as_ptr() as u64, self.len as u64).expect("an arena is page-aligned")
+    }
+
+    fn check(&self, range: PageRange) -> Result<()> {
+        if self.range().contains(&range) {
+            Ok(())
+        } else {
+            let size = self.len as u64;
+            Err(Error::OutOfBounds { what: "arena", offset: range.start(), len: range.len(), size })
+        }
+    }
+
+    /// `mmap(range.start, range.len, PROT_READ | PROT_WRITE, MAP_SHARED |
+    /// MAP_FIXED, fd, offset)` and `madvise(MADV_DONTFORK)`: maps the bytes
+    /// of `fd` from `offset` at `range`, inside the arena, replacing what
+    /// the arena had there. The window is writable to the host (the daemon
+    /// write-protects what the task may only read, which holds whatever
+    /// `mprotect` the process makes), and a child this process forks does
+    /// not inherit it.
+    ///
+    /// Errors: [`Error::OutOfBounds`] if `range` is not inside the arena;
+    /// [`Error::Host`] if a call fails.
+    pub fn place(&self, range: PageRange, fd: impl AsFd, offset: u64) -> Result<()> {
+        self.check(range)?;
+        let len = range.len() as usize;
+        let at = range.start() as *mut c_void;
+        // SAFETY: the range lies inside the arena, which this value owns; no
+        // Rust reference points into it (module comment), so replacing the
+        // memory there breaks no reference.
+        unsafe {
+            rustix::mm::mmap(at, len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED | MapFlags::FIXED, fd, offset)
+        }
+        .map_err(host("mmap"))?;
+        // SAFETY: as above; the advice changes only what a fork inherits.
+        unsafe { rustix::mm::madvise(at, len, rustix::mm::Advice::LinuxDontFork) }.map_err(host("madvise"))?;
+        Ok(())
+    }
+
+    /// Puts the arena's reservation back over `range` (a window there is
+    /// unmapped; the range is inaccessible again).
+    ///
+    /// Errors: [`Error::OutOfBounds`] if `range` is not inside the arena;
+    /// [`Error::Host`] if `mmap` fails.
+    pub fn clear(&self, range: PageRange) -> Result<()> {
+        self.check(range)?;
+        // SAFETY: as for `place`.
+        unsafe {
+            rustix::mm::mmap_anonymous(
+                range.start() as *mut c_void,
+                range.len() as usize,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED,
+            )
+        }
+        .map_err(host("mmap"))?;
+        Ok(())
+    }
+
+    /// Loads the bytes at address `addr` into `buf`: real loads, which the
+    /// host MMU checks (a page the daemon has not mapped yet faults to it;
+    /// a page it refuses is `SIGBUS`; a hole of the arena is `SIGSEGV`).
+    ///
+    /// Errors: [`Error::OutOfBounds`] outside the arena.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        let offset = self.offset_of(addr, buf.len())?;
+        // SAFETY: the bytes lie inside the arena, which lives as long as
+        // `&self` and which this process touches only with atomic word
+        // accesses (module comment).
+        unsafe { read_words(self.ptr, offset, buf) };
+        Ok(())
+    }
+
+    /// Stores `data` at address `addr`: real stores (a store into a page
+    /// the task may only read is `SIGSEGV`, reported by the daemon).
+    ///
+    /// Errors: [`Error::OutOfBounds`] outside the arena.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
+        let offset = self.offset_of(addr, data.len())?;
+        // SAFETY: as for `read`.
+        unsafe { write_words(self.ptr, offset, data) };
+        Ok(())
+    }
+
+    /// The raw address of `addr` (for code that touches the memory itself,
+    /// under the module comment's rules).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    fn offset_of(&self, addr: u64, len: usize) -> Result<usize> {
+        let base = self.ptr.as_ptr() as u64;
+        let off = addr.checked_sub(base).filter(|o| o.checked_add(len as u64).is_some_and(|e| e <= self.len as u64));
+        off.map(|o| o as usize).ok_or(Error::OutOfBounds {
+            what: "arena",
+            offset: addr,
+            len: len as u64,
+            size: self.len as u64,
+        })
+    }
+}
+
+impl Drop for Arena {
+    /// `munmap` of the whole arena, windows included.
+    fn drop(&mut self) {
+        // SAFETY: this value owns the range and nothing borrows from it.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast::<c_void>(), self.len) };
+    }
+}
