@@ -115,6 +115,7 @@ impl Served {
             max_conns_per_uid: usize::MAX,
             proxy_version: machvm_core::ProxyVersion::Paging,
             cluster_pages: machvm_core::KernelConfig::default().cluster_pages,
+            memory: machvm_daemon::MemoryMode::Auto,
         };
         let daemon = Daemon::boot(config)?;
         let listener = daemon.bind()?;

@@ -528,7 +528,7 @@ fn proxy_create(r: &mut Rng, st: &State) -> Call {
 }
 
 /// The number of [`Call`] variants; [`gen_call`] picks each by its index.
-const VARIANTS: u64 = 33;
+const VARIANTS: u64 = 34;
 
 fn variant(call: &Call) -> u64 {
     match call {
@@ -565,6 +565,7 @@ fn variant(call: &Call) -> u64 {
         Call::NameLookup { .. } => 30,
         Call::Inspect(_) => 31,
         Call::MsgSendReceive { .. } => 32,
+        Call::MemoryAttach { .. } => 33,
     }
 }
 
@@ -651,6 +652,12 @@ fn gen_call(r: &mut Rng, st: &State, v: u64) -> Call {
             send: send_args(r, st),
             name: if !st.receive.is_empty() && r.coin() { r.pick(&st.receive) } else { name(r, st) },
             timeout_ms: timeout(r),
+        },
+        33 => Call::MemoryAttach {
+            uffd: r.below(64) as i32 - 8,
+            channel: r.below(64) as i32 - 8,
+            arena_start: addr(r, st),
+            arena_len: size(r),
         },
         _ => Call::Inspect(match r.below(6) {
             0 => InspectWhat::Tasks,

@@ -664,6 +664,7 @@ impl Host {
             limits: config.limits,
             proxy_version: config.proxy_version,
             cluster_pages: config.cluster_pages,
+            memory: machvm_daemon::MemoryMode::Auto,
             loops: 1,
             max_conns_per_uid: usize::MAX,
         })

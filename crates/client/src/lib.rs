@@ -25,6 +25,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+pub mod memory;
+
 use machvm_protocol::frame::{read_frame, write_frame, FrameError};
 use machvm_protocol::ipc::{Disposition, PortName, RightKind};
 use machvm_protocol::wire::{

@@ -58,6 +58,10 @@ pub struct DaemonArgs {
     /// (1 to 256).
     #[arg(long, default_value_t = machvm_core::KernelConfig::default().cluster_pages)]
     pub cluster_pages: u32,
+    /// Real memory for task processes (`auto`: where the host allows it,
+    /// as root with userfaultfd; `soft`: loads and stores are calls).
+    #[arg(long, value_enum, default_value_t = crate::MemoryMode::Auto)]
+    pub memory: crate::MemoryMode,
     /// Resident pages charged to each connection's task (those its faults
     /// brought in): past it the task pages out its own, least recently
     /// used first (default: no limit; at least 2).
@@ -111,6 +115,7 @@ pub fn run(args: DaemonArgs) -> ExitCode {
         max_conns_per_uid: args.max_conns_per_uid,
         proxy_version: args.proxy_version.into(),
         cluster_pages: args.cluster_pages,
+        memory: args.memory,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -35,6 +35,7 @@ pub mod cli;
 pub mod conn;
 pub mod dispatch;
 pub mod listen;
+pub mod memory;
 pub mod reactor;
 
 use machvm_core::ipc::PortName;
@@ -75,6 +76,21 @@ pub struct DaemonConfig {
     /// Pages asked of a pager per fault until it sets its own cluster size
     /// (`KernelConfig::cluster_pages`).
     pub cluster_pages: u32,
+    /// Whether tasks may have real memory ([`memory`]).
+    pub memory: MemoryMode,
+}
+
+/// Whether the daemon serves real memory to task processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MemoryMode {
+    /// Real memory where the host allows it (root, userfaultfd with memfd
+    /// support); otherwise the software MMU, said at start.
+    #[default]
+    Auto,
+    /// Real memory, or the daemon does not start.
+    Real,
+    /// The software MMU only: tasks touch memory through calls.
+    Soft,
 }
 
 /// Event loops by default: one per two CPUs (the pagers and clients need
@@ -116,6 +132,8 @@ pub struct Shared {
     token_seed: std::collections::hash_map::RandomState,
     /// The daemon is stopping: new hellos are refused.
     pub stopping: AtomicBool,
+    /// Real memory, where the daemon can serve it ([`memory`]).
+    pub real: Option<Arc<memory::Real>>,
 }
 
 /// Child tasks one connection may have made and not seen claimed.
@@ -132,13 +150,32 @@ pub struct Daemon {
 impl Daemon {
     /// Boots the kernel and the daemon's own task (step 1).
     pub fn boot(config: DaemonConfig) -> std::io::Result<Daemon> {
-        let kernel = Kernel::new(KernelConfig {
+        let kconfig = KernelConfig {
             phys_pages: config.phys_pages,
             resident_limit: config.resident_limit,
             limits: config.limits,
             proxy_version: config.proxy_version,
             cluster_pages: config.cluster_pages,
-        });
+        };
+        let machine = match (config.memory, memory::unavailable()) {
+            (MemoryMode::Soft, _) => None,
+            (MemoryMode::Real, Some(why)) => return Err(std::io::Error::other(format!("--memory real: {why}"))),
+            (MemoryMode::Auto, Some(why)) => {
+                tracing::warn!("tasks get no real memory (their loads and stores are calls): {why}");
+                None
+            }
+            (_, None) => {
+                Some(Arc::new(machvm_host::HostMachine::new(config.phys_pages).map_err(std::io::Error::other)?))
+            }
+        };
+        let kernel = match &machine {
+            Some(m) => Kernel::with_machine(kconfig, m.clone()),
+            None => Kernel::new(kconfig),
+        };
+        let real = match machine {
+            Some(m) => Some(Arc::new(memory::Real::start(kernel.clone(), m)?)),
+            None => None,
+        };
         let own = kernel.task_create(None).map_err(kern_io)?;
         let host_priv = kernel.boot_host_priv(own).map_err(kern_io)?;
         let default_pager = match &config.swap {
@@ -161,6 +198,7 @@ impl Daemon {
             next_conn: AtomicU64::new(1),
             token_seed: std::collections::hash_map::RandomState::new(),
             stopping: AtomicBool::new(false),
+            real,
         });
         Ok(Daemon { config, shared, _default_pager: default_pager })
     }
@@ -280,7 +318,15 @@ impl Shared {
         for t in orphans {
             let _ = self.kernel.task_terminate(t);
         }
+        if let Some(real) = &self.real {
+            real.detach(task);
+        }
         let _ = self.kernel.task_terminate(task);
+    }
+
+    /// The pid of connection `conn`'s process, as of its connection.
+    pub(crate) fn pid_of(&self, conn: u64) -> Option<u32> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).get(&conn).map(|c| c.pid).filter(|&p| p != 0)
     }
 
     /// The live connections.

@@ -95,7 +95,14 @@ impl Arena {
         // Rust reference points into it (module comment), so replacing the
         // memory there breaks no reference.
         unsafe {
-            rustix::mm::mmap(at, len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED | MapFlags::FIXED, fd, offset)
+            rustix::mm::mmap(
+                at,
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::FIXED,
+                fd,
+                offset,
+            )
         }
         .map_err(host("mmap"))?;
         // SAFETY: as above; the advice changes only what a fork inherits.

@@ -51,7 +51,7 @@
 
 use crate::uffd::{FillMode, Outcome, RegisterMode};
 use crate::{MemfdStore, ObjectMemory, PageRange, Result, Userfaultfd};
-use machvm_core::pmap::{Access, Frame, HwFault, Machine, ObjectId, Pmap, PmapError, PmapId, PageStore, StoreError};
+use machvm_core::pmap::{Access, Frame, HwFault, Machine, ObjectId, PageStore, Pmap, PmapError, PmapId, StoreError};
 use machvm_core::types::{VmAddr, VmProt, PAGE_SIZE};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

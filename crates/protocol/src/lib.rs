@@ -9,7 +9,9 @@
 //! - [`frame`]: how messages are cut out of a byte stream (a length, then a
 //!   postcard body), bounded so that no peer's claim is trusted;
 //! - [`wire`]: the messages between the daemon `machvmd` and the tasks and
-//!   pagers that connect to it.
+//!   pagers that connect to it;
+//! - [`memory`]: the memory channel of a task process whose memory is
+//!   real (windows asked for, mapped, and their descriptors).
 //!
 //! Its only I/O is [`frame`]'s, over the `Read` and `Write` it is handed.
 #![deny(unsafe_code)]
@@ -18,6 +20,7 @@
 pub mod emmi;
 pub mod frame;
 pub mod ipc;
+pub mod memory;
 pub mod types;
 pub mod wire;
 

@@ -411,6 +411,24 @@ pub enum Call {
         /// The receive gives up after this long (as for `MsgReceive`).
         timeout_ms: Option<u64>,
     },
+    /// Makes the caller's memory real (`crate::memory`): the daemon takes
+    /// the caller's userfaultfd and its end of a memory channel from the
+    /// caller's descriptor table (`pidfd_getfd`, which needs the daemon to
+    /// be privileged over the caller), and bounds the task's address space
+    /// to the arena the caller reserved → [`Reply::Unit`]. Only a task with
+    /// no memory mapped yet can; `KERN_NOT_SUPPORTED` where the daemon
+    /// cannot serve real memory.
+    MemoryAttach {
+        /// The caller's userfaultfd, before its handshake.
+        uffd: i32,
+        /// The caller's end of a `SOCK_SEQPACKET` socket pair, for the
+        /// daemon (the caller keeps the other end).
+        channel: i32,
+        /// The arena: the task's whole address space from now on.
+        arena_start: VmAddr,
+        /// Its length in bytes.
+        arena_len: u64,
+    },
 }
 
 /// The arguments of `vm_map`.
@@ -822,6 +840,7 @@ impl Call {
             Call::NameLookup { .. } => "netname_look_up",
             Call::Inspect(_) => "inspect",
             Call::MsgSendReceive { .. } => "mach_msg(send|receive)",
+            Call::MemoryAttach { .. } => "memory_attach",
         }
     }
 

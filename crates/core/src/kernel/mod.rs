@@ -143,6 +143,12 @@ impl TaskId {
     pub fn number(&self) -> u32 {
         self.id
     }
+
+    /// The task's MMU tables (for a machine that serves its faults
+    /// itself, such as a host whose tasks are processes).
+    pub fn pmap(&self) -> PmapId {
+        self.pmap
+    }
 }
 
 /// The kernel objects a port can stand for.

@@ -86,7 +86,13 @@ impl Kernel {
                 let off = e.offset_of(lo);
                 if matches!(s.vm.object(object).provider, Provider::View(_)) {
                     for (rel, len, real, roff, allowed, _via) in s.mo.proxies.flatten(object, off, hi - lo)? {
-                        out.push(Window { start: VmAddr(lo + rel), len, object: real, offset: roff, prot: e.cur & allowed });
+                        out.push(Window {
+                            start: VmAddr(lo + rel),
+                            len,
+                            object: real,
+                            offset: roff,
+                            prot: e.cur & allowed,
+                        });
                     }
                 } else {
                     out.push(Window { start: VmAddr(lo), len: hi - lo, object, offset: off, prot: e.cur });
