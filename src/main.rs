@@ -1,7 +1,9 @@
 //! `machvm`: the command-line tool.
 //!
 //! - `machvm tour`: a guided run of the proxy story on a real file.
-//! - `machvm run`: a real file mapped shared and copied by two tasks under
+//! - `machvm run -- PROGRAM`: a program started as a task whose memory is
+//!   real, served by the daemon.
+//! - `machvm demo`: a real file mapped shared and copied by two tasks under
 //!   memory pressure, with a report.
 //! - `machvm bench`: the benchmarks, written to `BENCHMARKS.md`.
 //! - `machvm daemon` (as `machvmd`), `machvm pager zero|file|swap`,
@@ -13,6 +15,7 @@
 #![deny(unsafe_code)]
 
 mod bench;
+mod probe;
 mod remote;
 mod run;
 mod tour;
@@ -38,9 +41,32 @@ enum Command {
     /// A guided tour: a file pager, read-only and range-limited proxies,
     /// the nested-proxy escalation refused, a paging proxy, revocation.
     Tour,
+    /// Starts PROGRAM as a task whose memory is real: its loads and
+    /// stores touch pages the daemon serves. The program (linked with
+    /// `machvm_client`) attaches with `RealMemory::from_env` before it
+    /// touches any; the names given are objects it may map by name
+    /// (`RealMemory::names_from_env`).
+    Run {
+        /// An object registered with the daemon, for the program to map.
+        #[arg(long = "name", value_name = "OBJECT")]
+        names: Vec<String>,
+        /// The program's arena (its whole task address space), in MiB.
+        #[arg(long, default_value_t = 1 << 16)]
+        arena_mib: u64,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        program: Vec<std::ffi::OsString>,
+    },
+    /// A task process with real memory following a script of steps (for
+    /// the suites and the tour; see `src/probe.rs`).
+    #[command(hide = true)]
+    Probe {
+        #[arg(last = true)]
+        steps: Vec<String>,
+    },
     /// A real file mapped shared and copied by two tasks, paged under a
     /// small resident limit; reports faults, pager messages and pageouts.
-    Run {
+    Demo {
         /// Size of the file in MiB.
         #[arg(long, default_value_t = 4)]
         size_mib: u64,
@@ -124,7 +150,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tour => tour::tour(),
-        Command::Run { size_mib, resident_limit, anon_pages, cluster, keep } => {
+        Command::Run { names, arena_mib, program } => {
+            return run_program(cli.socket.as_deref(), &names, arena_mib, &program)
+        }
+        Command::Probe { steps } => {
+            if let Some(s) = &cli.socket {
+                std::env::set_var("MACHVM_SOCKET", s);
+            }
+            return match probe::probe(&steps) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(probe::Stop::Check(what)) => {
+                    eprintln!("machvm probe: check failed: {what}");
+                    ExitCode::from(3)
+                }
+                Err(probe::Stop::Timeout(what)) => {
+                    eprintln!("machvm probe: {what}");
+                    ExitCode::from(4)
+                }
+                Err(probe::Stop::Error(what)) => {
+                    eprintln!("machvm probe: {what}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Demo { size_mib, resident_limit, anon_pages, cluster, keep } => {
             let pages = size_mib.saturating_mul(1 << 20) / machvm_core::PAGE_SIZE;
             run::run(&run::RunOptions { pages, anon_pages, resident_limit: resident_limit as usize, cluster, keep })
         }
@@ -149,4 +198,44 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `machvm run`: the program replaces this process (same pid, so the
+/// daemon takes its userfaultfd from the right process), with the
+/// environment `RealMemory::from_env` reads.
+fn run_program(
+    socket: Option<&std::path::Path>,
+    names: &[String],
+    arena_mib: u64,
+    program: &[std::ffi::OsString],
+) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let socket = machvm_client::socket_path(socket);
+    // The names must exist now: a typo is said before the program runs.
+    match machvm_client::Connection::connect(
+        &socket,
+        machvm_protocol::wire::Role::Task { child_token: None },
+        "machvm run",
+    ) {
+        Ok(c) => {
+            for n in names {
+                if let Err(e) = c.name_lookup(n) {
+                    eprintln!("machvm run: no object {n:?} at {}: {e}", socket.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("machvm run: {}: {e}", socket.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let err = std::process::Command::new(&program[0])
+        .args(&program[1..])
+        .env("MACHVM_SOCKET", &socket)
+        .env("MACHVM_NAMES", names.join(","))
+        .env("MACHVM_ARENA_MIB", arena_mib.to_string())
+        .exec();
+    eprintln!("machvm run: {}: {err}", program[0].to_string_lossy());
+    ExitCode::FAILURE
 }

@@ -271,6 +271,15 @@ impl Connection {
         }
     }
 
+    /// `task_create` inheriting memory: the token a process claims the
+    /// child task with (in its hello, `Role::Task { child_token }`).
+    pub fn task_create_token(&self) -> Result<u64> {
+        match self.call(Call::TaskCreate { inherit_memory: true })? {
+            Reply::ChildToken(t) => Ok(t),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// `vm_allocate`: zero-filled memory.
     pub fn vm_allocate(&self, address: VmAddr, size: u64, anywhere: bool) -> Result<VmAddr> {
         self.addr(Call::VmAllocate { address, size, anywhere })

@@ -73,7 +73,10 @@ impl RealMemory {
     /// the call says; [`ClientError::Io`] if this process cannot make its
     /// arena, uffd or socket pair.
     pub fn attach(conn: Connection, arena_len: u64) -> Result<RealMemory> {
-        let arena = Arena::reserve(arena_len).map_err(host)?;
+        RealMemory::attach_arena(conn, Arena::reserve(arena_len).map_err(host)?)
+    }
+
+    fn attach_arena(conn: Connection, arena: Arena) -> Result<RealMemory> {
         let uffd = NewUserfaultfd::create().map_err(host)?;
         let (mine, theirs) =
             rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
@@ -88,6 +91,98 @@ impl RealMemory {
         // The daemon holds both now; this process keeps neither.
         drop((uffd, theirs));
         Ok(RealMemory { conn, arena, channel: Mutex::new(mine) })
+    }
+
+    /// The task of a program started by `machvm run` (or by any process
+    /// that sets the same environment): connects to the daemon's socket
+    /// (`MACHVM_SOCKET`, as [`crate::socket_path`] finds it) and attaches
+    /// real memory (an arena of `MACHVM_ARENA_MIB` MiB, by default
+    /// [`RealMemory::DEFAULT_ARENA`]). A child task (`MACHVM_CHILD_TOKEN`
+    /// and `MACHVM_CHILD_ARENA=start:len`, as [`RealMemory::spawn_child`]
+    /// sets them) claims its task and maps what it inherited.
+    ///
+    /// Errors: as [`Connection::connect`] and [`RealMemory::attach`];
+    /// [`ClientError::Protocol`] for an environment variable that does not
+    /// parse.
+    pub fn from_env(name: &str) -> Result<RealMemory> {
+        let bad = |v: &str| ClientError::Protocol(format!("the environment variable {v} does not parse"));
+        let token = match std::env::var("MACHVM_CHILD_TOKEN") {
+            Ok(t) => Some(t.parse::<u64>().map_err(|_| bad("MACHVM_CHILD_TOKEN"))?),
+            Err(_) => None,
+        };
+        let role = machvm_protocol::wire::Role::Task { child_token: token };
+        let conn = Connection::connect(&crate::socket_path(None), role, name)?;
+        if token.is_some() {
+            let arena = std::env::var("MACHVM_CHILD_ARENA").map_err(|_| bad("MACHVM_CHILD_ARENA"))?;
+            let (start, len) = arena.split_once(':').ok_or_else(|| bad("MACHVM_CHILD_ARENA"))?;
+            let start =
+                u64::from_str_radix(start.trim_start_matches("0x"), 16).map_err(|_| bad("MACHVM_CHILD_ARENA"))?;
+            let len = u64::from_str_radix(len.trim_start_matches("0x"), 16).map_err(|_| bad("MACHVM_CHILD_ARENA"))?;
+            let range = PageRange::new(start, len).map_err(host)?;
+            return RealMemory::attach_child(conn, range);
+        }
+        let mib = match std::env::var("MACHVM_ARENA_MIB") {
+            Ok(m) => m.parse::<u64>().map_err(|_| bad("MACHVM_ARENA_MIB"))?,
+            Err(_) => RealMemory::DEFAULT_ARENA >> 20,
+        };
+        RealMemory::attach(conn, mib << 20)
+    }
+
+    /// The names `machvm run --name` gave the program (`MACHVM_NAMES`,
+    /// comma-separated): objects registered with the daemon, for
+    /// [`RealMemory::map_name`].
+    pub fn names_from_env() -> Vec<String> {
+        std::env::var("MACHVM_NAMES")
+            .map(|v| v.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// Maps `size` bytes of the object (or proxy) registered under `name`,
+    /// shared (`copy`: a copy-on-write copy of it instead), read and write
+    /// if its rights allow, else read-only.
+    ///
+    /// Errors: `KERN_INVALID_NAME` if nothing is registered so; as
+    /// [`RealMemory::vm_map`].
+    pub fn map_name(&self, name: &str, size: u64, copy: bool) -> Result<Region<'_>> {
+        let object = self.conn.name_lookup(name)?;
+        let args = MapArgs { copy, ..crate::map_anywhere(size, Some(object)) };
+        match self.vm_map(args.clone()) {
+            Err(ClientError::Kern(machvm_protocol::KernError::ProtectionFailure)) => {
+                let ro = machvm_protocol::VmProt::READ | machvm_protocol::VmProt::EXECUTE;
+                self.vm_map(MapArgs { cur: ro, max: ro, ..args })
+            }
+            other => other,
+        }
+    }
+
+    /// [`RealMemory::attach`] for a child task (made by `task_create`,
+    /// claimed with its token): its address space is a copy of its
+    /// parent's, at the parent's addresses, so its arena is reserved at
+    /// `range` exactly (the parent's arena), and everything it inherited
+    /// is mapped at once.
+    ///
+    /// Errors: as [`RealMemory::attach`]; [`ClientError::Io`] if this
+    /// process uses part of `range` already.
+    pub fn attach_child(conn: Connection, range: PageRange) -> Result<RealMemory> {
+        let arena = Arena::reserve_at(range).map_err(host)?;
+        let mem = RealMemory::attach_arena(conn, arena)?;
+        mem.map_windows(VmAddr(range.start()), range.len())?;
+        Ok(mem)
+    }
+
+    /// Makes a child task (`task_create`, inheriting as each entry says)
+    /// and starts `program` as its process: the environment it needs to
+    /// claim the task with [`RealMemory::from_env`] is set on `program`.
+    ///
+    /// Errors: as the call; [`ClientError::Io`] if the program cannot start.
+    pub fn spawn_child(&self, mut program: std::process::Command) -> Result<std::process::Child> {
+        let token = self.conn.task_create_token()?;
+        let r = self.arena.range();
+        program
+            .env("MACHVM_CHILD_TOKEN", token.to_string())
+            .env("MACHVM_CHILD_ARENA", format!("{:x}:{:x}", r.start(), r.len()))
+            .env("MACHVM_SOCKET", crate::socket_path(None));
+        Ok(program.spawn()?)
     }
 
     /// The connection (every other call of the task goes through it).

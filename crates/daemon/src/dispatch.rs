@@ -11,12 +11,12 @@ use machvm_core::ipc::{NotifyKind, ReceivedMessage, UserMessage};
 use machvm_core::kernel::resume::{AccessOp, MapOp, ReceiveOp, SendOp, TaskCreateOp, WriteOp};
 use machvm_core::wait::{Poll, ThreadWaker, Waker};
 use machvm_core::{
-    EntryInfo, KernError, MapRequest, ObjectInfo, ObjectKind, ProxyRecord, ProxyVersion, Result, TaskId,
+    EntryInfo, KernError, MapRequest, ObjectInfo, ObjectKind, ProxyRecord, ProxyVersion, Result, TaskId, VmAddr,
 };
 use machvm_protocol::frame::{encode_frame, FrameError};
 use machvm_protocol::wire::{
-    self, Call, ChargeRow, EntryRow, InspectWhat, MessageWire, NameInfoWire, ObjectRow, PagerState, ProxyInfoWire,
-    ProxyRow, RegionWire, Reply, Response, TaskRow, WindowWire,
+    self, Call, ChargeRow, EntryRow, ExceptionRow, InspectWhat, MessageWire, NameInfoWire, ObjectRow, PagerState,
+    ProxyInfoWire, ProxyRow, RegionWire, Reply, Response, TaskRow, WindowWire,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -407,6 +407,25 @@ fn inspect(sh: &Shared, what: InspectWhat) -> Result<Reply> {
                 })
                 .collect();
             fits(Reply::Charges(rows))
+        }
+        InspectWhat::Exceptions => {
+            let mut rows: Vec<ExceptionRow> = sh
+                .real
+                .as_ref()
+                .map(|r| r.exceptions())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(task, e)| ExceptionRow {
+                    task,
+                    pid: e.pid,
+                    count: e.count,
+                    addr: VmAddr(e.last.addr),
+                    access: e.last.access,
+                    error: e.last.error,
+                })
+                .collect();
+            rows.sort_by_key(|r| r.task);
+            fits(Reply::Exceptions(rows))
         }
     }
 }

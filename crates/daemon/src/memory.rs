@@ -67,6 +67,7 @@ pub struct Exception {
 /// Exceptions of one task: how many, and the last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exceptions {
+    pub pid: u32,
     pub count: u64,
     pub last: Exception,
 }
@@ -101,6 +102,7 @@ impl Inbox {
 #[derive(Debug)]
 struct Served {
     task: TaskId,
+    pid: u32,
     pidfd: OwnedFd,
     uffd: Arc<Userfaultfd>,
     channel: Option<OwnedFd>,
@@ -191,6 +193,7 @@ impl Real {
         tracing::info!(task = task.number(), pid = pid.as_raw_nonzero().get(), "real memory attached");
         self.inbox.added.lock().unwrap_or_else(|e| e.into_inner()).push(Served {
             task,
+            pid: pid.as_raw_nonzero().get() as u32,
             pidfd,
             uffd,
             channel: Some(channel),
@@ -243,6 +246,10 @@ struct Server {
 }
 
 const KICK: u64 = 0;
+
+/// The most tasks whose exceptions are remembered (those of ended tasks
+/// included).
+const MAX_EXCEPTION_TASKS: usize = 1024;
 
 impl Server {
     fn run(mut self) {
@@ -395,14 +402,22 @@ impl Server {
     /// A fault the VM refused (module comment, step 4).
     fn exception(&mut self, id: u64, va: u64, access: VmProt, error: KernError) {
         let Some(s) = self.served.get(&id) else { return };
-        let task = s.task.number();
-        tracing::warn!(task, addr = format_args!("{va:#x}"), ?access, %error, "exception: a fault the VM refused");
+        let (task, pid) = (s.task.number(), s.pid);
+        tracing::warn!(task, pid, addr = format_args!("{va:#x}"), ?access, %error, "exception: a fault the VM refused");
         {
             let mut ex = self.exceptions.lock().unwrap_or_else(|e| e.into_inner());
             let last = Exception { addr: va, access, error };
-            ex.entry(task)
-                .and_modify(|e| (e.count, e.last) = (e.count + 1, last))
-                .or_insert(Exceptions { count: 1, last });
+            if ex.len() >= MAX_EXCEPTION_TASKS && !ex.contains_key(&task) {
+                // The oldest task (the lowest number) makes room.
+                if let Some(&oldest) = ex.keys().min() {
+                    ex.remove(&oldest);
+                }
+            }
+            ex.entry(task).and_modify(|e| (e.count, e.last) = (e.count + 1, last)).or_insert(Exceptions {
+                pid,
+                count: 1,
+                last,
+            });
         }
         let page = PageRange::new(va, machvm_core::PAGE_SIZE).expect("a page");
         match error {

@@ -63,6 +63,51 @@ impl Arena {
         Ok(Arena { ptr, len: n })
     }
 
+    /// Reserves `range` exactly (`MAP_FIXED_NOREPLACE`): the arena of a
+    /// child task, whose address space is a copy of its parent's at the
+    /// parent's addresses.
+    ///
+    /// Errors: [`Error::Host`] with `EEXIST` if this process uses part of
+    /// the range already; otherwise as [`Arena::reserve`].
+    pub fn reserve_at(range: PageRange) -> Result<Arena> {
+        let n = usize::try_from(range.len()).map_err(|_| Error::BadRange { start: range.start(), len: range.len() })?;
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping: the call fails
+        // (EEXIST) where this process has one.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                range.start() as *mut c_void,
+                n,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED_NOREPLACE,
+            )
+        }
+        .map_err(host("mmap"))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Error::Host { call: "mmap", errno: crate::Errno::NOMEM })?;
+        if ptr.as_ptr() as u64 != range.start() {
+            // A kernel older than 4.17 takes the flag for a hint.
+            let arena = Arena { ptr, len: n };
+            drop(arena);
+            return Err(Error::Host { call: "mmap(MAP_FIXED_NOREPLACE)", errno: crate::Errno::EXIST });
+        }
+        Ok(Arena { ptr, len: n })
+    }
+
+    /// `mprotect(range, prot)` inside the arena: what a program may do to
+    /// its own memory. The daemon's write protection holds whatever this
+    /// says (a store into memory the task may only read is still refused).
+    ///
+    /// Errors: [`Error::OutOfBounds`] outside the arena; [`Error::Host`] if
+    /// `mprotect` fails.
+    pub fn protect(&self, range: PageRange, prot: crate::Prot) -> Result<()> {
+        self.check(range)?;
+        let mut f = rustix::mm::MprotectFlags::empty();
+        f.set(rustix::mm::MprotectFlags::READ, prot.contains(crate::Prot::READ));
+        f.set(rustix::mm::MprotectFlags::WRITE, prot.contains(crate::Prot::WRITE));
+        // SAFETY: the range lies inside the arena, which this value owns, and
+        // no Rust reference points into it (module comment).
+        unsafe { rustix::mm::mprotect(range.start() as *mut c_void, range.len() as usize, f) }.map_err(host("mprotect"))
+    }
+
     /// The addresses the arena covers.
     pub fn range(&self) -> PageRange {
         PageRange::new(self.ptr.as_ptr() as u64, self.len as u64).expect("an arena is page-aligned")

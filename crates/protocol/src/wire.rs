@@ -517,6 +517,10 @@ pub enum InspectWhat {
     /// The resident pages charged to each task, and its limit →
     /// [`Reply::Charges`] (added within version 1, see the module comment).
     Charges,
+    /// The Mach exceptions of task processes with real memory (faults the
+    /// VM refused), also of tasks that have ended since →
+    /// [`Reply::Exceptions`] (added within version 1).
+    Exceptions,
 }
 
 /// A successful call's answer.
@@ -559,6 +563,26 @@ pub enum Reply {
     Stats(Vec<(String, u64)>),
     /// Introspection: what each task is charged.
     Charges(Vec<ChargeRow>),
+    /// Introspection: the exceptions of task processes, by task.
+    Exceptions(Vec<ExceptionRow>),
+}
+
+/// Introspection: the exceptions of one task process (faults the VM
+/// refused, each ending the process with `SIGSEGV` or `SIGBUS`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ExceptionRow {
+    /// The task's number (as in [`TaskRow::task`]).
+    pub task: u32,
+    /// Its process.
+    pub pid: u32,
+    /// How many exceptions it had.
+    pub count: u64,
+    /// The last one: the faulting address,
+    pub addr: VmAddr,
+    /// the access,
+    pub access: VmProt,
+    /// and the Mach error of the fault.
+    pub error: KernError,
 }
 
 /// What `vm_region` reports.

@@ -104,11 +104,13 @@ impl Kernel {
 
     /// Puts `task`'s address space at `[min, max)` (where its process has
     /// reserved room): every address the kernel hands out from now on lies
-    /// there. Only an empty address space can be moved.
+    /// there. The task's entries must lie there already (a child task's
+    /// are its parent's, at the parent's addresses: its process reserves
+    /// the same range).
     ///
     /// Errors: `KERN_INVALID_TASK`; `KERN_INVALID_ARGUMENT` (an empty,
     /// unaligned or wrapping range, or one outside the kernel's own
-    /// bounds); `KERN_FAILURE` (the task has mapped memory already).
+    /// bounds); `KERN_FAILURE` (the task has memory mapped outside it).
     pub fn vm_set_bounds(&self, task: TaskId, min: VmAddr, max: VmAddr) -> Result<()> {
         use crate::vm::map::{VM_MAX_ADDRESS, VM_MIN_ADDRESS};
         let aligned = |a: u64| a % crate::PAGE_SIZE == 0;
@@ -117,10 +119,14 @@ impl Kernel {
         }
         self.with(|st| {
             let t = st.task_mut(task)?;
-            if t.map.entry_count() != 0 {
+            if t.map.iter().any(|e| e.start < min.0 || e.end > max.0) {
                 return Err(KernError::Failure);
             }
-            t.map = VmMap::new(min.0, max.0);
+            let mut map = VmMap::new(min.0, max.0);
+            for e in t.map.iter() {
+                map.insert(e.clone());
+            }
+            t.map = map;
             Ok(())
         })
     }
