@@ -57,3 +57,213 @@ fn a_process_stores_and_loads_zero_fill_memory_for_real() {
         Err(ClientError::Kern(KernError::InvalidAddress))
     ));
 }
+
+use machvm_protocol::wire::{InspectWhat, Reply};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `machvm probe` task process following `steps` (see `src/probe.rs`),
+/// with a 1 GiB arena; its stderr goes to a file of `dir` for diagnosis.
+fn probe(dir: &Dir, tag: &str, steps: &str) -> Proc {
+    let err = std::fs::File::create(dir.0.join(format!("{tag}.err"))).unwrap();
+    let child = Command::new(machvm())
+        .arg("--socket")
+        .arg(dir.socket())
+        .args(["probe", "--"])
+        .args(steps.split_whitespace().map(|s| s.replace("{}", &dir.0.to_string_lossy())))
+        .env("MACHVM_ARENA_MIB", "1024")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("starting a probe");
+    Proc(child)
+}
+
+/// The probe's exit status within 20 s (what it said on stderr if not).
+#[track_caller]
+fn ended(dir: &Dir, tag: &str, p: &mut Proc) -> ExitStatus {
+    match p.wait_exit(Duration::from_secs(20)) {
+        Some(s) => s,
+        None => panic!("{tag} still runs: {}", stderr(dir, tag)),
+    }
+}
+
+fn stderr(dir: &Dir, tag: &str) -> String {
+    std::fs::read_to_string(dir.0.join(format!("{tag}.err"))).unwrap_or_default()
+}
+
+#[track_caller]
+fn succeeded(dir: &Dir, tag: &str, p: &mut Proc) {
+    let s = ended(dir, tag, p);
+    assert!(s.success(), "{tag} ended with {s}: {}", stderr(dir, tag));
+}
+
+#[track_caller]
+fn killed_by(dir: &Dir, tag: &str, p: &mut Proc, signal: i32) {
+    let s = ended(dir, tag, p);
+    assert_eq!(s.signal(), Some(signal), "{tag} ended with {s}, not signal {signal}: {}", stderr(dir, tag));
+}
+
+fn exceptions(socket: &Path) -> Vec<machvm_protocol::wire::ExceptionRow> {
+    match client(socket, "look").inspect(InspectWhat::Exceptions).unwrap() {
+        Reply::Exceptions(rows) => rows,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn touch(dir: &Dir, name: &str) {
+    std::fs::write(dir.0.join(name), b"").unwrap();
+}
+
+const SIGSEGV: i32 = 11;
+const SIGBUS: i32 = 7;
+
+#[test]
+fn two_processes_share_an_object_and_see_each_others_stores() {
+    need_real_memory!();
+    let dir = Dir::new("real-share");
+    let _d = daemon(&dir.socket(), &["--memory", "real"]);
+    let _pager = pager(&dir.socket(), &["zero", "--name", "shared"], "shared");
+    let mut a = probe(&dir, "a", "map shared 16 put 0 3 hello-from-a touch {}/A await {}/B expect 0 5 hello-from-b");
+    let mut b = probe(&dir, "b", "await {}/A map shared 16 expect 0 3 hello-from-a put 0 5 hello-from-b touch {}/B");
+    succeeded(&dir, "a", &mut a);
+    succeeded(&dir, "b", &mut b);
+}
+
+#[test]
+fn two_processes_share_memory_through_a_paging_proxy() {
+    need_real_memory!();
+    let dir = Dir::new("real-proxy");
+    let _d = daemon(&dir.socket(), &["--memory", "real", "--proxy-version", "paging"]);
+    let _pager = pager(&dir.socket(), &["zero", "--name", "shared"], "shared");
+    let mut a = probe(
+        &dir,
+        "a",
+        "map shared 16 put 0 3 from-the-owner proxy 0 rw p touch {}/A await {}/B expect 0 5 through-the-proxy",
+    );
+    let mut b = probe(&dir, "b", "await {}/A map p 16 expect 0 3 from-the-owner put 0 5 through-the-proxy touch {}/B");
+    succeeded(&dir, "a", &mut a);
+    succeeded(&dir, "b", &mut b);
+    // One object holds the pages: the proxy's view has none of its own.
+    let c = client(&dir.socket(), "look");
+    let Reply::Objects(objects) = c.inspect(InspectWhat::Objects).unwrap() else { panic!() };
+    let with_pages: Vec<_> = objects.iter().filter(|o| o.resident > 0).collect();
+    assert!(with_pages.len() <= 1, "the pages live in the real object only: {with_pages:?}");
+}
+
+#[test]
+fn a_store_into_a_read_only_proxy_is_sigsegv_and_reported_also_after_mprotect() {
+    need_real_memory!();
+    for version in ["paging", "mapping"] {
+        let dir = Dir::new("real-ro");
+        let d = daemon(&dir.socket(), &["--memory", "real", "--proxy-version", version]);
+        let _pager = pager(&dir.socket(), &["zero", "--name", "shared"], "shared");
+        let mut owner = probe(&dir, "owner", "map shared 4 put 0 0 owners-data proxy 0 read ro touch {}/A await {}/DONE expect 0 0 owners-data");
+        let mut reader = probe(&dir, "reader", "await {}/A map ro 4 expect 0 0 owners-data put 0 0 evil");
+        killed_by(&dir, "reader", &mut reader, SIGSEGV);
+        let mut sneaky = probe(&dir, "sneaky", "await {}/A map ro 4 expect 0 0 owners-data mprotect 0 rw put 0 0 evil");
+        killed_by(&dir, "sneaky", &mut sneaky, SIGSEGV);
+        touch(&dir, "DONE");
+        succeeded(&dir, "owner", &mut owner);
+        let ex = exceptions(&dir.socket());
+        let pids = [reader.0.id(), sneaky.0.id()];
+        for pid in pids {
+            let row = ex.iter().find(|r| r.pid == pid).unwrap_or_else(|| panic!("{version}: no exception of {pid}: {ex:?}"));
+            assert_eq!(row.error, KernError::ProtectionFailure, "{version}: {row:?}");
+            assert!(row.access.contains(machvm_protocol::VmProt::WRITE), "{row:?}");
+        }
+        drop(d);
+    }
+}
+
+#[test]
+fn a_revoked_proxy_kills_a_raw_reading_loop_with_sigbus_and_the_owners_data_stays() {
+    need_real_memory!();
+    let dir = Dir::new("real-revoke");
+    let _d = daemon(&dir.socket(), &["--memory", "real", "--proxy-version", "paging"]);
+    let _pager = pager(&dir.socket(), &["zero", "--name", "shared"], "shared");
+    let mut owner = probe(
+        &dir,
+        "owner",
+        "map shared 16 fill 0 7 proxy 0 read rp touch {}/A await {}/R revoke touch {}/REVOKED await {}/DONE check 0 7",
+    );
+    let mut reader = probe(&dir, "reader", "await {}/A map rp 16 check 0 7 touch {}/L loop 0");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !dir.0.join("L").exists() {
+        assert!(Instant::now() < end, "the reader never looped: {}", stderr(&dir, "reader"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    touch(&dir, "R");
+    killed_by(&dir, "reader", &mut reader, SIGBUS);
+    touch(&dir, "DONE");
+    succeeded(&dir, "owner", &mut owner);
+}
+
+#[test]
+fn a_pager_killed_mid_fault_gives_the_faulting_process_sigbus_within_a_second() {
+    need_real_memory!();
+    let dir = Dir::new("real-pager-dies");
+    let _d = daemon(&dir.socket(), &["--memory", "real"]);
+    let mut slow = pager(&dir.socket(), &["zero", "--name", "slow", "--delay-ms", "5000"], "slow");
+    let mut victim = probe(&dir, "victim", "map slow 4 touch {}/F expect 0 0 never");
+    let mut bystander = probe(&dir, "bystander", "alloc 64 fill 0 3 await {}/GO check 0 3 fill 0 4 check 0 4");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !dir.0.join("F").exists() {
+        assert!(Instant::now() < end, "the victim never mapped: {}", stderr(&dir, "victim"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let killed = Instant::now();
+    slow.kill();
+    let s = victim.wait_exit(Duration::from_secs(5)).expect("the victim still waits");
+    let took = killed.elapsed();
+    assert_eq!(s.signal(), Some(SIGBUS), "{s}: {}", stderr(&dir, "victim"));
+    assert!(took < Duration::from_secs(1), "SIGBUS came {took:?} after the pager died");
+    touch(&dir, "GO");
+    succeeded(&dir, "bystander", &mut bystander);
+}
+
+#[test]
+fn a_working_set_twenty_times_the_resident_limit_keeps_every_store() {
+    need_real_memory!();
+    let dir = Dir::new("real-pressure");
+    let file = dir.0.join("backing");
+    std::fs::write(&file, vec![0u8; 640 * PAGE_SIZE as usize]).unwrap();
+    let _d = daemon(&dir.socket(), &["--memory", "real", "--max-resident", "32"]);
+    let _pager = pager(&dir.socket(), &["file", "--name", "big", "--cluster", "4", file.to_str().unwrap()], "big");
+    let mut p = probe(&dir, "p", "map big 640 fill 0 5 check 0 5 churn 0 9 6000");
+    succeeded(&dir, "p", &mut p);
+    let c = client(&dir.socket(), "look");
+    assert!(stat(&c, "pageouts") + stat(&c, "task_reclaims") > 600, "pages went out and came back");
+}
+
+#[test]
+fn copy_mappings_and_child_tasks_keep_machs_copy_semantics() {
+    need_real_memory!();
+    let dir = Dir::new("real-cow");
+    let _d = daemon(&dir.socket(), &["--memory", "real"]);
+    let _pager = pager(&dir.socket(), &["zero", "--name", "shared"], "shared");
+    // A copy sees the data as of the copy; later stores on either side
+    // stay on that side.
+    let mut p = probe(
+        &dir,
+        "copy",
+        "map shared 8 put 0 0 before put 0 2 orig2 copy shared 8 put 0 0 after expect 1 0 before \
+         put 1 2 copy2 expect 0 2 orig2 expect 1 2 copy2 expect 0 0 after",
+    );
+    succeeded(&dir, "copy", &mut p);
+    // A child task process: copy-inherited memory is its own copy,
+    // share-inherited memory is shared.
+    let mut parent = probe(
+        &dir,
+        "parent",
+        "alloc 4 put 0 0 parents inherit 0 copy alloc 4 put 1 0 common inherit 1 share \
+         child expect 0 0 parents put 0 0 childs expect 1 0 common put 1 1 from-child ; \
+         expect 0 0 parents expect 1 1 from-child",
+    );
+    succeeded(&dir, "parent", &mut parent);
+}

@@ -50,9 +50,10 @@ use std::sync::Mutex;
 /// memory channel.
 #[derive(Debug)]
 pub struct RealMemory {
-    conn: Connection,
+    // Dropped in this order: the windows go before the task does.
     arena: Arena,
     channel: Mutex<OwnedFd>,
+    conn: Connection,
 }
 
 fn host(e: machvm_host::Error) -> ClientError {
@@ -90,7 +91,7 @@ impl RealMemory {
         })?;
         // The daemon holds both now; this process keeps neither.
         drop((uffd, theirs));
-        Ok(RealMemory { conn, arena, channel: Mutex::new(mine) })
+        Ok(RealMemory { arena, channel: Mutex::new(mine), conn })
     }
 
     /// The task of a program started by `machvm run` (or by any process

@@ -23,8 +23,13 @@
 //!    `KERN_INVALID_ADDRESS` end the process with `SIGSEGV`, any other
 //!    error (a dead pager, a revoked proxy) poisons the page, whose access
 //!    then raises `SIGBUS`.
-//! 5. **Detach**: the task ends with its connection; its process, which
-//!    cannot go on without it, is killed (`SIGKILL`).
+//! 5. **Detach**: the task ends with its connection. Its process may be
+//!    exiting (it closed the connection on its way out), or go on without
+//!    its task: then any fault it takes in its windows is `SIGSEGV`, as a
+//!    thread of a terminated task would get. The uffd is let go when the
+//!    process has exited (its pidfd says so). If the daemon stops, the
+//!    processes it still serves are killed: nothing would enforce their
+//!    protection any more.
 
 use machvm_core::wait::{Poll, WaitTicket, Waker};
 use machvm_core::{KernError, Kernel, TaskId, VmAddr, VmProt};
@@ -106,6 +111,8 @@ struct Served {
     pidfd: OwnedFd,
     uffd: Arc<Userfaultfd>,
     channel: Option<OwnedFd>,
+    /// The task has ended (the process has not exited yet).
+    ended: bool,
 }
 
 /// The waker of one parked fault.
@@ -197,6 +204,7 @@ impl Real {
             pidfd,
             uffd,
             channel: Some(channel),
+            ended: false,
         });
         self.inbox.kick();
         Ok(())
@@ -280,17 +288,17 @@ impl Server {
                     self.take_inbox(&epoll);
                     continue;
                 }
-                let id = token / 2;
-                if token % 2 == 0 {
-                    self.uffd_ready(id, ev.flags, &mut batch);
-                } else {
-                    self.channel_ready(&epoll, id);
+                let id = token / 3;
+                match token % 3 {
+                    0 => self.uffd_ready(id, ev.flags, &mut batch),
+                    1 => self.channel_ready(&epoll, id),
+                    _ => self.exited(&epoll, id),
                 }
             }
             self.retry_woken();
         }
-        // Stopping: the processes cannot go on without the daemon.
-        for s in self.served.values() {
+        // Stopping: nothing would enforce the processes' protection.
+        for s in self.served.values().filter(|s| !s.ended) {
             let _ = rustix::process::pidfd_send_signal(&s.pidfd, Signal::KILL);
         }
     }
@@ -301,13 +309,16 @@ impl Server {
             let id = self.next_id;
             self.next_id += 1;
             let flags = epoll::EventFlags::IN;
-            if let Err(e) = epoll::add(epoll, s.uffd.as_fd(), epoll::EventData::new_u64(2 * id), flags) {
+            if let Err(e) = epoll::add(epoll, s.uffd.as_fd(), epoll::EventData::new_u64(3 * id), flags) {
                 tracing::error!(task = s.task.number(), "cannot watch the task's userfaultfd: {e}");
             }
             if let Some(c) = &s.channel {
-                if let Err(e) = epoll::add(epoll, c, epoll::EventData::new_u64(2 * id + 1), flags) {
+                if let Err(e) = epoll::add(epoll, c, epoll::EventData::new_u64(3 * id + 1), flags) {
                     tracing::error!(task = s.task.number(), "cannot watch the task's memory channel: {e}");
                 }
+            }
+            if let Err(e) = epoll::add(epoll, &s.pidfd, epoll::EventData::new_u64(3 * id + 2), flags) {
+                tracing::error!(task = s.task.number(), "cannot watch the task's process: {e}");
             }
             self.served.insert(id, s);
         }
@@ -315,21 +326,42 @@ impl Server {
         for task in removed {
             let ids: Vec<u64> = self.served.iter().filter(|(_, s)| s.task == task).map(|(&i, _)| i).collect();
             for id in ids {
-                let s = self.served.remove(&id).expect("listed");
-                let _ = epoll::delete(epoll, s.uffd.as_fd());
-                if let Some(c) = &s.channel {
-                    let _ = epoll::delete(epoll, c);
+                let s = self.served.get_mut(&id).expect("listed");
+                s.ended = true;
+                if let Some(c) = s.channel.take() {
+                    let _ = epoll::delete(epoll, &c);
                 }
-                let _ = rustix::process::pidfd_send_signal(&s.pidfd, Signal::KILL);
+                // Faults parked for the task retry, and find it gone.
+                let uffd = s.uffd.clone();
                 let kernel = &self.kernel;
-                self.parked.retain(|_, &mut (sid, _, ticket)| {
+                self.parked.retain(|_, &mut (sid, f, ticket)| {
                     if sid == id {
                         kernel.cancel_wait(ticket);
+                        let _ = uffd.wake(f.page());
                     }
                     sid != id
                 });
-                tracing::info!(task = task.number(), "real memory detached: the process is killed with its task");
+                tracing::info!(task = task.number(), "real memory detached: the task has ended");
             }
+        }
+    }
+
+    /// The process of `id` has exited: its uffd is let go.
+    fn exited(&mut self, epoll: &OwnedFd, id: u64) {
+        if let Some(s) = self.served.remove(&id) {
+            let _ = epoll::delete(epoll, s.uffd.as_fd());
+            let _ = epoll::delete(epoll, &s.pidfd);
+            if let Some(c) = &s.channel {
+                let _ = epoll::delete(epoll, c);
+            }
+            let kernel = &self.kernel;
+            self.parked.retain(|_, &mut (sid, _, ticket)| {
+                if sid == id {
+                    kernel.cancel_wait(ticket);
+                }
+                sid != id
+            });
+            tracing::debug!(task = s.task.number(), pid = s.pid, "the task's process has exited");
         }
     }
 
@@ -363,6 +395,11 @@ impl Server {
     /// Serves one fault (`parked`: its id, if it was parked before).
     fn fault(&mut self, id: u64, f: PageFault, parked: Option<u64>) {
         let Some(s) = self.served.get(&id) else { return };
+        if s.ended {
+            // A thread of a task that has ended.
+            let _ = rustix::process::pidfd_send_signal(&s.pidfd, Signal::SEGV);
+            return;
+        }
         let (task, pmap) = (s.task, s.task.pmap());
         let write = f.write || f.wp;
         let va = f.addr & !(machvm_core::PAGE_SIZE - 1);
