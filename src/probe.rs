@@ -12,7 +12,7 @@
 //! | `map NAME PAGES` / `copy NAME PAGES` | map a registered object, shared / as a copy |
 //! | `put R PAGE TEXT` / `expect R PAGE TEXT` | store / check text at the start of a page |
 //! | `fill R SEED` / `check R SEED` | store / check a pattern over every page |
-//! | `churn R SEED STORES` | random word stores over the region, then every word checked against a model |
+//! | `churn R SEED STORES` | random word stores over the region, then every word checked against a model (of what it held before, and the stores) |
 //! | `mprotect R rw` | the process's own `mprotect` of the whole region |
 //! | `loop R` | loads the region's pages round and round, for ever |
 //! | `proxy R read NAME` | a proxy of the region (`read` or `rw`), registered as NAME |
@@ -48,6 +48,14 @@ impl From<machvm_client::ClientError> for Stop {
 pub fn probe(steps: &[String]) -> Result<(), Stop> {
     let mem = RealMemory::from_env("probe")?;
     let mut st = State { mem: &mem, regions: Vec::new(), revoke: None };
+    // A child task starts with its parent's regions (inherited).
+    if let Ok(list) = std::env::var("MACHVM_PROBE_REGIONS") {
+        for r in list.split(',').filter(|r| !r.is_empty()) {
+            let (a, l) = r.split_once(':').ok_or_else(|| Stop::Error(format!("bad region {r:?}")))?;
+            let parse = |v: &str| u64::from_str_radix(v, 16).map_err(|_| Stop::Error(format!("bad region {r:?}")));
+            st.regions.push(mem.region(machvm_protocol::VmAddr(parse(a)?), parse(l)?)?);
+        }
+    }
     st.run(steps)
 }
 
@@ -131,7 +139,11 @@ impl<'a> State<'a> {
                     let seed = num(arg(2), "seed")?;
                     let stores = num(arg(3), "stores")?;
                     let words = r.len() / 8;
+                    // The model starts from what the region holds now.
                     let mut model = std::collections::HashMap::new();
+                    for w in 0..words {
+                        model.insert(w * 8, r.load_u64(w * 8)?);
+                    }
                     let mut x = seed | 1;
                     for n in 0..stores {
                         x ^= x << 13;
@@ -142,7 +154,7 @@ impl<'a> State<'a> {
                         model.insert(at, n ^ seed);
                     }
                     for w in 0..words {
-                        let want = model.get(&(w * 8)).copied().unwrap_or(0);
+                        let want = model[&(w * 8)];
                         if r.load_u64(w * 8)? != want {
                             return Err(Stop::Check(format!("word {w} lost its last store")));
                         }
@@ -206,6 +218,9 @@ impl<'a> State<'a> {
                     let mut cmd =
                         std::process::Command::new(std::env::current_exe().map_err(|e| Stop::Error(e.to_string()))?);
                     cmd.arg("probe").arg("--").args(&steps[i + 1..end]);
+                    let regions: Vec<String> =
+                        self.regions.iter().map(|r| format!("{:x}:{:x}", r.addr().0, r.len())).collect();
+                    cmd.env("MACHVM_PROBE_REGIONS", regions.join(","));
                     let mut child = self.mem.spawn_child(cmd)?;
                     let status = child.wait().map_err(|e| Stop::Error(e.to_string()))?;
                     if !status.success() {

@@ -161,7 +161,11 @@ fn a_store_into_a_read_only_proxy_is_sigsegv_and_reported_also_after_mprotect() 
         let dir = Dir::new("real-ro");
         let d = daemon(&dir.socket(), &["--memory", "real", "--proxy-version", version]);
         let _pager = pager(&dir.socket(), &["zero", "--name", "shared"], "shared");
-        let mut owner = probe(&dir, "owner", "map shared 4 put 0 0 owners-data proxy 0 read ro touch {}/A await {}/DONE expect 0 0 owners-data");
+        let mut owner = probe(
+            &dir,
+            "owner",
+            "map shared 4 put 0 0 owners-data proxy 0 read ro touch {}/A await {}/DONE expect 0 0 owners-data",
+        );
         let mut reader = probe(&dir, "reader", "await {}/A map ro 4 expect 0 0 owners-data put 0 0 evil");
         killed_by(&dir, "reader", &mut reader, SIGSEGV);
         let mut sneaky = probe(&dir, "sneaky", "await {}/A map ro 4 expect 0 0 owners-data mprotect 0 rw put 0 0 evil");
@@ -171,7 +175,8 @@ fn a_store_into_a_read_only_proxy_is_sigsegv_and_reported_also_after_mprotect() 
         let ex = exceptions(&dir.socket());
         let pids = [reader.0.id(), sneaky.0.id()];
         for pid in pids {
-            let row = ex.iter().find(|r| r.pid == pid).unwrap_or_else(|| panic!("{version}: no exception of {pid}: {ex:?}"));
+            let row =
+                ex.iter().find(|r| r.pid == pid).unwrap_or_else(|| panic!("{version}: no exception of {pid}: {ex:?}"));
             assert_eq!(row.error, KernError::ProtectionFailure, "{version}: {row:?}");
             assert!(row.access.contains(machvm_protocol::VmProt::WRITE), "{row:?}");
         }

@@ -202,7 +202,7 @@ impl RealMemory {
     /// Errors: as the call, or as [`RealMemory::map_windows`].
     pub fn vm_allocate(&self, size: u64) -> Result<Region<'_>> {
         let at = self.conn.vm_allocate(VmAddr(0), size, true)?;
-        self.region(at, size)
+        self.region_mapped(at, size)
     }
 
     /// `vm_map`, mapped in this process.
@@ -211,10 +211,22 @@ impl RealMemory {
     pub fn vm_map(&self, args: MapArgs) -> Result<Region<'_>> {
         let size = args.size;
         let at = self.conn.vm_map(args)?;
-        self.region(at, size)
+        self.region_mapped(at, size)
     }
 
-    fn region(&self, at: VmAddr, size: u64) -> Result<Region<'_>> {
+    /// A handle on `[at, at + len)` of memory already mapped in this
+    /// process (a child task's inherited memory, say).
+    ///
+    /// Errors: `KERN_INVALID_ADDRESS` if the range is not inside the arena.
+    pub fn region(&self, at: VmAddr, len: u64) -> Result<Region<'_>> {
+        let inside = PageRange::new(at.0, len).is_ok_and(|r| self.arena.range().contains(&r));
+        if !inside {
+            return Err(ClientError::Kern(machvm_protocol::KernError::InvalidAddress));
+        }
+        Ok(Region { mem: self, addr: at.0, len })
+    }
+
+    fn region_mapped(&self, at: VmAddr, size: u64) -> Result<Region<'_>> {
         let len = size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         if let Err(e) = self.map_windows(at, len) {
             let _ = self.conn.vm_deallocate(at, len);
