@@ -138,6 +138,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The Mach exceptions of task processes with real memory: faults the
+    /// VM refused (each ended its process with SIGSEGV or SIGBUS).
+    Exceptions {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// The daemon kernel's counters.
     Stats {
         /// Machine-readable output.
@@ -189,6 +196,7 @@ fn main() -> ExitCode {
         Command::Objects { json } => remote::objects(cli.socket.as_deref(), json),
         Command::Proxies { json } => remote::proxies(cli.socket.as_deref(), json),
         Command::Stats { json } => remote::stats(cli.socket.as_deref(), json),
+        Command::Exceptions { json } => remote::exceptions(cli.socket.as_deref(), json),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

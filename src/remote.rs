@@ -158,6 +158,10 @@ pub fn ps(socket: Option<&Path>, json: bool) -> Result<bool, Box<dyn Error>> {
         Ok(Reply::Charges(c)) => c.into_iter().map(|c| (c.task, c)).collect(),
         _ => HashMap::new(),
     };
+    let exceptions: HashMap<u32, u64> = match conn.inspect(InspectWhat::Exceptions) {
+        Ok(Reply::Exceptions(e)) => e.into_iter().map(|e| (e.task, e.count)).collect(),
+        _ => HashMap::new(),
+    };
     if json {
         let v: Vec<serde_json::Value> = rows
             .iter()
@@ -167,6 +171,7 @@ pub fn ps(socket: Option<&Path>, json: bool) -> Result<bool, Box<dyn Error>> {
                     "task": r.task, "pid": r.pid, "uid": r.uid, "name": r.name,
                     "entries": r.entries, "resident": r.resident,
                     "charged": c.map(|c| c.charged), "resident_limit": c.and_then(|c| c.limit),
+                    "exceptions": exceptions.get(&r.task).copied().unwrap_or(0),
                 })
             })
             .collect();
@@ -174,14 +179,14 @@ pub fn ps(socket: Option<&Path>, json: bool) -> Result<bool, Box<dyn Error>> {
         return Ok(true);
     }
     println!(
-        "{:>6} {:>8} {:>6} {:>8} {:>9} {:>8} {:>8}  NAME",
-        "TASK", "PID", "UID", "ENTRIES", "RESIDENT", "CHARGED", "LIMIT"
+        "{:>6} {:>8} {:>6} {:>8} {:>9} {:>8} {:>8} {:>5}  NAME",
+        "TASK", "PID", "UID", "ENTRIES", "RESIDENT", "CHARGED", "LIMIT", "EXC"
     );
     for r in rows {
         let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         let c = charges.get(&r.task);
         println!(
-            "{:>6} {:>8} {:>6} {:>8} {:>9} {:>8} {:>8}  {}",
+            "{:>6} {:>8} {:>6} {:>8} {:>9} {:>8} {:>8} {:>5}  {}",
             r.task,
             opt(r.pid.map(u64::from)),
             opt(r.uid.map(u64::from)),
@@ -189,8 +194,37 @@ pub fn ps(socket: Option<&Path>, json: bool) -> Result<bool, Box<dyn Error>> {
             r.resident,
             opt(c.map(|c| c.charged)),
             opt(c.and_then(|c| c.limit)),
+            exceptions.get(&r.task).copied().unwrap_or(0),
             r.name
         );
+    }
+    Ok(true)
+}
+
+/// `machvm exceptions`: the Mach exceptions of task processes with real
+/// memory (faults the VM refused), ended tasks included.
+pub fn exceptions(socket: Option<&Path>, json: bool) -> Result<bool, Box<dyn Error>> {
+    let conn = Connection::connect(&socket_path(socket), Role::Task { child_token: None }, "machvm exceptions")?;
+    let Reply::Exceptions(rows) = conn.inspect(InspectWhat::Exceptions)? else {
+        return Err("unexpected reply".into());
+    };
+    if json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "task": r.task, "pid": r.pid, "count": r.count, "addr": r.addr.0,
+                    "access": format!("{:?}", r.access), "error": r.error.to_string(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(true);
+    }
+    println!("{:>6} {:>8} {:>6} {:>18} {:>7}  ERROR", "TASK", "PID", "COUNT", "ADDRESS", "ACCESS");
+    for r in rows {
+        let access = if r.access.contains(machvm_protocol::VmProt::WRITE) { "write" } else { "read" };
+        println!("{:>6} {:>8} {:>6} {:>#18x} {:>7}  {}", r.task, r.pid, r.count, r.addr.0, access, r.error);
     }
     Ok(true)
 }
