@@ -23,7 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let regions = if names.is_empty() {
         vec![("anonymous memory".to_string(), mem.vm_allocate(SIZE)?)]
     } else {
-        names.iter().map(|n| Ok((n.clone(), mem.map_name(n, SIZE, false)?))).collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?
+        names
+            .iter()
+            .map(|n| Ok((n.clone(), mem.map_name(n, SIZE, false)?)))
+            .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?
     };
     for (name, region) in &regions {
         let before = region.load_u64(0)?;

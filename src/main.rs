@@ -19,6 +19,7 @@ mod probe;
 mod remote;
 mod run;
 mod tour;
+mod tour_real;
 mod util;
 
 use clap::{Parser, Subcommand};

@@ -12,6 +12,9 @@
 //! 6. Introspection of every proxy.
 //! 7. Revocation of the viewers' proxy, and of proxies built on it.
 //! 8. Proxy ports take no messages.
+//! 9. Real processes touching real memory ([`crate::tour_real`]): a store
+//!    into a read-only proxy is `SIGSEGV`, reported by the daemon; a
+//!    revoked reader's raw loads are `SIGBUS`; the owner's data stays.
 //!
 //! Every step checks what it shows; a failed check makes the exit status
 //! non-zero.
@@ -445,6 +448,9 @@ pub fn tour() -> std::result::Result<bool, Box<dyn Error>> {
     );
 
     let s = k.stats();
+    if let Err(e) = crate::tour_real::chapter(9, &mut c) {
+        c.check(false, format!("real processes: {e}"));
+    }
     println!("\nsummary");
     say(format!("kernel -> pager: {}", counts(&s.to_pagers)));
     say(format!("pager -> kernel: {}", counts(&s.from_pagers)));
