@@ -255,6 +255,10 @@ struct Server {
 
 const KICK: u64 = 0;
 
+/// The most pages entered after a fault, when they are resident already
+/// (the largest cluster a pager may supply, but the faulting page).
+const FAULT_AROUND: usize = 255;
+
 /// The most tasks whose exceptions are remembered (those of ended tasks
 /// included).
 const MAX_EXCEPTION_TASKS: usize = 1024;
@@ -419,6 +423,9 @@ impl Server {
                 if self.machine.resolve(pmap, va, write) != machvm_host::machine::Resolution::Resolved {
                     self.machine.wake(pmap, va);
                 }
+                // The rest of what is resident there (a cluster a pager
+                // supplied at once), in one CONTINUE per run.
+                self.kernel.vm_fault_around(task, VmAddr(va), FAULT_AROUND);
             }
             Ok(Poll::Pending(ticket)) => {
                 self.parked.insert(fid, (id, f, ticket));

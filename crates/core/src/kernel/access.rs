@@ -58,6 +58,21 @@ impl Kernel {
         Ok(self.fault_step(task, va, access, WaitBy::Caller(waker), None)?.poll())
     }
 
+    /// Fault-around after a fault at `va` that is done: enters up to `max`
+    /// of the pages after it that are resident already and need only a
+    /// translation (see `crate::vm::fault::fault_around`). Returns how
+    /// many it entered (0 for a task that is gone).
+    pub fn vm_fault_around(&self, task: TaskId, va: VmAddr, max: usize) -> usize {
+        let mut st = self.lock();
+        let s = &mut *st;
+        let n = match s.tasks.get(&task.id) {
+            Some(t) => crate::vm::fault::fault_around(&mut s.vm, &t.map, t.pmap, &s.mo.proxies, va.0, max),
+            None => 0,
+        };
+        self.unlock(st);
+        n
+    }
+
     /// One walk of the fault path; `previous` is a registration to cancel.
     fn fault_step(
         &self,

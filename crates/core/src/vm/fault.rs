@@ -268,6 +268,73 @@ pub fn fault_locked(
     FaultOutcome::Done
 }
 
+/// Fault-around: after a fault at `va` is done, enters the pages that
+/// follow it in its entry, up to `max` of them, as long as each is
+/// resident already in the entry's own object (through the paging
+/// proxies it was mapped by) and needs nothing but a translation: no
+/// pager to ask, no copy to make, no lock to lift. Stops at the first
+/// page that does; enters runs of pages in one call each. Clean pages
+/// are entered without write access (a store makes the usual write
+/// fault, which marks the page dirty). Returns the pages entered.
+///
+/// A host that serves each fault with a round trip (userfaultfd) saves
+/// one per page of a cluster a pager supplied at once.
+pub fn fault_around(vm: &mut Vm, map: &VmMap, pmap: PmapId, views: &dyn ViewResolver, va: u64, max: usize) -> usize {
+    let page_va = va & !(PAGE_SIZE - 1);
+    let Some(entry) = map.lookup(page_va) else { return 0 };
+    let Some(obj) = entry.object else { return 0 };
+    if entry.needs_copy || entry.via.iter().any(|&p| views.revoked(p)) {
+        return 0;
+    }
+    let end = entry.end.min(page_va.saturating_add((max as u64 + 1).saturating_mul(PAGE_SIZE)));
+    let mut run: Vec<Frame> = Vec::new();
+    let mut run_start = page_va + PAGE_SIZE;
+    let mut run_prot = VmProt::NONE;
+    let mut entered = 0;
+    let mut at = page_va + PAGE_SIZE;
+    while at < end {
+        let (mut cur, mut off, mut limit) = (obj, entry.offset_of(at), entry.cur);
+        while let Provider::View(proxy) = vm.object(cur).provider {
+            match views.resolve(proxy, off) {
+                Ok((inner, ioff, allowed)) => {
+                    limit &= allowed;
+                    (cur, off) = (inner, ioff);
+                }
+                Err(_) => {
+                    limit = VmProt::NONE;
+                    break;
+                }
+            }
+        }
+        let Some(p) = vm.object(cur).pages.get(&off).filter(|p| !p.busy && !p.error) else { break };
+        let Some(frame) = p.frame else { break };
+        let mut prot = limit - p.lock;
+        if !p.dirty || copy_lacks(vm, cur, off) {
+            prot.remove(VmProt::WRITE);
+        }
+        if !prot.contains(VmProt::READ) {
+            break;
+        }
+        if prot != run_prot && !run.is_empty() {
+            if vm.pmap_enter(pmap, run_start, &run, run_prot).is_err() {
+                return entered;
+            }
+            entered += run.len();
+            run.clear();
+        }
+        if run.is_empty() {
+            run_start = at;
+            run_prot = prot;
+        }
+        run.push(frame);
+        at += PAGE_SIZE;
+    }
+    if !run.is_empty() && vm.pmap_enter(pmap, run_start, &run, run_prot).is_ok() {
+        entered += run.len();
+    }
+    entered
+}
+
 /// Does `object` have a copy object that does not yet hold its own version
 /// of the page at `offset`?
 fn copy_lacks(vm: &Vm, object: ObjectId, offset: u64) -> bool {
