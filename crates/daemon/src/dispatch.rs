@@ -232,7 +232,16 @@ fn answer(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
             unit(real.attach(k, t, pid, uffd, channel, arena_start, arena_len))?
         }
         Call::VmAllocate { address, size, anywhere } => Reply::Addr(k.vm_allocate(t, address, size, anywhere)?),
-        Call::VmDeallocate { address, size } => unit(k.vm_deallocate(t, address, size))?,
+        Call::VmDeallocate { address, size } => {
+            k.vm_deallocate(t, address, size)?;
+            // A process's windows there show nothing any more.
+            if let Some(real) = &sh.real {
+                let page = machvm_core::PAGE_SIZE;
+                let end = address.0.saturating_add(size).div_ceil(page).saturating_mul(page);
+                real.machine.forget_windows(t.pmap(), address.0 & !(page - 1), end);
+            }
+            Reply::Unit
+        }
         Call::VmProtect { address, size, set_max, prot } => unit(k.vm_protect(t, address, size, set_max, prot))?,
         Call::VmInherit { address, size, inherit } => unit(k.vm_inherit(t, address, size, inherit))?,
         Call::VmRegion { address } => {

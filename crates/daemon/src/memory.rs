@@ -33,6 +33,7 @@
 
 use machvm_core::wait::{Poll, WaitTicket, Waker};
 use machvm_core::{KernError, Kernel, TaskId, VmAddr, VmProt};
+use machvm_host::machine::AfterFault;
 use machvm_host::uffd::{Event, Features, PageFault};
 use machvm_host::{HostMachine, NewUserfaultfd, PageRange, Userfaultfd};
 use machvm_protocol::memory::{self as mem, MemReply, MemRequest, MemWindow};
@@ -255,6 +256,10 @@ struct Server {
 
 const KICK: u64 = 0;
 
+/// How often a fault is made again when its page was taken before the
+/// process could use it, before it is given up (`KERN_MEMORY_FAILURE`).
+const FAULT_TRIES: usize = 16;
+
 /// The most pages entered after a fault, when they are resident already
 /// (the largest cluster a pager may supply, but the faulting page).
 const FAULT_AROUND: usize = 255;
@@ -416,22 +421,30 @@ impl Server {
             self.next_fault
         });
         let waker: Arc<dyn Waker> = Arc::new(FaultWaker { inbox: self.inbox.clone(), id: fid });
-        match self.kernel.vm_fault_poll(task, VmAddr(va), access, &waker) {
-            Ok(Poll::Ready(())) => {
-                // The VM entered the page (and its CONTINUE woke the
-                // thread); a page it found entered already is mapped here.
-                if self.machine.resolve(pmap, va, write) != machvm_host::machine::Resolution::Resolved {
-                    self.machine.wake(pmap, va);
+        for _ in 0..FAULT_TRIES {
+            match self.kernel.vm_fault_poll(task, VmAddr(va), access, &waker) {
+                Ok(Poll::Ready(())) => match self.machine.after_fault(pmap, va, write) {
+                    // The VM entered the page, and its CONTINUE woke the
+                    // thread.
+                    AfterFault::Mapped => {
+                        // The rest of what is resident there (a cluster a
+                        // pager supplied at once), one CONTINUE per run.
+                        self.kernel.vm_fault_around(task, VmAddr(va), FAULT_AROUND);
+                        return;
+                    }
+                    // Taken again at once (pageout): fault again.
+                    AfterFault::NotEntered => continue,
+                    AfterFault::NotWindow => return self.exception(id, va, access, KernError::MemoryFailure),
+                },
+                Ok(Poll::Pending(ticket)) => {
+                    self.parked.insert(fid, (id, f, ticket));
+                    return;
                 }
-                // The rest of what is resident there (a cluster a pager
-                // supplied at once), in one CONTINUE per run.
-                self.kernel.vm_fault_around(task, VmAddr(va), FAULT_AROUND);
+                Err(e) => return self.exception(id, va, access, e),
             }
-            Ok(Poll::Pending(ticket)) => {
-                self.parked.insert(fid, (id, f, ticket));
-            }
-            Err(e) => self.exception(id, va, access, e),
         }
+        // The page is taken faster than it can be used.
+        self.exception(id, va, access, KernError::MemoryFailure);
     }
 
     fn retry_woken(&mut self) {

@@ -111,6 +111,20 @@ pub enum Resolution {
     AskVm,
 }
 
+/// What [`HostMachine::after_fault`] finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFault {
+    /// The translation allows the access and is its window's own page:
+    /// the process maps it (the enter woke the thread).
+    Mapped,
+    /// No translation allows the access (taken again since, by pageout
+    /// say): fault again.
+    NotEntered,
+    /// The translation is there, but the process has no window of its
+    /// page there: it did not map what its memory channel said.
+    NotWindow,
+}
+
 /// Counters (for `machvm ps` and the benchmarks).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostStats {
@@ -247,6 +261,25 @@ impl HostMachine {
             Resolution::Resolved
         } else {
             Resolution::AskVm
+        }
+    }
+
+    /// Where the fault of `pmap`'s process at `va` stands after the VM
+    /// has made it (with no host call).
+    pub fn after_fault(&self, pmap: PmapId, va: u64, write: bool) -> AfterFault {
+        let va = va & !(PAGE_SIZE - 1);
+        let t = self.tables();
+        let Some(s) = t.spaces.get(&pmap) else { return AfterFault::NotEntered };
+        let Some(&(frame, prot)) = s.pages.get(&va) else { return AfterFault::NotEntered };
+        if !prot.contains(if write { VmProt::WRITE } else { VmProt::READ }) {
+            return AfterFault::NotEntered;
+        }
+        let Some(p) = s.process.as_ref() else { return AfterFault::NotWindow };
+        match p.window_at(va) {
+            Some((start, w)) if self.store.key(frame) == Some((w.object, w.offset + (va - start))) => {
+                AfterFault::Mapped
+            }
+            _ => AfterFault::NotWindow,
         }
     }
 
