@@ -272,3 +272,14 @@ fn copy_mappings_and_child_tasks_keep_machs_copy_semantics() {
     );
     succeeded(&dir, "parent", &mut parent);
 }
+
+#[test]
+fn the_tour_passes_every_check_with_its_real_processes() {
+    // Without real memory the tour's last chapter says why and skips.
+    let out = Command::new(machvm()).arg("tour").stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "machvm tour failed:\n{text}");
+    if skip().is_none() {
+        assert!(text.contains("killed by SIGSEGV") && text.contains("killed by SIGBUS"), "{text}");
+    }
+}

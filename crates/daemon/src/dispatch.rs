@@ -229,7 +229,7 @@ fn answer(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
         Call::MemoryAttach { uffd, channel, arena_start, arena_len } => {
             let real = sh.real.as_ref().ok_or(KernError::NotSupported)?;
             let pid = sh.pid_of(caller.conn).ok_or(KernError::NotSupported)?;
-            unit(real.attach(k, t, pid, uffd, channel, arena_start, arena_len))?
+            unit(real.attach(k, t, pid, (uffd, channel), (arena_start, arena_len)))?
         }
         Call::VmAllocate { address, size, anywhere } => Reply::Addr(k.vm_allocate(t, address, size, anywhere)?),
         Call::VmDeallocate { address, size } => {

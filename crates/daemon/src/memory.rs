@@ -158,8 +158,9 @@ impl Real {
         Ok(Real { machine, inbox, thread: Mutex::new(Some(thread)), exceptions })
     }
 
-    /// `memory_attach` by `task`, whose process is `pid` (see the module
-    /// comment, step 1).
+    /// `memory_attach` by `task`, whose process is `pid`, of its
+    /// userfaultfd and channel (descriptor numbers in its table) and its
+    /// arena (start, length) (see the module comment, step 1).
     ///
     /// Errors: `KERN_INVALID_ARGUMENT` (the descriptors are not a fresh
     /// userfaultfd and a `SOCK_SEQPACKET` socket of the caller's, or the
@@ -172,10 +173,8 @@ impl Real {
         kernel: &Kernel,
         task: TaskId,
         pid: u32,
-        uffd: i32,
-        channel: i32,
-        arena_start: VmAddr,
-        arena_len: u64,
+        (uffd, channel): (i32, i32),
+        (arena_start, arena_len): (VmAddr, u64),
     ) -> machvm_core::Result<()> {
         let bad = |what: &str, e: &dyn std::fmt::Display| {
             tracing::warn!(task = task.number(), pid, "memory_attach refused: {what}: {e}");

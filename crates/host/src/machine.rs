@@ -442,7 +442,7 @@ impl Pmap for HostMachine {
     }
 
     fn destroy(&self, pmap: PmapId) {
-        let _ = self.remove(pmap, VmAddr(0), VmAddr(u64::MAX & !(PAGE_SIZE - 1)));
+        let _ = self.remove(pmap, VmAddr(0), VmAddr(!(PAGE_SIZE - 1)));
         self.tables().spaces.remove(&pmap);
     }
 
