@@ -283,3 +283,68 @@ fn the_tour_passes_every_check_with_its_real_processes() {
         assert!(text.contains("killed by SIGSEGV") && text.contains("killed by SIGBUS"), "{text}");
     }
 }
+
+/// Waits (10 s at most) for a rendezvous file a probe makes.
+#[track_caller]
+fn awaited(dir: &Dir, name: &str, tag: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !dir.0.join(name).exists() {
+        assert!(Instant::now() < end, "no {name} from {tag}: {}", stderr(dir, tag));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn lock_request_flushes_and_cleans_a_processes_real_memory() {
+    use machvm_pagers::PagerConn;
+    use machvm_protocol::emmi::{KernelToPager, ReturnPolicy};
+    use machvm_protocol::wire::Role;
+    need_real_memory!();
+    let dir = Dir::new("real-lock");
+    let _d = daemon(&dir.socket(), &["--memory", "real"]);
+    let link = machvm_client::Connection::connect(&dir.socket(), Role::Pager, "scripted").unwrap();
+    let mut pager = PagerConn::over(link).unwrap();
+    let obj = pager.new_object().unwrap();
+    pager.link.name_register("scripted", obj).unwrap();
+    let page = |text: &str| {
+        let mut p = vec![0u8; PAGE_SIZE as usize];
+        p[..text.len()].copy_from_slice(text.as_bytes());
+        p
+    };
+    let supply = |pager: &mut PagerConn<machvm_client::Connection>, first: &str| {
+        let (o, offset, len, _) = pager.expect_request(Duration::from_secs(10)).unwrap();
+        let mut data = Vec::new();
+        for p in 0..len / PAGE_SIZE {
+            data.extend(page(if offset + p * PAGE_SIZE == 0 { first } else { "" }));
+        }
+        pager.supply(o, offset, &data).unwrap();
+    };
+    let mut p = probe(
+        &dir,
+        "p",
+        "map scripted 4 expect 0 0 v1 touch {}/A await {}/B expect 0 0 v2 put 0 1 dirty touch {}/C await {}/D expect 0 0 v2",
+    );
+    supply(&mut pager, "v1");
+    awaited(&dir, "A", "p");
+    // Flush: the page leaves the process's page tables and memory; its
+    // next load asks the pager again, which now says v2.
+    pager.lock_request(obj, 0, 4 * PAGE_SIZE, ReturnPolicy::None, true, machvm_protocol::VmProt::NONE).unwrap();
+    touch(&dir, "B");
+    supply(&mut pager, "v2");
+    awaited(&dir, "C", "p");
+    // Clean: the page the process stored into comes back dirty, and stays.
+    pager.lock_request(obj, 0, 4 * PAGE_SIZE, ReturnPolicy::Dirty, false, machvm_protocol::VmProt::NONE).unwrap();
+    let mut returned = Vec::new();
+    while let Ok(r) = pager.recv(Some(Duration::from_millis(500))) {
+        if let KernelToPager::DataReturn { offset, data, dirty, .. } = r.msg {
+            returned.push((offset, data, dirty));
+        }
+    }
+    let p1 = returned.iter().find(|(o, d, _)| *o <= PAGE_SIZE && *o + d.len() as u64 > PAGE_SIZE);
+    let (o, d, dirty) =
+        p1.unwrap_or_else(|| panic!("page 1 was not returned: {:?}", returned.iter().map(|r| r.0).collect::<Vec<_>>()));
+    let at = (PAGE_SIZE - o) as usize;
+    assert!(*dirty && d[at..at + 5] == *b"dirty", "page 1 came back with the process's store");
+    touch(&dir, "D");
+    succeeded(&dir, "p", &mut p);
+}
