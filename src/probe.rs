@@ -13,6 +13,7 @@
 //! | `put R PAGE TEXT` / `expect R PAGE TEXT` | store / check text at the start of a page |
 //! | `fill R SEED` / `check R SEED` | store / check a pattern over every page |
 //! | `churn R SEED STORES` | random word stores over the region, then every word checked against a model (of what it held before, and the stores) |
+//! | `touch-pages R` | one store per page, timed: prints the nanoseconds per page |
 //! | `mprotect R rw` | the process's own `mprotect` of the whole region |
 //! | `loop R` | loads the region's pages round and round, for ever |
 //! | `proxy R read NAME` | a proxy of the region (`read` or `rw`), registered as NAME |
@@ -160,6 +161,17 @@ impl<'a> State<'a> {
                         }
                     }
                     4
+                }
+                "touch-pages" => {
+                    // One store per page, timed (printed on stdout in ns per page).
+                    let r = self.region(arg(1))?;
+                    let pages = r.len() / PAGE_SIZE;
+                    let t = Instant::now();
+                    for p in 0..pages {
+                        r.store_u64(p * PAGE_SIZE, p)?;
+                    }
+                    println!("{:.0}", t.elapsed().as_nanos() as f64 / pages as f64);
+                    2
                 }
                 "mprotect" => {
                     let r = self.region(arg(1))?;

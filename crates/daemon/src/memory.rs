@@ -31,6 +31,7 @@
 //!    processes it still serves are killed: nothing would enforce their
 //!    protection any more.
 
+use machvm_core::vm::fault::Around;
 use machvm_core::wait::{Poll, WaitTicket, Waker};
 use machvm_core::{KernError, Kernel, TaskId, VmAddr, VmProt};
 use machvm_host::machine::AfterFault;
@@ -114,6 +115,11 @@ struct Served {
     channel: Option<OwnedFd>,
     /// The task has ended (the process has not exited yet).
     ended: bool,
+    /// Where the next fault of a sequential run would be, and how many
+    /// new anonymous pages to zero-fill ahead of it (doubling along the
+    /// run, up to [`FAULT_AROUND`]).
+    next_fault: u64,
+    ahead: usize,
 }
 
 /// The waker of one parked fault.
@@ -205,6 +211,8 @@ impl Real {
             uffd,
             channel: Some(channel),
             ended: false,
+            next_fault: 0,
+            ahead: 0,
         });
         self.inbox.kick();
         Ok(())
@@ -427,8 +435,14 @@ impl Server {
                     // thread.
                     AfterFault::Mapped => {
                         // The rest of what is resident there (a cluster a
-                        // pager supplied at once), one CONTINUE per run.
-                        self.kernel.vm_fault_around(task, VmAddr(va), FAULT_AROUND);
+                        // pager supplied at once), and new memory ahead of
+                        // a sequential run, one CONTINUE per run of pages.
+                        let s = self.served.get_mut(&id).expect("served");
+                        s.ahead = if va == s.next_fault { (s.ahead * 2).clamp(1, FAULT_AROUND) } else { 0 };
+                        let around = Around { max: FAULT_AROUND, write, zero_fill: s.ahead };
+                        let n = self.kernel.vm_fault_around(task, VmAddr(va), around);
+                        let s = self.served.get_mut(&id).expect("served");
+                        s.next_fault = va + (n as u64 + 1) * machvm_core::PAGE_SIZE;
                         return;
                     }
                     // Taken again at once (pageout): fault again.

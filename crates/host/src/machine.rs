@@ -442,6 +442,18 @@ impl Pmap for HostMachine {
     }
 
     fn destroy(&self, pmap: PmapId) {
+        {
+            // A process that has exited keeps no page: nothing to zap.
+            let mut t = self.tables();
+            if let Some(s) = t.spaces.get_mut(&pmap) {
+                let first = s.pages.keys().next().copied();
+                if let (Some(p), Some(va)) = (s.process.as_mut(), first) {
+                    if let Err(crate::Error::ProcessExited) = p.uffd.writeprotect(page_range(va, 1), true) {
+                        p.gone = true;
+                    }
+                }
+            }
+        }
         let _ = self.remove(pmap, VmAddr(0), VmAddr(!(PAGE_SIZE - 1)));
         self.tables().spaces.remove(&pmap);
     }

@@ -58,15 +58,18 @@ impl Kernel {
         Ok(self.fault_step(task, va, access, WaitBy::Caller(waker), None)?.poll())
     }
 
-    /// Fault-around after a fault at `va` that is done: enters up to `max`
-    /// of the pages after it that are resident already and need only a
-    /// translation (see `crate::vm::fault::fault_around`). Returns how
-    /// many it entered (0 for a task that is gone).
-    pub fn vm_fault_around(&self, task: TaskId, va: VmAddr, max: usize) -> usize {
+    /// Fault-around after a fault at `va` that is done: enters pages after
+    /// it that are resident already and need only a translation, and
+    /// zero-fills new anonymous memory ahead of a sequential run (see
+    /// `crate::vm::fault::fault_around`). Returns how many pages it
+    /// entered (0 for a task that is gone).
+    pub fn vm_fault_around(&self, task: TaskId, va: VmAddr, around: crate::vm::fault::Around) -> usize {
         let mut st = self.lock();
         let s = &mut *st;
         let n = match s.tasks.get(&task.id) {
-            Some(t) => crate::vm::fault::fault_around(&mut s.vm, &t.map, t.pmap, &s.mo.proxies, va.0, max),
+            Some(t) => {
+                crate::vm::fault::fault_around(&mut s.vm, &t.map, t.pmap, Owner(task.id), &s.mo.proxies, va.0, around)
+            }
             None => 0,
         };
         self.unlock(st);

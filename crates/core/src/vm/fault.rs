@@ -44,7 +44,7 @@ use super::map::VmMap;
 use super::object::{ObjectId, Page, Provider, VmObject};
 use super::{PagerOp, ViewResolver, Vm};
 use crate::pmap::{Frame, PmapId};
-use crate::types::{KernError, VmProt, PAGE_SIZE};
+use crate::types::{KernError, VmAddr, VmProt, PAGE_SIZE};
 
 /// What a fault came to.
 #[must_use]
@@ -268,31 +268,62 @@ pub fn fault_locked(
     FaultOutcome::Done
 }
 
+/// How [`fault_around`] may go beyond the faulting page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Around {
+    /// The most pages after the faulting one it enters.
+    pub max: usize,
+    /// The fault was a store (the next pages are likely stored into too):
+    /// enter them writable where the entry allows, clean or not.
+    pub write: bool,
+    /// The most absent pages of anonymous memory it may zero-fill (and
+    /// charge to `owner`): the next pages of a run of sequential faults.
+    pub zero_fill: usize,
+}
+
 /// Fault-around: after a fault at `va` is done, enters the pages that
-/// follow it in its entry, up to `max` of them, as long as each is
+/// follow it in its entry, up to `around.max` of them, as long as each is
 /// resident already in the entry's own object (through the paging
 /// proxies it was mapped by) and needs nothing but a translation: no
-/// pager to ask, no copy to make, no lock to lift. Stops at the first
-/// page that does; enters runs of pages in one call each. Clean pages
-/// are entered without write access (a store makes the usual write
-/// fault, which marks the page dirty). Returns the pages entered.
+/// pager to ask, no copy to make, no lock to lift, and not mapped
+/// already (`extract`); or, up to `around.zero_fill` of them, absent
+/// anonymous pages (an object with no pager, shadow or copy), which it
+/// zero-fills. Stops at the first page that does not qualify; enters runs
+/// of pages in one call each. Clean pages are entered without write
+/// access unless the fault was a store (a later store makes the usual
+/// write fault, which marks the page dirty). Returns the pages entered.
 ///
 /// A host that serves each fault with a round trip (userfaultfd) saves
-/// one per page of a cluster a pager supplied at once.
-pub fn fault_around(vm: &mut Vm, map: &VmMap, pmap: PmapId, views: &dyn ViewResolver, va: u64, max: usize) -> usize {
+/// one per page of a cluster a pager supplied at once, and one per page
+/// of a sequential run through new memory.
+pub fn fault_around(
+    vm: &mut Vm,
+    map: &VmMap,
+    pmap: PmapId,
+    owner: Owner,
+    views: &dyn ViewResolver,
+    va: u64,
+    around: Around,
+) -> usize {
     let page_va = va & !(PAGE_SIZE - 1);
     let Some(entry) = map.lookup(page_va) else { return 0 };
     let Some(obj) = entry.object else { return 0 };
     if entry.needs_copy || entry.via.iter().any(|&p| views.revoked(p)) {
         return 0;
     }
-    let end = entry.end.min(page_va.saturating_add((max as u64 + 1).saturating_mul(PAGE_SIZE)));
+    let end = entry.end.min(page_va.saturating_add((around.max as u64 + 1).saturating_mul(PAGE_SIZE)));
+    let mut zero_budget = around.zero_fill;
     let mut run: Vec<Frame> = Vec::new();
     let mut run_start = page_va + PAGE_SIZE;
     let mut run_prot = VmProt::NONE;
     let mut entered = 0;
     let mut at = page_va + PAGE_SIZE;
     while at < end {
+        // A page mapped already ends it: what follows was entered by an
+        // earlier fault-around, most likely.
+        if vm.machine.extract(pmap, VmAddr(at)).is_some() {
+            break;
+        }
         let (mut cur, mut off, mut limit) = (obj, entry.offset_of(at), entry.cur);
         while let Provider::View(proxy) = vm.object(cur).provider {
             match views.resolve(proxy, off) {
@@ -306,10 +337,22 @@ pub fn fault_around(vm: &mut Vm, map: &VmMap, pmap: PmapId, views: &dyn ViewReso
                 }
             }
         }
-        let Some(p) = vm.object(cur).pages.get(&off).filter(|p| !p.busy && !p.error) else { break };
-        let Some(frame) = p.frame else { break };
-        let mut prot = limit - p.lock;
-        if !p.dirty || copy_lacks(vm, cur, off) {
+        let o = vm.object(cur);
+        let anonymous = matches!(o.provider, Provider::None) && o.shadow.is_none() && o.copy.is_none();
+        let (frame, dirty, lock) = match o.pages.get(&off) {
+            Some(p) if !p.busy && !p.error && p.frame.is_some() => (p.frame.expect("checked"), p.dirty, p.lock),
+            None if anonymous && zero_budget > 0 && off < o.size && limit.contains(VmProt::READ) => {
+                if !matches!(vm.make_room(Some(owner), 1), Room::Pages(_)) {
+                    break;
+                }
+                let Ok(f) = vm.page_zero_fill(cur, off, Some(owner)) else { break };
+                zero_budget -= 1;
+                (f, false, VmProt::NONE)
+            }
+            _ => break,
+        };
+        let mut prot = limit - lock;
+        if !(dirty || around.write) || copy_lacks(vm, cur, off) {
             prot.remove(VmProt::WRITE);
         }
         if !prot.contains(VmProt::READ) {
