@@ -14,6 +14,8 @@
 //! | `fill R SEED` / `check R SEED` | store / check a pattern over every page |
 //! | `churn R SEED STORES` | random word stores over the region, then every word checked against a model (of what it held before, and the stores) |
 //! | `touch-pages R` | one store per page, timed: prints the nanoseconds per page |
+//! | `free R` | `vm_deallocate` of a region (the last region takes its number) |
+//! | `stray` | a load where no entry maps: the last region freed, else the arena's last page (the process must die of `SIGSEGV`) |
 //! | `mprotect R rw` | the process's own `mprotect` of the whole region |
 //! | `loop R` | loads the region's pages round and round, for ever |
 //! | `proxy R read NAME` | a proxy of the region (`read` or `rw`), registered as NAME |
@@ -48,7 +50,7 @@ impl From<machvm_client::ClientError> for Stop {
 /// Runs `steps` as a task process (see the module comment).
 pub fn probe(steps: &[String]) -> Result<(), Stop> {
     let mem = RealMemory::from_env("probe")?;
-    let mut st = State { mem: &mem, regions: Vec::new(), revoke: None };
+    let mut st = State { mem: &mem, regions: Vec::new(), revoke: None, freed: None };
     // A child task starts with its parent's regions (inherited).
     if let Ok(list) = std::env::var("MACHVM_PROBE_REGIONS") {
         for r in list.split(',').filter(|r| !r.is_empty()) {
@@ -64,6 +66,8 @@ struct State<'a> {
     mem: &'a RealMemory,
     regions: Vec<Region<'a>>,
     revoke: Option<machvm_protocol::ipc::PortName>,
+    /// The address of the last region given back (`free`).
+    freed: Option<u64>,
 }
 
 fn num(s: Option<&String>, what: &str) -> Result<u64, Stop> {
@@ -172,6 +176,25 @@ impl<'a> State<'a> {
                     }
                     println!("{:.0}", t.elapsed().as_nanos() as f64 / pages as f64);
                     2
+                }
+                "free" => {
+                    let i = num(arg(1), "region")? as usize;
+                    if i >= self.regions.len() {
+                        return Err(Stop::Error(format!("no region {i}")));
+                    }
+                    // Later regions keep their numbers: the last takes its place.
+                    let r = self.regions.swap_remove(i);
+                    self.freed = Some(r.addr().0);
+                    r.deallocate()?;
+                    2
+                }
+                "stray" => {
+                    // A load where no entry maps: the last region given
+                    // back, else the arena's last page.
+                    let at = self.freed.unwrap_or(self.mem.arena().range().end() - 8);
+                    let mut b = [0u8; 8];
+                    self.mem.arena().read(at, &mut b).map_err(|e| Stop::Error(e.to_string()))?;
+                    return Err(Stop::Check(format!("a stray load read {b:?} instead of faulting")));
                 }
                 "mprotect" => {
                     let r = self.region(arg(1))?;

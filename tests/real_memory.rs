@@ -348,3 +348,21 @@ fn lock_request_flushes_and_cleans_a_processes_real_memory() {
     touch(&dir, "D");
     succeeded(&dir, "p", &mut p);
 }
+
+#[test]
+fn an_access_outside_every_mapping_is_sigsegv_reported_as_an_invalid_address() {
+    need_real_memory!();
+    let dir = Dir::new("real-stray");
+    let _d = daemon(&dir.socket(), &["--memory", "real"]);
+    let mut p = probe(&dir, "p", "alloc 4 put 0 0 fine stray");
+    killed_by(&dir, "p", &mut p, SIGSEGV);
+    let ex = exceptions(&dir.socket());
+    let row = ex.iter().find(|r| r.pid == p.0.id()).unwrap_or_else(|| panic!("not reported: {ex:?}"));
+    assert_eq!(row.error, KernError::InvalidAddress, "{row:?}");
+    // Memory given back is a hole again: a use after vm_deallocate too.
+    let mut q = probe(&dir, "q", "alloc 4 put 0 0 fine free 0 stray");
+    killed_by(&dir, "q", &mut q, SIGSEGV);
+    let ex = exceptions(&dir.socket());
+    let row = ex.iter().find(|r| r.pid == q.0.id()).unwrap_or_else(|| panic!("not reported: {ex:?}"));
+    assert_eq!(row.error, KernError::InvalidAddress, "{row:?}");
+}

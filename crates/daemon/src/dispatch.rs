@@ -238,7 +238,12 @@ fn answer(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
             if let Some(real) = &sh.real {
                 let page = machvm_core::PAGE_SIZE;
                 let end = address.0.saturating_add(size).div_ceil(page).saturating_mul(page);
-                real.machine.forget_windows(t.pmap(), address.0 & !(page - 1), end);
+                let start = address.0 & !(page - 1);
+                real.machine.forget_windows(t.pmap(), start, end);
+                // A hole again: its accesses are the VM's to refuse.
+                if let Ok(range) = machvm_host::PageRange::new(start, end - start) {
+                    let _ = real.machine.register_hole(t.pmap(), range);
+                }
             }
             Reply::Unit
         }

@@ -203,6 +203,9 @@ impl Real {
         kernel.vm_set_bounds(task, arena_start, VmAddr(end))?;
         let uffd = uffd.handshake(Features::SHMEM_SERVING).map_err(|e| bad("the userfaultfd's handshake", &e))?;
         let uffd = self.machine.attach(task.pmap(), uffd).map_err(|e| bad("the userfaultfd", &e))?;
+        // Every access to the arena outside a window is the VM's to refuse.
+        let arena = PageRange::new(arena_start.0, arena_len).map_err(|e| bad("the arena", &e))?;
+        self.machine.register_hole(task.pmap(), arena).map_err(|e| bad("the arena", &e))?;
         tracing::info!(task = task.number(), pid = pid.as_raw_nonzero().get(), "real memory attached");
         self.inbox.added.lock().unwrap_or_else(|e| e.into_inner()).push(Served {
             task,

@@ -1,8 +1,12 @@
 //! [`Arena`]: the room a task process reserves for the memory the daemon
-//! serves it: one range of its address space, reserved inaccessible
-//! (`PROT_NONE`, no swap reserved), inside which windows of object memfds
+//! serves it: one range of its address space (anonymous memory, no swap
+//! reserved, never populated: the daemon registers its holes with the
+//! process's userfaultfd and answers every access there with `SIGSEGV`,
+//! a Mach exception it reports), inside which windows of object memfds
 //! are mapped at the addresses the kernel chose (`MAP_FIXED` within the
 //! arena only, so no memory this process uses otherwise is replaced).
+//! Neither the holes nor the windows are inherited by a child the process
+//! forks (`MADV_DONTFORK`).
 //!
 //! The task's whole VM address space *is* the arena (the daemon bounds the
 //! task's map to it): a kernel address is a process address, with no
@@ -20,6 +24,12 @@ use rustix::fd::AsFd;
 use rustix::mm::{MapFlags, ProtFlags};
 use std::ffi::c_void;
 use std::ptr::NonNull;
+
+/// The arena's holes: anonymous memory the daemon registers and never
+/// fills, writable so that the userfaultfd accepts it (and reports stores
+/// as well as loads).
+const HOLE_PROT: ProtFlags = ProtFlags::READ.union(ProtFlags::WRITE);
+const HOLE_FLAGS: MapFlags = MapFlags::PRIVATE.union(MapFlags::NORESERVE);
 
 /// A reserved range of this process's address space (see the module
 /// comment), unmapped when dropped.
@@ -50,17 +60,12 @@ impl Arena {
         let n = usize::try_from(len).map_err(|_| bad())?;
         // SAFETY: a null hint without MAP_FIXED: the kernel picks addresses
         // nothing else of this process uses.
-        let ptr = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                n,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )
-        }
-        .map_err(host("mmap"))?;
+        let ptr = unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), n, HOLE_PROT, HOLE_FLAGS) }
+            .map_err(host("mmap"))?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Error::Host { call: "mmap", errno: crate::Errno::NOMEM })?;
-        Ok(Arena { ptr, len: n })
+        let arena = Arena { ptr, len: n };
+        arena.dont_fork(arena.range())?;
+        Ok(arena)
     }
 
     /// Reserves `range` exactly (`MAP_FIXED_NOREPLACE`): the arena of a
@@ -77,8 +82,8 @@ impl Arena {
             rustix::mm::mmap_anonymous(
                 range.start() as *mut c_void,
                 n,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED_NOREPLACE,
+                HOLE_PROT,
+                HOLE_FLAGS | MapFlags::FIXED_NOREPLACE,
             )
         }
         .map_err(host("mmap"))?;
@@ -89,7 +94,9 @@ impl Arena {
             drop(arena);
             return Err(Error::Host { call: "mmap(MAP_FIXED_NOREPLACE)", errno: crate::Errno::EXIST });
         }
-        Ok(Arena { ptr, len: n })
+        let arena = Arena { ptr, len: n };
+        arena.dont_fork(range)?;
+        Ok(arena)
     }
 
     /// `mprotect(range, prot)` inside the arena: what a program may do to
@@ -150,13 +157,22 @@ impl Arena {
             )
         }
         .map_err(host("mmap"))?;
-        // SAFETY: as above; the advice changes only what a fork inherits.
-        unsafe { rustix::mm::madvise(at, len, rustix::mm::Advice::LinuxDontFork) }.map_err(host("madvise"))?;
-        Ok(())
+        self.dont_fork(range)
     }
 
-    /// Puts the arena's reservation back over `range` (a window there is
-    /// unmapped; the range is inaccessible again).
+    /// `madvise(MADV_DONTFORK)` over `range` (inside the arena).
+    fn dont_fork(&self, range: PageRange) -> Result<()> {
+        // SAFETY: the range lies inside the arena, which this value owns; the
+        // advice changes only what a fork inherits.
+        unsafe {
+            rustix::mm::madvise(range.start() as *mut c_void, range.len() as usize, rustix::mm::Advice::LinuxDontFork)
+        }
+        .map_err(host("madvise"))
+    }
+
+    /// Puts a hole of the arena back over `range` (a window there is
+    /// unmapped; once the daemon registers the hole, an access there is
+    /// `SIGSEGV` again).
     ///
     /// Errors: [`Error::OutOfBounds`] if `range` is not inside the arena;
     /// [`Error::Host`] if `mmap` fails.
@@ -167,17 +183,18 @@ impl Arena {
             rustix::mm::mmap_anonymous(
                 range.start() as *mut c_void,
                 range.len() as usize,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED,
+                HOLE_PROT,
+                HOLE_FLAGS | MapFlags::FIXED,
             )
         }
         .map_err(host("mmap"))?;
-        Ok(())
+        self.dont_fork(range)
     }
 
     /// Loads the bytes at address `addr` into `buf`: real loads, which the
     /// host MMU checks (a page the daemon has not mapped yet faults to it;
-    /// a page it refuses is `SIGBUS`; a hole of the arena is `SIGSEGV`).
+    /// a page it refuses is `SIGBUS`; a hole of the arena is `SIGSEGV`,
+    /// reported by the daemon).
     ///
     /// Errors: [`Error::OutOfBounds`] outside the arena.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {

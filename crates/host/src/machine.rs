@@ -225,6 +225,28 @@ impl HostMachine {
         Ok(())
     }
 
+    /// Registers `range` of `pmap`'s process as holes: every fault there
+    /// goes to the VM (which finds no entry: `KERN_INVALID_ADDRESS`). A
+    /// range that is a memfd window still (a process that did not unmap
+    /// it) keeps its window's registration.
+    ///
+    /// Errors: [`crate::Error::AddressSpace`] if the pmap has no process;
+    /// [`crate::Error::Host`] if the registration fails.
+    pub fn register_hole(&self, pmap: PmapId, range: PageRange) -> Result<()> {
+        let t = self.tables();
+        let p = t
+            .spaces
+            .get(&pmap)
+            .and_then(|s| s.process.as_ref())
+            .ok_or(crate::Error::AddressSpace("the address space has no process"))?;
+        let full = RegisterMode::MISSING | RegisterMode::MINOR | RegisterMode::WP;
+        match p.uffd.register(range, full) {
+            Ok(_) => Ok(()),
+            // Anonymous memory takes MISSING only.
+            Err(_) => p.uffd.register(range, RegisterMode::MISSING).map(|_| ()),
+        }
+    }
+
     /// Forgets the windows of `[start, end)` (the range was deallocated:
     /// the VM maps nothing there any more).
     pub fn forget_windows(&self, pmap: PmapId, start: u64, end: u64) {
