@@ -97,6 +97,11 @@
 //!     memfd answers the same (pages written by `pwrite` and never touched
 //!     through the mapping count, also after `fchmod(0)` for root; checked
 //!     with a C probe), but it needs a mapping and rustix lacks it.
+//! 12. `CONTINUE` of a page reserved with `fallocate` and never written
+//!     maps zeroes (also where the page held data before a punch), and a
+//!     store through the mapping makes it the memfd's data (test
+//!     `continue_of_a_reserved_page…`): a new page is mapped without
+//!     writing its zeroes.
 //!
 //! `examples/uffd_costs.rs` measures the costs through this crate.
 //!

@@ -141,16 +141,13 @@ impl MemfdStore {
         Ok(memory_covering(&mut state.objects, object, end.max(PAGE_SIZE))?.memory.clone())
     }
 
-    /// Makes the page `page` hold its bytes in its memfd, not a mere
-    /// reservation (which a userfaultfd's `CONTINUE` takes for a hole): a
-    /// page still the zeroes it was reserved as is written with zeroes.
+    /// The page `page` is about to be mapped into a process (which may
+    /// store into it without the store knowing): its bytes are to be read
+    /// from its memfd from now on, not assumed to be the zeroes it was
+    /// reserved as. No host call: `CONTINUE` of a reserved page maps
+    /// zeroes (a host fact, `tests/uffd.rs`).
     pub fn materialize(&self, page: Frame) {
-        let (memory, at, zeroed) = self.locate(page, true);
-        if zeroed {
-            if let Err(e) = memory.write_at(at, &[0u8; PAGE_SIZE as usize]) {
-                broken("zero", e)
-            }
-        }
+        let _ = self.locate(page, true);
     }
 
     /// The object offsets of `object`'s pages the store holds, in order.

@@ -511,3 +511,27 @@ fn waiting_faults_are_read_many_at_once_and_no_more_than_asked() {
         assert_eq!(data, pattern(n));
     }
 }
+
+#[test]
+fn continue_of_a_reserved_page_never_written_maps_zeroes_and_a_store_makes_it_data() {
+    if !uffd_or_skip("continue of a reserved page", Features::MISSING_SHMEM | Features::MINOR_SHMEM) {
+        return;
+    }
+    let obj = object(2);
+    // Garbage first, punched: the reservation must not resurrect it.
+    obj.write_at(0, &pattern(9)).unwrap();
+    obj.punch(page(0)).unwrap();
+    obj.reserve(page(0)).unwrap();
+    let m = map(&obj, Prot::READ | Prot::WRITE);
+    let u = Arc::new(Userfaultfd::open(Features::MISSING_SHMEM | Features::MINOR_SHMEM).unwrap());
+    u.register_mapping(&m, RegisterMode::MISSING | RegisterMode::MINOR).unwrap();
+    // A reserved page is a page of the memfd to CONTINUE: no fault at all
+    // comes to a handler once it is continued ahead of the access.
+    assert_eq!(u.continue_(at(&m, 0), FillMode::empty()).unwrap(), Outcome::Done);
+    assert_eq!(read_page(&m, 0), vec![0u8; page_size() as usize], "continued zeroes");
+    m.write(8, b"stored").unwrap();
+    let mut b = [0u8; 6];
+    obj.read_at(8, &mut b).unwrap();
+    assert_eq!(&b, b"stored", "the store is the memfd's");
+    assert!(obj.is_present(0).unwrap(), "the page holds data now");
+}
