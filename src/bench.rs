@@ -24,6 +24,8 @@
 
 #[path = "bench_daemon.rs"]
 mod daemon;
+#[path = "bench_real.rs"]
+mod real;
 
 use crate::util::utc_now;
 use machvm_core::ipc::{Disposition, PortName};
@@ -627,6 +629,12 @@ fn machine_facts() -> Vec<(String, String)> {
     facts
 }
 
+/// `machvm bench-task`: the task process of a real-memory round.
+pub fn real_task(args: &[String]) -> Result<bool, Box<dyn Error>> {
+    real::task_main(args)?;
+    Ok(true)
+}
+
 /// Runs the benchmarks, prints them and writes `output`. `Ok(false)` if
 /// the sharing goal (a behaviour, not a speed) was missed.
 pub fn bench(quick: bool, output: &Path) -> Result<bool, Box<dyn Error>> {
@@ -735,6 +743,13 @@ pub fn bench(quick: bool, output: &Path) -> Result<bool, Box<dyn Error>> {
     let host = daemon::PagerHost::Process(std::env::current_exe()?);
     let dz = daemon::DaemonSizes { reps: z.reps, calls: z.daemon_calls, pages: z.daemon_pages };
     let served = daemon::measure(dz, &host)?;
+
+    // (e) real memory: this process's own loads, served through userfaultfd.
+    eprintln!("  real memory: first touch, random faults, resident access, proxies, sharing");
+    let real_figs = real::measure(real::RealSizes::new(quick))?;
+    if let Err(why) = &real_figs {
+        eprintln!("  real memory skipped: {why}");
+    }
     let elapsed = started.elapsed().as_secs_f64();
 
     // The report.
@@ -971,6 +986,7 @@ pub fn bench(quick: bool, output: &Path) -> Result<bool, Box<dyn Error>> {
     )?;
 
     daemon::report(&mut md, &served)?;
+    real::report(&mut md, &real_figs, command)?;
 
     std::fs::write(output, &md)?;
     println!("{md}");

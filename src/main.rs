@@ -65,6 +65,13 @@ enum Command {
         #[arg(last = true)]
         steps: Vec<String>,
     },
+    /// The task side of a round of `machvm bench`'s real-memory section
+    /// (see `src/bench_real.rs`).
+    #[command(hide = true)]
+    BenchTask {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// A real file mapped shared and copied by two tasks, paged under a
     /// small resident limit; reports faults, pager messages and pageouts.
     Demo {
@@ -186,6 +193,7 @@ fn main() -> ExitCode {
             run::run(&run::RunOptions { pages, anon_pages, resident_limit: resident_limit as usize, cluster, keep })
         }
         Command::Bench { quick, output } => bench::bench(quick, &output),
+        Command::BenchTask { args } => bench::real_task(&args),
         Command::Daemon { mut args } => {
             args.socket = args.socket.or(cli.socket);
             return machvm_daemon::cli::run(args);
