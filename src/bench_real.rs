@@ -564,7 +564,7 @@ pub(super) fn report(w: &mut String, f: &Result<RealFigures, String>, command: &
         f.secs,
         f.z.reps,
         f.z.pages,
-        f.z.pages * P >> 20,
+        (f.z.pages * P) >> 20,
         f.z.random_pages,
         f.z.passes
     )?;
