@@ -579,7 +579,7 @@ pub(super) fn report(w: &mut String, f: &Result<RealFigures, String>, command: &
             "| {name} | {} | {} | {cell} | ≤ {goal:.1}× | {} |",
             ms(&row.ours),
             ms(&row.base),
-            if m <= *goal * 1.02 { "yes" } else { "no" }
+            if m <= *goal { "yes" } else { "no" }
         )?;
     }
     writeln!(w)?;
