@@ -171,7 +171,8 @@ impl Real {
     /// Errors: `KERN_INVALID_ARGUMENT` (the descriptors are not a fresh
     /// userfaultfd and a `SOCK_SEQPACKET` socket of the caller's, or the
     /// arena is not page-aligned and inside the kernel's bounds);
-    /// `KERN_FAILURE` (the task has memory mapped already); `KERN_NOT_SUPPORTED`
+    /// `KERN_FAILURE` (the task has memory mapped outside the arena, or
+    /// has real memory already); `KERN_NOT_SUPPORTED`
     /// (the caller's process cannot be reached: no pid, or another pid
     /// namespace).
     pub fn attach(
@@ -186,6 +187,11 @@ impl Real {
             tracing::warn!(task = task.number(), pid, "memory_attach refused: {what}: {e}");
             KernError::InvalidArgument
         };
+        // A task attaches once: a second attach changes nothing.
+        if self.machine.has_process(task.pmap()) {
+            tracing::warn!(task = task.number(), pid, "memory_attach refused: the task has real memory already");
+            return Err(KernError::Failure);
+        }
         let pid = Pid::from_raw(pid as i32).ok_or(KernError::NotSupported)?;
         let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(|_| KernError::NotSupported)?;
         let uffd = rustix::process::pidfd_getfd(&pidfd, uffd, PidfdGetfdFlags::empty())

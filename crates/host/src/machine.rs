@@ -184,6 +184,12 @@ impl HostMachine {
         self.store.memory_for(object, end)
     }
 
+    /// Does `pmap` have a process attached already (see
+    /// [`HostMachine::attach`])?
+    pub fn has_process(&self, pmap: PmapId) -> bool {
+        self.tables().spaces.get(&pmap).is_some_and(|s| s.process.is_some())
+    }
+
     /// Makes `pmap`'s translations the host MMU's, in the process whose
     /// `uffd` this is (after its handshake). Returns the shared uffd.
     ///
