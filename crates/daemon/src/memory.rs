@@ -35,7 +35,7 @@ use machvm_core::vm::fault::Around;
 use machvm_core::wait::{Poll, WaitTicket, Waker};
 use machvm_core::{KernError, Kernel, TaskId, VmAddr, VmProt};
 use machvm_host::machine::AfterFault;
-use machvm_host::uffd::{Event, Features, PageFault};
+use machvm_host::uffd::{Event, Features, PageFault, RegisterMode};
 use machvm_host::{HostMachine, NewUserfaultfd, PageRange, Userfaultfd};
 use machvm_protocol::memory::{self as mem, MemReply, MemRequest, MemWindow};
 use rustix::event::{epoll, eventfd, EventfdFlags};
@@ -208,10 +208,12 @@ impl Real {
         let end = arena_start.0.checked_add(arena_len).ok_or(KernError::InvalidArgument)?;
         kernel.vm_set_bounds(task, arena_start, VmAddr(end))?;
         let uffd = uffd.handshake(Features::SHMEM_SERVING).map_err(|e| bad("the userfaultfd's handshake", &e))?;
-        let uffd = self.machine.attach(task.pmap(), uffd).map_err(|e| bad("the userfaultfd", &e))?;
-        // Every access to the arena outside a window is the VM's to refuse.
+        // Every access to the arena outside a window is the VM's to refuse
+        // (registered before anything is attached: an arena the process
+        // did not reserve fails here, and the task may attach again).
         let arena = PageRange::new(arena_start.0, arena_len).map_err(|e| bad("the arena", &e))?;
-        self.machine.register_hole(task.pmap(), arena).map_err(|e| bad("the arena", &e))?;
+        uffd.register(arena, RegisterMode::MISSING).map_err(|e| bad("the arena", &e))?;
+        let uffd = self.machine.attach(task.pmap(), uffd).map_err(|e| bad("the userfaultfd", &e))?;
         tracing::info!(task = task.number(), pid = pid.as_raw_nonzero().get(), "real memory attached");
         self.inbox.added.lock().unwrap_or_else(|e| e.into_inner()).push(Served {
             task,
@@ -331,6 +333,14 @@ impl Server {
     fn take_inbox(&mut self, epoll: &OwnedFd) {
         let added = std::mem::take(&mut *self.inbox.added.lock().unwrap_or_else(|e| e.into_inner()));
         for s in added {
+            // A process attaching again lets go of its ended tasks' uffds
+            // (their windows are its own business now): a process cannot
+            // make the daemon hold descriptors by attaching in a loop.
+            let stale: Vec<u64> =
+                self.served.iter().filter(|(_, o)| o.ended && o.pid == s.pid).map(|(&i, _)| i).collect();
+            for id in stale {
+                self.exited(epoll, id);
+            }
             let id = self.next_id;
             self.next_id += 1;
             let flags = epoll::EventFlags::IN;
@@ -519,7 +529,7 @@ impl Server {
         loop {
             let Some(s) = self.served.get(&id) else { return };
             let Some(chan) = s.channel.as_ref() else { return };
-            let got = match machvm_host::fdpass::recv_fds(chan, &mut buf, 0) {
+            let got = match machvm_host::fdpass::recv_fds_nowait(chan, &mut buf, 0) {
                 Ok(g) => Some(g),
                 Err(e) if e.errno() == Some(rustix::io::Errno::AGAIN) => return,
                 Err(_) => None,
@@ -542,7 +552,7 @@ impl Server {
             };
             let bytes = mem::encode(&reply);
             let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-            if let Err(e) = machvm_host::fdpass::send_fds(chan, &bytes, &borrowed) {
+            if let Err(e) = machvm_host::fdpass::send_fds_nowait(chan, &bytes, &borrowed) {
                 tracing::warn!(task = task.number(), "memory channel reply not sent: {e}");
             }
         }

@@ -73,6 +73,19 @@ pub struct Received {
 /// than [`MAX_FDS`]; otherwise what `sendmsg` says (`EPIPE`, `EAGAIN` on a
 /// non-blocking socket, `ETOOMANYREFS`).
 pub fn send_fds(sock: impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<usize> {
+    send_fds_with(sock, data, fds, SendFlags::empty())
+}
+
+/// [`send_fds`] that never waits (`MSG_DONTWAIT`), whatever the socket's
+/// own flag says: for a socket whose open file another process shares
+/// (and may make blocking). `EAGAIN` if the socket has no room.
+///
+/// Errors: as [`send_fds`].
+pub fn send_fds_nowait(sock: impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<usize> {
+    send_fds_with(sock, data, fds, SendFlags::DONTWAIT)
+}
+
+fn send_fds_with(sock: impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>], flags: SendFlags) -> Result<usize> {
     if data.is_empty() || fds.len() > MAX_FDS {
         return Err(Error::Host { call: "sendmsg", errno: Errno::INVAL });
     }
@@ -83,13 +96,13 @@ pub fn send_fds(sock: impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<
         return Err(Error::Host { call: "sendmsg", errno: Errno::INVAL });
     }
     let mut sent = loop {
-        match rustix::net::sendmsg(sock, &[IoSlice::new(data)], &mut control, SendFlags::NOSIGNAL) {
+        match rustix::net::sendmsg(sock, &[IoSlice::new(data)], &mut control, SendFlags::NOSIGNAL | flags) {
             Err(Errno::INTR) => continue,
             other => break other.map_err(host("sendmsg"))?,
         }
     };
     while sent < data.len() {
-        match rustix::net::send(sock, &data[sent..], SendFlags::NOSIGNAL) {
+        match rustix::net::send(sock, &data[sent..], SendFlags::NOSIGNAL | flags) {
             Ok(0) => return Err(Error::Host { call: "send", errno: Errno::PIPE }),
             Ok(n) => sent += n,
             Err(Errno::INTR) => {}
@@ -108,6 +121,18 @@ pub fn send_fds(sock: impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<
 /// non-blocking socket with nothing to read, `EINVAL` for `max_fds` above
 /// [`MAX_FDS`]).
 pub fn recv_fds(sock: impl AsFd, buf: &mut [u8], max_fds: usize) -> Result<Received> {
+    recv_fds_with(sock, buf, max_fds, RecvFlags::empty())
+}
+
+/// [`recv_fds`] that never waits (`MSG_DONTWAIT`), whatever the socket's
+/// own flag says (see [`send_fds_nowait`]). `EAGAIN` if nothing is there.
+///
+/// Errors: as [`recv_fds`].
+pub fn recv_fds_nowait(sock: impl AsFd, buf: &mut [u8], max_fds: usize) -> Result<Received> {
+    recv_fds_with(sock, buf, max_fds, RecvFlags::DONTWAIT)
+}
+
+fn recv_fds_with(sock: impl AsFd, buf: &mut [u8], max_fds: usize, flags: RecvFlags) -> Result<Received> {
     if max_fds > MAX_FDS {
         return Err(Error::Host { call: "recvmsg", errno: Errno::INVAL });
     }
@@ -115,7 +140,7 @@ pub fn recv_fds(sock: impl AsFd, buf: &mut [u8], max_fds: usize) -> Result<Recei
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(max_fds), ScmCredentials(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
-        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC) {
+        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC | flags) {
             Err(Errno::INTR) => continue,
             other => break other.map_err(host("recvmsg"))?,
         }

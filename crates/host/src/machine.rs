@@ -354,7 +354,25 @@ impl HostMachine {
                 i += 1;
                 continue;
             }
-            let ok = continue_run(&p.uffd, page_range(at, n as u64), prot);
+            let mut ok = continue_run(&p.uffd, page_range(at, n as u64), prot);
+            if let Err(crate::Error::Host { errno: crate::Errno::FAULT, .. }) = ok {
+                // A hole where the store holds the pages: a holder of the
+                // memfd punched them (their data is lost). They are
+                // reserved again, zeroes, so that nobody waits for ever.
+                self.count(|s| s.host_failures += 1);
+                for f in &frames[i..i + n] {
+                    if let Some((object, offset)) = self.store.key(*f) {
+                        if let Some(m) = self.store.memory_of(object) {
+                            let _ = m.reserve(page_range(offset, 1));
+                        }
+                    }
+                }
+                ok = continue_run(&p.uffd, page_range(at, n as u64), prot);
+            }
+            if ok.is_err() {
+                // Whatever failed, the waiters retry rather than wait.
+                let _ = p.uffd.wake(page_range(at, n as u64));
+            }
             match ok {
                 Ok(()) => {
                     first_mapped |= i == 0;
