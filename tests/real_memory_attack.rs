@@ -654,7 +654,6 @@ fn a_process_killed_while_many_threads_fault_leaves_the_daemon_clean() {
 /// The racing thread alone: its access after the call must end the
 /// process (SIGSEGV) promptly, not block for good.
 #[test]
-#[ignore = "defect: the exception SIGSEGV is process-directed (pidfd_send_signal) and the faulting thread is not woken: another thread takes it (here std's handler resets it), the faulting thread stays blocked"]
 fn the_racing_thread_alone_gets_sigsegv_after_vm_deallocate() {
     need_real_memory!();
     let dir = Dir::new("atk-dealloc-quiet");
@@ -669,7 +668,6 @@ fn the_racing_thread_alone_gets_sigsegv_after_vm_deallocate() {
 }
 
 #[test]
-#[ignore = "defect: the exception SIGSEGV is process-directed (pidfd_send_signal) and the faulting thread is not woken: another thread takes it (here std's handler resets it), the faulting thread stays blocked"]
 fn the_racing_thread_alone_gets_sigsegv_after_vm_protect() {
     need_real_memory!();
     let dir = Dir::new("atk-protect-quiet");

@@ -207,7 +207,9 @@ impl Real {
         let uffd = NewUserfaultfd::from_received(uffd).map_err(|e| bad("the userfaultfd", &e))?;
         let end = arena_start.0.checked_add(arena_len).ok_or(KernError::InvalidArgument)?;
         kernel.vm_set_bounds(task, arena_start, VmAddr(end))?;
-        let uffd = uffd.handshake(Features::SHMEM_SERVING).map_err(|e| bad("the userfaultfd's handshake", &e))?;
+        let uffd = uffd
+            .handshake(Features::SHMEM_SERVING | Features::THREAD_ID)
+            .map_err(|e| bad("the userfaultfd's handshake", &e))?;
         // Every access to the arena outside a window is the VM's to refuse
         // (registered before anything is attached: an arena the process
         // did not reserve fails here, and the task may attach again).
@@ -273,6 +275,10 @@ struct Server {
 }
 
 const KICK: u64 = 0;
+
+/// `PIDFD_THREAD` (Linux 6.9; `O_EXCL`): a pidfd of one thread, whose
+/// signals go to that thread alone.
+const PIDFD_THREAD: u32 = linux_raw_sys::general::O_EXCL;
 
 /// How often a fault is made again when its page was taken before the
 /// process could use it, before it is given up (`KERN_MEMORY_FAILURE`).
@@ -466,17 +472,17 @@ impl Server {
                     }
                     // Taken again at once (pageout): fault again.
                     AfterFault::NotEntered => continue,
-                    AfterFault::NotWindow => return self.exception(id, va, access, KernError::MemoryFailure),
+                    AfterFault::NotWindow => return self.exception(id, &f, access, KernError::MemoryFailure),
                 },
                 Ok(Poll::Pending(ticket)) => {
                     self.parked.insert(fid, (id, f, ticket));
                     return;
                 }
-                Err(e) => return self.exception(id, va, access, e),
+                Err(e) => return self.exception(id, &f, access, e),
             }
         }
         // The page is taken faster than it can be used.
-        self.exception(id, va, access, KernError::MemoryFailure);
+        self.exception(id, &f, access, KernError::MemoryFailure);
     }
 
     fn retry_woken(&mut self) {
@@ -489,7 +495,8 @@ impl Server {
     }
 
     /// A fault the VM refused (module comment, step 4).
-    fn exception(&mut self, id: u64, va: u64, access: VmProt, error: KernError) {
+    fn exception(&mut self, id: u64, f: &PageFault, access: VmProt, error: KernError) {
+        let va = f.addr & !(machvm_core::PAGE_SIZE - 1);
         let Some(s) = self.served.get(&id) else { return };
         let (task, pid) = (s.task.number(), s.pid);
         tracing::warn!(task, pid, addr = format_args!("{va:#x}"), ?access, %error, "exception: a fault the VM refused");
@@ -511,7 +518,17 @@ impl Server {
         let page = PageRange::new(va, machvm_core::PAGE_SIZE).expect("a page");
         match error {
             KernError::ProtectionFailure | KernError::InvalidAddress => {
-                let _ = rustix::process::pidfd_send_signal(&s.pidfd, Signal::SEGV);
+                // To the faulting thread, as the MMU would (a handler on
+                // another thread must not take it and leave this one
+                // waiting); to the process where the thread cannot be named.
+                let thread = f
+                    .thread
+                    .and_then(|t| Pid::from_raw(t as i32))
+                    .and_then(|tid| rustix::process::pidfd_open(tid, PidfdFlags::from_bits_retain(PIDFD_THREAD)).ok());
+                let sent = thread.is_some_and(|t| rustix::process::pidfd_send_signal(&t, Signal::SEGV).is_ok());
+                if !sent {
+                    let _ = rustix::process::pidfd_send_signal(&s.pidfd, Signal::SEGV);
+                }
             }
             _ => match s.uffd.poison(page) {
                 Ok(machvm_host::uffd::Outcome::Done) => {}
