@@ -212,26 +212,6 @@ impl Drop for Served {
     }
 }
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Res<TempDir> {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("machvm-bench-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p)?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A frame of `len` bytes in all (header included) with a body of zeroes.
 fn raw_frame(len: usize) -> Vec<u8> {
     let body = len.saturating_sub(4);
@@ -629,7 +609,7 @@ fn per_sec(n: u64, secs: f64) -> f64 {
 pub(super) fn measure(sizes: DaemonSizes, host: &PagerHost) -> Res<DaemonFigures> {
     assert!(sizes.pages % TURN_PAGES == 0 && sizes.calls % BLOCK == 0, "sizes must be whole turns");
     let started = Instant::now();
-    let dir = TempDir::new()?;
+    let dir = crate::util::TempDir::new("bench")?;
     let mut f = DaemonFigures {
         sizes: Some(sizes),
         ops: vec![Vec::new(); OPS.len()],

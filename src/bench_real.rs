@@ -149,26 +149,6 @@ impl Drop for Served {
     }
 }
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Res<TempDir> {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("machvm-bench-real-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p)?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Loads one word of each page of `r`, in `order` (page numbers); seconds.
 fn touch_region(r: &Region, order: &[u64]) -> Res<f64> {
     let t = Instant::now();
@@ -325,7 +305,7 @@ pub(super) fn measure(z: RealSizes) -> Res<Result<RealFigures, String>> {
     let mut requests_per_page = Vec::new();
     let exe = std::env::current_exe()?;
     for rep in 0..z.reps {
-        let dir = TempDir::new()?;
+        let dir = crate::util::TempDir::new("bench-real")?;
         let file = dir.0.join("data");
         let mut bytes = vec![0u8; (z.pages * P) as usize];
         for (i, c) in bytes.chunks_mut(P as usize).enumerate() {
@@ -485,7 +465,7 @@ pub(super) fn task_main(args: &[String]) -> Res<()> {
 /// paging proxy of one object (cluster 1) and loading every word of the
 /// same pages.
 fn sharing(z: RealSizes) -> Res<Share> {
-    let dir = TempDir::new()?;
+    let dir = crate::util::TempDir::new("bench-real")?;
     let socket = dir.0.join("s.sock");
     let mut s = Served::start(socket.clone(), ProxyVersion::Paging)?;
     s.pager(&["zero", "--name", "shared", "--cluster", "1"])?;

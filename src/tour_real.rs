@@ -16,7 +16,7 @@ use machvm_client::{socket_path, Connection};
 use machvm_protocol::wire::{InspectWhat, Reply, Role};
 use machvm_protocol::{KernError, VmProt};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -68,15 +68,6 @@ fn wait_for(what: impl Fn() -> bool) -> bool {
     false
 }
 
-/// A temporary directory for the chapter's socket and rendezvous files.
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn spawn(args: &[&str], socket: &Path) -> std::io::Result<Guard> {
     let child = Command::new(std::env::current_exe()?)
         .arg("--socket")
@@ -97,8 +88,7 @@ pub fn chapter(n: u32, c: &mut Checks) -> Result<(), Box<dyn std::error::Error>>
         println!("    skipped: {why}");
         return Ok(());
     }
-    let dir = Dir(std::env::temp_dir().join(format!("machvm-tour-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0)?;
+    let dir = crate::util::TempDir::new("tour")?;
     let socket = dir.0.join("machvm.sock");
     let _daemon = spawn(&["daemon", "--memory", "real", "--proxy-version", "paging"], &socket)?;
     c.check(wait_for(|| std::os::unix::net::UnixStream::connect(&socket).is_ok()), "machvmd serves real memory");

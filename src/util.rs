@@ -194,3 +194,26 @@ mod tests {
         assert_eq!(c.failed.len(), 2);
     }
 }
+
+/// A temporary directory, removed on drop (sockets and rendezvous files of
+/// the commands that start a daemon).
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// `$TMPDIR/machvm-TAG-PID-N`, made empty.
+    pub fn new(tag: &str) -> std::io::Result<TempDir> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("machvm-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
