@@ -91,6 +91,40 @@ enum PagerRun {
     Thread(JoinHandle<()>),
 }
 
+/// A daemon served on a thread: its shared state, its stop flag, the
+/// serving thread.
+pub(super) type InThread = (Arc<Shared>, Arc<AtomicBool>, JoinHandle<io::Result<()>>);
+
+/// Boots a `machvmd` on `socket` and serves it on a thread of this
+/// process: its shared state, its stop flag and the serving thread.
+pub(super) fn serve_in_thread(
+    socket: &Path,
+    phys_pages: usize,
+    proxy_version: machvm_core::ProxyVersion,
+) -> Res<InThread> {
+    let config = DaemonConfig {
+        socket: socket.to_path_buf(),
+        group: None,
+        phys_pages,
+        resident_limit: phys_pages,
+        swap: None,
+        host_priv_uid: None,
+        limits: machvm_core::TaskLimits::default(),
+        loops: machvm_daemon::default_loops(),
+        max_conns_per_uid: usize::MAX,
+        proxy_version,
+        cluster_pages: machvm_core::KernelConfig::default().cluster_pages,
+        memory: machvm_daemon::MemoryMode::Auto,
+    };
+    let daemon = Daemon::boot(config)?;
+    let listener = daemon.bind()?;
+    let shared = daemon.shared.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let serve = std::thread::Builder::new().name("machvmd".into()).spawn(move || daemon.serve(listener, &flag))?;
+    Ok((shared, stop, serve))
+}
+
 /// `machvmd` on a thread of this process, on its own socket, with the
 /// pagers serving it; all stopped on drop.
 struct Served {
@@ -103,26 +137,7 @@ struct Served {
 
 impl Served {
     fn start(socket: PathBuf, phys_pages: usize) -> Res<Served> {
-        let config = DaemonConfig {
-            socket: socket.clone(),
-            group: None,
-            phys_pages,
-            resident_limit: phys_pages,
-            swap: None,
-            host_priv_uid: None,
-            limits: machvm_core::TaskLimits::default(),
-            loops: machvm_daemon::default_loops(),
-            max_conns_per_uid: usize::MAX,
-            proxy_version: machvm_core::ProxyVersion::Paging,
-            cluster_pages: machvm_core::KernelConfig::default().cluster_pages,
-            memory: machvm_daemon::MemoryMode::Auto,
-        };
-        let daemon = Daemon::boot(config)?;
-        let listener = daemon.bind()?;
-        let shared = daemon.shared.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let serve = std::thread::Builder::new().name("machvmd".into()).spawn(move || daemon.serve(listener, &flag))?;
+        let (shared, stop, serve) = serve_in_thread(&socket, phys_pages, machvm_core::ProxyVersion::Paging)?;
         Ok(Served { socket, shared, stop, serve: Some(serve), pagers: Vec::new() })
     }
 

@@ -14,7 +14,7 @@
 use machvm_client::memory::{RealMemory, Region};
 use machvm_client::Connection;
 use machvm_core::{Kernel, ProxyVersion, VmProt};
-use machvm_daemon::{Daemon, DaemonConfig, Shared};
+use machvm_daemon::Shared;
 use machvm_host::uffd::{Event, Features, FillMode, Outcome, RegisterMode};
 use machvm_host::{Mapping, ObjectMemory, PageRange, Prot, Userfaultfd};
 use machvm_protocol::wire::Role;
@@ -68,26 +68,7 @@ struct Served {
 impl Served {
     fn start(socket: PathBuf, version: ProxyVersion) -> Res<Served> {
         let phys_pages = 1 << 20;
-        let config = DaemonConfig {
-            socket: socket.clone(),
-            group: None,
-            phys_pages,
-            resident_limit: phys_pages,
-            swap: None,
-            host_priv_uid: None,
-            limits: machvm_core::TaskLimits::default(),
-            loops: machvm_daemon::default_loops(),
-            max_conns_per_uid: usize::MAX,
-            proxy_version: version,
-            cluster_pages: machvm_core::KernelConfig::default().cluster_pages,
-            memory: machvm_daemon::MemoryMode::Auto,
-        };
-        let daemon = Daemon::boot(config)?;
-        let listener = daemon.bind()?;
-        let shared = daemon.shared.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let serve = std::thread::Builder::new().name("machvmd".into()).spawn(move || daemon.serve(listener, &flag))?;
+        let (shared, stop, serve) = super::daemon::serve_in_thread(&socket, phys_pages, version)?;
         Ok(Served { socket, shared, stop, serve: Some(serve), pagers: Vec::new() })
     }
 

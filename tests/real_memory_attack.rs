@@ -295,24 +295,20 @@ fn many_threads_fault_the_same_pages_at_once() {
 /// on its memory channel, the real object's memfd: a descriptor it can
 /// write (and punch holes in) directly, so it changes memory it may only
 /// read, under another process's feet.
-#[test]
-#[ignore = "defect: a read-only window's memfd is sent writable; its holder stores into (and punches) memory it may only read"]
-fn a_read_only_proxy_does_not_let_its_holder_change_the_owners_memory() {
-    need_real_memory!();
-    let dir = Dir::new("atk-ro-memfd");
-    let d = daemon(&dir.socket(), &["--memory", "real", "--proxy-version", "paging"]);
-    let _w = Watchdog::new(d.0.id(), Duration::from_secs(60));
-    let owner = RealMemory::attach(client(&dir.socket(), "owner"), 1 << 26).unwrap();
-    let r = owner.vm_allocate(4 * PAGE_SIZE).unwrap();
-    r.write(0, b"the owner's secret").unwrap();
-    r.write(PAGE_SIZE, b"second page").unwrap();
+/// `r` of `owner` shared as the read-only proxy "ro", mapped by a raw
+/// reader that asked for its windows: the reader, its windows and the
+/// first window's memfd (what a hostile reader holds).
+fn read_only_window_of(
+    dir: &Dir,
+    owner: &RealMemory,
+    r: &machvm_client::memory::Region<'_>,
+) -> (Raw, Vec<machvm_protocol::memory::MemWindow>, std::fs::File) {
     let oc = owner.connection();
     let proxy = match oc.call(Call::RegionProxy { address: r.addr(), max: VmProt::READ, len: r.len() }).unwrap() {
         Reply::Names { proxy, .. } => proxy,
         other => panic!("{other:?}"),
     };
     oc.name_register("ro", proxy).unwrap();
-
     let reader = raw_attach(client(&dir.socket(), "reader"), 1 << 26);
     let p = reader.conn.name_lookup("ro").unwrap();
     let ro = VmProt::READ;
@@ -325,6 +321,21 @@ fn a_read_only_proxy_does_not_let_its_holder_change_the_owners_memory() {
     assert!(!windows.is_empty());
     assert!(!windows[0].prot.contains(VmProt::WRITE));
     let file = std::fs::File::from(fds.into_iter().next().unwrap());
+    (reader, windows, file)
+}
+
+#[test]
+#[ignore = "defect: a read-only window's memfd is sent writable; its holder stores into (and punches) memory it may only read"]
+fn a_read_only_proxy_does_not_let_its_holder_change_the_owners_memory() {
+    need_real_memory!();
+    let dir = Dir::new("atk-ro-memfd");
+    let d = daemon(&dir.socket(), &["--memory", "real", "--proxy-version", "paging"]);
+    let _w = Watchdog::new(d.0.id(), Duration::from_secs(60));
+    let owner = RealMemory::attach(client(&dir.socket(), "owner"), 1 << 26).unwrap();
+    let r = owner.vm_allocate(4 * PAGE_SIZE).unwrap();
+    r.write(0, b"the owner's secret").unwrap();
+    r.write(PAGE_SIZE, b"second page").unwrap();
+    let (_reader, windows, file) = read_only_window_of(&dir, &owner, &r);
     let wrote = file.write_at(b"EVIL", windows[0].offset);
     let punched = rustix::fs::fallocate(
         &file,
@@ -353,23 +364,9 @@ fn a_page_punched_by_a_reader_does_not_wedge_the_owner() {
     let _w = Watchdog::new(d.0.id(), Duration::from_secs(40));
     let owner = RealMemory::attach(client(&dir.socket(), "owner"), 1 << 26).unwrap();
     let r = owner.vm_allocate(4 * PAGE_SIZE).unwrap();
+    r.write(0, b"the owner's secret").unwrap();
     r.write(PAGE_SIZE, b"second page").unwrap();
-    let oc = owner.connection();
-    let proxy = match oc.call(Call::RegionProxy { address: r.addr(), max: VmProt::READ, len: r.len() }).unwrap() {
-        Reply::Names { proxy, .. } => proxy,
-        other => panic!("{other:?}"),
-    };
-    oc.name_register("ro", proxy).unwrap();
-    let reader = raw_attach(client(&dir.socket(), "reader"), 1 << 26);
-    let p = reader.conn.name_lookup("ro").unwrap();
-    let ro = VmProt::READ;
-    let at = reader
-        .conn
-        .vm_map(MapArgs { cur: ro, max: ro, ..machvm_client::map_anywhere(4 * PAGE_SIZE, Some(p)) })
-        .unwrap();
-    let (reply, fds) = ask(&reader.chan, &MemRequest::Windows { start: at, len: 4 * PAGE_SIZE });
-    let MemReply::Windows { windows, .. } = reply else { panic!("{reply:?}") };
-    let file = std::fs::File::from(fds.into_iter().next().unwrap());
+    let (_reader, windows, file) = read_only_window_of(&dir, &owner, &r);
     rustix::fs::fallocate(
         &file,
         rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,

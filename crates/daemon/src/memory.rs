@@ -383,6 +383,15 @@ impl Server {
                     sid != id
                 });
                 tracing::info!(task = task.number(), "real memory detached: the task has ended");
+                // One ended task per process is kept (the latest): a
+                // process cannot make the daemon hold more by attaching
+                // and ending tasks faster than they are seen to end.
+                let pid = self.served[&id].pid;
+                let older: Vec<u64> =
+                    self.served.iter().filter(|&(&i, o)| i != id && o.ended && o.pid == pid).map(|(&i, _)| i).collect();
+                for old in older {
+                    self.exited(epoll, old);
+                }
             }
         }
     }
