@@ -244,6 +244,9 @@ fn a_working_set_twenty_times_the_resident_limit_keeps_every_store() {
     succeeded(&dir, "p", &mut p);
     let c = client(&dir.socket(), "look");
     assert!(stat(&c, "pageouts") + stat(&c, "task_reclaims") > 600, "pages went out and came back");
+    // They went out of the process's page tables: zapped, and mapped again.
+    assert!(stat(&c, "host_zapped") > 600 && stat(&c, "host_continued") > 600, "taken from the process and given back");
+    assert_eq!(stat(&c, "host_failures"), 0, "no host call failed");
 }
 
 #[test]

@@ -394,6 +394,15 @@ fn inspect(sh: &Shared, what: InspectWhat) -> Result<Reply> {
                 ("connections".into(), sh.connections().len() as u64),
                 ("waiters".into(), s.waiters as u64),
             ];
+            if let Some(real) = &sh.real {
+                let h = real.machine.host_stats();
+                rows.extend([
+                    ("host_resolved".into(), h.resolved),
+                    ("host_continued".into(), h.continued),
+                    ("host_zapped".into(), h.zapped),
+                    ("host_failures".into(), h.host_failures),
+                ]);
+            }
             rows.extend(s.to_pagers.iter().map(|(k, v)| (format!("sent {k}"), *v)));
             rows.extend(s.from_pagers.iter().map(|(k, v)| (format!("received {k}"), *v)));
             Ok(Reply::Stats(rows))

@@ -593,14 +593,11 @@ impl Pmap for HostMachine {
     fn page_remove(&self, page: Frame) -> std::result::Result<(), PmapError> {
         let mut t = self.tables();
         let maps = t.pages.get(&page).map(|p| p.maps.clone()).unwrap_or_default();
-        let mut in_process = false;
-        // Writers are write-protected before the zap reads the page.
-        let before: Vec<(PmapId, u64)> = maps.clone();
-        for (pm, va) in &before {
-            if let Some(s) = t.spaces.get(pm) {
-                in_process |= s.process.as_ref().is_some_and(|p| !p.gone && p.window_at(*va).is_some());
-            }
-        }
+        // Zapped (its writers write-protected first) while the
+        // translations still say who may have it.
+        let in_process = maps.iter().any(|(pm, va)| {
+            t.spaces.get(pm).and_then(|s| s.process.as_ref()).is_some_and(|p| !p.gone && p.window_at(*va).is_some())
+        });
         if in_process {
             self.zap(&t, &[page]);
         }
