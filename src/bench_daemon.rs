@@ -163,7 +163,7 @@ impl Served {
                 let (socket, name) = (self.socket.clone(), name.to_string());
                 PagerRun::Thread(std::thread::spawn(move || {
                     let kind = PagerKind::Zero { name, delay_ms: 0, cluster: Some(cluster) };
-                    let _ = remote::pager(Some(&socket), kind);
+                    let _ = remote::pager(Some(&socket), kind, true);
                 }))
             }
         };

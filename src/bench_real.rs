@@ -264,17 +264,19 @@ struct Share {
     secs: f64,
 }
 
-const NAMES: [&str; 8] = [
+const NAMES: [&str; 10] = [
     "first touch, zero-fill pager (cluster 256) vs empty memfd",
-    "first touch, file pager (cluster 256) vs read(2) + touch",
+    "first touch, file pager (cluster 256, pages staged) vs read(2) + touch",
     "random single-page faults, zero-fill pager (cluster 1) vs minimal uffd handler (COPY)",
     "resident access vs plain memfd mapping",
     "first touch through a mapping proxy vs direct",
     "resident access through a mapping proxy vs direct",
     "first touch through a paging proxy vs direct",
     "resident access through a paging proxy vs direct",
+    "first touch, file pager (cluster 256, pages in messages) vs read(2) + touch",
+    "first touch, file pager: pages staged vs pages in messages",
 ];
-const GOALS: [f64; 8] = [1.0, 1.5, 1.2, 1.0, 1.1, 1.0, 1.1, 1.0];
+const GOALS: [f64; 10] = [1.0, 1.5, 1.2, 1.0, 1.1, 1.0, 1.1, 1.0, 1.5, 1.0];
 
 /// Measures the section; `Err` with a reason when real memory cannot run.
 pub(super) fn measure(z: RealSizes) -> Res<Result<RealFigures, String>> {
@@ -300,8 +302,9 @@ pub(super) fn measure(z: RealSizes) -> Res<Result<RealFigures, String>> {
         a.pager(&["zero", "--name", "z256", "--cluster", "256"])?;
         a.pager(&["zero", "--name", "z1", "--cluster", "1"])?;
         a.pager(&["file", "--name", "f", "--cluster", "256", &file.to_string_lossy()])?;
+        a.pager(&["--data-in-message", "file", "--name", "g", "--cluster", "256", &file.to_string_lossy()])?;
         b.pager(&["zero", "--name", "z256", "--cluster", "256"])?;
-        for n in ["z256", "z1", "f"] {
+        for n in ["z256", "z1", "f", "g"] {
             a.wait_name(n)?;
         }
         b.wait_name("z256")?;
@@ -359,7 +362,7 @@ pub(super) fn task_main(args: &[String]) -> Res<()> {
     let mb = task(sb, "bench-b")?;
     let flip = rep % 2 == 1;
     let seq: Vec<u64> = (0..pages).collect();
-    let mut out = [0.0f64; 16];
+    let mut out = [0.0f64; 2 * NAMES.len()];
 
     // 1 and 4: zero fill, cluster 256, vs an empty memfd.
     let direct = map(&ma, "z256", None, pages)?;
@@ -396,14 +399,20 @@ pub(super) fn task_main(args: &[String]) -> Res<()> {
         std::hint::black_box(sum);
         Ok(t.elapsed().as_secs_f64())
     };
-    let (ours, base) = if flip {
-        let b = read_touch()?;
-        (touch_region(&fr, &seq)?, b)
+    // The same file through a pager sending its pages in messages.
+    let gr = map(&ma, "g", None, pages)?;
+    let (staged, read, in_messages) = if flip {
+        let m = touch_region(&gr, &seq)?;
+        let r = read_touch()?;
+        (touch_region(&fr, &seq)?, r, m)
     } else {
-        let o = touch_region(&fr, &seq)?;
-        (o, read_touch()?)
+        let s = touch_region(&fr, &seq)?;
+        let r = read_touch()?;
+        (s, r, touch_region(&gr, &seq)?)
     };
-    (out[2], out[3]) = (ours, base);
+    (out[2], out[3]) = (staged, read);
+    (out[16], out[17]) = (in_messages, read);
+    (out[18], out[19]) = (staged, in_messages);
 
     // 3: random single-page faults vs the minimal handler.
     let order = shuffled(random_pages, 0x9e37_79b9 + rep);
@@ -546,10 +555,10 @@ pub(super) fn report(w: &mut String, f: &Result<RealFigures, String>, command: &
     writeln!(w)?;
     writeln!(
         w,
-        "`data_request`s the paging daemon sent per round: {:.0} (median); one per cluster would be {} (three \
+        "`data_request`s the paging daemon sent per round: {:.0} (median); one per cluster would be {} (four \
          sequential touches of {} pages in 256-page clusters, and {} single-page random faults).",
         super::median(&f.requests_per_page),
-        3 * f.z.pages.div_ceil(256) + f.z.random_pages,
+        4 * f.z.pages.div_ceil(256) + f.z.random_pages,
         f.z.pages,
         f.z.random_pages
     )?;

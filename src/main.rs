@@ -110,6 +110,11 @@ enum Command {
     },
     /// A pager program: connects to the daemon and serves an object.
     Pager {
+        /// Send supplied pages in messages, even where the daemon could
+        /// copy them from a staging area shared with this process (the
+        /// default where it can: a daemon serving real memory).
+        #[arg(long)]
+        data_in_message: bool,
         #[command(subcommand)]
         kind: remote::PagerKind,
     },
@@ -198,7 +203,7 @@ fn main() -> ExitCode {
             args.socket = args.socket.or(cli.socket);
             return machvm_daemon::cli::run(args);
         }
-        Command::Pager { kind } => remote::pager(cli.socket.as_deref(), kind),
+        Command::Pager { data_in_message, kind } => remote::pager(cli.socket.as_deref(), kind, !data_in_message),
         Command::Client { kind } => remote::client(cli.socket.as_deref(), kind),
         Command::Ps { json } => remote::ps(cli.socket.as_deref(), json),
         Command::Vmmap { task, json } => remote::vmmap(cli.socket.as_deref(), task, json),

@@ -87,6 +87,9 @@ impl<B: Backing> Backing for Clustered<B> {
     fn read(&mut self, object: PortName, offset: u64, buf: &mut [u8]) -> std::io::Result<bool> {
         self.inner.read(object, offset, buf)
     }
+    fn read_pages(&mut self, object: PortName, offset: u64, buf: &mut [u8]) -> Vec<std::io::Result<bool>> {
+        self.inner.read_pages(object, offset, buf)
+    }
     fn write(&mut self, object: PortName, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.inner.write(object, offset, data)
     }
@@ -106,8 +109,10 @@ fn kern(e: machvm_core::KernError) -> Box<dyn Error> {
 }
 
 /// `machvm pager KIND`: connects as a pager, registers its object, and
-/// serves it until the daemon goes.
-pub fn pager(socket: Option<&Path>, kind: PagerKind) -> Result<bool, Box<dyn Error>> {
+/// serves it until the daemon goes; with `staged`, supplied pages go
+/// through a staging area where the daemon has one to give
+/// ([`PagerConn::attach_staging`]), else in messages.
+pub fn pager(socket: Option<&Path>, kind: PagerKind, staged: bool) -> Result<bool, Box<dyn Error>> {
     let label = match &kind {
         PagerKind::Zero { name, .. } => format!("pager zero {name}"),
         PagerKind::File { path, .. } => format!("pager file {}", path.display()),
@@ -116,6 +121,10 @@ pub fn pager(socket: Option<&Path>, kind: PagerKind) -> Result<bool, Box<dyn Err
     let conn = Connection::connect(&socket_path(socket), Role::Pager, &label)?;
     let host_priv = conn.host_priv();
     let mut pager = PagerConn::over(conn).map_err(kern)?;
+    // Without one (a daemon on the software MMU), pages go in messages.
+    if staged {
+        pager.attach_staging().map_err(kern)?;
+    }
     let object = pager.new_object().map_err(kern)?;
     let mut backing: Box<dyn Backing> = match kind {
         PagerKind::Zero { name, delay_ms, cluster } => {

@@ -38,6 +38,7 @@
 //! the library checks nothing the MMU does not.
 
 use crate::{ClientError, Connection, Result};
+pub use machvm_host::Staging;
 use machvm_host::{Arena, NewUserfaultfd, PageRange};
 use machvm_protocol::memory::{self as mem, MemReply, MemRequest};
 use machvm_protocol::wire::{Call, MapArgs};
@@ -58,6 +59,28 @@ pub struct RealMemory {
 
 fn host(e: machvm_host::Error) -> ClientError {
     ClientError::Io(std::io::Error::other(e.to_string()))
+}
+
+impl Connection {
+    /// Gives the daemon a staging area of `size` bytes for this task (a
+    /// pager's): a memfd of this process, mapped here, that the daemon
+    /// copies supplied pages from (`memory_object_data_supply_staged`),
+    /// so that they need not travel in a message. It replaces any staging
+    /// area the task had; the daemon keeps its descriptor until the task
+    /// ends or another replaces it.
+    ///
+    /// Errors: `KERN_NOT_SUPPORTED` where the daemon keeps its pages in no
+    /// memfds (the software MMU, or no privilege over this process);
+    /// `KERN_INVALID_ARGUMENT` if `size` is not a nonzero page multiple;
+    /// [`ClientError::Io`] if the memfd cannot be made.
+    pub fn staging_attach(&self, size: u64) -> Result<Staging> {
+        if size == 0 || size % PAGE_SIZE != 0 {
+            return Err(ClientError::Kern(machvm_protocol::KernError::InvalidArgument));
+        }
+        let staging = Staging::new(size).map_err(host)?;
+        self.call(Call::StagingAttach { memfd: staging.memfd().as_raw_fd(), len: size })?;
+        Ok(staging)
+    }
 }
 
 impl RealMemory {

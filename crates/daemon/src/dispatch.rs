@@ -231,6 +231,11 @@ fn answer(sh: &Shared, caller: Caller, call: Call) -> Result<Reply> {
             let pid = sh.pid_of(caller.conn).ok_or(KernError::NotSupported)?;
             unit(real.attach(k, t, pid, (uffd, channel), (arena_start, arena_len)))?
         }
+        Call::StagingAttach { memfd, len } => {
+            let real = sh.real.as_ref().ok_or(KernError::NotSupported)?;
+            let pid = sh.pid_of(caller.conn).ok_or(KernError::NotSupported)?;
+            unit(real.staging_attach(t, pid, memfd, len))?
+        }
         Call::VmAllocate { address, size, anywhere } => Reply::Addr(k.vm_allocate(t, address, size, anywhere)?),
         Call::VmDeallocate { address, size } => {
             k.vm_deallocate(t, address, size)?;

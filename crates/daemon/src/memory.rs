@@ -36,7 +36,7 @@ use machvm_core::wait::{Poll, WaitTicket, Waker};
 use machvm_core::{KernError, Kernel, TaskId, VmAddr, VmProt};
 use machvm_host::machine::AfterFault;
 use machvm_host::uffd::{Event, Features, PageFault, RegisterMode};
-use machvm_host::{HostMachine, NewUserfaultfd, PageRange, Userfaultfd};
+use machvm_host::{HostMachine, NewUserfaultfd, PageRange, StagingSource, Userfaultfd};
 use machvm_protocol::memory::{self as mem, MemReply, MemRequest, MemWindow};
 use rustix::event::{epoll, eventfd, EventfdFlags};
 use rustix::fd::{AsFd, OwnedFd};
@@ -231,9 +231,32 @@ impl Real {
         Ok(())
     }
 
+    /// `Call::StagingAttach`: the memfd numbered `memfd` in the
+    /// caller's process (pid `pid`) becomes `task`'s staging area, of
+    /// `len` bytes, replacing any it had.
+    ///
+    /// Errors: `KERN_INVALID_ARGUMENT` (not a memfd of at least `len`
+    /// bytes that can be sealed against shrinking, or a `len` that is not
+    /// a nonzero page multiple); `KERN_NOT_SUPPORTED` (the caller's
+    /// process cannot be reached).
+    pub fn staging_attach(&self, task: TaskId, pid: u32, memfd: i32, len: u64) -> machvm_core::Result<()> {
+        let bad = |e: &dyn std::fmt::Display| {
+            tracing::warn!(task = task.number(), pid, "staging_attach refused: {e}");
+            KernError::InvalidArgument
+        };
+        let pid = Pid::from_raw(pid as i32).ok_or(KernError::NotSupported)?;
+        let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(|_| KernError::NotSupported)?;
+        let fd = rustix::process::pidfd_getfd(&pidfd, memfd, PidfdGetfdFlags::empty()).map_err(|e| bad(&e))?;
+        let source = StagingSource::from_received(fd, len).map_err(|e| bad(&e))?;
+        self.machine.store().staging_attach(u64::from(task.number()), source);
+        tracing::debug!(task = task.number(), len, "staging area attached");
+        Ok(())
+    }
+
     /// The task has ended (its connection closed): its process, if it has
-    /// one, is killed and no longer served.
+    /// one, is killed and no longer served; its staging area goes.
     pub fn detach(&self, task: TaskId) {
+        self.machine.store().staging_detach(u64::from(task.number()));
         self.inbox.removed.lock().unwrap_or_else(|e| e.into_inner()).push(task);
         self.inbox.kick();
     }

@@ -137,6 +137,7 @@ pub mod machine;
 pub mod mapping;
 pub mod memfd;
 mod range;
+pub mod staging;
 pub mod store;
 pub mod uffd;
 
@@ -145,6 +146,7 @@ pub use machine::HostMachine;
 pub use mapping::{Mapping, Prot};
 pub use memfd::ObjectMemory;
 pub use range::{page_size, PageRange};
+pub use staging::{Staging, StagingSource};
 pub use store::MemfdStore;
 pub use uffd::{NewUserfaultfd, Userfaultfd};
 

@@ -656,6 +656,12 @@ impl PageStore for HostMachine {
     fn object_released(&self, object: ObjectId) {
         self.store.object_released(object)
     }
+    fn staging_len(&self, owner: u64) -> u64 {
+        self.store.staging_len(owner)
+    }
+    fn write_staged(&self, page: Frame, owner: u64, offset: u64) -> std::result::Result<(), StoreError> {
+        self.store.write_staged(page, owner, offset)
+    }
 }
 
 impl Machine for HostMachine {

@@ -132,6 +132,30 @@ impl ObjectMemory {
         Ok(())
     }
 
+    /// `copy_file_range(source, source_offset, fd, offset, len)`, repeated
+    /// until all is copied—Copies `len` bytes of another file (a pager's
+    /// staging area) into the object at `offset`, inside the host: the
+    /// bytes pass through no buffer of this process, and a source that
+    /// another process changes meanwhile gives whatever it held.
+    ///
+    /// Errors: [`Error::OutOfBounds`] past [`Self::size`];
+    /// [`Error::Host`] if `copy_file_range` fails (`EIO` if the source
+    /// ends first, `EBADF` if it cannot be read, `ENOMEM`).
+    pub fn copy_from(&self, offset: u64, source: BorrowedFd<'_>, source_offset: u64, len: u64) -> Result<()> {
+        let n = usize::try_from(len).map_err(|_| Error::BadRange { start: offset, len })?;
+        self.check(offset, n)?;
+        let (mut from, mut to, mut left) = (source_offset, offset, n);
+        while left > 0 {
+            match rustix::fs::copy_file_range(source, Some(&mut from), &self.fd, Some(&mut to), left) {
+                Ok(0) => return Err(Error::Host { call: "copy_file_range", errno: Errno::IO }),
+                Ok(k) => left -= k,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(host("copy_file_range")(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// `fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start,
     /// len)`—Frees the pages of `range`: they leave every mapping of every
     /// process, and the next access to them faults (MISSING where

@@ -40,7 +40,7 @@
 //! without it), an allocation or a free holds it over its host call
 //! (those come from the VM, one at a time, under the kernel lock).
 
-use crate::{page_size, Error, ObjectMemory, PageRange, Result};
+use crate::{page_size, Error, ObjectMemory, PageRange, Result, StagingSource};
 use machvm_core::pmap::{Frame, ObjectId, PageStore, StoreError};
 use machvm_core::types::PAGE_SIZE;
 use std::collections::hash_map::Entry;
@@ -98,6 +98,8 @@ pub struct MemfdStore {
 struct Inner {
     capacity: usize,
     state: RwLock<State>,
+    /// Staging areas by owner (a task's number).
+    staging: RwLock<HashMap<u64, Arc<StagingSource>>>,
 }
 
 impl MemfdStore {
@@ -112,7 +114,7 @@ impl MemfdStore {
             return Err(Error::PageSize { host: page_size(), vm: PAGE_SIZE });
         }
         let capacity = capacity.min(u32::MAX as usize);
-        Ok(MemfdStore { inner: Arc::new(Inner { capacity, state: RwLock::default() }) })
+        Ok(MemfdStore { inner: Arc::new(Inner { capacity, state: RwLock::default(), staging: RwLock::default() }) })
     }
 
     /// The memfd of `object`, if the store has made it and it has not
@@ -163,6 +165,22 @@ impl MemfdStore {
         let state = self.state();
         let slot = state.slots.get(page.0 as usize)?.as_ref()?;
         Some((slot.object, slot.offset))
+    }
+
+    /// Makes `source` the staging area of the task numbered `owner`
+    /// ([`PageStore::write_staged`] reads it), replacing any it had.
+    pub fn staging_attach(&self, owner: u64, source: StagingSource) {
+        self.inner.staging.write().unwrap_or_else(PoisonError::into_inner).insert(owner, Arc::new(source));
+    }
+
+    /// The task numbered `owner` has no staging area any more (its memfd
+    /// is closed once no copy is using it).
+    pub fn staging_detach(&self, owner: u64) {
+        self.inner.staging.write().unwrap_or_else(PoisonError::into_inner).remove(&owner);
+    }
+
+    fn staging_of(&self, owner: u64) -> Option<Arc<StagingSource>> {
+        self.inner.staging.read().unwrap_or_else(PoisonError::into_inner).get(&owner).cloned()
     }
 
     /// How many pages the store holds.
@@ -310,6 +328,18 @@ impl PageStore for MemfdStore {
         let mut buf = vec![0u8; PAGE_SIZE as usize];
         self.read(from, 0, &mut buf);
         self.write(to, 0, &buf);
+    }
+
+    fn staging_len(&self, owner: u64) -> u64 {
+        self.staging_of(owner).map_or(0, |s| s.size())
+    }
+
+    /// `copy_file_range` from the owner's memfd into the page's: the
+    /// bytes never pass through this process.
+    fn write_staged(&self, page: Frame, owner: u64, offset: u64) -> std::result::Result<(), StoreError> {
+        let source = self.staging_of(owner).ok_or(StoreError::NoStaging)?;
+        let (memory, at, _) = self.locate(page, true);
+        source.copy_into(&memory, at, offset, PAGE_SIZE).map_err(|_| StoreError::NoStaging)
     }
 
     fn object_released(&self, object: ObjectId) {

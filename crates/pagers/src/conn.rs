@@ -10,10 +10,10 @@
 //!   pager.error(object, offset, PAGE_SIZE)?;                              // or fail it
 //! ```
 
-use crate::link::{KernelLink, Local, Outgoing};
+use crate::link::{KernelLink, Local, Outgoing, Staging};
 use machvm_core::ipc::{Disposition, PortName, ReceivedMessage, RightKind};
-use machvm_core::{KernError, Kernel, Result, TaskId, VmProt};
-use machvm_protocol::emmi::{CopyStrategy, KernelReply, KernelToPager, PagerToKernel, ReturnPolicy};
+use machvm_core::{KernError, Kernel, Result, TaskId, VmProt, PAGE_SIZE};
+use machvm_protocol::emmi::{CopyStrategy, KernelReply, KernelToPager, PagerToKernel, ReturnPolicy, MAX_CLUSTER_PAGES};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +39,13 @@ pub struct PagerConn<L: KernelLink = Local> {
     pub created: Vec<PortName>,
     /// Messages dropped as not the kernel's (see [`PagerConn::recv`]).
     pub ignored: u64,
+    /// Where supplied pages wait for the kernel's host to copy them, if
+    /// the link gave one ([`PagerConn::attach_staging`]).
+    pub(crate) staging: Option<Staging>,
 }
+
+/// The staging area a pager asks for: room for the longest request.
+pub const STAGING_SIZE: u64 = MAX_CLUSTER_PAGES as u64 * PAGE_SIZE;
 
 impl PagerConn<Local> {
     /// A new pager task, in the kernel's process, with an empty port set.
@@ -63,7 +69,7 @@ impl<L: KernelLink> PagerConn<L> {
     /// A pager over `link` (its task), with an empty port set.
     pub fn over(link: L) -> Result<PagerConn<L>> {
         let set = link.port_set_allocate()?;
-        Ok(PagerConn { link, set, controls: HashMap::new(), created: Vec::new(), ignored: 0 })
+        Ok(PagerConn { link, set, controls: HashMap::new(), created: Vec::new(), ignored: 0, staging: None })
     }
 
     /// A new memory object this pager serves: a receive right in the set,
@@ -264,6 +270,31 @@ impl<L: KernelLink> PagerConn<L> {
     /// `memory_object_data_supply` with a lock value and precious flag.
     pub fn supply_with(&self, object: PortName, offset: u64, data: &[u8], lock: VmProt, precious: bool) -> Result<()> {
         self.call(object, PagerToKernel::DataSupply { offset, data: data.to_vec(), lock, precious })
+    }
+
+    /// Asks the link for a staging area of [`STAGING_SIZE`] bytes
+    /// ([`KernelLink::staging_attach`]): from then on [`crate::serve_pager`]
+    /// answers requests with staged supplies, the pages copied by the
+    /// kernel's host from where the pager wrote them, instead of in
+    /// messages. Whether the link has one (in-process links never do).
+    pub fn attach_staging(&mut self) -> Result<bool> {
+        self.staging = self.link.staging_attach(STAGING_SIZE)?;
+        Ok(self.staging.is_some())
+    }
+
+    /// The staging area's bytes, if [`PagerConn::attach_staging`] got one
+    /// (for a scripted pager: write pages here, then
+    /// [`PagerConn::supply_staged`]).
+    pub fn staging_mut(&mut self) -> Option<&mut [u8]> {
+        self.staging.as_mut().map(Staging::bytes_mut)
+    }
+
+    /// `memory_object_data_supply_staged`: the `length` bytes of pages at
+    /// `staging_offset` of the staging area become the object's at
+    /// `offset` (unlocked, not precious).
+    pub fn supply_staged(&self, object: PortName, offset: u64, length: u64, staging_offset: u64) -> Result<()> {
+        let (lock, precious) = (VmProt::NONE, false);
+        self.call(object, PagerToKernel::DataSupplyStaged { offset, length, staging_offset, lock, precious })
     }
 
     /// `memory_object_data_unavailable`: zero fill.

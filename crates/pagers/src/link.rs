@@ -3,8 +3,9 @@
 //! (`machvm_client::Connection`). A pager needs only a task's IPC calls;
 //! it never sees how they travel.
 
+pub use machvm_client::memory::Staging;
 use machvm_core::ipc::{Disposition, PortName, ReceivedMessage, RightKind, UserMessage};
-use machvm_core::{Kernel, Result, TaskId};
+use machvm_core::{KernError, Kernel, Result, TaskId};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,14 @@ pub trait KernelLink {
     fn msg_send_receive(&self, send: Outgoing, name: PortName, timeout: Option<Duration>) -> Result<ReceivedMessage> {
         self.msg_send(send.dest, send.id, send.data, send.reply)?;
         self.msg_receive(name, timeout)
+    }
+    /// Gives the kernel's host a staging area of `size` bytes to copy
+    /// supplied pages from (`machvm_client::Connection::staging_attach`);
+    /// `None` where the link has none (in-process, or a daemon on the
+    /// software MMU): pages then travel in messages.
+    fn staging_attach(&self, size: u64) -> Result<Option<Staging>> {
+        let _ = size;
+        Ok(None)
     }
 }
 
@@ -120,6 +129,13 @@ impl KernelLink for machvm_client::Connection {
         let m = machvm_client::Connection::msg_send_receive(self, send_args(send), name, millis(timeout))
             .map_err(|e| e.kern())?;
         Ok(received(m))
+    }
+    fn staging_attach(&self, size: u64) -> Result<Option<Staging>> {
+        match machvm_client::Connection::staging_attach(self, size) {
+            Ok(s) => Ok(Some(s)),
+            Err(machvm_client::ClientError::Kern(KernError::NotSupported)) => Ok(None),
+            Err(e) => Err(e.kern()),
+        }
     }
 }
 

@@ -43,7 +43,7 @@
 //! ```
 
 use crate::conn::PagerConn;
-use crate::link::{KernelLink, Outgoing};
+use crate::link::{KernelLink, Outgoing, Staging};
 use machvm_core::ipc::PortName;
 use machvm_core::{KernError, Result, VmProt};
 use machvm_protocol::emmi::{CopyStrategy, KernelToPager, PagerToKernel, ReturnPolicy};
@@ -80,6 +80,23 @@ pub trait Answer {
     /// `memory_object_lock_request` clearing the lock on the range (the
     /// answer to a `data_unlock` that grants it).
     fn unlock(&mut self, offset: u64, size: u64) -> Result<()>;
+    /// Room for the request's pages where the kernel's host copies them
+    /// from itself (the pager's staging area, see
+    /// [`crate::PagerConn::attach_staging`]), if there is one: page `i`
+    /// of the request (at `offset + i * PAGE_SIZE`) goes at byte
+    /// `i * PAGE_SIZE`. Pages written there are supplied with
+    /// [`Answer::supply_staged`], without travelling in a message.
+    fn staging(&mut self) -> Option<&mut [u8]> {
+        None
+    }
+    /// `memory_object_data_supply_staged` of the request's pages in
+    /// `[offset, offset + size)`, from where [`Answer::staging`] has them.
+    /// `KERN_INVALID_ARGUMENT` without a staging area, or for pages
+    /// outside the request.
+    fn supply_staged(&mut self, offset: u64, size: u64) -> Result<()> {
+        let _ = (offset, size);
+        Err(KernError::InvalidArgument)
+    }
 }
 
 /// A pager: one method per kernel → pager message. Only `data_request`
@@ -132,6 +149,9 @@ struct Answering<'a, L: KernelLink> {
     conn: &'a PagerConn<L>,
     object: PortName,
     held: &'a mut Option<Outgoing>,
+    /// The staging area, and the request it holds pages of (offset,
+    /// length).
+    staging: Option<(&'a mut Staging, u64, u64)>,
 }
 
 impl<L: KernelLink> Answering<'_, L> {
@@ -163,6 +183,21 @@ impl<L: KernelLink> Answer for Answering<'_, L> {
         }
         self.conn.lock_request(self.object, offset, size, ReturnPolicy::None, false, VmProt::NONE)
     }
+    fn staging(&mut self) -> Option<&mut [u8]> {
+        let (staging, _, length) = self.staging.as_mut()?;
+        let length = usize::try_from(*length).ok()?;
+        staging.bytes_mut().get_mut(..length)
+    }
+    fn supply_staged(&mut self, offset: u64, size: u64) -> Result<()> {
+        let &mut Some((_, base, length)) = &mut self.staging else { return Err(KernError::InvalidArgument) };
+        let at = offset.checked_sub(base).filter(|at| at.checked_add(size).is_some_and(|end| end <= length));
+        let staging_offset = at.ok_or(KernError::InvalidArgument)?;
+        let (lock, precious) = (VmProt::NONE, false);
+        // The kernel has copied the pages by the time the pager's next
+        // request arrives (a held answer goes before the receive): the
+        // area is free for that request's pages.
+        self.answer(PagerToKernel::DataSupplyStaged { offset, length: size, staging_offset, lock, precious })
+    }
 }
 
 /// Serves kernel messages to `pager` until the pager's task is gone (its
@@ -170,6 +205,17 @@ impl<L: KernelLink> Answer for Answering<'_, L> {
 /// that fails (the object ended meanwhile) is not the pager's problem.
 pub fn serve_pager<L: KernelLink>(conn: &mut PagerConn<L>, pager: &mut dyn Pager) {
     let mut held = None;
+    let mut staging = conn.staging.take();
+    serve_with(conn, pager, &mut held, staging.as_mut());
+    conn.staging = staging;
+}
+
+fn serve_with<L: KernelLink>(
+    conn: &mut PagerConn<L>,
+    pager: &mut dyn Pager,
+    held: &mut Option<Outgoing>,
+    mut staging: Option<&mut Staging>,
+) {
     loop {
         let r = match conn.recv_after(held.take(), None) {
             Ok(r) => r,
@@ -192,10 +238,13 @@ pub fn serve_pager<L: KernelLink>(conn: &mut PagerConn<L>, pager: &mut dyn Pager
                 Ok(())
             }
             KernelToPager::DataRequest { offset, length, access } => {
-                pager.data_request(object, offset, length, access, &mut Answering { conn, object, held: &mut held })
+                let staging = staging.as_deref_mut().map(|s| (s, offset, length));
+                let mut answering = Answering { conn, object, held, staging };
+                pager.data_request(object, offset, length, access, &mut answering)
             }
             KernelToPager::DataUnlock { offset, length, access } => {
-                pager.data_unlock(object, offset, length, access, &mut Answering { conn, object, held: &mut held })
+                let mut answering = Answering { conn, object, held, staging: None };
+                pager.data_unlock(object, offset, length, access, &mut answering)
             }
             KernelToPager::DataReturn { offset, data, dirty, kernel_copy } => {
                 pager.data_return(object, offset, &data, dirty, kernel_copy);

@@ -36,6 +36,13 @@ pub trait Backing: Send {
     /// `Ok(false)` if there is no such data (the kernel zero-fills), an
     /// error fails the page (`data_error`).
     fn read(&mut self, object: PortName, offset: u64, buf: &mut [u8]) -> io::Result<bool>;
+    /// Fills `buf` (whole pages) with the pages from `offset` on, saying
+    /// of each what [`Backing::read`] would. The default reads page by
+    /// page; a backing that can read a run at once (a file) does.
+    fn read_pages(&mut self, object: PortName, offset: u64, buf: &mut [u8]) -> Vec<io::Result<bool>> {
+        let page = PAGE_SIZE as usize;
+        buf.chunks_mut(page).enumerate().map(|(i, b)| self.read(object, offset + (i * page) as u64, b)).collect()
+    }
     /// Stores a page the kernel returned (an error is counted in
     /// [`PagerStats::errors`]; the kernel has let the page go).
     fn write(&mut self, object: PortName, offset: u64, data: &[u8]) -> io::Result<()>;
@@ -107,51 +114,43 @@ impl Pager for BackingPager<'_> {
     ) -> machvm_core::Result<()> {
         let (page, stats) = (PAGE_SIZE as usize, self.stats);
         bump(&stats.requests, 1);
-        // Runs of pages with data go back in one data_supply, runs of
-        // pages without in one data_unavailable: one answer per run.
-        let mut run: Vec<u8> = Vec::new();
-        let mut run_start = offset;
-        let mut zeroes: Option<(u64, u64)> = None;
-        let mut buf = vec![0u8; page];
+        let Ok(len) = usize::try_from(length) else { return Err(machvm_core::KernError::InvalidArgument) };
+        // The pages are read straight into the staging area if there is
+        // one (the host copies them from there), else into one buffer
+        // whose runs go in messages.
+        let mut own = Vec::new();
+        let staged = answer.staging().is_some();
+        let got = match answer.staging() {
+            Some(buf) => self.backing.read_pages(obj, offset, buf),
+            None => {
+                own.resize(len, 0);
+                self.backing.read_pages(obj, offset, &mut own)
+            }
+        };
+        // Runs of pages with data go back in one supply, runs of pages
+        // without in one data_unavailable, failed pages as data_error:
+        // one answer per run.
         let mut result = Ok(());
-        fn flush_zeroes(
-            zeroes: &mut Option<(u64, u64)>,
-            answer: &mut dyn Answer,
-            result: &mut machvm_core::Result<()>,
-        ) {
-            if let Some((start, len)) = zeroes.take() {
-                *result = std::mem::replace(result, Ok(())).and(answer.unavailable(start, len));
-            }
-        }
-        for off in (offset..offset.saturating_add(length)).step_by(page) {
-            match self.backing.read(obj, off, &mut buf) {
-                Ok(true) => {
-                    flush_zeroes(&mut zeroes, answer, &mut result);
-                    if run.is_empty() {
-                        run_start = off;
-                    }
-                    run.extend_from_slice(&buf);
-                    bump(&stats.pages_supplied, 1);
-                }
-                other => {
-                    if !run.is_empty() {
-                        result = result.and(answer.supply(run_start, &run));
-                        run.clear();
-                    }
-                    if other.is_ok() {
-                        bump(&stats.pages_unavailable, 1);
-                        zeroes = Some(zeroes.map_or((off, PAGE_SIZE), |(s, l)| (s, l + PAGE_SIZE)));
-                    } else {
-                        flush_zeroes(&mut zeroes, answer, &mut result);
-                        bump(&stats.errors, 1);
-                        result = result.and(answer.error(off, PAGE_SIZE));
-                    }
-                }
-            }
-        }
-        flush_zeroes(&mut zeroes, answer, &mut result);
-        if !run.is_empty() {
-            result = result.and(answer.supply(run_start, &run));
+        let mut i = 0;
+        while i < got.len() {
+            let kind = |r: &std::io::Result<bool>| match r {
+                Ok(true) => 0,
+                Ok(false) => 1,
+                Err(_) => 2,
+            };
+            let k = kind(&got[i]);
+            let n = got[i..].iter().take_while(|r| kind(r) == k).count();
+            let (at, size) = (offset + (i * page) as u64, (n * page) as u64);
+            let r = match k {
+                0 if staged => answer.supply_staged(at, size),
+                0 => answer.supply(at, &own[i * page..(i + n) * page]),
+                1 => answer.unavailable(at, size),
+                _ => answer.error(at, size),
+            };
+            let counter = [&stats.pages_supplied, &stats.pages_unavailable, &stats.errors][k];
+            bump(counter, n as u64);
+            result = result.and(r);
+            i += n;
         }
         result
     }
@@ -247,6 +246,29 @@ impl Backing for FileBacking {
         f.read_exact_at(&mut buf[..n], offset)?;
         buf[n..].fill(0);
         Ok(true)
+    }
+
+    /// `pread(fd, buf, n, offset)` once for the whole run—The pages of the
+    /// run that lie in the file (the last one zero-padded past its end);
+    /// those wholly past it are `Ok(false)`. If the read fails, each page
+    /// is read on its own, so that only the pages that fail are errors.
+    fn read_pages(&mut self, object: PortName, offset: u64, buf: &mut [u8]) -> Vec<io::Result<bool>> {
+        let page = PAGE_SIZE as usize;
+        let pages = buf.len() / page;
+        let Some((f, len)) = self.files.get(&object) else {
+            return (0..pages).map(|_| Err(io::Error::from(io::ErrorKind::NotFound))).collect();
+        };
+        let inside = len.saturating_sub(offset).min(buf.len() as u64) as usize;
+        if f.read_exact_at(&mut buf[..inside], offset).is_err() {
+            return buf
+                .chunks_mut(page)
+                .enumerate()
+                .map(|(i, b)| self.read(object, offset + (i * page) as u64, b))
+                .collect();
+        }
+        let with_data = inside.div_ceil(page);
+        buf[inside..with_data * page].fill(0);
+        (0..pages).map(|i| Ok(i < with_data)).collect()
     }
 
     /// `pwrite(fd, data, n, offset)`—Writes a returned page back to the

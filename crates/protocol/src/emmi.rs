@@ -68,6 +68,8 @@ pub mod id {
     pub const LOCK_REQUEST: u32 = 2098;
     pub const GET_ATTRIBUTES: u32 = 2099;
     pub const DESTROY: u32 = 2100;
+    /// `data_supply` whose pages wait in the sender's staging area.
+    pub const DATA_SUPPLY_STAGED: u32 = 2101;
 }
 
 /// A message from the kernel to a pager (or to the default pager).
@@ -98,6 +100,12 @@ pub enum PagerToKernel {
     ChangeAttributes { may_cache: bool, copy_strategy: CopyStrategy, cluster_pages: u32 },
     /// `memory_object_data_supply`: whole pages.
     DataSupply { offset: u64, data: Vec<u8>, lock: VmProt, precious: bool },
+    /// `memory_object_data_supply` of the `length` bytes (whole pages)
+    /// that the sender put in its staging area at `staging_offset`: a
+    /// buffer shared with the kernel's host, which copies the pages from
+    /// there into the object, so that they never travel in a message
+    /// (machvm's own call; see `machvm_protocol::wire::Call::StagingAttach`).
+    DataSupplyStaged { offset: u64, length: u64, staging_offset: u64, lock: VmProt, precious: bool },
     /// `memory_object_data_unavailable`
     DataUnavailable { offset: u64, size: u64 },
     /// `memory_object_data_error`
@@ -280,6 +288,10 @@ impl PagerToKernel {
             PagerToKernel::DataSupply { offset, data, lock, precious } => {
                 (id::DATA_SUPPLY, Enc::default().u64(*offset).u32(lock.bits()).flag(*precious).bytes(data).0)
             }
+            PagerToKernel::DataSupplyStaged { offset, length, staging_offset, lock, precious } => (
+                id::DATA_SUPPLY_STAGED,
+                Enc::default().u64(*offset).u64(*length).u64(*staging_offset).u32(lock.bits()).flag(*precious).0,
+            ),
             PagerToKernel::DataUnavailable { offset, size } => {
                 (id::DATA_UNAVAILABLE, Enc::default().u64(*offset).u64(*size).0)
             }
@@ -315,6 +327,13 @@ impl PagerToKernel {
                 let precious = d.flag()?;
                 PagerToKernel::DataSupply { offset, lock, precious, data: d.bytes()? }
             }
+            id::DATA_SUPPLY_STAGED => PagerToKernel::DataSupplyStaged {
+                offset: d.u64()?,
+                length: d.u64()?,
+                staging_offset: d.u64()?,
+                lock: d.prot()?,
+                precious: d.flag()?,
+            },
             id::DATA_UNAVAILABLE => PagerToKernel::DataUnavailable { offset: d.u64()?, size: d.u64()? },
             id::DATA_ERROR => {
                 PagerToKernel::DataError { offset: d.u64()?, size: d.u64()?, reason: KernError::from_code(d.u32()?) }
@@ -412,6 +431,13 @@ mod tests {
             PagerToKernel::Ready { may_cache: true, copy_strategy: CopyStrategy::Delay },
             PagerToKernel::ChangeAttributes { may_cache: false, copy_strategy: CopyStrategy::None, cluster_pages: 16 },
             PagerToKernel::DataSupply { offset: 0, data: vec![1; 8192], lock: VmProt::WRITE, precious: true },
+            PagerToKernel::DataSupplyStaged {
+                offset: 1 << 20,
+                length: 8192,
+                staging_offset: 4096,
+                lock: VmProt::READ,
+                precious: false,
+            },
             PagerToKernel::DataUnavailable { offset: 4096, size: 4096 },
             PagerToKernel::DataError { offset: 0, size: 4096, reason: KernError::MemoryError },
             PagerToKernel::LockRequest {

@@ -429,6 +429,23 @@ pub enum Call {
         /// Its length in bytes.
         arena_len: u64,
     },
+    /// Gives the daemon the caller's staging area: a memfd of the
+    /// caller's into which it writes the pages it supplies, named in
+    /// `memory_object_data_supply_staged` messages by their offset there,
+    /// so that pages reach the kernel without travelling in a message.
+    /// The daemon takes the descriptor from the caller's table
+    /// (`pidfd_getfd`), seals it against shrinking, and only ever reads it
+    /// (`copy_file_range` into the object's memory) → [`Reply::Unit`]. A
+    /// second call replaces the first area. `KERN_NOT_SUPPORTED` where the
+    /// daemon keeps pages in no memfds (the software MMU);
+    /// `KERN_INVALID_ARGUMENT` for a descriptor that is not a memfd of at
+    /// least `len` bytes, or a `len` that is not a nonzero page multiple.
+    StagingAttach {
+        /// The memfd, by its number in the caller's descriptor table.
+        memfd: i32,
+        /// The bytes of it the staging area covers, from offset 0.
+        len: u64,
+    },
 }
 
 /// The arguments of `vm_map`.
@@ -865,6 +882,7 @@ impl Call {
             Call::Inspect(_) => "inspect",
             Call::MsgSendReceive { .. } => "mach_msg(send|receive)",
             Call::MemoryAttach { .. } => "memory_attach",
+            Call::StagingAttach { .. } => "staging_attach",
         }
     }
 

@@ -369,7 +369,7 @@ fn send_locked(st: &mut KState, task: TaskId, msg: UserMessage) -> Result<()> {
     match st.kobject(kmsg.dest) {
         Some(KObject::Control(object)) => {
             let (mo, mut cx) = st.split();
-            mo.control_message(&mut cx, object, kmsg)
+            mo.control_message(&mut cx, object, kmsg, u64::from(task.id))
         }
         Some(KObject::Proxy(_) | KObject::ProxyRevoke(_) | KObject::HostPriv) | None => {
             st.ipc.destroy_message(kmsg);

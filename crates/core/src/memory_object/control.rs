@@ -17,6 +17,7 @@ use super::{Ctx, MemoryObjects};
 use crate::ipc::{KMessage, PortId, RightKind};
 use crate::types::{page_aligned, KernError, Result, PAGE_SIZE};
 use crate::vm::object::{CopyStrategy, ObjectId};
+use crate::vm::paging::Supplied;
 use crate::wait::WaitKey;
 use machvm_protocol::emmi::{KernelReply, PagerToKernel};
 
@@ -30,8 +31,9 @@ fn check_range(offset: u64, size: u64) -> Result<()> {
 }
 
 impl MemoryObjects {
-    /// Handles one message sent to `object`'s control port.
-    pub fn control_message(&mut self, cx: &mut Ctx<'_>, object: ObjectId, kmsg: KMessage) -> Result<()> {
+    /// Handles one message the task numbered `sender` sent to `object`'s
+    /// control port (a staged supply reads that task's staging area).
+    pub fn control_message(&mut self, cx: &mut Ctx<'_>, object: ObjectId, kmsg: KMessage, sender: u64) -> Result<()> {
         let reply = kmsg.reply;
         let decoded = PagerToKernel::decode(kmsg.id, &kmsg.data);
         // The rights in the body are not used by any EMMI call.
@@ -97,6 +99,38 @@ impl MemoryObjects {
                 for (i, page) in data.chunks_exact(PAGE_SIZE as usize).enumerate() {
                     let off = offset + i as u64 * PAGE_SIZE;
                     if let Err(e) = cx.vm.data_supply(object, off, page, lock, precious) {
+                        result = Some(e);
+                        error_offset = off;
+                        fail_awaited(cx, object, off, offset + length - off);
+                        break;
+                    }
+                }
+                reply_to(cx, reply, KernelReply::SupplyCompleted { offset, length, result, error_offset });
+                result.map_or(Ok(()), Err)
+            }
+            PagerToKernel::DataSupplyStaged { offset, length, staging_offset, lock, precious } => {
+                self.count_from(object, "data_supply_staged");
+                // All of it must be in the sender's staging area before
+                // any page is taken: a bad supply changes nothing.
+                let staged = check_range(offset, length).and_then(|()| {
+                    let end = staging_offset.checked_add(length).ok_or(KernError::InvalidArgument)?;
+                    let inside = page_aligned(staging_offset) && end <= cx.vm.machine.staging_len(sender);
+                    inside.then_some(()).ok_or(KernError::InvalidArgument)
+                });
+                if let Err(e) = staged {
+                    reply_to(
+                        cx,
+                        reply,
+                        KernelReply::SupplyCompleted { offset, length, result: Some(e), error_offset: offset },
+                    );
+                    return Err(e);
+                }
+                let mut result = None;
+                let mut error_offset = 0;
+                for i in 0..length / PAGE_SIZE {
+                    let (off, at) = (offset + i * PAGE_SIZE, staging_offset + i * PAGE_SIZE);
+                    let data = Supplied::Staged { owner: sender, offset: at };
+                    if let Err(e) = cx.vm.data_supply_from(object, off, data, lock, precious) {
                         result = Some(e);
                         error_offset = off;
                         fail_awaited(cx, object, off, offset + length - off);

@@ -277,6 +277,8 @@ pub struct SoftMachine {
     breaches: AtomicU64,
     /// Write faults taken (see [`SoftMachine::write_faults`]).
     write_faults: AtomicU64,
+    /// Staging areas by owner (see [`SoftMachine::set_staging`]).
+    staging: RwLock<HashMap<u64, Vec<u8>>>,
 }
 
 /// Where a [`SoftMachine`] keeps the bytes of its pages.
@@ -353,6 +355,7 @@ impl SoftMachine {
             bits,
             breaches: AtomicU64::new(0),
             write_faults: AtomicU64::new(0),
+            staging: RwLock::new(HashMap::new()),
             bytes,
             attrs: (0..frame_count).map(|_| AtomicU8::new(0)).collect(),
             pmaps: RwLock::new(Vec::new()),
@@ -527,6 +530,40 @@ impl PageStore for SoftMachine {
         if let Bytes::Store(s) = &self.bytes {
             s.object_released(object);
         }
+    }
+
+    fn staging_len(&self, owner: u64) -> u64 {
+        match &self.bytes {
+            Bytes::Frames { .. } => self.staging.read().get(&owner).map_or(0, |b| b.len() as u64),
+            Bytes::Store(s) => s.staging_len(owner),
+        }
+    }
+
+    fn write_staged(&self, page: Frame, owner: u64, offset: u64) -> Result<(), StoreError> {
+        if let Bytes::Store(s) = &self.bytes {
+            return s.write_staged(page, owner, offset);
+        }
+        let staging = self.staging.read();
+        let bytes = staging.get(&owner).ok_or(StoreError::NoStaging)?;
+        let start = usize::try_from(offset).map_err(|_| StoreError::NoStaging)?;
+        let data =
+            start.checked_add(PAGE_SIZE as usize).and_then(|end| bytes.get(start..end)).ok_or(StoreError::NoStaging)?;
+        self.write(page, 0, data);
+        Ok(())
+    }
+}
+
+impl SoftMachine {
+    /// Gives the task numbered `owner` a staging area holding `bytes`
+    /// (what a host gets from a pager process's shared buffer; see
+    /// [`PageStore::write_staged`]), replacing any it had; `None` takes
+    /// it away. For tests of staged supplies on the software MMU.
+    pub fn set_staging(&self, owner: u64, bytes: Option<Vec<u8>>) {
+        let mut staging = self.staging.write();
+        match bytes {
+            Some(b) => staging.insert(owner, b),
+            None => staging.remove(&owner),
+        };
     }
 }
 

@@ -87,12 +87,18 @@ pub enum StoreError {
     /// changed. The VM reports `KERN_RESOURCE_SHORTAGE`.
     #[error("the page store is full")]
     Exhausted,
+    /// No staging area holds the bytes asked for (the sender has none, or
+    /// the range is not inside it; see [`PageStore::write_staged`]). The
+    /// VM reports `KERN_INVALID_ARGUMENT`.
+    #[error("no staging area holds those bytes")]
+    NoStaging,
 }
 
 impl From<StoreError> for crate::types::KernError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Exhausted => crate::types::KernError::ResourceShortage,
+            StoreError::NoStaging => crate::types::KernError::InvalidArgument,
         }
     }
 }
@@ -143,6 +149,28 @@ pub trait PageStore: Send + Sync {
         self.copy(page, new);
         self.free(page);
         Ok(new)
+    }
+
+    /// The bytes of the staging area of the task numbered `owner`: a
+    /// buffer that task's process shares with the host, where a pager
+    /// puts the pages it supplies (`memory_object_data_supply_staged`) so
+    /// that they need not travel in a message. 0 if it has none (the
+    /// default: a store without staging areas).
+    fn staging_len(&self, owner: u64) -> u64 {
+        let _ = owner;
+        0
+    }
+
+    /// Copies a whole page into `page` from `owner`'s staging area, at
+    /// `offset` there. What the staging area holds is whatever its owner
+    /// last wrote: the store only reads it.
+    ///
+    /// Errors: [`StoreError::NoStaging`] if the page's bytes at `offset`
+    /// are not inside `owner`'s staging area (or it has none); `page`'s
+    /// bytes are then unspecified, as after [`PageStore::alloc`].
+    fn write_staged(&self, page: Frame, owner: u64, offset: u64) -> Result<(), StoreError> {
+        let _ = (page, owner, offset);
+        Err(StoreError::NoStaging)
     }
 
     /// `object` is gone and none of its pages is resident: whatever the

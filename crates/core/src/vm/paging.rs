@@ -11,6 +11,16 @@ use crate::types::{KernError, Result, VmProt, PAGE_SIZE};
 
 pub use machvm_protocol::emmi::ReturnPolicy;
 
+/// Where the bytes of a supplied page are.
+#[derive(Clone, Copy, Debug)]
+pub enum Supplied<'a> {
+    /// In hand (they came in the message).
+    Bytes(&'a [u8]),
+    /// In the staging area of the task numbered `owner`, at `offset`
+    /// there (`crate::pmap::PageStore::write_staged`).
+    Staged { owner: u64, offset: u64 },
+}
+
 impl Vm {
     /// `memory_object_data_supply` for one page. Returns whether the page
     /// was taken (false: something was already resident there).
@@ -23,6 +33,25 @@ impl Vm {
         precious: bool,
     ) -> Result<bool> {
         debug_assert_eq!(data.len() as u64, PAGE_SIZE);
+        self.data_supply_from(object, offset, Supplied::Bytes(data), lock, precious)
+    }
+
+    /// `memory_object_data_supply` for one page whose bytes are `data`:
+    /// in hand, or in a staging area of the store's. Returns whether the
+    /// page was taken (false: something was already resident there, and
+    /// the staging area was not read).
+    ///
+    /// Errors: `KERN_INVALID_ARGUMENT` for an unknown object, or staged
+    /// bytes the store cannot find (the page's request then fails);
+    /// `KERN_RESOURCE_SHORTAGE` if the store is full.
+    pub fn data_supply_from(
+        &mut self,
+        object: ObjectId,
+        offset: u64,
+        data: Supplied<'_>,
+        lock: VmProt,
+        precious: bool,
+    ) -> Result<bool> {
         let o = self.objects.get(&object).ok_or(KernError::InvalidArgument)?;
         if let Some(p) = o.pages.get(&offset) {
             if p.frame.is_some() {
@@ -38,7 +67,16 @@ impl Vm {
                 return Err(e);
             }
         };
-        self.machine.write(frame, 0, data);
+        match data {
+            Supplied::Bytes(bytes) => self.machine.write(frame, 0, bytes),
+            Supplied::Staged { owner, offset: at } => {
+                if let Err(e) = self.machine.write_staged(frame, owner, at) {
+                    self.page_free(frame);
+                    self.fail_placeholder(object, offset);
+                    return Err(e.into());
+                }
+            }
+        }
         self.page_insert(object, offset, Page { lock, precious, owner, ..Page::resident(frame) });
         Ok(true)
     }
