@@ -25,10 +25,11 @@ mod common;
 use common::{die, Host, Task, TempFile, Transport};
 use machvm_core::ipc::{Disposition, PortName, UserMessage};
 use machvm_core::memory_object::emmi::{id, KernelReply, KernelToPager, PagerToKernel};
+use machvm_core::pmap::soft::SoftMachine;
 use machvm_core::vm::object::CopyStrategy;
 use machvm_core::vm::paging::ReturnPolicy;
 use machvm_core::*;
-use machvm_pagers::{Backing, FileBacking, MemBacking, PagerStats, Request};
+use machvm_pagers::{Backing, FileBacking, MemBacking, PagerStats, Request, STAGING_SIZE};
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -73,7 +74,10 @@ transports!(
     a_pager_dying_during_an_eager_copy_at_task_create_fabricates_nothing,
     copy_strategy_call_is_refused_at_ready_and_change_attributes,
     anonymous_pages_cleaned_by_the_default_pager_are_asked_of_it_again,
-    an_eager_copy_is_charged_to_the_caller_within_its_resident_limit
+    an_eager_copy_is_charged_to_the_caller_within_its_resident_limit,
+    a_staged_supply_answers_the_fault_from_the_senders_staging_area,
+    a_staged_supply_never_overwrites_a_resident_page,
+    a_staged_supply_outside_the_senders_staging_area_is_refused_and_changes_nothing
 );
 
 /// A pager, over either transport.
@@ -1401,4 +1405,133 @@ fn anonymous_pages_cleaned_by_the_default_pager_are_asked_of_it_again(via: Trans
         dp.supply(obj, off, &held[&off]).unwrap();
         assert_eq!(done(&rx), Ok(100 + i));
     }
+}
+
+// ----- staged supplies (memory_object_data_supply_staged) -----
+
+/// A kernel whose host keeps staging areas: in-process a software MMU
+/// the test hands the areas' bytes to; over the socket the daemon's real
+/// memory (each pager's own memfd). `None` where the host cannot (the
+/// daemon on the software MMU): the rule is skipped, with a message.
+fn staged_kernel(via: Transport) -> Option<(Host, Option<Arc<SoftMachine>>)> {
+    let config = KernelConfig { phys_pages: 1024, resident_limit: 1024, cluster_pages: 1, ..Default::default() };
+    match via {
+        Transport::Local => {
+            let soft = Arc::new(SoftMachine::new(config.phys_pages));
+            Some((Host::on_machine(config, soft.clone()), Some(soft)))
+        }
+        Transport::Socket => match machvm_daemon::memory::unavailable() {
+            None => Some((kernel_with(via, config), None)),
+            Some(why) => {
+                eprintln!("skipped over the socket: staging areas need real memory ({why})");
+                None
+            }
+        },
+    }
+}
+
+/// Gives `pager` a staging area of `STAGING_SIZE` bytes starting with
+/// `bytes` (zeroes after).
+fn stage(soft: &Option<Arc<SoftMachine>>, pager: &mut PagerConn, bytes: &[u8]) {
+    let mut area = vec![0u8; STAGING_SIZE as usize];
+    area[..bytes.len()].copy_from_slice(bytes);
+    match soft {
+        Some(m) => m.set_staging(u64::from(pager.link.id().number()), Some(area)),
+        None => {
+            assert!(pager.attach_staging().unwrap(), "the daemon gives a staging area");
+            pager.staging_mut().unwrap().copy_from_slice(&area);
+        }
+    }
+}
+
+/// A staged supply sent with a reply port: the call's result and the
+/// `supply_completed` it got.
+fn staged_supply(pager: &PagerConn, control: PortName, offset: u64, length: u64, at: u64) -> (Result<()>, KernelReply) {
+    let reply = pager.link.port_allocate().unwrap();
+    let (sid, data) =
+        PagerToKernel::DataSupplyStaged { offset, length, staging_offset: at, lock: VmProt::NONE, precious: false }
+            .encode();
+    let mut msg = UserMessage::new(control, sid, data);
+    msg.reply = Some((reply, Disposition::MakeSendOnce));
+    let sent = pager.link.msg_send(msg);
+    let m = pager.link.msg_receive(reply, Some(T)).unwrap();
+    (sent, KernelReply::decode(m.id, &m.data).unwrap())
+}
+
+fn a_staged_supply_answers_the_fault_from_the_senders_staging_area(via: Transport) {
+    let Some((h, soft)) = staged_kernel(via) else { return };
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 4);
+    ready(&mut pager);
+    stage(&soft, &mut pager, &[page(0), page(10), page(20), page(30)].concat());
+    let rx = read_at(&client, VmAddr(a.0 + 2 * P + 8));
+    expect_request(&mut pager, 2 * P, P);
+    // Two pages from staging page 2: the one asked for and the next.
+    pager.supply_staged(obj, 2 * P, 2 * P, 2 * P).unwrap();
+    assert_eq!(done(&rx), Ok(21));
+    assert_eq!(client.read_u64(VmAddr(a.0 + 3 * P + 16)), Ok(32));
+    assert_eq!(h.k.stats().received("data_supply_staged"), 1);
+    assert_eq!(h.k.stats().sent("data_request"), 1);
+    // The area is the pager's to reuse: what the kernel took stays.
+    stage(&soft, &mut pager, &[page(90), page(90), page(90), page(90)].concat());
+    assert_eq!(client.read_u64(VmAddr(a.0 + 2 * P + 8)), Ok(21));
+}
+
+fn a_staged_supply_never_overwrites_a_resident_page(via: Transport) {
+    let Some((h, soft)) = staged_kernel(via) else { return };
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 2);
+    ready(&mut pager);
+    stage(&soft, &mut pager, &[page(10), page(99)].concat());
+    pager.supply_staged(obj, P, P, 0).unwrap();
+    client.write_u64(VmAddr(a.0 + P), 11).unwrap();
+    pager.supply_staged(obj, P, P, P).unwrap();
+    assert_eq!(client.read_u64(VmAddr(a.0 + P)), Ok(11));
+    assert_eq!(client.read_u64(VmAddr(a.0 + P + 8)), Ok(11));
+    quiet(&mut pager);
+}
+
+fn a_staged_supply_outside_the_senders_staging_area_is_refused_and_changes_nothing(via: Transport) {
+    let Some((h, soft)) = staged_kernel(via) else { return };
+    let (client, mut pager, obj, name) = setup(&h);
+    let a = map(&client, name, 2);
+    let control = raw_control(&pager, obj);
+    raw(
+        &pager,
+        control,
+        id::READY,
+        PagerToKernel::Ready { may_cache: true, copy_strategy: CopyStrategy::Delay }.encode().1,
+    )
+    .unwrap();
+    let rx = read_at(&client, a);
+    let m = pager.link.msg_receive(obj, Some(T)).unwrap();
+    assert_eq!(
+        KernelToPager::decode(m.id, &m.data),
+        Ok(KernelToPager::DataRequest { offset: 0, length: P, access: VmProt::READ })
+    );
+    fn refused(pager: &PagerConn, control: PortName, offset: u64, length: u64, at: u64) {
+        let (sent, reply) = staged_supply(pager, control, offset, length, at);
+        assert_eq!(sent, Err(KernError::InvalidArgument), "supply of {length:#x} at {offset:#x} from {at:#x}");
+        let result = Some(KernError::InvalidArgument);
+        assert_eq!(reply, KernelReply::SupplyCompleted { offset, length, result, error_offset: offset });
+    }
+    // The pager has no staging area yet (another task's is not its own).
+    let mut other = h.pager();
+    stage(&soft, &mut other, &page(5));
+    refused(&pager, control, 0, P, 0);
+    stage(&soft, &mut pager, &page(7));
+    // Past the area's end, straddling it, misaligned, wrapping, empty.
+    refused(&pager, control, 0, P, STAGING_SIZE);
+    refused(&pager, control, 0, 2 * P, STAGING_SIZE - P);
+    refused(&pager, control, 0, P, 8);
+    refused(&pager, control, 0, P, u64::MAX - P + 1);
+    refused(&pager, control, 0, 0, 0);
+    // None of that changed anything: the fault still waits, and a good
+    // supply answers it.
+    still_waiting(&rx);
+    assert_eq!(h.k.stats().resident, 0);
+    let (sent, reply) = staged_supply(&pager, control, 0, P, 0);
+    assert_eq!(sent, Ok(()));
+    assert_eq!(reply, KernelReply::SupplyCompleted { offset: 0, length: P, result: None, error_offset: 0 });
+    assert_eq!(done(&rx), Ok(7));
 }

@@ -369,3 +369,40 @@ fn an_access_outside_every_mapping_is_sigsegv_reported_as_an_invalid_address() {
     let row = ex.iter().find(|r| r.pid == q.0.id()).unwrap_or_else(|| panic!("not reported: {ex:?}"));
     assert_eq!(row.error, KernError::InvalidAddress, "{row:?}");
 }
+
+#[test]
+fn a_file_pager_stages_its_pages_and_the_process_sees_the_files_bytes() {
+    need_real_memory!();
+    let dir = Dir::new("real-staged");
+    let pages = 600u64;
+    let file = dir.0.join("data");
+    let mut bytes = vec![0u8; (pages * PAGE_SIZE) as usize - 100];
+    for (i, c) in bytes.chunks_mut(PAGE_SIZE as usize).enumerate() {
+        c[..8].copy_from_slice(&(i as u64 * 3 + 1).to_ne_bytes());
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    let _d = daemon(&dir.socket(), &["--memory", "real"]);
+    let f = file.to_str().unwrap();
+    let _staged = pager(&dir.socket(), &["file", "--name", "staged", "--cluster", "64", f], "staged");
+    let _msgs = pager(&dir.socket(), &["--data-in-message", "file", "--name", "msgs", "--cluster", "64", f], "msgs");
+    let mem = RealMemory::attach(client(&dir.socket(), "reader"), 1 << 30).unwrap();
+    let c = client(&dir.socket(), "look");
+    for (name, staged) in [("staged", true), ("msgs", false)] {
+        let (s0, m0) = (stat(&c, "received data_supply_staged"), stat(&c, "received data_supply"));
+        let r = mem.map_name(name, (pages + 4) * PAGE_SIZE, false).unwrap();
+        for p in 0..pages {
+            assert_eq!(r.load_u64(p * PAGE_SIZE).unwrap(), p * 3 + 1, "{name}: page {p}");
+        }
+        // The tail of the last page and the pages past the file are zeroes.
+        assert_eq!(r.load_u64(pages * PAGE_SIZE - 8).unwrap(), 0);
+        assert_eq!(r.load_u64((pages + 2) * PAGE_SIZE).unwrap(), 0);
+        let (s1, m1) = (stat(&c, "received data_supply_staged"), stat(&c, "received data_supply"));
+        let clusters = pages.div_ceil(64);
+        if staged {
+            assert_eq!((s1 - s0, m1 - m0), (clusters, 0), "{name}: every page staged, none in a message");
+        } else {
+            assert_eq!((s1 - s0, m1 - m0), (0, clusters), "{name}: every page in a message");
+        }
+        r.deallocate().unwrap();
+    }
+}

@@ -230,6 +230,9 @@ impl KernelLink for Task {
     fn msg_receive(&self, name: PortName, timeout: Option<Duration>) -> Result<ReceivedMessage> {
         self.0.pager_link().msg_receive(name, timeout)
     }
+    fn staging_attach(&self, size: u64) -> Result<Option<machvm_pagers::link::Staging>> {
+        self.0.pager_link().staging_attach(size)
+    }
 }
 
 // ----- in-process -----

@@ -17,8 +17,8 @@ pub mod link;
 pub mod pager;
 pub mod serve;
 
-pub use conn::{PagerConn, Request};
-pub use link::{KernelLink, Local, Outgoing};
+pub use conn::{PagerConn, Request, STAGING_SIZE};
+pub use link::{KernelLink, Local, Outgoing, Staging};
 pub use pager::{serve_pager, Answer, Attributes, Pager};
 pub use serve::{serve, Backing, FileBacking, MemBacking, PagerStats, SwapBacking};
 
