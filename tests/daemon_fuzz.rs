@@ -528,7 +528,7 @@ fn proxy_create(r: &mut Rng, st: &State) -> Call {
 }
 
 /// The number of [`Call`] variants; [`gen_call`] picks each by its index.
-const VARIANTS: u64 = 34;
+const VARIANTS: u64 = 35;
 
 fn variant(call: &Call) -> u64 {
     match call {
@@ -566,6 +566,7 @@ fn variant(call: &Call) -> u64 {
         Call::Inspect(_) => 31,
         Call::MsgSendReceive { .. } => 32,
         Call::MemoryAttach { .. } => 33,
+        Call::StagingAttach { .. } => 34,
     }
 }
 
@@ -659,6 +660,7 @@ fn gen_call(r: &mut Rng, st: &State, v: u64) -> Call {
             arena_start: addr(r, st),
             arena_len: size(r),
         },
+        34 => Call::StagingAttach { memfd: r.below(64) as i32 - 8, len: size(r) },
         _ => Call::Inspect(match r.below(6) {
             0 => InspectWhat::Tasks,
             1 => InspectWhat::Stats,
@@ -1435,7 +1437,7 @@ fn random_frames(r: &mut Rng, st: &State, seq: &mut u64, n: usize, mutate_pct: u
         frames += 1;
         match r.below(100) {
             x if x < mutate_pct => {
-                *seq += 1;
+                *seq = seq.wrapping_add(1);
                 let f = frame(&Request::Call { seq: *seq, call: any_call(r, st) });
                 out.extend(mutate(r, f));
             }
@@ -1446,7 +1448,7 @@ fn random_frames(r: &mut Rng, st: &State, seq: &mut u64, n: usize, mutate_pct: u
             }
             x if x < mutate_pct + 8 => out.extend(random_hello(r)),
             _ => {
-                *seq = if r.one_in(20) { r.pick(&[0, u64::MAX, *seq]) } else { *seq + 1 };
+                *seq = if r.one_in(20) { r.pick(&[0, u64::MAX, *seq]) } else { seq.wrapping_add(1) };
                 out.extend(frame(&Request::Call { seq: *seq, call: any_call(r, st) }));
             }
         }

@@ -192,6 +192,9 @@ impl Real {
             tracing::warn!(task = task.number(), pid, "memory_attach refused: the task has real memory already");
             return Err(KernError::Failure);
         }
+        if uffd < 0 || channel < 0 {
+            return Err(bad("the descriptors", &"a negative descriptor number"));
+        }
         let pid = Pid::from_raw(pid as i32).ok_or(KernError::NotSupported)?;
         let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(|_| KernError::NotSupported)?;
         let uffd = rustix::process::pidfd_getfd(&pidfd, uffd, PidfdGetfdFlags::empty())
@@ -244,6 +247,9 @@ impl Real {
             tracing::warn!(task = task.number(), pid, "staging_attach refused: {e}");
             KernError::InvalidArgument
         };
+        if memfd < 0 {
+            return Err(bad(&"a negative descriptor number"));
+        }
         let pid = Pid::from_raw(pid as i32).ok_or(KernError::NotSupported)?;
         let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(|_| KernError::NotSupported)?;
         let fd = rustix::process::pidfd_getfd(&pidfd, memfd, PidfdGetfdFlags::empty()).map_err(|e| bad(&e))?;
@@ -607,8 +613,12 @@ impl Server {
         }
     }
 
-    /// `Windows`: the task's windows in the range, with their memfds.
-    fn windows(&self, task: TaskId, start: VmAddr, len: u64) -> (MemReply, Vec<Arc<machvm_host::ObjectMemory>>) {
+    /// `Windows`: the task's windows in the range, with their memfds: a
+    /// read-only descriptor for a window no store will ever be allowed
+    /// in (its maximum protection has no write), which the process maps
+    /// privately (`machvm_host::Arena::place`), so that nothing it does
+    /// through the window or the descriptor can change the object.
+    fn windows(&self, task: TaskId, start: VmAddr, len: u64) -> (MemReply, Vec<Sent>) {
         let windows = match self.kernel.vm_windows(task, start, len) {
             Ok(w) => w,
             Err(e) => return (MemReply::Error(e), Vec::new()),
@@ -621,7 +631,18 @@ impl Server {
                 next = Some(w.start);
                 break;
             }
-            match self.machine.memory_for(w.object, w.offset + w.len) {
+            let memory = self.machine.memory_for(w.object, w.offset + w.len).and_then(|m| {
+                if w.max.contains(VmProt::WRITE) {
+                    return Ok(Sent::Writable(m));
+                }
+                let dup = |e: std::io::Error| machvm_host::Error::Host {
+                    call: "dup",
+                    errno: machvm_host::Errno::from_io_error(&e).unwrap_or(machvm_host::Errno::IO),
+                };
+                let fd = m.read_only()?.try_clone_to_owned().map_err(dup)?;
+                Ok(Sent::ReadOnly(fd))
+            });
+            match memory {
                 Ok(m) => fds.push(m),
                 Err(e) => {
                     tracing::warn!(task = task.number(), "no memory for a window: {e}");
@@ -649,5 +670,22 @@ impl Server {
             }
         }
         MemReply::Mapped
+    }
+}
+
+/// A window's memfd as the memory channel sends it.
+enum Sent {
+    /// The object's own descriptor.
+    Writable(Arc<machvm_host::ObjectMemory>),
+    /// A read-only descriptor of it (`ObjectMemory::read_only`).
+    ReadOnly(rustix::fd::OwnedFd),
+}
+
+impl AsFd for Sent {
+    fn as_fd(&self) -> rustix::fd::BorrowedFd<'_> {
+        match self {
+            Sent::Writable(m) => m.as_fd(),
+            Sent::ReadOnly(fd) => fd.as_fd(),
+        }
     }
 }

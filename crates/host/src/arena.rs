@@ -21,6 +21,7 @@
 use crate::mapping::{read_words, write_words};
 use crate::{host, Error, PageRange, Result};
 use rustix::fd::AsFd;
+use rustix::fs::OFlags;
 use rustix::mm::{MapFlags, ProtFlags};
 use std::ffi::c_void;
 use std::ptr::NonNull;
@@ -135,7 +136,11 @@ impl Arena {
     /// the arena had there. The window is writable to the host (the daemon
     /// write-protects what the task may only read, which holds whatever
     /// `mprotect` the process makes), and a child this process forks does
-    /// not inherit it.
+    /// not inherit it. A read-only descriptor (a window the task may never
+    /// write, see [`crate::ObjectMemory::read_only`]) is mapped
+    /// `MAP_PRIVATE` instead: the same pages until a store, which the
+    /// daemon refuses, and which would land in a private copy if it ever
+    /// got through.
     ///
     /// Errors: [`Error::OutOfBounds`] if `range` is not inside the arena;
     /// [`Error::Host`] if a call fails.
@@ -143,20 +148,13 @@ impl Arena {
         self.check(range)?;
         let len = range.len() as usize;
         let at = range.start() as *mut c_void;
+        let mode = rustix::fs::fcntl_getfl(&fd).map_err(host("fcntl(F_GETFL)"))? & OFlags::RWMODE;
+        let sharing = if mode == OFlags::RDONLY { MapFlags::PRIVATE } else { MapFlags::SHARED };
         // SAFETY: the range lies inside the arena, which this value owns; no
         // Rust reference points into it (module comment), so replacing the
         // memory there breaks no reference.
-        unsafe {
-            rustix::mm::mmap(
-                at,
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::FIXED,
-                fd,
-                offset,
-            )
-        }
-        .map_err(host("mmap"))?;
+        unsafe { rustix::mm::mmap(at, len, ProtFlags::READ | ProtFlags::WRITE, sharing | MapFlags::FIXED, fd, offset) }
+            .map_err(host("mmap"))?;
         self.dont_fork(range)
     }
 

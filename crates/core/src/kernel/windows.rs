@@ -39,6 +39,10 @@ pub struct Window {
     /// mapped through (what the process may do there without a fault
     /// being refused).
     pub prot: VmProt,
+    /// The most `prot` can ever become there: the entry's maximum,
+    /// narrowed the same way. Without `WRITE`, no store will ever be
+    /// allowed in the window, so a host may map it read-only for good.
+    pub max: VmProt,
 }
 
 impl Kernel {
@@ -92,10 +96,11 @@ impl Kernel {
                             object: real,
                             offset: roff,
                             prot: e.cur & allowed,
+                            max: e.max & allowed,
                         });
                     }
                 } else {
-                    out.push(Window { start: VmAddr(lo), len: hi - lo, object, offset: off, prot: e.cur });
+                    out.push(Window { start: VmAddr(lo), len: hi - lo, object, offset: off, prot: e.cur, max: e.max });
                 }
             }
             Ok(out)
