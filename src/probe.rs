@@ -13,7 +13,7 @@
 //! | `put R PAGE TEXT` / `expect R PAGE TEXT` | store / check text at the start of a page |
 //! | `fill R SEED` / `check R SEED` | store / check a pattern over every page |
 //! | `churn R SEED STORES` | random word stores over the region, then every word checked against a model (of what it held before, and the stores) |
-//! | `touch-pages R` | one store per page, timed: prints the nanoseconds per page |
+//! | `touch-pages R` / `read-pages R` | one store / load per page, timed: prints the nanoseconds per page |
 //! | `free R` | `vm_deallocate` of a region (the last region takes its number) |
 //! | `stray` | a load where no entry maps: the last region freed, else the arena's last page (the process must die of `SIGSEGV`) |
 //! | `mprotect R rw` | the process's own `mprotect` of the whole region |
@@ -174,6 +174,19 @@ impl<'a> State<'a> {
                     for p in 0..pages {
                         r.store_u64(p * PAGE_SIZE, p)?;
                     }
+                    println!("{:.0}", t.elapsed().as_nanos() as f64 / pages as f64);
+                    2
+                }
+                "read-pages" => {
+                    // One load per page, timed (as touch-pages).
+                    let r = self.region(arg(1))?;
+                    let pages = r.len() / PAGE_SIZE;
+                    let t = Instant::now();
+                    let mut sum = 0u64;
+                    for p in 0..pages {
+                        sum = sum.wrapping_add(r.load_u64(p * PAGE_SIZE)?);
+                    }
+                    std::hint::black_box(sum);
                     println!("{:.0}", t.elapsed().as_nanos() as f64 / pages as f64);
                     2
                 }

@@ -406,3 +406,46 @@ fn a_file_pager_stages_its_pages_and_the_process_sees_the_files_bytes() {
         r.deallocate().unwrap();
     }
 }
+
+#[test]
+fn pages_a_process_only_reads_stay_clean_and_a_store_makes_its_page_dirty() {
+    need_real_memory!();
+    let dir = Dir::new("real-clean");
+    let pages = 300u64;
+    let file = dir.0.join("data");
+    let mut bytes = vec![0u8; (pages * PAGE_SIZE) as usize];
+    for (i, c) in bytes.chunks_mut(PAGE_SIZE as usize).enumerate() {
+        c[..8].copy_from_slice(&(i as u64 + 7).to_ne_bytes());
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    let _d = daemon(&dir.socket(), &["--memory", "real"]);
+    let _p = pager(&dir.socket(), &["file", "--name", "f", "--cluster", "32", file.to_str().unwrap()], "f");
+    let mem = RealMemory::attach(client(&dir.socket(), "reader"), 1 << 30).unwrap();
+    let c = client(&dir.socket(), "look");
+    let returned = || stat(&c, "sent data_return");
+    // Read end to end, then unmapped: the file pager's object ends (it is
+    // not cached), and nothing comes back to it.
+    let r = mem.map_name("f", pages * PAGE_SIZE, false).unwrap();
+    for p in 0..pages {
+        assert_eq!(r.load_u64(p * PAGE_SIZE).unwrap(), p + 7);
+    }
+    r.deallocate().unwrap();
+    wait_until("the object to end", || stat(&c, "sent terminate") == 1);
+    assert_eq!(returned(), 0, "pages only read were written back");
+    // Read, then one store: its page (and at most its run) comes back, with
+    // the store, and the file has it.
+    let r = mem.map_name("f", pages * PAGE_SIZE, false).unwrap();
+    for p in 0..pages {
+        assert_eq!(r.load_u64(p * PAGE_SIZE).unwrap(), p + 7);
+    }
+    r.store_u64(100 * PAGE_SIZE + 8, 0xfeed).unwrap();
+    assert_eq!(r.load_u64(100 * PAGE_SIZE + 8).unwrap(), 0xfeed);
+    r.deallocate().unwrap();
+    wait_until("the object to end again", || stat(&c, "sent terminate") == 2);
+    let pages_back = stat(&c, "pages_returned");
+    assert!((1..=16).contains(&pages_back), "{pages_back} pages came back for one store");
+    let on_disk = std::fs::read(&file).unwrap();
+    let at = (100 * PAGE_SIZE + 8) as usize;
+    assert_eq!(u64::from_ne_bytes(on_disk[at..at + 8].try_into().unwrap()), 0xfeed);
+    assert_eq!(u64::from_ne_bytes(on_disk[..8].try_into().unwrap()), 7);
+}

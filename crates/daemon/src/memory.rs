@@ -492,7 +492,13 @@ impl Server {
         });
         let waker: Arc<dyn Waker> = Arc::new(FaultWaker { inbox: self.inbox.clone(), id: fid });
         for _ in 0..FAULT_TRIES {
-            match self.kernel.vm_fault_poll(task, VmAddr(va), access, &waker) {
+            // What the VM enters for a store is modified from the start
+            // (not write-protected to learn of a store already known).
+            let page = machvm_core::PAGE_SIZE;
+            self.machine.storing(pmap, write.then_some((va, va + page)));
+            let made = self.kernel.vm_fault_poll(task, VmAddr(va), access, &waker);
+            self.machine.storing(pmap, None);
+            match made {
                 Ok(Poll::Ready(())) => match self.machine.after_fault(pmap, va, write) {
                     // The VM entered the page, and its CONTINUE woke the
                     // thread.
@@ -503,7 +509,10 @@ impl Server {
                         let s = self.served.get_mut(&id).expect("served");
                         s.ahead = if va == s.next_fault { (s.ahead * 2).clamp(1, FAULT_AROUND) } else { 0 };
                         let around = Around { max: FAULT_AROUND, write, zero_fill: s.ahead };
+                        let ahead = (va + page, va + (FAULT_AROUND as u64 + 1) * page);
+                        self.machine.storing(pmap, write.then_some(ahead));
                         let n = self.kernel.vm_fault_around(task, VmAddr(va), around);
+                        self.machine.storing(pmap, None);
                         let s = self.served.get_mut(&id).expect("served");
                         s.next_fault = va + (n as u64 + 1) * machvm_core::PAGE_SIZE;
                         return;

@@ -35,10 +35,15 @@
 //!   served here, from the translation, without the VM ([`HostMachine::resolve`]);
 //!   a process whose translation went faults to the VM, which refuses it or
 //!   maps it again.
-//! - The modified bit: a page entered writable into a process is taken as
-//!   modified (the process may store at any time without a fault); the
-//!   contract allows it (a needless `data_return`). Referenced is always
-//!   said.
+//! - The modified bit is learned from write-protect faults. A page the VM
+//!   enters writable for a load is mapped write-protected while it is not
+//!   modified; the first store through it faults, and [`HostMachine::resolve`]
+//!   marks it modified (with the rest of its run of [`STORE_RUN`] pages)
+//!   and lifts the protection, without the VM. A page entered for a store
+//!   (the fault server says so: [`HostMachine::storing`]) is modified at
+//!   once, with the cluster entered with it. So pages a process only reads
+//!   stay clean (no `data_return`), and a page reported modified may not
+//!   have been written (the contract allows it). Referenced is always said.
 //!
 //! Tasks without a process (their loads and stores are calls to the
 //! daemon) use the translations only, through [`Machine::access`].
@@ -85,6 +90,9 @@ struct Space {
     /// Translations by page address.
     pages: BTreeMap<u64, (Frame, VmProt)>,
     process: Option<Process>,
+    /// Where a store of the process is faulting, while the VM serves that
+    /// fault ([`HostMachine::storing`]).
+    storing: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -284,11 +292,38 @@ impl HostMachine {
         if !prot.contains(need) {
             return Resolution::AskVm;
         }
+        if write && !t.pages.get(&frame).is_some_and(|p| p.modified) {
+            // The first store through a writable translation (it was
+            // write-protected to learn of it): the page is modified, and so
+            // are its neighbours of the same run, mapped writable at once.
+            let (first, frames) = store_run(&mut t, pmap, va, prot);
+            let (before, from_va) = frames.split_at(((va - first) / PAGE_SIZE) as usize);
+            if !before.is_empty() {
+                self.map_into(&mut t, pmap, first, before, prot);
+            }
+            if self.map_into(&mut t, pmap, va, from_va, prot) {
+                self.count(|s| s.resolved += 1);
+                return Resolution::Resolved;
+            }
+            return Resolution::AskVm;
+        }
         if self.map_into(&mut t, pmap, va, &[frame], prot) {
             self.count(|s| s.resolved += 1);
             Resolution::Resolved
         } else {
             Resolution::AskVm
+        }
+    }
+
+    /// A store of `pmap`'s process is faulting in `[start, end)` (or, with
+    /// `None`, no longer): pages the VM enters writable there meanwhile,
+    /// and the rest of each run entered with them, are modified at once
+    /// rather than write-protected until their first store (which is
+    /// known to come). Set by the fault server around the VM's handling
+    /// of a write fault (the faulting page, then the pages it maps ahead).
+    pub fn storing(&self, pmap: PmapId, range: Option<(u64, u64)>) {
+        if let Some(s) = self.tables().spaces.get_mut(&pmap) {
+            s.storing = range;
         }
     }
 
@@ -324,9 +359,14 @@ impl HostMachine {
     /// `prot`, for the pages inside one of its windows. Returns whether
     /// the first page was mapped (or is, by someone else's doing).
     fn map_into(&self, t: &mut Tables, pmap: PmapId, va: u64, frames: &[Frame], prot: VmProt) -> bool {
-        let Some(p) = t.spaces.get_mut(&pmap).and_then(|s| s.process.as_mut()) else {
+        let Tables { spaces, pages, .. } = t;
+        let Some(p) = spaces.get_mut(&pmap).and_then(|s| s.process.as_mut()) else {
             return false;
         };
+        // A writable translation of a page not modified yet is mapped
+        // write-protected: its first store faults, and so is learned.
+        let modified = |f: &Frame| pages.get(f).is_some_and(|p| p.modified);
+        let mapped = |f: &Frame| if prot.contains(VmProt::WRITE) && !modified(f) { prot - VmProt::WRITE } else { prot };
         if p.gone {
             return false;
         }
@@ -338,11 +378,16 @@ impl HostMachine {
                 i += 1;
                 continue;
             };
-            // The run of pages in this window that are its own.
+            // The run of pages in this window that are its own, mapped
+            // with the same protection.
+            let run_prot = mapped(&frames[i]);
             let mut n = 0;
             while i + n < frames.len() {
                 let a = at + n as u64 * PAGE_SIZE;
-                if a >= w.end || self.store.key(frames[i + n]) != Some((w.object, w.offset + (a - wstart))) {
+                if a >= w.end
+                    || self.store.key(frames[i + n]) != Some((w.object, w.offset + (a - wstart)))
+                    || mapped(&frames[i + n]) != run_prot
+                {
                     break;
                 }
                 self.store.materialize(frames[i + n]);
@@ -354,7 +399,7 @@ impl HostMachine {
                 i += 1;
                 continue;
             }
-            let mut ok = continue_run(&p.uffd, page_range(at, n as u64), prot);
+            let mut ok = continue_run(&p.uffd, page_range(at, n as u64), run_prot);
             if let Err(crate::Error::Host { errno: crate::Errno::FAULT, .. }) = ok {
                 // A hole where the store holds the pages: a holder of the
                 // memfd punched them (their data is lost). They are
@@ -367,7 +412,7 @@ impl HostMachine {
                         }
                     }
                 }
-                ok = continue_run(&p.uffd, page_range(at, n as u64), prot);
+                ok = continue_run(&p.uffd, page_range(at, n as u64), run_prot);
             }
             if ok.is_err() {
                 // Whatever failed, the waiters retry rather than wait.
@@ -430,6 +475,39 @@ impl HostMachine {
         Some((frame, in_process))
     }
 }
+
+/// The pages to make writable for a first store at `va` through a
+/// writable translation of `pmap`: the translations with the same
+/// protection around it, contiguous, inside its aligned run of
+/// [`STORE_RUN`] pages. Marks them modified; returns the first address
+/// and the pages.
+fn store_run(t: &mut Tables, pmap: PmapId, va: u64, prot: VmProt) -> (u64, Vec<Frame>) {
+    let run = STORE_RUN * PAGE_SIZE;
+    let (lo, hi) = (va / run * run, (va / run + 1) * run);
+    let s = &t.spaces[&pmap];
+    let same = |a: u64| s.pages.get(&a).filter(|&&(_, pr)| pr == prot).map(|&(f, _)| f);
+    let mut first = va;
+    while first > lo && same(first - PAGE_SIZE).is_some() {
+        first -= PAGE_SIZE;
+    }
+    let mut frames = Vec::new();
+    let mut a = first;
+    while a < hi {
+        let Some(f) = same(a) else { break };
+        frames.push(f);
+        a += PAGE_SIZE;
+    }
+    for f in &frames {
+        t.pages.entry(*f).or_default().modified = true;
+    }
+    (first, frames)
+}
+
+/// Pages one first store makes writable at once (see [`store_run`]): a
+/// store fault is learned per run, as a host serving a cluster would, and
+/// more pages are reported modified than were written (the contract
+/// allows it: a needless `data_return`).
+pub const STORE_RUN: u64 = 16;
 
 /// `CONTINUE` over `range` with `prot` (write-protected unless it allows
 /// writing), retrying what a race left; a page mapped already gets its
@@ -510,6 +588,13 @@ impl Pmap for HostMachine {
             None => return Err(PmapError::Unreachable),
             Some(s) => s.process.as_ref().is_some_and(|p| !p.gone),
         };
+        // Entered for a store: the pages are modified now (the store comes
+        // as soon as the thread wakes). Otherwise a writable page stays
+        // unmodified, and write-protected in the process, until its first
+        // store faults (`resolve`).
+        let end = va.0 + pages.len() as u64 * PAGE_SIZE;
+        let storing = prot.contains(VmProt::WRITE)
+            && t.spaces.get(&pmap).and_then(|s| s.storing).is_some_and(|(lo, hi)| va.0 < hi && lo < end);
         for (i, &f) in pages.iter().enumerate() {
             let at = va.0 + i as u64 * PAGE_SIZE;
             let s = t.spaces.get_mut(&pmap).expect("checked");
@@ -523,7 +608,7 @@ impl Pmap for HostMachine {
             if old.is_none_or(|(of, _)| of != f) {
                 ps.maps.push((pmap, at));
             }
-            if has_process && prot.contains(VmProt::WRITE) {
+            if has_process && storing {
                 ps.modified = true;
             }
         }
