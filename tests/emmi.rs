@@ -292,6 +292,52 @@ fn a_fault_can_wait_without_a_thread() {
     assert_eq!(client.read_u64(a), Ok(4));
 }
 
+/// Read-ahead (what the fault server does on sequential faults of real
+/// memory): once the pages a fault entered end at a page the pager has
+/// and nobody asked for, its cluster is asked for with no fault waiting;
+/// the pages a task uses are never given up for it.
+#[test]
+fn read_ahead_asks_for_the_next_cluster_with_no_fault_waiting() {
+    use machvm_core::vm::fault::Around;
+    for limit in [usize::MAX, 5] {
+        let limits = TaskLimits { resident_pages: limit, ..TaskLimits::default() };
+        let h = kernel_with(
+            Transport::Local,
+            KernelConfig { phys_pages: 1024, resident_limit: 1024, cluster_pages: 2, limits, ..Default::default() },
+        );
+        let (client, mut pager, obj, name) = setup(&h);
+        let a = map(&client, name, 8);
+        ready(&mut pager);
+        let rx = read_at(&client, a);
+        expect_request(&mut pager, 0, 2 * P);
+        pager.supply(obj, 0, &[page(0), page(1000)].concat()).unwrap();
+        assert_eq!(done(&rx), Ok(0));
+        let no_ahead = Around { max: 255, write: false, zero_fill: 0, read_ahead: false };
+        assert_eq!(h.k.vm_fault_around(client.id(), a, no_ahead), 1, "page 1 entered");
+        quiet(&mut pager);
+        let ahead = Around { read_ahead: true, ..no_ahead };
+        assert_eq!(h.k.vm_fault_around(client.id(), VmAddr(a.0 + P), ahead), 0);
+        if limit == usize::MAX {
+            // Pages [2, 4): asked for now; a fault there then waits for them.
+            expect_request(&mut pager, 2 * P, 2 * P);
+            let rx = read_at(&client, VmAddr(a.0 + 3 * P));
+            still_waiting(&rx);
+            pager.supply(obj, 2 * P, &[page(2000), page(3000)].concat()).unwrap();
+            assert_eq!(done(&rx), Ok(3000));
+            assert_eq!(h.k.stats().sent("data_request"), 2);
+        } else {
+            // Two resident and a limit of five: room for two more, asked.
+            expect_request(&mut pager, 2 * P, 2 * P);
+            pager.supply(obj, 2 * P, &[page(2000), page(3000)].concat()).unwrap();
+            // Four resident now: the next cluster would need a reclaim.
+            assert_eq!(client.read_u64(VmAddr(a.0 + 3 * P)), Ok(3000));
+            h.k.vm_fault_around(client.id(), VmAddr(a.0 + 2 * P), no_ahead);
+            h.k.vm_fault_around(client.id(), VmAddr(a.0 + 3 * P), ahead);
+            quiet(&mut pager);
+        }
+    }
+}
+
 /// A task thread's access without a thread that waits: `access_poll`
 /// faults, asks the pager and returns `Pending`; once woken, the same
 /// access goes through.

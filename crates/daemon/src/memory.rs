@@ -508,7 +508,7 @@ impl Server {
                         // a sequential run, one CONTINUE per run of pages.
                         let s = self.served.get_mut(&id).expect("served");
                         s.ahead = if va == s.next_fault { (s.ahead * 2).clamp(1, FAULT_AROUND) } else { 0 };
-                        let around = Around { max: FAULT_AROUND, write, zero_fill: s.ahead };
+                        let around = Around { max: FAULT_AROUND, write, zero_fill: s.ahead, read_ahead: s.ahead > 0 };
                         let ahead = (va + page, va + (FAULT_AROUND as u64 + 1) * page);
                         self.machine.storing(pmap, write.then_some(ahead));
                         let n = self.kernel.vm_fault_around(task, VmAddr(va), around);

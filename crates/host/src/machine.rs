@@ -744,8 +744,8 @@ impl PageStore for HostMachine {
     fn staging_len(&self, owner: u64) -> u64 {
         self.store.staging_len(owner)
     }
-    fn write_staged(&self, page: Frame, owner: u64, offset: u64) -> std::result::Result<(), StoreError> {
-        self.store.write_staged(page, owner, offset)
+    fn write_staged(&self, pages: &[Frame], owner: u64, offset: u64) -> std::result::Result<(), StoreError> {
+        self.store.write_staged(pages, owner, offset)
     }
 }
 

@@ -334,12 +334,18 @@ impl PageStore for MemfdStore {
         self.staging_of(owner).map_or(0, |s| s.size())
     }
 
-    /// `copy_file_range` from the owner's memfd into the page's: the
-    /// bytes never pass through this process.
-    fn write_staged(&self, page: Frame, owner: u64, offset: u64) -> std::result::Result<(), StoreError> {
+    /// `copy_file_range` from the owner's memfd into the pages' memfd, one
+    /// call for the run: the bytes never pass through this process.
+    fn write_staged(&self, pages: &[Frame], owner: u64, offset: u64) -> std::result::Result<(), StoreError> {
+        let Some(&first) = pages.first() else { return Ok(()) };
         let source = self.staging_of(owner).ok_or(StoreError::NoStaging)?;
-        let (memory, at, _) = self.locate(page, true);
-        source.copy_into(&memory, at, offset, PAGE_SIZE).map_err(|_| StoreError::NoStaging)
+        let (memory, at, _) = self.locate(first, true);
+        for (i, &p) in pages.iter().enumerate().skip(1) {
+            let (m, a, _) = self.locate(p, true);
+            debug_assert!(Arc::ptr_eq(&m, &memory) && a == at + i as u64 * PAGE_SIZE, "a run of one object's pages");
+        }
+        let len = pages.len() as u64 * PAGE_SIZE;
+        source.copy_into(&memory, at, offset, len).map_err(|_| StoreError::NoStaging)
     }
 
     fn object_released(&self, object: ObjectId) {

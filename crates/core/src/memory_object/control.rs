@@ -17,7 +17,6 @@ use super::{Ctx, MemoryObjects};
 use crate::ipc::{KMessage, PortId, RightKind};
 use crate::types::{page_aligned, KernError, Result, PAGE_SIZE};
 use crate::vm::object::{CopyStrategy, ObjectId};
-use crate::vm::paging::Supplied;
 use crate::wait::WaitKey;
 use machvm_protocol::emmi::{KernelReply, PagerToKernel};
 
@@ -125,17 +124,12 @@ impl MemoryObjects {
                     );
                     return Err(e);
                 }
-                let mut result = None;
-                let mut error_offset = 0;
-                for i in 0..length / PAGE_SIZE {
-                    let (off, at) = (offset + i * PAGE_SIZE, staging_offset + i * PAGE_SIZE);
-                    let data = Supplied::Staged { owner: sender, offset: at };
-                    if let Err(e) = cx.vm.data_supply_from(object, off, data, lock, precious) {
-                        result = Some(e);
-                        error_offset = off;
-                        fail_awaited(cx, object, off, offset + length - off);
-                        break;
-                    }
+                let (mut result, mut error_offset) = (None, 0);
+                let supplied =
+                    cx.vm.data_supply_staged(object, (offset, length), (sender, staging_offset), lock, precious);
+                if let Err((e, off)) = supplied {
+                    (result, error_offset) = (Some(e), off);
+                    fail_awaited(cx, object, off, offset + length - off);
                 }
                 reply_to(cx, reply, KernelReply::SupplyCompleted { offset, length, result, error_offset });
                 result.map_or(Ok(()), Err)

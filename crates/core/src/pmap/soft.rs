@@ -539,16 +539,20 @@ impl PageStore for SoftMachine {
         }
     }
 
-    fn write_staged(&self, page: Frame, owner: u64, offset: u64) -> Result<(), StoreError> {
+    fn write_staged(&self, pages: &[Frame], owner: u64, offset: u64) -> Result<(), StoreError> {
         if let Bytes::Store(s) = &self.bytes {
-            return s.write_staged(page, owner, offset);
+            return s.write_staged(pages, owner, offset);
         }
         let staging = self.staging.read();
         let bytes = staging.get(&owner).ok_or(StoreError::NoStaging)?;
         let start = usize::try_from(offset).map_err(|_| StoreError::NoStaging)?;
-        let data =
-            start.checked_add(PAGE_SIZE as usize).and_then(|end| bytes.get(start..end)).ok_or(StoreError::NoStaging)?;
-        self.write(page, 0, data);
+        let data = (pages.len() * PAGE_SIZE as usize)
+            .checked_add(start)
+            .and_then(|end| bytes.get(start..end))
+            .ok_or(StoreError::NoStaging)?;
+        for (&page, d) in pages.iter().zip(data.chunks(PAGE_SIZE as usize)) {
+            self.write(page, 0, d);
+        }
         Ok(())
     }
 }

@@ -161,15 +161,18 @@ pub trait PageStore: Send + Sync {
         0
     }
 
-    /// Copies a whole page into `page` from `owner`'s staging area, at
-    /// `offset` there. What the staging area holds is whatever its owner
-    /// last wrote: the store only reads it.
+    /// Copies whole pages into `pages` from `owner`'s staging area, from
+    /// `offset` there on (page `i` from `offset + i * PAGE_SIZE`). The
+    /// pages are the pages at consecutive offsets of one object, in order
+    /// (a store keeping each object's pages together copies them at
+    /// once). What the staging area holds is whatever its owner last
+    /// wrote: the store only reads it.
     ///
-    /// Errors: [`StoreError::NoStaging`] if the page's bytes at `offset`
-    /// are not inside `owner`'s staging area (or it has none); `page`'s
-    /// bytes are then unspecified, as after [`PageStore::alloc`].
-    fn write_staged(&self, page: Frame, owner: u64, offset: u64) -> Result<(), StoreError> {
-        let _ = (page, owner, offset);
+    /// Errors: [`StoreError::NoStaging`] if the bytes are not inside
+    /// `owner`'s staging area (or it has none); the pages' bytes are then
+    /// unspecified, as after [`PageStore::alloc`].
+    fn write_staged(&self, pages: &[Frame], owner: u64, offset: u64) -> Result<(), StoreError> {
+        let _ = (pages, owner, offset);
         Err(StoreError::NoStaging)
     }
 

@@ -196,6 +196,12 @@ impl Vm {
         }
     }
 
+    /// Does `owner` have room for `want` more pages without reclaiming
+    /// any (always, for a task with no limit)?
+    pub fn has_room(&self, owner: Owner, want: usize) -> bool {
+        self.accounts.get(&owner).is_none_or(|acc| acc.resident + acc.in_transit + want <= acc.limit)
+    }
+
     /// Makes room for up to `want` more pages of `owner`, from its own
     /// pages (steps 3 to 5 of the module comment). No owner, or one with
     /// no account: no limit. A cluster gets at most half the limit, so

@@ -279,6 +279,12 @@ pub struct Around {
     /// The most absent pages of anonymous memory it may zero-fill (and
     /// charge to `owner`): the next pages of a run of sequential faults.
     pub zero_fill: usize,
+    /// The faults run sequentially: where the pages entered end at a page
+    /// the object's pager has and nobody has asked for, ask for its
+    /// cluster now (read-ahead), if `owner` has room for it without
+    /// giving up pages, so that the pager works while the task uses what
+    /// it has.
+    pub read_ahead: bool,
 }
 
 /// Fault-around: after a fault at `va` is done, enters the pages that
@@ -313,6 +319,7 @@ pub fn fault_around(
     }
     let end = entry.end.min(page_va.saturating_add((around.max as u64 + 1).saturating_mul(PAGE_SIZE)));
     let mut zero_budget = around.zero_fill;
+    let mut ahead = None;
     let mut run: Vec<Frame> = Vec::new();
     let mut run_start = page_va + PAGE_SIZE;
     let mut run_prot = VmProt::NONE;
@@ -349,6 +356,15 @@ pub fn fault_around(
                 zero_budget -= 1;
                 (f, false, VmProt::NONE)
             }
+            None if around.read_ahead
+                && o.ready
+                && off < o.size
+                && o.pager_has(off)
+                && limit.contains(VmProt::READ) =>
+            {
+                ahead = Some((cur, off));
+                break;
+            }
             _ => break,
         };
         let mut prot = limit - lock;
@@ -375,7 +391,22 @@ pub fn fault_around(
     if !run.is_empty() && vm.pmap_enter(pmap, run_start, &run, run_prot).is_ok() {
         entered += run.len();
     }
+    if let Some((object, offset)) = ahead {
+        read_ahead(vm, object, offset, owner);
+    }
     entered
+}
+
+/// Read-ahead: asks the pager of `object` for the cluster at `offset`
+/// (absent, and asked of nobody) with no fault waiting, charged to
+/// `owner`, if it has room for the whole cluster without reclaiming
+/// (read-ahead never takes a page a task uses for one it may not).
+fn read_ahead(vm: &mut Vm, object: ObjectId, offset: u64, owner: Owner) {
+    let cluster = vm.object(object).cluster_pages.max(1) as usize;
+    if vm.resident + cluster > vm.resident_limit || !vm.has_room(owner, cluster) {
+        return;
+    }
+    let _ = request_cluster(vm, object, offset, VmProt::READ, Some(owner));
 }
 
 /// Does `object` have a copy object that does not yet hold its own version

@@ -4,22 +4,13 @@
 //! it did not ask for are accepted only where nothing is resident, and a
 //! page already resident is never overwritten by a supply.
 
-use super::charge::placeholder_owner;
+use super::charge::{placeholder_owner, Owner};
 use super::object::{ObjectId, Page};
 use super::Vm;
+use crate::pmap::Frame;
 use crate::types::{KernError, Result, VmProt, PAGE_SIZE};
 
 pub use machvm_protocol::emmi::ReturnPolicy;
-
-/// Where the bytes of a supplied page are.
-#[derive(Clone, Copy, Debug)]
-pub enum Supplied<'a> {
-    /// In hand (they came in the message).
-    Bytes(&'a [u8]),
-    /// In the staging area of the task numbered `owner`, at `offset`
-    /// there (`crate::pmap::PageStore::write_staged`).
-    Staged { owner: u64, offset: u64 },
-}
 
 impl Vm {
     /// `memory_object_data_supply` for one page. Returns whether the page
@@ -33,25 +24,6 @@ impl Vm {
         precious: bool,
     ) -> Result<bool> {
         debug_assert_eq!(data.len() as u64, PAGE_SIZE);
-        self.data_supply_from(object, offset, Supplied::Bytes(data), lock, precious)
-    }
-
-    /// `memory_object_data_supply` for one page whose bytes are `data`:
-    /// in hand, or in a staging area of the store's. Returns whether the
-    /// page was taken (false: something was already resident there, and
-    /// the staging area was not read).
-    ///
-    /// Errors: `KERN_INVALID_ARGUMENT` for an unknown object, or staged
-    /// bytes the store cannot find (the page's request then fails);
-    /// `KERN_RESOURCE_SHORTAGE` if the store is full.
-    pub fn data_supply_from(
-        &mut self,
-        object: ObjectId,
-        offset: u64,
-        data: Supplied<'_>,
-        lock: VmProt,
-        precious: bool,
-    ) -> Result<bool> {
         let o = self.objects.get(&object).ok_or(KernError::InvalidArgument)?;
         if let Some(p) = o.pages.get(&offset) {
             if p.frame.is_some() {
@@ -67,18 +39,77 @@ impl Vm {
                 return Err(e);
             }
         };
-        match data {
-            Supplied::Bytes(bytes) => self.machine.write(frame, 0, bytes),
-            Supplied::Staged { owner, offset: at } => {
-                if let Err(e) = self.machine.write_staged(frame, owner, at) {
-                    self.page_free(frame);
-                    self.fail_placeholder(object, offset);
-                    return Err(e.into());
-                }
-            }
-        }
+        self.machine.write(frame, 0, data);
         self.page_insert(object, offset, Page { lock, precious, owner, ..Page::resident(frame) });
         Ok(true)
+    }
+
+    /// `memory_object_data_supply_staged` of `length` bytes at `offset`:
+    /// page by page as [`Vm::data_supply`], but each run of pages
+    /// not resident yet is copied from `owner`'s staging area (from
+    /// `staging_offset` on) in one store call.
+    ///
+    /// Errors: `KERN_INVALID_ARGUMENT` for an unknown object or bytes the
+    /// store cannot find in the staging area, `KERN_RESOURCE_SHORTAGE` if
+    /// the store is full; with the offset of the first
+    /// page that failed (the pages before it were taken, those from it on
+    /// were not, and their requests fail).
+    pub fn data_supply_staged(
+        &mut self,
+        object: ObjectId,
+        (offset, length): (u64, u64),
+        (owner, staging_offset): (u64, u64),
+        lock: VmProt,
+        precious: bool,
+    ) -> std::result::Result<(), (KernError, u64)> {
+        let pages = length / PAGE_SIZE;
+        let off = |i: u64| offset + i * PAGE_SIZE;
+        let mut i = 0;
+        while i < pages {
+            let o = self.objects.get(&object).ok_or((KernError::InvalidArgument, offset))?;
+            if o.pages.get(&off(i)).is_some_and(|p| p.frame.is_some()) {
+                i += 1;
+                continue;
+            }
+            // The run of pages from `i` with nothing resident, allocated.
+            let mut run: Vec<(Frame, Option<Owner>)> = Vec::new();
+            let mut failed = None;
+            while i + (run.len() as u64) < pages {
+                let at = off(i + run.len() as u64);
+                if self.object(object).pages.get(&at).is_some_and(|p| p.frame.is_some()) {
+                    break;
+                }
+                let charged = placeholder_owner(self, object, at);
+                match self.page_alloc(object, at) {
+                    Ok(f) => run.push((f, charged)),
+                    Err(e) => {
+                        failed = Some((e, at));
+                        break;
+                    }
+                }
+            }
+            let frames: Vec<Frame> = run.iter().map(|&(f, _)| f).collect();
+            match self.machine.write_staged(&frames, owner, staging_offset + i * PAGE_SIZE) {
+                Ok(()) => {
+                    for (k, (frame, charged)) in run.into_iter().enumerate() {
+                        let p = Page { lock, precious, owner: charged, ..Page::resident(frame) };
+                        self.page_insert(object, off(i + k as u64), p);
+                    }
+                    i += frames.len() as u64;
+                }
+                Err(e) => {
+                    failed = Some((e.into(), off(i)));
+                    for f in frames {
+                        self.page_free(f);
+                    }
+                }
+            }
+            if let Some((e, at)) = failed {
+                self.fail_placeholder(object, at);
+                return Err((e, at));
+            }
+        }
+        Ok(())
     }
 
     /// `memory_object_data_unavailable` for one page: zero fill.
