@@ -299,9 +299,9 @@ impl Shared {
     }
 
     /// A connection is gone: its names leave the table, its unclaimed
-    /// children and its task terminate.
+    /// children and its task terminate, and then it leaves the table of
+    /// connections (so that a connection no longer listed has no task).
     pub(crate) fn conn_gone(&self, id: u64, task: TaskId) {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         let names: Vec<PortName> = {
             let mut t = self.names.lock().unwrap_or_else(|e| e.into_inner());
             let gone: Vec<String> = t.iter().filter(|(_, (c, _))| *c == id).map(|(n, _)| n.clone()).collect();
@@ -322,6 +322,7 @@ impl Shared {
             real.detach(task);
         }
         let _ = self.kernel.task_terminate(task);
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     }
 
     /// The pid of connection `conn`'s process, as of its connection.

@@ -720,6 +720,9 @@ impl PageStore for HostMachine {
     fn alloc(&self, object: ObjectId, offset: u64) -> std::result::Result<Frame, StoreError> {
         self.store.alloc(object, offset)
     }
+    fn alloc_run(&self, object: ObjectId, offset: u64, n: usize) -> std::result::Result<Vec<Frame>, StoreError> {
+        self.store.alloc_run(object, offset, n)
+    }
     fn free(&self, page: Frame) {
         let mut t = self.tables();
         let gone = t.pages.remove(&page);

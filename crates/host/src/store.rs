@@ -271,6 +271,42 @@ impl PageStore for MemfdStore {
         Ok(Frame(n))
     }
 
+    /// One `fallocate` for the run.
+    fn alloc_run(&self, object: ObjectId, offset: u64, n: usize) -> std::result::Result<Vec<Frame>, StoreError> {
+        debug_assert_eq!(offset % PAGE_SIZE, 0, "page-aligned offsets only");
+        let len = (n as u64).checked_mul(PAGE_SIZE).ok_or(StoreError::Exhausted)?;
+        let end = offset.checked_add(len).filter(|&e| e <= MAX_OBJECT_SIZE).ok_or(StoreError::Exhausted)?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut state = self.state_mut();
+        if state.resident + n > self.inner.capacity {
+            return Err(StoreError::Exhausted);
+        }
+        let o = memory_covering(&mut state.objects, object, end).map_err(|_| StoreError::Exhausted)?;
+        let range = PageRange::new(offset, len).map_err(|_| StoreError::Exhausted)?;
+        o.memory.reserve(range).map_err(|_| StoreError::Exhausted)?;
+        let memory = o.memory.clone();
+        let mut pages = Vec::with_capacity(n);
+        for i in 0..n as u64 {
+            let at = offset + i * PAGE_SIZE;
+            let fresh = state.objects.get_mut(&object).expect("made above").pages.insert(at);
+            debug_assert!(fresh, "{object:?} {at:#x} allocated twice");
+            let slot = Slot { object, offset: at, memory: memory.clone(), zeroed: AtomicBool::new(true) };
+            let k = match state.free.pop() {
+                Some(k) => k,
+                None => {
+                    state.slots.push(None);
+                    (state.slots.len() - 1) as u32
+                }
+            };
+            state.slots[k as usize] = Some(slot);
+            pages.push(Frame(k));
+        }
+        state.resident += n;
+        Ok(pages)
+    }
+
     fn free(&self, page: Frame) {
         let mut state = self.state_mut();
         let slot = state

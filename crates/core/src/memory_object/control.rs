@@ -138,11 +138,10 @@ impl MemoryObjects {
                 self.count_from(object, "data_unavailable");
                 drop_reply(cx, reply);
                 check_range(offset, size)?;
-                for off in awaited(cx, object, offset, size) {
-                    if let Err(e) = cx.vm.data_unavailable(object, off) {
-                        fail_awaited(cx, object, off, offset + size - off);
-                        return Err(e);
-                    }
+                let waiting = awaited(cx, object, offset, size);
+                if let Err((e, off)) = cx.vm.data_unavailable_at(object, &waiting) {
+                    fail_awaited(cx, object, off, offset + size - off);
+                    return Err(e);
                 }
                 Ok(())
             }

@@ -464,6 +464,24 @@ impl PageStore for SoftMachine {
         }
     }
 
+    fn alloc_run(&self, object: ObjectId, offset: u64, n: usize) -> Result<Vec<Frame>, StoreError> {
+        match &self.bytes {
+            Bytes::Frames { free, .. } => {
+                let mut free = free.lock();
+                if free.len() < n {
+                    return Err(StoreError::Exhausted);
+                }
+                let at = free.len() - n;
+                Ok(free.split_off(at).into_iter().rev().collect())
+            }
+            Bytes::Store(s) => {
+                let pages = s.alloc_run(object, offset, n)?;
+                assert!(pages.iter().all(|p| (p.0 as usize) < self.attrs.len()), "a page past the store's capacity");
+                Ok(pages)
+            }
+        }
+    }
+
     fn free(&self, page: Frame) {
         match &self.bytes {
             Bytes::Frames { free, .. } => free.lock().push(page),

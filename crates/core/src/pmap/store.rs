@@ -116,6 +116,26 @@ pub trait PageStore: Send + Sync {
     /// modified bits.
     fn alloc(&self, object: ObjectId, offset: u64) -> Result<Frame, StoreError>;
 
+    /// Allocates the `n` pages at consecutive offsets of `object` from
+    /// `offset` on, as [`PageStore::alloc`] each (a store that keeps each
+    /// object's pages together may reserve them at once). On failure none
+    /// is allocated. The default allocates them one by one.
+    fn alloc_run(&self, object: ObjectId, offset: u64, n: usize) -> Result<Vec<Frame>, StoreError> {
+        let mut pages = Vec::with_capacity(n);
+        for i in 0..n as u64 {
+            match self.alloc(object, offset + i * crate::types::PAGE_SIZE) {
+                Ok(f) => pages.push(f),
+                Err(e) => {
+                    for f in pages {
+                        self.free(f);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(pages)
+    }
+
     /// Frees a page the VM no longer holds. It has no translation left.
     fn free(&self, page: Frame);
 

@@ -250,6 +250,17 @@ impl Vm {
         Ok(f)
     }
 
+    /// [`Vm::page_alloc`] of the `n` pages at consecutive offsets of
+    /// `object` from `offset` on, in one store call.
+    pub fn page_alloc_run(&mut self, object: ObjectId, offset: u64, n: usize) -> Result<Vec<Frame>> {
+        if self.resident + n > self.resident_limit {
+            self.pageout(self.resident + n - self.resident_limit);
+        }
+        let pages = self.machine.alloc_run(object, offset, n)?;
+        self.resident += n;
+        Ok(pages)
+    }
+
     /// Gives a page back to the store, its translations and bits gone.
     fn page_free(&mut self, f: Frame) {
         self.page_remove(f);

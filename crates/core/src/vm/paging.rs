@@ -7,7 +7,6 @@
 use super::charge::{placeholder_owner, Owner};
 use super::object::{ObjectId, Page};
 use super::Vm;
-use crate::pmap::Frame;
 use crate::types::{KernError, Result, VmProt, PAGE_SIZE};
 
 pub use machvm_protocol::emmi::ReturnPolicy;
@@ -71,43 +70,70 @@ impl Vm {
                 i += 1;
                 continue;
             }
-            // The run of pages from `i` with nothing resident, allocated.
-            let mut run: Vec<(Frame, Option<Owner>)> = Vec::new();
-            let mut failed = None;
-            while i + (run.len() as u64) < pages {
-                let at = off(i + run.len() as u64);
-                if self.object(object).pages.get(&at).is_some_and(|p| p.frame.is_some()) {
-                    break;
-                }
-                let charged = placeholder_owner(self, object, at);
-                match self.page_alloc(object, at) {
-                    Ok(f) => run.push((f, charged)),
-                    Err(e) => {
-                        failed = Some((e, at));
-                        break;
-                    }
-                }
-            }
-            let frames: Vec<Frame> = run.iter().map(|&(f, _)| f).collect();
-            match self.machine.write_staged(&frames, owner, staging_offset + i * PAGE_SIZE) {
-                Ok(()) => {
-                    for (k, (frame, charged)) in run.into_iter().enumerate() {
-                        let p = Page { lock, precious, owner: charged, ..Page::resident(frame) };
-                        self.page_insert(object, off(i + k as u64), p);
-                    }
-                    i += frames.len() as u64;
-                }
+            // The run of pages from `i` with nothing resident, allocated
+            // at once and copied at once.
+            let n = (i..pages).take_while(|&k| !o.pages.get(&off(k)).is_some_and(|p| p.frame.is_some())).count();
+            let charged: Vec<Option<Owner>> =
+                (0..n as u64).map(|k| placeholder_owner(self, object, off(i + k))).collect();
+            let frames = match self.page_alloc_run(object, off(i), n) {
+                Ok(f) => f,
                 Err(e) => {
-                    failed = Some((e.into(), off(i)));
-                    for f in frames {
-                        self.page_free(f);
-                    }
+                    self.fail_placeholder(object, off(i));
+                    return Err((e, off(i)));
                 }
+            };
+            if let Err(e) = self.machine.write_staged(&frames, owner, staging_offset + i * PAGE_SIZE) {
+                for f in frames {
+                    self.page_free(f);
+                }
+                self.fail_placeholder(object, off(i));
+                return Err((e.into(), off(i)));
             }
-            if let Some((e, at)) = failed {
-                self.fail_placeholder(object, at);
-                return Err((e, at));
+            for (k, (frame, charged)) in frames.into_iter().zip(charged).enumerate() {
+                let p = Page { lock, precious, owner: charged, ..Page::resident(frame) };
+                self.page_insert(object, off(i + k as u64), p);
             }
+            i += n as u64;
+        }
+        Ok(())
+    }
+
+    /// `memory_object_data_unavailable` for the pages at `offsets` (in
+    /// order): each run of consecutive ones not resident yet is zero-filled
+    /// with one store allocation. Returns the first offset that failed,
+    /// with its error (those before it were filled).
+    pub fn data_unavailable_at(
+        &mut self,
+        object: ObjectId,
+        offsets: &[u64],
+    ) -> std::result::Result<(), (KernError, u64)> {
+        let mut i = 0;
+        while i < offsets.len() {
+            let o = self.objects.get(&object).ok_or((KernError::InvalidArgument, offsets[i]))?;
+            let absent = |k: usize| !o.pages.get(&offsets[k]).is_some_and(|p| p.frame.is_some());
+            if !absent(i) {
+                i += 1;
+                continue;
+            }
+            let n = (i..offsets.len())
+                .take_while(|&k| absent(k) && offsets[k] == offsets[i] + (k - i) as u64 * PAGE_SIZE)
+                .count();
+            let charged: Vec<Option<Owner>> =
+                offsets[i..i + n].iter().map(|&at| placeholder_owner(self, object, at)).collect();
+            let Ok(frames) = self.page_alloc_run(object, offsets[i], n) else {
+                // Short of room for the whole run: page by page, as far as
+                // it goes.
+                for &at in &offsets[i..] {
+                    self.data_unavailable(object, at).map_err(|e| (e, at))?;
+                }
+                return Ok(());
+            };
+            for ((frame, charged), &at) in frames.into_iter().zip(charged).zip(&offsets[i..i + n]) {
+                self.machine.zero(frame);
+                self.page_insert(object, at, Page::resident(frame).owned_by(charged));
+            }
+            self.stats.zero_fills += n as u64;
+            i += n;
         }
         Ok(())
     }
