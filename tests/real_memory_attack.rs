@@ -862,3 +862,57 @@ fn a_process_killed_while_its_fault_waits_for_a_pager_leaves_the_page_usable() {
     }
     daemon_still_serves(&dir);
 }
+
+/// A hostile pager's staged supplies: one longer than a cluster is
+/// refused, and an unrequested cluster into a kernel at its resident
+/// limit stays within the limit (the message path's rule), however large
+/// the staging area the pager attached.
+#[test]
+fn staged_supplies_stay_within_a_cluster_and_the_resident_limit() {
+    use machvm_pagers::PagerConn;
+    use machvm_protocol::emmi::{KernelToPager, PagerToKernel};
+    use machvm_protocol::wire::Role;
+    need_real_memory!();
+    let dir = Dir::new("atk-staged-flood");
+    let d = daemon(&dir.socket(), &["--memory", "real", "--resident-limit", "32"]);
+    let _w = Watchdog::new(d.0.id(), Duration::from_secs(60));
+    let conn = Connection::connect(&dir.socket(), Role::Pager, "flood").unwrap();
+    let mut p = PagerConn::over(conn).unwrap();
+    let obj = p.new_object().unwrap();
+    p.link.name_register("flood", obj).unwrap();
+    let size = 128u64 << 20;
+    let mut staging = p.link.staging_attach(size).unwrap();
+    staging.bytes_mut().fill(0x5a);
+    let mem = RealMemory::attach(client(&dir.socket(), "reader"), 1 << 30).unwrap();
+    let r = mem.map_name("flood", 4 * PAGE_SIZE, false).unwrap();
+    let t = Duration::from_secs(10);
+    std::thread::scope(|s| {
+        let read = s.spawn(|| r.load_u64(0).unwrap());
+        let init = p.recv(Some(t)).unwrap();
+        assert!(matches!(init.msg, KernelToPager::Init { .. }), "{:?}", init.msg);
+        p.ready(obj).unwrap();
+        let (_, offset, len, _) = p.expect_request(t).unwrap();
+        assert_eq!(offset, 0);
+        p.supply(obj, 0, &vec![7u8; len as usize]).unwrap();
+        assert_eq!(read.join().unwrap(), u64::from_ne_bytes([7; 8]));
+    });
+    let staged = |offset: u64, length: u64| {
+        let m =
+            PagerToKernel::DataSupplyStaged { offset, length, staging_offset: 0, lock: VmProt::NONE, precious: false };
+        p.call_with_reply(obj, m)
+    };
+    let cluster = 256 * PAGE_SIZE;
+    assert_eq!(staged(1 << 30, 2 * cluster), Err(KernError::InvalidArgument), "more than a cluster at once");
+    assert!(staged(1 << 30, cluster).is_ok());
+    let c = client(&dir.socket(), "look");
+    assert!(stat(&c, "resident") <= 32, "{} pages resident, over the limit of 32", stat(&c, "resident"));
+    // The reader's page is still right (paged out and asked again, or kept).
+    std::thread::scope(|s| {
+        let read = s.spawn(|| r.load_u64(0).unwrap());
+        if let Ok((_, offset, len, _)) = p.expect_request(Duration::from_millis(500)) {
+            p.supply(obj, offset, &vec![7u8; len as usize]).unwrap();
+        }
+        assert_eq!(read.join().unwrap(), u64::from_ne_bytes([7; 8]));
+    });
+    daemon_still_serves(&dir);
+}

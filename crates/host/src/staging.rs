@@ -134,15 +134,21 @@ impl StagingSource {
         let wrong = |found: String| Error::WrongDescriptor { expected: "a memfd to stage pages in", found };
         let seals = rustix::fs::fcntl_get_seals(&fd)
             .map_err(|e| wrong(format!("a descriptor without seals (F_GET_SEALS: {e})")))?;
+        let long_enough = |fd: &OwnedFd| -> Result<()> {
+            let held = u64::try_from(rustix::fs::fstat(fd).map_err(host("fstat"))?.st_size).unwrap_or(0);
+            if held < size {
+                return Err(wrong(format!("a memfd of {held} bytes, not {size}")));
+            }
+            Ok(())
+        };
+        // Checked before sealing (a memfd refused is left as it was), and
+        // again after (it cannot shrink in between any more).
+        long_enough(&fd)?;
         if !seals.contains(SealFlags::SHRINK) {
             rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK)
                 .map_err(|e| wrong(format!("a memfd that cannot be sealed against shrinking ({e})")))?;
         }
-        let st = rustix::fs::fstat(&fd).map_err(host("fstat"))?;
-        let held = u64::try_from(st.st_size).unwrap_or(0);
-        if held < size {
-            return Err(wrong(format!("a memfd of {held} bytes, not {size}")));
-        }
+        long_enough(&fd)?;
         Ok(StagingSource { fd, size })
     }
 

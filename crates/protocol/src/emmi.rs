@@ -105,6 +105,7 @@ pub enum PagerToKernel {
     /// buffer shared with the kernel's host, which copies the pages from
     /// there into the object, so that they never travel in a message
     /// (machvm's own call; see `machvm_protocol::wire::Call::StagingAttach`).
+    /// At most [`MAX_CLUSTER_PAGES`] pages at once.
     DataSupplyStaged { offset: u64, length: u64, staging_offset: u64, lock: VmProt, precious: bool },
     /// `memory_object_data_unavailable`
     DataUnavailable { offset: u64, size: u64 },

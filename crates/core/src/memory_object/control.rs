@@ -111,10 +111,12 @@ impl MemoryObjects {
                 self.count_from(object, "data_supply_staged");
                 // All of it must be in the sender's staging area before
                 // any page is taken: a bad supply changes nothing.
+                // At most a cluster at once (the kernel lock is held over it).
                 let staged = check_range(offset, length).and_then(|()| {
                     let end = staging_offset.checked_add(length).ok_or(KernError::InvalidArgument)?;
                     let inside = page_aligned(staging_offset) && end <= cx.vm.machine.staging_len(sender);
-                    inside.then_some(()).ok_or(KernError::InvalidArgument)
+                    let short = length <= u64::from(MAX_CLUSTER_PAGES) * PAGE_SIZE;
+                    (inside && short).then_some(()).ok_or(KernError::InvalidArgument)
                 });
                 if let Err(e) = staged {
                     reply_to(

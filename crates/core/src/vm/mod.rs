@@ -250,12 +250,16 @@ impl Vm {
         Ok(f)
     }
 
-    /// [`Vm::page_alloc`] of the `n` pages at consecutive offsets of
-    /// `object` from `offset` on, in one store call.
+    /// [`Vm::page_alloc`] of up to `n` (at least one) pages at consecutive
+    /// offsets of `object` from `offset` on, in one store call: as many as
+    /// the resident limit has room for once pages are paged out for it
+    /// (the pages of a run are not resident until the caller inserts them,
+    /// so they cannot be paged out to make room for each other).
     pub fn page_alloc_run(&mut self, object: ObjectId, offset: u64, n: usize) -> Result<Vec<Frame>> {
         if self.resident + n > self.resident_limit {
             self.pageout(self.resident + n - self.resident_limit);
         }
+        let n = n.min(self.resident_limit.saturating_sub(self.resident)).max(1);
         let pages = self.machine.alloc_run(object, offset, n)?;
         self.resident += n;
         Ok(pages)

@@ -73,8 +73,6 @@ impl Vm {
             // The run of pages from `i` with nothing resident, allocated
             // at once and copied at once.
             let n = (i..pages).take_while(|&k| !o.pages.get(&off(k)).is_some_and(|p| p.frame.is_some())).count();
-            let charged: Vec<Option<Owner>> =
-                (0..n as u64).map(|k| placeholder_owner(self, object, off(i + k))).collect();
             let frames = match self.page_alloc_run(object, off(i), n) {
                 Ok(f) => f,
                 Err(e) => {
@@ -82,6 +80,9 @@ impl Vm {
                     return Err((e, off(i)));
                 }
             };
+            let n = frames.len();
+            let charged: Vec<Option<Owner>> =
+                (0..n as u64).map(|k| placeholder_owner(self, object, off(i + k))).collect();
             if let Err(e) = self.machine.write_staged(&frames, owner, staging_offset + i * PAGE_SIZE) {
                 for f in frames {
                     self.page_free(f);
@@ -118,8 +119,6 @@ impl Vm {
             let n = (i..offsets.len())
                 .take_while(|&k| absent(k) && offsets[k] == offsets[i] + (k - i) as u64 * PAGE_SIZE)
                 .count();
-            let charged: Vec<Option<Owner>> =
-                offsets[i..i + n].iter().map(|&at| placeholder_owner(self, object, at)).collect();
             let Ok(frames) = self.page_alloc_run(object, offsets[i], n) else {
                 // Short of room for the whole run: page by page, as far as
                 // it goes.
@@ -128,7 +127,9 @@ impl Vm {
                 }
                 return Ok(());
             };
-            for ((frame, charged), &at) in frames.into_iter().zip(charged).zip(&offsets[i..i + n]) {
+            let n = frames.len();
+            for (frame, &at) in frames.into_iter().zip(&offsets[i..i + n]) {
+                let charged = placeholder_owner(self, object, at);
                 self.machine.zero(frame);
                 self.page_insert(object, at, Page::resident(frame).owned_by(charged));
             }
