@@ -436,13 +436,13 @@ impl HostMachine {
     }
 
     /// Takes `frames` from every process that may map them: write-protects
-    /// their writers, then punches each page out of its memfd and writes
-    /// its bytes back (see the module comment).
+    /// their writers, then punches the pages out of their memfds and
+    /// writes their bytes back (see the module comment), one run of
+    /// consecutive pages of an object at a time.
     fn zap(&self, t: &Tables, frames: &[Frame]) {
-        let mut buf = vec![0u8; PAGE_SIZE as usize];
+        let mut keyed = Vec::with_capacity(frames.len());
         for &f in frames {
             let Some((object, offset)) = self.store.key(f) else { continue };
-            let Some(memory) = self.store.memory_of(object) else { continue };
             if let Some(ps) = t.pages.get(&f) {
                 for &(pm, va) in &ps.maps {
                     let Some(s) = t.spaces.get(&pm) else { continue };
@@ -452,14 +452,46 @@ impl HostMachine {
                     }
                 }
             }
-            let range = page_range(offset, 1);
+            keyed.push((object, offset));
+        }
+        keyed.sort_unstable();
+        keyed.dedup();
+        let mut buf = Vec::new();
+        let mut i = 0;
+        while i < keyed.len() {
+            let (object, offset) = keyed[i];
+            let n = keyed[i..]
+                .iter()
+                .enumerate()
+                .take_while(|&(k, &(o, off))| o == object && off == offset + k as u64 * PAGE_SIZE)
+                .count();
+            i += n;
+            let Some(memory) = self.store.memory_of(object) else { continue };
+            buf.resize(n * PAGE_SIZE as usize, 0);
+            let range = page_range(offset, n as u64);
             if memory.read_at(offset, &mut buf).is_err()
                 || memory.punch(range).is_err()
                 || memory.write_at(offset, &buf).is_err()
             {
                 self.count(|s| s.host_failures += 1);
             }
-            self.count(|s| s.zapped += 1);
+            self.count(|s| s.zapped += n as u64);
+        }
+    }
+
+    /// Write-protects the page at `va` in `p`'s process; false if the
+    /// process has exited (it keeps no page: nothing more is asked of it).
+    fn write_protect(&self, p: &mut Process, va: u64) -> bool {
+        match p.uffd.writeprotect(page_range(va, 1), true) {
+            Ok(_) => true,
+            Err(crate::Error::ProcessExited) => {
+                p.gone = true;
+                false
+            }
+            Err(_) => {
+                self.count(|s| s.host_failures += 1);
+                true
+            }
         }
     }
 
@@ -631,10 +663,10 @@ impl Pmap for HostMachine {
             }
             entry.1 &= prot;
         }
-        if let Some(p) = s.process.as_ref().filter(|p| !p.gone) {
+        if let Some(p) = s.process.as_mut().filter(|p| !p.gone) {
             for va in lost_write {
-                if p.window_at(va).is_some() && p.uffd.writeprotect(page_range(va, 1), true).is_err() {
-                    self.count(|s| s.host_failures += 1);
+                if p.window_at(va).is_some() && !self.write_protect(p, va) {
+                    break;
                 }
             }
         }
@@ -666,10 +698,8 @@ impl Pmap for HostMachine {
             let Some(entry) = s.pages.get_mut(&va) else { continue };
             let lost_write = entry.1.contains(VmProt::WRITE) && !prot.contains(VmProt::WRITE);
             entry.1 &= prot;
-            if let Some(p) = s.process.as_ref().filter(|p| lost_write && !p.gone && p.window_at(va).is_some()) {
-                if p.uffd.writeprotect(page_range(va, 1), true).is_err() {
-                    self.count(|s| s.host_failures += 1);
-                }
+            if let Some(p) = s.process.as_mut().filter(|p| lost_write && !p.gone && p.window_at(va).is_some()) {
+                self.write_protect(p, va);
             }
         }
         Ok(())
@@ -689,6 +719,18 @@ impl Pmap for HostMachine {
         for (pm, va) in maps {
             Self::drop_translation(&mut t, pm, va);
         }
+        Ok(())
+    }
+
+    /// As `page_remove`, but the page is punched without its bytes being
+    /// kept: the VM frees it next.
+    fn page_remove_discard(&self, page: Frame) -> std::result::Result<(), PmapError> {
+        let mut t = self.tables();
+        let maps = t.pages.get(&page).map(|p| p.maps.clone()).unwrap_or_default();
+        for (pm, va) in maps {
+            Self::drop_translation(&mut t, pm, va);
+        }
+        // The store's free punches it out of every mapping.
         Ok(())
     }
 

@@ -196,6 +196,13 @@ pub trait Pmap: Send + Sync {
     /// `page`, in every pmap, error or not (an error: the host had to take
     /// more, see the module comment). The page stays resident in the store.
     fn page_remove(&self, page: Frame) -> Result<(), PmapError>;
+    /// [`Pmap::page_remove`] of a page the VM frees next without reading
+    /// it (a clean page paged out, a page whose object is gone): a host
+    /// that must keep the bytes of a page it takes from its mappings (see
+    /// the module comment) may drop them. The default is `page_remove`.
+    fn page_remove_discard(&self, page: Frame) -> Result<(), PmapError> {
+        self.page_remove(page)
+    }
     /// `pmap_is_modified()`: may say "modified" when it is not, never the
     /// reverse once write access is taken away (see the module comment).
     fn is_modified(&self, page: Frame) -> bool;

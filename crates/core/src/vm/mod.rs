@@ -341,14 +341,23 @@ impl Vm {
         self.uncharge(page.owner, page.frame.is_some());
         let Some(frame) = page.frame else { return };
         self.object_mut(object).resident -= 1;
-        self.page_remove(frame);
-        if give_back {
-            let dirty = self.page_is_dirty(&page);
-            if dirty || page.precious {
-                let data = self.page_bytes(frame);
-                self.page_returned(object, offset, data, dirty, false);
+        // Writers stopped first, so that "clean" is the page's last word;
+        // a page whose bytes are not going back is taken without them.
+        let returned = give_back
+            && (page.precious || page.dirty || {
+                self.page_write_protect(frame);
+                self.machine.is_modified(frame)
+            });
+        if !returned {
+            if self.machine.page_remove_discard(frame).is_err() {
+                self.stats.pmap_failures += 1;
             }
+            return self.page_free(frame);
         }
+        self.page_remove(frame);
+        let dirty = self.page_is_dirty(&page);
+        let data = self.page_bytes(frame);
+        self.page_returned(object, offset, data, dirty, false);
         self.page_free(frame);
     }
 
