@@ -916,3 +916,65 @@ fn staged_supplies_stay_within_a_cluster_and_the_resident_limit() {
     });
     daemon_still_serves(&dir);
 }
+
+/// Descriptors a hostile pager may name as its staging area: everything
+/// but a memfd of tmpfs at least as long as the area is refused with
+/// `KERN_INVALID_ARGUMENT`, and the daemon goes on.
+#[test]
+fn staging_attach_refuses_every_descriptor_but_a_long_enough_memfd() {
+    use rustix::fs::{MemfdFlags as M, OFlags};
+    need_real_memory!();
+    let dir = Dir::new("atk-staging-fds");
+    let d = daemon(&dir.socket(), &["--memory", "real"]);
+    let _w = Watchdog::new(d.0.id(), Duration::from_secs(60));
+    let c = Connection::connect(&dir.socket(), machvm_protocol::wire::Role::Pager, "pager").unwrap();
+    let attach = |fd: i32, len: u64| c.call(Call::StagingAttach { memfd: fd, len });
+    let memfd = |flags: M, size: u64| {
+        let fd = rustix::fs::memfd_create("staging", flags).unwrap();
+        rustix::fs::ftruncate(&fd, size).unwrap();
+        fd
+    };
+    let reopen = |fd: &OwnedFd, how: OFlags| {
+        rustix::fs::open(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(), how, rustix::fs::Mode::empty()).unwrap()
+    };
+    let uffd = NewUserfaultfd::create().unwrap();
+    let (sock, _other) = seqpacket();
+    let (pipe, _w2) = std::io::pipe().unwrap();
+    let zero = std::fs::File::open("/dev/zero").unwrap();
+    let good = memfd(M::ALLOW_SEALING, 4 * PAGE_SIZE);
+    let path = reopen(&good, OFlags::PATH);
+    let unsealable = memfd(M::empty(), 4 * PAGE_SIZE);
+    let sealed = memfd(M::ALLOW_SEALING, 4 * PAGE_SIZE);
+    rustix::fs::fcntl_add_seals(&sealed, rustix::fs::SealFlags::SEAL).unwrap();
+    let huge = rustix::fs::memfd_create("huge", M::ALLOW_SEALING | M::HUGETLB).ok();
+    let mut cases: Vec<(&str, i32, u64)> = vec![
+        ("a userfaultfd", uffd.as_fd().as_raw_fd(), PAGE_SIZE),
+        ("a socket", sock.as_raw_fd(), PAGE_SIZE),
+        ("a pipe", pipe.as_raw_fd(), PAGE_SIZE),
+        ("/dev/zero", zero.as_raw_fd(), PAGE_SIZE),
+        ("an O_PATH memfd", path.as_raw_fd(), PAGE_SIZE),
+        ("a memfd without sealing", unsealable.as_raw_fd(), PAGE_SIZE),
+        ("a memfd sealed against seals", sealed.as_raw_fd(), PAGE_SIZE),
+        ("longer than the memfd", good.as_raw_fd(), 8 * PAGE_SIZE),
+        ("a huge length", good.as_raw_fd(), u64::MAX & !(PAGE_SIZE - 1)),
+        ("an unaligned length", good.as_raw_fd(), 100),
+        ("no length", good.as_raw_fd(), 0),
+        ("no such descriptor", 999_999, PAGE_SIZE),
+        ("a negative descriptor", -1, PAGE_SIZE),
+    ];
+    if let Some(h) = &huge {
+        if rustix::fs::ftruncate(h, 2 << 20).is_ok() {
+            cases.push(("a hugetlb memfd", h.as_raw_fd(), 2 << 20));
+        }
+    }
+    for (what, fd, len) in cases {
+        match attach(fd, len) {
+            Err(ClientError::Kern(KernError::InvalidArgument)) => {}
+            other => panic!("{what}: staging_attach gave {other:?}"),
+        }
+    }
+    // A memfd refused for its length is left as it was (not sealed).
+    assert!(rustix::fs::ftruncate(&good, 2 * PAGE_SIZE).is_ok());
+    assert!(matches!(attach(good.as_raw_fd(), 2 * PAGE_SIZE), Ok(Reply::Unit)));
+    daemon_still_serves(&dir);
+}

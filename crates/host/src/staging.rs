@@ -110,6 +110,9 @@ impl Drop for Staging {
     }
 }
 
+/// `TMPFS_MAGIC`: the file system of memfds (`statfs(2)`).
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+
 /// A staging area as the daemon holds it: a pager's memfd, checked, only
 /// ever read.
 #[derive(Debug)]
@@ -119,14 +122,14 @@ pub struct StagingSource {
 }
 
 impl StagingSource {
-    /// `F_GET_SEALS`, `F_ADD_SEALS(F_SEAL_SHRINK)` unless it is sealed so,
-    /// `fstat`—Takes `fd`, received from a pager, as its staging area of
-    /// `size` bytes.
+    /// `F_GET_SEALS`, `fstatfs`, `fstat`, `F_ADD_SEALS(F_SEAL_SHRINK)`
+    /// unless it is sealed so—Takes `fd`, received from a pager, as its
+    /// staging area of `size` bytes.
     ///
     /// Errors: [`Error::BadRange`] if `size` is 0 or not a page multiple;
-    /// [`Error::WrongDescriptor`] if `fd` is not a memfd, cannot be sealed
-    /// against shrinking, or is shorter than `size`; [`Error::Host`] if
-    /// `fstat` fails.
+    /// [`Error::WrongDescriptor`] if `fd` is not a memfd (of tmpfs: not a
+    /// hugetlbfs one either), cannot be sealed against shrinking, or is
+    /// shorter than `size`; [`Error::Host`] if `fstat` or `fstatfs` fails.
     pub fn from_received(fd: OwnedFd, size: u64) -> Result<StagingSource> {
         if size == 0 || size % crate::page_size() != 0 {
             return Err(Error::BadRange { start: 0, len: size });
@@ -134,6 +137,12 @@ impl StagingSource {
         let wrong = |found: String| Error::WrongDescriptor { expected: "a memfd to stage pages in", found };
         let seals = rustix::fs::fcntl_get_seals(&fd)
             .map_err(|e| wrong(format!("a descriptor without seals (F_GET_SEALS: {e})")))?;
+        // Seals answer for hugetlbfs files too, whose pages the host cannot
+        // copy into an object's page by page.
+        let fs = rustix::fs::fstatfs(&fd).map_err(host("fstatfs"))?.f_type;
+        if fs as u64 != TMPFS_MAGIC {
+            return Err(wrong(format!("a sealable file of another file system (magic {fs:#x})")));
+        }
         let long_enough = |fd: &OwnedFd| -> Result<()> {
             let held = u64::try_from(rustix::fs::fstat(fd).map_err(host("fstat"))?.st_size).unwrap_or(0);
             if held < size {
