@@ -212,6 +212,38 @@ fn a_fault_past_the_task_limit_reclaims_in_constant_work_however_large_the_limit
 }
 
 #[test]
+fn pageout_at_the_kernels_limit_looks_at_few_pages_even_when_every_page_seems_referenced() {
+    // A machine with no referenced bits (a host's: every page always
+    // referenced) must not make each pageout go round the whole queue.
+    for n in SIZES {
+        let swap = TempFile::new("growth-pageout", &[]);
+        let m = Arc::new(SoftMachine::with_bits(4 * n as usize + 64, machvm_core::pmap::soft::Bits::Always));
+        let c = KernelConfig {
+            phys_pages: m.capacity(),
+            resident_limit: n as usize,
+            cluster_pages: 1,
+            ..KernelConfig::default()
+        };
+        let k = Kernel::with_machine(c, m.clone());
+        let dp = machvm_pagers::boot_default_pager(&k, swap.open()).unwrap();
+        let t = k.task_create(None).unwrap();
+        let a = k.vm_allocate(t, VmAddr(0), 4 * n * P, true).unwrap();
+        let (visits, reclaimed) = (k.stats().vm.pageout_visits, k.stats().vm.pages_reclaimed);
+        for i in 0..4 * n {
+            k.write_u64(t, a.plus(i * P), i).unwrap();
+        }
+        let s = k.stats();
+        let (visits, reclaimed) = (s.vm.pageout_visits - visits, s.vm.pages_reclaimed - reclaimed);
+        assert!(reclaimed >= 2 * n, "size {n}: {reclaimed} pages reclaimed");
+        assert!(visits <= 3 * reclaimed + 16, "size {n}: {visits} candidates for {reclaimed} pages reclaimed");
+        for i in 0..4 * n {
+            assert_eq!(k.read_u64(t, a.plus(i * P)), Ok(i), "size {n}: page {i}");
+        }
+        dp.stop();
+    }
+}
+
+#[test]
 fn faults_refused_at_the_task_limit_do_not_look_at_its_pages_again() {
     for n in SIZES {
         // No default pager: the task's dirty anonymous pages can go nowhere.

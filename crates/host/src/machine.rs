@@ -58,7 +58,8 @@ use crate::uffd::{FillMode, Outcome, RegisterMode};
 use crate::{MemfdStore, ObjectMemory, PageRange, Result, Userfaultfd};
 use machvm_core::pmap::{Access, Frame, HwFault, Machine, ObjectId, PageStore, Pmap, PmapError, PmapId, StoreError};
 use machvm_core::types::{VmAddr, VmProt, PAGE_SIZE};
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// A window of a process: `[start, end)` shows `object` from `offset`.
@@ -98,8 +99,50 @@ struct Space {
 #[derive(Debug, Default)]
 struct PageState {
     /// Where the page is mapped.
-    maps: Vec<(PmapId, u64)>,
+    maps: Maps,
     modified: bool,
+}
+
+/// Where a page is mapped: one place inline (nearly every page has one,
+/// and entering a cluster then allocates nothing per page), more in a
+/// vector.
+#[derive(Clone, Debug, Default)]
+struct Maps {
+    one: Option<(PmapId, u64)>,
+    more: Vec<(PmapId, u64)>,
+}
+
+impl Maps {
+    fn push(&mut self, m: (PmapId, u64)) {
+        if self.one.is_none() {
+            self.one = Some(m);
+        } else {
+            self.more.push(m);
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&(PmapId, u64)) -> bool) {
+        self.more.retain(&keep);
+        if self.one.as_ref().is_some_and(|m| !keep(m)) {
+            self.one = self.more.pop();
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(PmapId, u64)> {
+        self.one.iter().chain(&self.more)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.one.is_none()
+    }
+}
+
+impl IntoIterator for Maps {
+    type Item = (PmapId, u64);
+    type IntoIter = std::iter::Chain<std::option::IntoIter<(PmapId, u64)>, std::vec::IntoIter<(PmapId, u64)>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.one.into_iter().chain(self.more)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -444,7 +487,7 @@ impl HostMachine {
         for &f in frames {
             let Some((object, offset)) = self.store.key(f) else { continue };
             if let Some(ps) = t.pages.get(&f) {
-                for &(pm, va) in &ps.maps {
+                for &(pm, va) in ps.maps.iter() {
                     let Some(s) = t.spaces.get(&pm) else { continue };
                     let writable = s.pages.get(&va).is_some_and(|&(_, pr)| pr.contains(VmProt::WRITE));
                     if let Some(p) = s.process.as_ref().filter(|p| !p.gone && writable) {

@@ -72,6 +72,8 @@ pub struct VmStats {
     /// Candidates a task's own reclaim looked at (each costs O(1)): it
     /// measures the reclaim's work.
     pub task_reclaim_visits: u64,
+    /// Candidates the kernel-wide pageout looked at.
+    pub pageout_visits: u64,
     /// Pmap operations that failed (see `crate::pmap`, "Failure"): enters
     /// refused (the fault failed), lowerings done by removing instead,
     /// removals that took more than asked.

@@ -74,6 +74,7 @@ impl Vm {
             let Some((object, offset)) = self.queue.pop_front() else {
                 break;
             };
+            self.stats.pageout_visits += 1;
             match self.reclaim_one(object, offset, &mut reprieves) {
                 Verdict::Gone => {}
                 Verdict::Busy | Verdict::Referenced | Verdict::Kept => self.queue.push_back((object, offset)),
@@ -101,7 +102,14 @@ impl Vm {
         }
         if self.machine.is_referenced(frame) && reprieves.take() {
             self.machine.clear_reference(frame);
-            return Verdict::Referenced;
+            if !self.machine.is_referenced(frame) {
+                return Verdict::Referenced;
+            }
+            // A machine whose pages are always referenced (it has no such
+            // bits): a second chance would only send every page round the
+            // queue once per scan, so this scan gives none (first in,
+            // first out).
+            reprieves.0 = 0;
         }
         // Pages nobody could get back: dirty anonymous memory with no
         // default pager, and every page of a dead pager (it can give
