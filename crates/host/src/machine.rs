@@ -578,7 +578,7 @@ fn store_run(t: &mut Tables, pmap: PmapId, va: u64, prot: VmProt) -> (u64, Vec<F
     (first, frames)
 }
 
-/// Pages one first store makes writable at once (see [`store_run`]): a
+/// Pages one first store makes writable at once (see [`HostMachine::resolve`]): a
 /// store fault is learned per run, as a host serving a cluster would, and
 /// more pages are reported modified than were written (the contract
 /// allows it: a needless `data_return`).

@@ -72,7 +72,7 @@ impl Vm {
             }
             // The run of pages from `i` with nothing resident, allocated
             // at once and copied at once.
-            let n = (i..pages).take_while(|&k| !o.pages.get(&off(k)).is_some_and(|p| p.frame.is_some())).count();
+            let n = (i..pages).take_while(|&k| o.pages.get(&off(k)).is_none_or(|p| p.frame.is_none())).count();
             let frames = match self.page_alloc_run(object, off(i), n) {
                 Ok(f) => f,
                 Err(e) => {
@@ -111,7 +111,7 @@ impl Vm {
         let mut i = 0;
         while i < offsets.len() {
             let o = self.objects.get(&object).ok_or((KernError::InvalidArgument, offsets[i]))?;
-            let absent = |k: usize| !o.pages.get(&offsets[k]).is_some_and(|p| p.frame.is_some());
+            let absent = |k: usize| o.pages.get(&offsets[k]).is_none_or(|p| p.frame.is_none());
             if !absent(i) {
                 i += 1;
                 continue;
