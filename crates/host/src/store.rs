@@ -233,6 +233,24 @@ fn memory_covering(objects: &mut HashMap<ObjectId, Object>, object: ObjectId, en
     Ok(o)
 }
 
+/// The page at `offset` of `object` (reserved in `memory`, its memfd) in a
+/// slot of its own: the free list first, then the next unused number.
+fn take_slot(state: &mut State, object: ObjectId, offset: u64, memory: Arc<ObjectMemory>) -> Frame {
+    let fresh = state.objects.get_mut(&object).is_some_and(|o| o.pages.insert(offset));
+    debug_assert!(fresh, "{object:?} {offset:#x} allocated twice");
+    let slot = Slot { object, offset, memory, zeroed: AtomicBool::new(true) };
+    let n = match state.free.pop() {
+        Some(n) => n,
+        None => {
+            state.slots.push(None);
+            (state.slots.len() - 1) as u32
+        }
+    };
+    state.slots[n as usize] = Some(slot);
+    state.resident += 1;
+    Frame(n)
+}
+
 /// A page the VM believes it holds could not be read or written: the
 /// store's one guarantee is broken (the page was reserved at allocation).
 fn broken(what: &str, e: Error) -> ! {
@@ -255,20 +273,8 @@ impl PageStore for MemfdStore {
         let range = PageRange::new(offset, PAGE_SIZE).map_err(|_| StoreError::Exhausted)?;
         // A page the store does not hold is a hole: reserved, it is zeroes.
         o.memory.reserve(range).map_err(|_| StoreError::Exhausted)?;
-        let fresh = o.pages.insert(offset);
-        debug_assert!(fresh, "{object:?} {offset:#x} allocated twice");
         let memory = o.memory.clone();
-        let slot = Slot { object, offset, memory, zeroed: AtomicBool::new(true) };
-        let n = match state.free.pop() {
-            Some(n) => n,
-            None => {
-                state.slots.push(None);
-                (state.slots.len() - 1) as u32
-            }
-        };
-        state.slots[n as usize] = Some(slot);
-        state.resident += 1;
-        Ok(Frame(n))
+        Ok(take_slot(&mut state, object, offset, memory))
     }
 
     /// One `fallocate` for the run.
@@ -287,24 +293,7 @@ impl PageStore for MemfdStore {
         let range = PageRange::new(offset, len).map_err(|_| StoreError::Exhausted)?;
         o.memory.reserve(range).map_err(|_| StoreError::Exhausted)?;
         let memory = o.memory.clone();
-        let mut pages = Vec::with_capacity(n);
-        for i in 0..n as u64 {
-            let at = offset + i * PAGE_SIZE;
-            let fresh = state.objects.get_mut(&object).expect("made above").pages.insert(at);
-            debug_assert!(fresh, "{object:?} {at:#x} allocated twice");
-            let slot = Slot { object, offset: at, memory: memory.clone(), zeroed: AtomicBool::new(true) };
-            let k = match state.free.pop() {
-                Some(k) => k,
-                None => {
-                    state.slots.push(None);
-                    (state.slots.len() - 1) as u32
-                }
-            };
-            state.slots[k as usize] = Some(slot);
-            pages.push(Frame(k));
-        }
-        state.resident += n;
-        Ok(pages)
+        Ok((0..n as u64).map(|i| take_slot(&mut state, object, offset + i * PAGE_SIZE, memory.clone())).collect())
     }
 
     fn free(&self, page: Frame) {
@@ -490,6 +479,26 @@ mod tests {
         assert_eq!(s.alloc(ObjectId(1), MAX_OBJECT_SIZE), Err(StoreError::Exhausted));
         assert_eq!(s.alloc(ObjectId(1), u64::MAX - P + 1), Err(StoreError::Exhausted));
         assert_eq!(s.resident(), 1);
+    }
+
+    #[test]
+    fn a_run_is_allocated_at_its_offsets_in_one_go_or_not_at_all() {
+        let s = MemfdStore::new(6).unwrap();
+        let run = s.alloc_run(ObjectId(1), 8 * P, 4).unwrap();
+        assert_eq!(run.len(), 4);
+        for (i, &f) in run.iter().enumerate() {
+            assert_eq!(s.key(f), Some((ObjectId(1), 8 * P + i as u64 * P)));
+            assert_eq!(bytes(&s, f), page_of(0), "a new page is zeroes");
+        }
+        s.write(run[2], 0, &page_of(9));
+        assert_eq!(in_memfd(&s, ObjectId(1), 10 * P), page_of(9));
+        // Three more would pass the capacity of six: nothing is taken.
+        assert_eq!(s.alloc_run(ObjectId(2), 0, 3), Err(StoreError::Exhausted));
+        assert_eq!(s.alloc_run(ObjectId(1), MAX_OBJECT_SIZE - P, 2), Err(StoreError::Exhausted));
+        assert_eq!((s.resident(), s.object_count()), (4, 1));
+        assert_eq!(s.alloc_run(ObjectId(2), 0, 2).unwrap().len(), 2);
+        assert_eq!(s.alloc_run(ObjectId(2), 0, 0), Ok(Vec::new()));
+        assert_eq!(s.pages_of(ObjectId(1)), vec![8 * P, 9 * P, 10 * P, 11 * P]);
     }
 
     #[test]
