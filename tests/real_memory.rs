@@ -370,17 +370,24 @@ fn an_access_outside_every_mapping_is_sigsegv_reported_as_an_invalid_address() {
     assert_eq!(row.error, KernError::InvalidAddress, "{row:?}");
 }
 
+/// A file of `len` bytes in `dir` whose page `p` begins with the word
+/// `first(p)` (zeroes elsewhere).
+fn numbered_file(dir: &Dir, len: u64, first: impl Fn(u64) -> u64) -> std::path::PathBuf {
+    let file = dir.0.join("data");
+    let mut bytes = vec![0u8; len as usize];
+    for (i, c) in bytes.chunks_mut(PAGE_SIZE as usize).enumerate() {
+        c[..8].copy_from_slice(&first(i as u64).to_ne_bytes());
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    file
+}
+
 #[test]
 fn a_file_pager_stages_its_pages_and_the_process_sees_the_files_bytes() {
     need_real_memory!();
     let dir = Dir::new("real-staged");
     let pages = 600u64;
-    let file = dir.0.join("data");
-    let mut bytes = vec![0u8; (pages * PAGE_SIZE) as usize - 100];
-    for (i, c) in bytes.chunks_mut(PAGE_SIZE as usize).enumerate() {
-        c[..8].copy_from_slice(&(i as u64 * 3 + 1).to_ne_bytes());
-    }
-    std::fs::write(&file, &bytes).unwrap();
+    let file = numbered_file(&dir, pages * PAGE_SIZE - 100, |p| p * 3 + 1);
     let _d = daemon(&dir.socket(), &["--memory", "real"]);
     let f = file.to_str().unwrap();
     let _staged = pager(&dir.socket(), &["file", "--name", "staged", "--cluster", "64", f], "staged");
@@ -412,12 +419,7 @@ fn pages_a_process_only_reads_stay_clean_and_a_store_makes_its_page_dirty() {
     need_real_memory!();
     let dir = Dir::new("real-clean");
     let pages = 300u64;
-    let file = dir.0.join("data");
-    let mut bytes = vec![0u8; (pages * PAGE_SIZE) as usize];
-    for (i, c) in bytes.chunks_mut(PAGE_SIZE as usize).enumerate() {
-        c[..8].copy_from_slice(&(i as u64 + 7).to_ne_bytes());
-    }
-    std::fs::write(&file, &bytes).unwrap();
+    let file = numbered_file(&dir, pages * PAGE_SIZE, |p| p + 7);
     let _d = daemon(&dir.socket(), &["--memory", "real"]);
     let _p = pager(&dir.socket(), &["file", "--name", "f", "--cluster", "32", file.to_str().unwrap()], "f");
     let mem = RealMemory::attach(client(&dir.socket(), "reader"), 1 << 30).unwrap();
