@@ -455,3 +455,36 @@ fn pages_a_process_only_reads_stay_clean_and_a_store_makes_its_page_dirty() {
     wait_until("the pager to write the store back", || word(100 * PAGE_SIZE + 8) == 0xfeed);
     assert_eq!(word(0), 7);
 }
+
+#[test]
+fn under_pressure_fault_around_maps_only_each_addresss_own_page() {
+    // Zero-fill ahead next to resident pages, with the task at its limit:
+    // making room must not free a frame fault-around holds, which would
+    // enter another offset's page at an address (the host refuses such a
+    // page and counts a failure).
+    need_real_memory!();
+    let dir = Dir::new("real-around");
+    let swap = dir.0.join("swap");
+    let _d = daemon(&dir.socket(), &["--memory", "real", "--max-resident", "32", "--swap", swap.to_str().unwrap()]);
+    let mut p = probe(&dir, "p", "alloc 300 fill 0 5 alloc 100 churn 1 9 20000 check 0 5");
+    succeeded(&dir, "p", &mut p);
+    let c = client(&dir.socket(), "look");
+    assert!(stat(&c, "task_reclaims") > 300, "the task paged out");
+    assert_eq!(stat(&c, "host_failures"), 0, "a page entered at another offset's address");
+}
+
+#[test]
+fn a_large_cluster_under_a_tiny_resident_limit_does_not_thrash() {
+    // Clusters are cut to half the kernel's resident limit: a 256-page
+    // request under a limit of 8 would otherwise page out its own pages as
+    // they arrive, 30 times per page.
+    need_real_memory!();
+    let dir = Dir::new("real-tiny");
+    let _d = daemon(&dir.socket(), &["--memory", "real", "--resident-limit", "8"]);
+    let _z = pager(&dir.socket(), &["zero", "--name", "z", "--cluster", "256"], "z");
+    let mut p = probe(&dir, "p", "map z 256 fill 0 5 check 0 5 churn 0 3 2000");
+    succeeded(&dir, "p", &mut p);
+    let c = client(&dir.socket(), "look");
+    let (pageouts, faults) = (stat(&c, "pageouts"), stat(&c, "faults"));
+    assert!(pageouts <= 4 * faults + 64, "{pageouts} pageouts for {faults} faults");
+}

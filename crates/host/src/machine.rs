@@ -466,9 +466,9 @@ impl HostMachine {
                     first_mapped |= i == 0;
                     self.count(|s| s.continued += n as u64);
                 }
+                // Exited: it keeps no page, and nothing more is asked of it.
                 Err(crate::Error::ProcessExited) => {
                     p.gone = true;
-                    self.count(|s| s.host_failures += 1);
                     return first_mapped;
                 }
                 Err(_) => self.count(|s| s.host_failures += 1),

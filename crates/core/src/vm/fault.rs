@@ -349,6 +349,16 @@ pub fn fault_around(
         let (frame, dirty, lock) = match o.pages.get(&off) {
             Some(p) if !p.busy && !p.error && p.frame.is_some() => (p.frame.expect("checked"), p.dirty, p.lock),
             None if anonymous && zero_budget > 0 && off < o.size && limit.contains(VmProt::READ) => {
+                // Making room may page out a page of the run gathered so
+                // far (resident, not yet entered): enter it first, so that
+                // no frame in hand is freed and reused under it.
+                if !run.is_empty() && (!vm.has_room(owner, 1) || vm.resident >= vm.resident_limit) {
+                    if vm.pmap_enter(pmap, run_start, &run, run_prot).is_err() {
+                        return entered;
+                    }
+                    entered += run.len();
+                    run.clear();
+                }
                 if !matches!(vm.make_room(Some(owner), 1), Room::Pages(_)) {
                     break;
                 }
@@ -498,7 +508,11 @@ pub(super) fn request_cluster(
     owner: Option<Owner>,
 ) -> Room {
     let o = vm.object(object);
-    let cluster = u64::from(o.cluster_pages.max(1)) * PAGE_SIZE;
+    // At most half the kernel's resident limit at once (as a task's own
+    // limit: see `Vm::make_room`), so that a large cluster under a small
+    // limit does not page out its own pages as they arrive.
+    let pages = u64::from(o.cluster_pages.max(1)).min((vm.resident_limit as u64 / 2).max(1));
+    let cluster = pages * PAGE_SIZE;
     let base = offset - offset % cluster;
     let wanted = |o: &VmObject, off: u64| off < o.size && !o.pages.contains_key(&off) && o.pager_has(off);
     let mut start = offset;
